@@ -1,0 +1,99 @@
+package oci
+
+import (
+	"context"
+	"slices"
+
+	"github.com/containerd/containerd/v2/contrib/seccomp"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// withUser runs the process as uid:gid with no supplementary groups.
+func withUser(uid, gid uint32) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *specs.Spec) error {
+		s.Process.User = specs.User{UID: uid, GID: gid}
+		return nil
+	}
+}
+
+// withCapabilities sets every capability set to exactly caps. The list is
+// built explicitly: dropping all and then adding some left none with ctr.
+// Ambient (and so inheritable) carry them too, or a non-root process would
+// have none effective.
+func withCapabilities(caps []string) oci.SpecOpts {
+	caps = slices.Clone(caps)
+	slices.Sort(caps)
+	caps = slices.Compact(caps)
+	if caps == nil {
+		caps = []string{}
+	}
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *specs.Spec) error {
+		s.Process.Capabilities = &specs.LinuxCapabilities{
+			Bounding:    caps,
+			Effective:   caps,
+			Permitted:   caps,
+			Inheritable: caps,
+			Ambient:     caps,
+		}
+		return nil
+	}
+}
+
+func withSeccomp(mode Seccomp) oci.SpecOpts {
+	if mode == SeccompUnconfined {
+		return oci.WithSeccompUnconfined
+	}
+	return seccomp.WithDefaultProfile()
+}
+
+func withRootFS(writable bool) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *specs.Spec) error {
+		if s.Root == nil {
+			s.Root = &specs.Root{Path: "rootfs"}
+		}
+		s.Root.Readonly = !writable
+		return nil
+	}
+}
+
+// The list is fixed here rather than taken from containerd's default, which
+// varies with the host's CPU count and would make specs host-dependent.
+var withMaskedPaths = oci.WithMaskedPaths([]string{
+	"/proc/acpi",
+	"/proc/asound",
+	"/proc/interrupts",
+	"/proc/kcore",
+	"/proc/keys",
+	"/proc/latency_stats",
+	"/proc/sched_debug",
+	"/proc/scsi",
+	"/proc/timer_list",
+	"/proc/timer_stats",
+	"/sys/devices/virtual/powercap",
+	"/sys/firmware",
+})
+
+var withReadonlyPaths = oci.WithReadonlyPaths([]string{
+	"/proc/bus",
+	"/proc/fs",
+	"/proc/irq",
+	"/proc/sys",
+	"/proc/sysrq-trigger",
+})
+
+// withCgroupNamespace hides the host's cgroup tree: the sandbox sees its own
+// cgroup as the root.
+var withCgroupNamespace = oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.CgroupNamespace})
+
+// withNetwork joins a prepared network namespace, or keeps the fresh one from
+// the default spec (loopback only).
+func withNetwork(netns string) oci.SpecOpts {
+	return func(ctx context.Context, c oci.Client, ctr *containers.Container, s *specs.Spec) error {
+		if netns == "" {
+			return nil
+		}
+		return oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: netns})(ctx, c, ctr, s)
+	}
+}

@@ -1,0 +1,121 @@
+package oci
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"path"
+
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Labels every sandbox carries, so strays can be found and reaped by label.
+const (
+	LabelManaged = "sandstorm.managed"
+	LabelSession = "sandstorm.session"
+)
+
+// CgroupParent is the cgroup under which every sandbox gets its own cgroup.
+const CgroupParent = "/sandstorm"
+
+// Sandbox is what one spec runs: its identity, its process, and the host
+// resources prepared for it.
+type Sandbox struct {
+	ID        string
+	SessionID string
+	Args      []string
+	Env       []string
+	// Labels are extra labels; the managed and session labels are always added.
+	Labels map[string]string
+	// Workspace is the host directory mounted read-write at /home/user.
+	Workspace string
+	// NetNS is the path of a prepared network namespace (bridge mode); empty
+	// means a fresh namespace with only loopback.
+	NetNS  string
+	Policy Policy
+}
+
+// Host is what the host allows; the spec is fitted to it.
+type Host struct {
+	// NoFileHard is the host's open-files hard limit: a sandbox cannot get more.
+	NoFileHard uint64
+	// SwapAccounting tells whether memory+swap can be limited (cgroup v1 memsw or v2 swap.max).
+	SwapAccounting bool
+}
+
+// AllLabels returns the sandbox's labels including the managed and session labels.
+func (sb Sandbox) AllLabels() map[string]string {
+	l := maps.Clone(sb.Labels)
+	if l == nil {
+		l = map[string]string{}
+	}
+	l[LabelManaged] = "true"
+	l[LabelSession] = sb.SessionID
+	return l
+}
+
+// CgroupPath is the sandbox's own cgroup, relative to each hierarchy's root.
+func (sb Sandbox) CgroupPath() string { return path.Join(CgroupParent, sb.ID) }
+
+// Options returns the spec options that enforce sb's policy, one per rule,
+// to be applied on top of containerd's default Linux spec. The policy must
+// already carry its defaults.
+func Options(sb Sandbox, host Host) ([]oci.SpecOpts, error) {
+	p := sb.Policy
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if sb.ID == "" || sb.SessionID == "" {
+		return nil, fmt.Errorf("%w: sandbox id and session id are required", ErrInvalidPolicy)
+	}
+	if sb.Workspace == "" || !path.IsAbs(sb.Workspace) {
+		return nil, fmt.Errorf("%w: workspace must be an absolute host path, got %q", ErrInvalidPolicy, sb.Workspace)
+	}
+	opts := []oci.SpecOpts{
+		oci.WithProcessArgs(sb.Args...),
+		oci.WithProcessCwd(Workspace),
+		oci.WithEnv(sb.Env),
+		oci.WithHostname(p.Hostname),
+		oci.WithAnnotations(sb.AllLabels()),
+		oci.WithCgroup(sb.CgroupPath()),
+		withUser(p.UID, p.GID),
+		withCapabilities(p.Capabilities),
+		oci.WithNoNewPrivileges,
+		// The default seccomp profile depends on the capabilities: keep it after them.
+		withSeccomp(p.Seccomp),
+		withRootFS(p.WritableRoot),
+		withMaskedPaths,
+		withReadonlyPaths,
+		withCgroupNamespace,
+		oci.WithDefaultUnixDevices,
+		withNetwork(sb.NetNS),
+		withTmp(p.TmpBytes),
+		withWorkspace(sb.Workspace),
+		withCgroupfsReadOnly,
+		withBindMounts(p.Mounts),
+		withMemory(p.MemoryBytes, host.SwapAccounting),
+		withCPUs(p.CPUs),
+		oci.WithPidsLimit(p.Pids),
+		withNoFile(p.NoFile, host.NoFileHard),
+	}
+	return opts, nil
+}
+
+// Build returns the complete spec for sb: containerd's default Linux spec
+// with the policy's options applied. Backends that take a spec (containerd)
+// use Options directly so image configuration can be applied first.
+func Build(ctx context.Context, sb Sandbox, host Host) (*specs.Spec, error) {
+	opts, err := Options(sb, host)
+	if err != nil {
+		return nil, err
+	}
+	ctx = namespaces.WithNamespace(ctx, "sandstorm")
+	s, err := oci.GenerateSpec(ctx, nil, &containers.Container{ID: sb.ID}, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("build spec for sandbox %s: %w", sb.ID, err)
+	}
+	return s, nil
+}

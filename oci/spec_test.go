@@ -1,0 +1,131 @@
+package oci
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/v2/contrib/seccomp"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+var testHost = Host{NoFileHard: 20000, SwapAccounting: true}
+
+func sandbox(p Policy) Sandbox {
+	return Sandbox{
+		ID:        "sb-test",
+		SessionID: "sess-1",
+		Args:      []string{"/bin/sh", "-c", "true"},
+		Env:       []string{"PATH=/usr/bin:/bin"},
+		Workspace: "/var/lib/sandstorm/sb-test/home",
+		Policy:    p.WithDefaults(),
+	}
+}
+
+func TestBuildGolden(t *testing.T) {
+	tests := []struct {
+		name string
+		sb   Sandbox
+		host Host
+	}{
+		{"default", sandbox(Policy{}), testHost},
+		{"caps-and-limits", sandbox(Policy{
+			Capabilities: []string{"CAP_NET_BIND_SERVICE", "CAP_CHOWN", "CAP_CHOWN"},
+			MemoryBytes:  256 << 20, CPUs: 0.5, Pids: 64, NoFile: 1024, TmpBytes: 16 << 20,
+			UID: 2000, GID: 3000, Hostname: "agent-7",
+		}), testHost},
+		{"writable-unconfined-mounts", sandbox(Policy{
+			WritableRoot: true, Seccomp: SeccompUnconfined,
+			Mounts: []Mount{
+				{Source: "/run/sandstorm/gw/s1.sock", Target: "/run/sandstorm/model.sock"},
+				{Source: "/srv/data", Target: "/data", ReadOnly: true},
+			},
+		}), testHost},
+		{"bridge-netns-small-host", func() Sandbox {
+			sb := sandbox(Policy{Network: NetworkBridge, NoFile: 1 << 20})
+			sb.NetNS = "/var/run/netns/sandstorm-sb-test"
+			sb.Labels = map[string]string{"team": "infra"}
+			return sb
+		}(), Host{NoFileHard: 8192}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := Build(context.Background(), tt.sb, tt.host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The seccomp profile is containerd's; checked apart so the
+			// golden files show our rules, not its syscall list.
+			if tt.sb.Policy.Seccomp == SeccompDefault {
+				want := seccomp.DefaultProfile(s)
+				if !reflect.DeepEqual(s.Linux.Seccomp, want) {
+					t.Error("seccomp profile is not containerd's default profile")
+				}
+				s.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: s.Linux.Seccomp.DefaultAction}
+			}
+			got, err := json.MarshalIndent(s, "", "  ")
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden := filepath.Join("testdata", tt.name+".json")
+			if *update {
+				if err := os.WriteFile(golden, append(got, '\n'), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(want) != string(got)+"\n" {
+				t.Errorf("spec differs from %s (run go test ./oci -update and review the diff):\n%s", golden, got)
+			}
+		})
+	}
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name  string
+		p     Policy
+		field string
+	}{
+		{"tiny memory", Policy{MemoryBytes: 1 << 20}, "memory"},
+		{"zero cpus after negative", Policy{CPUs: -1}, "cpus"},
+		{"too many cpus", Policy{CPUs: 5000}, "cpus"},
+		{"pids too low", Policy{Pids: 2}, "pids"},
+		{"unknown cap", Policy{Capabilities: []string{"NET_ADMIN"}}, "capabilities"},
+		{"bad seccomp", Policy{Seccomp: "strict"}, "seccomp"},
+		{"bad network", Policy{Network: "host"}, "network"},
+		{"bad hostname", Policy{Hostname: "a b"}, "hostname"},
+		{"relative mount", Policy{Mounts: []Mount{{Source: "data", Target: "/data"}}}, "mounts"},
+		{"dotdot mount", Policy{Mounts: []Mount{{Source: "/srv/../etc", Target: "/data"}}}, "mounts"},
+		{"mount over proc", Policy{Mounts: []Mount{{Source: "/srv", Target: "/proc/sys"}}}, "mounts"},
+		{"mount hides workspace", Policy{Mounts: []Mount{{Source: "/srv", Target: "/home"}}}, "mounts"},
+		{"mount over root", Policy{Mounts: []Mount{{Source: "/srv", Target: "/"}}}, "mounts"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.p.WithDefaults().Validate()
+			if !errors.Is(err, ErrInvalidPolicy) {
+				t.Fatalf("got %v, want ErrInvalidPolicy", err)
+			}
+			if want := ": " + tt.field + ":"; !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not name field %q", err, tt.field)
+			}
+		})
+	}
+	ok := Policy{Mounts: []Mount{{Source: "/run/x.sock", Target: "/run/sandstorm/model.sock"}, {Source: "/srv", Target: "/home/user/data"}}}
+	if err := ok.WithDefaults().Validate(); err != nil {
+		t.Errorf("valid policy rejected: %v", err)
+	}
+}
+
