@@ -1,0 +1,364 @@
+package conformance
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/pkg/cap"
+
+	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+)
+
+// statusScript prints the security fields of the sandbox's own process.
+const statusScript = `grep -E '^(CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status | tr -d ' \t' | tr ':' '='`
+
+// limitsScript prints the sandbox's own cgroup limits, from the v2 or v1 layout.
+const limitsScript = `
+first() { for f in "$@"; do if [ -r "$f" ]; then cat "$f"; return; fi; done; echo missing; }
+echo "mem=$(first /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes)"
+echo "cpu=$(first /sys/fs/cgroup/cpu.max /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us)"
+echo "pids=$(first /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max)"
+echo "nofile=$(ulimit -n)"
+touch /sys/fs/cgroup/x 2>/dev/null && echo cgroupfs=writable || echo cgroupfs=readonly
+`
+
+// blob is binary workspace content, every byte value.
+var blob = func() []byte {
+	b := make([]byte, 4096)
+	for i := range b {
+		b[i] = byte(i)
+	}
+	return b
+}()
+
+func checks() []check {
+	return []check{
+		{
+			name:   "no capabilities, no new privileges, seccomp filter",
+			needs:  []runtime.Item{runtime.ItemCapabilities, runtime.ItemNoNewPrivileges, runtime.ItemSeccomp},
+			script: statusScript,
+			verify: func(t *testing.T, r result) {
+				got := kv(r.stdout)
+				for _, k := range []string{"CapEff", "CapPrm", "CapBnd", "CapAmb"} {
+					expect(t, got, k, "0000000000000000")
+				}
+				expect(t, got, "NoNewPrivs", "1")
+				expect(t, got, "Seccomp", "2")
+			},
+		},
+		{
+			name:   "exactly the listed capabilities",
+			needs:  []runtime.Item{runtime.ItemCapabilities},
+			policy: oci.Policy{Capabilities: []string{"CAP_NET_BIND_SERVICE", "CAP_CHOWN"}},
+			script: statusScript,
+			verify: func(t *testing.T, r result) {
+				got := kv(r.stdout)
+				for _, k := range []string{"CapEff", "CapPrm", "CapBnd"} {
+					v, err := strconv.ParseUint(got[k], 16, 64)
+					if err != nil {
+						t.Fatalf("%s = %q: %v", k, got[k], err)
+					}
+					names, _ := cap.FromBitmap(v)
+					slices.Sort(names)
+					if want := []string{"CAP_CHOWN", "CAP_NET_BIND_SERVICE"}; !slices.Equal(names, want) {
+						t.Errorf("%s = %v, want %v", k, names, want)
+					}
+				}
+			},
+		},
+		{
+			name:   "default user is uid and gid 1000",
+			needs:  []runtime.Item{runtime.ItemUser},
+			script: `echo uid=$(id -u); echo gid=$(id -g); echo groups=$(id -G)`,
+			verify: func(t *testing.T, r result) {
+				got := kv(r.stdout)
+				expect(t, got, "uid", "1000")
+				expect(t, got, "gid", "1000")
+				expect(t, got, "groups", "1000")
+			},
+		},
+		{
+			name:   "user as asked",
+			needs:  []runtime.Item{runtime.ItemUser},
+			policy: oci.Policy{UID: 1234, GID: 2345},
+			script: `echo uid=$(id -u); echo gid=$(id -g); echo home=$(stat -c %u:%g /home/user)`,
+			verify: func(t *testing.T, r result) {
+				got := kv(r.stdout)
+				expect(t, got, "uid", "1234")
+				expect(t, got, "gid", "2345")
+				expect(t, got, "home", "1234:2345")
+			},
+		},
+		{
+			name:  "read-only root, writable /tmp and workspace",
+			needs: []runtime.Item{runtime.ItemReadOnlyRoot},
+			script: `
+try() { if touch "$1" 2>/dev/null; then echo "$2=writable"; else echo "$2=readonly"; fi; }
+try /rootfile root; try /etc/rootfile etc; try /tmp/f tmp; try /home/user/f workspace
+echo pwd=$(pwd)`,
+			verify: func(t *testing.T, r result) {
+				got := kv(r.stdout)
+				expect(t, got, "root", "readonly")
+				expect(t, got, "etc", "readonly")
+				expect(t, got, "tmp", "writable")
+				expect(t, got, "workspace", "writable")
+				expect(t, got, "pwd", oci.Workspace)
+			},
+		},
+		{
+			name:   "limits visible in the sandbox's own cgroup",
+			needs:  []runtime.Item{runtime.ItemMemoryLimit, runtime.ItemCPULimit, runtime.ItemPidsLimit, runtime.ItemNoFileLimit},
+			policy: oci.Policy{MemoryBytes: 96 << 20, CPUs: 0.5, Pids: 77, NoFile: 1500},
+			script: limitsScript,
+			verify: func(t *testing.T, r result) {
+				got := kv(r.stdout)
+				expect(t, got, "mem", itoa(96<<20))
+				if c := got["cpu"]; c != "50000" && c != "50000 100000" {
+					t.Errorf("cpu = %q, want a 50000us quota", c)
+				}
+				expect(t, got, "pids", "77")
+				expect(t, got, "nofile", "1500")
+				expect(t, got, "cgroupfs", "readonly")
+			},
+		},
+		{
+			name:   "memory hog is OOM-killed and reported as OOM",
+			needs:  []runtime.Item{runtime.ItemMemoryLimit, runtime.ItemOOMDetection},
+			policy: oci.Policy{MemoryBytes: 48 << 20},
+			script: `awk 'BEGIN { s = "0123456789abcdef"; while (1) s = s s }'`,
+			verify: func(t *testing.T, r result) {
+				if !r.exit.OOMKilled {
+					t.Errorf("exit %+v, want OOMKilled (stderr %q)", r.exit, r.stderr)
+				}
+				if r.exit.Code == 0 {
+					t.Errorf("exit code 0 after OOM kill")
+				}
+			},
+		},
+		{
+			name:   "fork bomb stops at the pids limit, host stays responsive",
+			needs:  []runtime.Item{runtime.ItemPidsLimit},
+			policy: oci.Policy{Pids: 40},
+			script: `n=0; while [ $n -lt 1000 ]; do sleep 60 & n=$((n+1)); echo "forked=$n"; done`,
+			drive: func(t *testing.T, ctx context.Context, sb runtime.Sandbox) result {
+				var out, errb syncBuffer
+				if err := sb.Start(ctx, runtime.IO{Stdout: &out, Stderr: &errb}); err != nil {
+					t.Fatalf("start: %v", err)
+				}
+				hostResponsive(t)
+				wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+				defer cancel()
+				st, err := sb.Wait(wctx)
+				if err != nil {
+					// The shell may survive failed forks with its children asleep.
+					_ = sb.Kill(ctx)
+					st, err = sb.Wait(ctx)
+				}
+				if err != nil {
+					t.Fatalf("wait: %v", err)
+				}
+				return result{stdout: out.String(), stderr: errb.String(), exit: st}
+			},
+			verify: func(t *testing.T, r result) {
+				lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+				n, _ := strconv.Atoi(kv(lines[len(lines)-1])["forked"])
+				if n == 0 || n >= 40 {
+					t.Errorf("forked %d processes, want between 1 and the limit 40", n)
+				}
+				if !strings.Contains(r.stderr, "fork") && !strings.Contains(r.stderr, "Resource temporarily unavailable") {
+					t.Errorf("no fork failure reported on stderr: %q", r.stderr)
+				}
+			},
+		},
+		{
+			name:  "workspace files arrive with content, mode and owner",
+			files: []runtime.File{{Path: "hello.txt", Content: []byte("hello\n")}, {Path: "bin/run.sh", Content: []byte("#!/bin/sh\necho ran\n"), Mode: 0o755}, {Path: "data/deep/blob.bin", Content: blob, Mode: 0o600}},
+			script: `for f in hello.txt bin/run.sh data/deep/blob.bin bin data/deep; do echo "$f=$(stat -c '%a %u %g' $f)"; done
+echo hello.content=$(cat hello.txt); echo run=$(./bin/run.sh); echo blob.sha=$(sha256sum data/deep/blob.bin | cut -d' ' -f1)
+echo "hello.txt" >> hello.txt && echo edit=ok`,
+			verify: func(t *testing.T, r result) {
+				got := kv(r.stdout)
+				expect(t, got, "hello.txt", "644 1000 1000")
+				expect(t, got, "bin/run.sh", "755 1000 1000")
+				expect(t, got, "data/deep/blob.bin", "600 1000 1000")
+				expect(t, got, "bin", "755 1000 1000")
+				expect(t, got, "data/deep", "755 1000 1000")
+				expect(t, got, "hello.content", "hello")
+				expect(t, got, "run", "ran")
+				sum := sha256.Sum256(blob)
+				expect(t, got, "blob.sha", hex.EncodeToString(sum[:]))
+				expect(t, got, "edit", "ok")
+			},
+		},
+		{
+			name:   "stdout arrives while the process still runs",
+			script: `echo first; sleep 4; echo second`,
+			drive: func(t *testing.T, ctx context.Context, sb runtime.Sandbox) result {
+				firstSeen := make(chan struct{})
+				var once bool
+				out := &syncBuffer{onWrite: func(p []byte) {
+					if !once && bytes.Contains(p, []byte("first")) {
+						once = true
+						close(firstSeen)
+					}
+				}}
+				var errb syncBuffer
+				if err := sb.Start(ctx, runtime.IO{Stdout: out, Stderr: &errb}); err != nil {
+					t.Fatalf("start: %v", err)
+				}
+				exited := make(chan result, 1)
+				go func() {
+					st, err := sb.Wait(ctx)
+					if err != nil {
+						t.Errorf("wait: %v", err)
+					}
+					exited <- result{stdout: out.String(), stderr: errb.String(), exit: st}
+				}()
+				select {
+				case <-firstSeen:
+				case r := <-exited:
+					t.Fatalf("process exited before its first line arrived: %q", r.stdout)
+				}
+				select {
+				case r := <-exited:
+					t.Fatalf("exit reported together with the first line, output was not live: %q", r.stdout)
+				default:
+				}
+				return <-exited
+			},
+			verify: func(t *testing.T, r result) {
+				if r.stdout != "first\nsecond\n" {
+					t.Errorf("stdout %q", r.stdout)
+				}
+			},
+		},
+		{
+			name:   "a single 4 MiB line arrives intact",
+			script: `head -c 4194304 /dev/zero | tr '\0' 'a'; echo`,
+			verify: func(t *testing.T, r result) {
+				want := strings.Repeat("a", 4<<20) + "\n"
+				if r.stdout != want {
+					t.Errorf("got %d bytes (%d newlines), want one line of 4 MiB", len(r.stdout), strings.Count(r.stdout, "\n"))
+				}
+			},
+		},
+		{
+			name:   "stderr stays separate",
+			script: `echo out1; echo err1 >&2; echo out2; echo err2 >&2; exit 3`,
+			verify: func(t *testing.T, r result) {
+				if r.stdout != "out1\nout2\n" || r.stderr != "err1\nerr2\n" {
+					t.Errorf("stdout %q stderr %q", r.stdout, r.stderr)
+				}
+				if r.exit.Code != 3 || r.exit.OOMKilled || r.exit.Signal != "" {
+					t.Errorf("exit %+v, want code 3", r.exit)
+				}
+			},
+		},
+		{
+			name:   "cancel kills within 2 s",
+			script: `trap '' TERM; echo ready; sleep 600`,
+			drive: func(t *testing.T, ctx context.Context, sb runtime.Sandbox) result {
+				ready := make(chan struct{})
+				var once bool
+				out := &syncBuffer{onWrite: func(p []byte) {
+					if !once && bytes.Contains(p, []byte("ready")) {
+						once = true
+						close(ready)
+					}
+				}}
+				if err := sb.Start(ctx, runtime.IO{Stdout: out, Stderr: io.Discard}); err != nil {
+					t.Fatalf("start: %v", err)
+				}
+				<-ready
+				wctx, cancel := context.WithCancel(ctx)
+				cancel()
+				if _, err := sb.Wait(wctx); err == nil {
+					t.Fatal("wait on a cancelled context returned no error while the process runs")
+				}
+				start := time.Now()
+				if err := sb.Kill(ctx); err != nil {
+					t.Fatalf("kill: %v", err)
+				}
+				kctx, kcancel := context.WithTimeout(ctx, 2*time.Second)
+				defer kcancel()
+				st, err := sb.Wait(kctx)
+				if err != nil {
+					t.Fatalf("not dead %v after kill: %v", time.Since(start), err)
+				}
+				return result{stdout: out.String(), exit: st}
+			},
+			verify: func(t *testing.T, r result) {
+				if r.exit.Signal != "SIGKILL" {
+					t.Errorf("exit %+v, want killed by SIGKILL", r.exit)
+				}
+			},
+		},
+		{
+			name:   "network none has only loopback",
+			needs:  []runtime.Item{runtime.ItemNetworkNone},
+			script: `echo ifaces=$(ls /sys/class/net | tr '\n' ' ')`,
+			verify: func(t *testing.T, r result) {
+				expect(t, kv(r.stdout), "ifaces", "lo")
+			},
+		},
+		bridgeCheck(),
+	}
+}
+
+// bridgeCheck dials a listener on the host through the sandbox's default
+// gateway, which is an address of this machine.
+func bridgeCheck() check {
+	var got chan string
+	c := check{
+		name:   "bridge has an address, a default route and reaches the gateway",
+		needs:  []runtime.Item{runtime.ItemNetworkBridge},
+		policy: oci.Policy{Network: oci.NetworkBridge},
+	}
+	c.setup = func(t *testing.T, c *check) {
+		l, port := listenOnHost(t)
+		t.Cleanup(func() { l.Close() })
+		got = make(chan string, 1)
+		go func() {
+			conn, err := l.Accept()
+			if err != nil {
+				got <- "accept: " + err.Error()
+				return
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+			b, _ := io.ReadAll(conn)
+			got <- string(b)
+		}()
+		c.script = fmt.Sprintf(`gw=$(ip route | awk '/^default/ { print $3 }'); echo "gw=$gw"
+dev=$(ip route | awk '/^default/ { print $5 }'); echo "addr=$(ip -4 addr show "$dev" | grep inet)"
+echo hello-from-sandbox | nc -w 5 "$gw" %d`, port)
+	}
+	c.verify = func(t *testing.T, r result) {
+		kvs := kv(r.stdout)
+		if !strings.Contains(kvs["addr"], "inet ") {
+			t.Errorf("no IPv4 address on the default route's interface: %q", kvs["addr"])
+		}
+		if kvs["gw"] == "" {
+			t.Errorf("no default route: %q (stderr %q)", r.stdout, r.stderr)
+		}
+		select {
+		case msg := <-got:
+			if strings.TrimSpace(msg) != "hello-from-sandbox" {
+				t.Errorf("listener on the gateway received %q", msg)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("nothing reached the listener on the gateway (stderr %q)", r.stderr)
+		}
+	}
+	return c
+}

@@ -1,0 +1,99 @@
+package conformance
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+)
+
+// failClosed: every item the backend cannot enforce makes Create fail with an
+// error naming it, and an explicit allow lets the run proceed.
+func failClosed(t *testing.T, rt runtime.Runtime, caps runtime.Capabilities) {
+	var missing []runtime.Item
+	for _, it := range runtime.Required(oci.Policy{}.WithDefaults()) {
+		if !caps.Enforced(it) {
+			missing = append(missing, it)
+		}
+	}
+	if len(missing) == 0 {
+		t.Logf("%s enforces every item a default policy needs", rt.Name())
+		return
+	}
+	c := check{name: "allowed", script: "echo ok=yes"}
+	assertFailsClosed(t, rt, c, missing)
+	r := runCheck(t, rt, c, missing)
+	if r.stdout != "ok=yes\n" {
+		t.Errorf("run with explicit allow: stdout %q stderr %q", r.stdout, r.stderr)
+	}
+}
+
+func invalidRequests(t *testing.T, rt runtime.Runtime) {
+	ctx := context.Background()
+	base := runtime.Spec{SessionID: newSession(t), Image: TestImage, Args: []string{"true"}}
+	tests := []struct {
+		name string
+		mod  func(*runtime.Spec)
+		want error
+	}{
+		{"absolute file path", func(s *runtime.Spec) { s.Files = []runtime.File{{Path: "/etc/x"}} }, runtime.ErrInvalidSpec},
+		{"dotdot file path", func(s *runtime.Spec) { s.Files = []runtime.File{{Path: "a/../../x"}} }, runtime.ErrInvalidSpec},
+		{"bad policy", func(s *runtime.Spec) { s.Policy.Pids = 1 }, runtime.ErrInvalidSpec},
+		{"bad id", func(s *runtime.Spec) { s.ID = "../../etc" }, runtime.ErrInvalidSpec},
+		{"missing image", func(s *runtime.Spec) { s.Image = "localhost/sandstorm-no-such-image:latest" }, runtime.ErrNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := base
+			tt.mod(&s)
+			sb, err := rt.Create(ctx, s)
+			if err == nil {
+				_ = sb.Remove(ctx)
+				t.Fatal("accepted")
+			}
+			if !errors.Is(err, tt.want) {
+				t.Errorf("got %v, want %v", err, tt.want)
+			}
+		})
+	}
+	if left, _ := rt.List(ctx, map[string]string{oci.LabelSession: base.SessionID}); len(left) > 0 {
+		t.Errorf("rejected requests left sandboxes: %v", left)
+	}
+}
+
+// reap: a sandbox abandoned mid-run (as after a crash) is found by its label
+// and removed with everything it owns.
+func reap(t *testing.T, rt runtime.Runtime) {
+	ctx := context.Background()
+	session := newSession(t)
+	sb, err := rt.Create(ctx, runtime.Spec{SessionID: session, Image: TestImage, Args: []string{"sleep", "600"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Start(ctx, runtime.IO{}); err != nil {
+		t.Fatal(err)
+	}
+	labels := map[string]string{oci.LabelSession: session}
+	found, err := rt.List(ctx, labels)
+	if err != nil || len(found) != 1 || found[0].ID != sb.ID() || !found[0].Running || found[0].Labels[oci.LabelManaged] != "true" {
+		t.Fatalf("list by session label = %+v, %v; want the one running sandbox", found, err)
+	}
+	// Leftovers must see a live sandbox, or its empty answer after removal proves nothing.
+	live, err := rt.Leftovers(ctx, sb.ID(), session)
+	if err != nil || !slices.ContainsFunc(live, func(s string) bool { return strings.HasPrefix(s, "container ") }) ||
+		!slices.ContainsFunc(live, func(s string) bool { return strings.HasPrefix(s, "cgroup ") }) {
+		t.Errorf("leftovers of a running sandbox = %q, %v; want its container and cgroup at least", live, err)
+	}
+	t.Logf("a running sandbox owns: %s", strings.Join(live, "; "))
+	n, err := runtime.Reap(ctx, rt, labels)
+	if err != nil || n != 1 {
+		t.Fatalf("reap = %d, %v; want 1", n, err)
+	}
+	if left, err := rt.Leftovers(ctx, sb.ID(), session); err != nil || len(left) > 0 {
+		t.Errorf("left after reap: %s %v", strings.Join(left, "; "), err)
+	}
+}

@@ -1,0 +1,213 @@
+// Package containerd runs sandboxes on containerd through its Go client,
+// with runc, the overlayfs snapshotter and CNI for bridge networking.
+package containerd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/containerd/containerd/api/services/tasks/v1"
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+
+	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/cgroupfs"
+)
+
+// Name is the backend's name.
+const Name = "containerd"
+
+// Config selects the daemon and where the backend keeps its state.
+type Config struct {
+	// Address of containerd's socket; default /run/containerd/containerd.sock.
+	Address string
+	// Namespace isolates sandstorm's containers and images; default "sandstorm".
+	Namespace string
+	// StateDir holds each sandbox's scratch directory (workspace, network
+	// namespace); default /var/lib/sandstorm/containerd.
+	StateDir string
+	// Snapshotter for root filesystems; default overlayfs.
+	Snapshotter string
+	// CNIPluginDirs are searched for CNI plugins; default /usr/lib/cni, /opt/cni/bin.
+	CNIPluginDirs []string
+	// BridgeSubnet is the bridge network's IPv4 subnet; default 10.213.0.0/16.
+	BridgeSubnet string
+}
+
+func (c Config) withDefaults() Config {
+	if c.Address == "" {
+		c.Address = "/run/containerd/containerd.sock"
+	}
+	if c.Namespace == "" {
+		c.Namespace = "sandstorm"
+	}
+	if c.StateDir == "" {
+		c.StateDir = "/var/lib/sandstorm/containerd"
+	}
+	if c.Snapshotter == "" {
+		c.Snapshotter = "overlayfs"
+	}
+	if len(c.CNIPluginDirs) == 0 {
+		c.CNIPluginDirs = []string{"/usr/lib/cni", "/opt/cni/bin"}
+	}
+	if c.BridgeSubnet == "" {
+		c.BridgeSubnet = "10.213.0.0/16"
+	}
+	return c
+}
+
+// Runtime is the containerd backend.
+type Runtime struct {
+	cfg    Config
+	client *client.Client
+	net    *bridge
+	host   oci.Host
+}
+
+var _ runtime.Runtime = (*Runtime)(nil)
+
+// New connects to containerd and checks that it answers.
+func New(ctx context.Context, cfg Config) (*Runtime, error) {
+	cfg = cfg.withDefaults()
+	if _, err := os.Stat(cfg.Address); err != nil {
+		return nil, fmt.Errorf("%w: containerd socket %s: %w", runtime.ErrUnavailable, cfg.Address, err)
+	}
+	c, err := client.New(cfg.Address, client.WithDefaultNamespace(cfg.Namespace))
+	if err != nil {
+		return nil, fmt.Errorf("%w: connect to containerd at %s: %w", runtime.ErrUnavailable, cfg.Address, err)
+	}
+	if _, err := c.Version(ctx); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("%w: containerd at %s does not answer: %w", runtime.ErrUnavailable, cfg.Address, err)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	return &Runtime{cfg: cfg, client: c, net: newBridge(cfg), host: runtime.DetectHost()}, nil
+}
+
+func (r *Runtime) ctx(ctx context.Context) context.Context {
+	return namespaces.WithNamespace(ctx, r.cfg.Namespace)
+}
+
+// Name implements runtime.Runtime.
+func (r *Runtime) Name() string { return Name }
+
+// Close implements runtime.Runtime.
+func (r *Runtime) Close() error { return r.client.Close() }
+
+// Info implements runtime.Runtime.
+func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
+	v, err := r.client.Version(r.ctx(ctx))
+	if err != nil {
+		return runtime.Info{}, fmt.Errorf("%w: containerd version: %w", runtime.ErrUnavailable, err)
+	}
+	return runtime.Info{Name: Name, Version: v.Version, Socket: r.cfg.Address, Rootless: os.Geteuid() != 0}, nil
+}
+
+// Capabilities implements runtime.Runtime. As root with runc, containerd
+// enforces every item; bridge networking needs the CNI plugins.
+func (r *Runtime) Capabilities(ctx context.Context) (runtime.Capabilities, error) {
+	caps := runtime.Capabilities{}
+	for _, it := range runtime.AllItems {
+		caps[it] = runtime.Support{Enforced: true}
+	}
+	if err := r.net.available(); err != nil {
+		caps[runtime.ItemNetworkBridge] = runtime.Support{Reason: err.Error()}
+	}
+	return caps, nil
+}
+
+// ImportImage implements runtime.Runtime.
+func (r *Runtime) ImportImage(ctx context.Context, rd io.Reader) ([]string, error) {
+	ctx = r.ctx(ctx)
+	imgs, err := r.client.Import(ctx, rd)
+	if err != nil {
+		return nil, fmt.Errorf("import image into containerd: %w", err)
+	}
+	var names []string
+	for _, i := range imgs {
+		if err := client.NewImage(r.client, i).Unpack(ctx, r.cfg.Snapshotter); err != nil {
+			return nil, fmt.Errorf("unpack image %s: %w", i.Name, err)
+		}
+		names = append(names, i.Name)
+	}
+	return names, nil
+}
+
+// List implements runtime.Runtime.
+func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime.SandboxInfo, error) {
+	ctx = r.ctx(ctx)
+	var conds []string
+	for k, v := range labels {
+		conds = append(conds, fmt.Sprintf("labels.%q==%q", k, v))
+	}
+	if len(conds) == 0 {
+		conds = append(conds, fmt.Sprintf("labels.%q", oci.LabelManaged))
+	}
+	ctrs, err := r.client.Containers(ctx, strings.Join(conds, ","))
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	var out []runtime.SandboxInfo
+	for _, c := range ctrs {
+		l, err := c.Labels(ctx)
+		if err != nil {
+			continue
+		}
+		running := false
+		if t, err := c.Task(ctx, nil); err == nil {
+			if st, err := t.Status(ctx); err == nil {
+				running = st.Status == client.Running
+			}
+		}
+		out = append(out, runtime.SandboxInfo{ID: c.ID(), SessionID: l[oci.LabelSession], Labels: l, Running: running})
+	}
+	return out, nil
+}
+
+// Remove implements runtime.Runtime.
+func (r *Runtime) Remove(ctx context.Context, id string) error {
+	return r.cleanup(ctx, id)
+}
+
+// Leftovers implements runtime.Runtime.
+func (r *Runtime) Leftovers(ctx context.Context, id, sessionID string) ([]string, error) {
+	ctx = r.ctx(ctx)
+	var left []string
+	if _, err := r.client.LoadContainer(ctx, id); err == nil {
+		left = append(left, "container "+id)
+	}
+	if _, err := r.client.TaskService().Get(ctx, &tasks.GetRequest{ContainerID: id}); err == nil {
+		left = append(left, "task "+id)
+	}
+	filter := fmt.Sprintf("labels.%q==%q", oci.LabelSession, sessionID)
+	err := r.client.SnapshotService(r.cfg.Snapshotter).Walk(ctx, func(_ context.Context, i snapshots.Info) error {
+		left = append(left, "snapshot "+i.Name)
+		return nil
+	}, filter)
+	if err != nil {
+		return nil, fmt.Errorf("walk snapshots: %w", err)
+	}
+	for _, d := range cgroupfs.Existing(oci.Sandbox{ID: id}.CgroupPath()) {
+		left = append(left, "cgroup "+d)
+	}
+	if _, err := os.Stat(r.scratch(id)); err == nil {
+		left = append(left, "scratch directory "+r.scratch(id))
+	}
+	left = append(left, r.net.leftovers(id)...)
+	return left, nil
+}
+
+func (r *Runtime) scratch(id string) string { return filepath.Join(r.cfg.StateDir, id) }
+
+func notFound(err error) bool { return errors.Is(err, errdefs.ErrNotFound) }
