@@ -128,4 +128,3 @@ func TestValidate(t *testing.T) {
 		t.Errorf("valid policy rejected: %v", err)
 	}
 }
-
