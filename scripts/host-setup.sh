@@ -181,8 +181,10 @@ if (( ${#missing[@]} )); then
   # busybox-static conflicts with busybox: apt removes busybox for us (-y),
   # which is what we want (the test image needs a static /bin/busybox).
   # With recommends, as on the measured machines (buildah, dbus-user-session, ...).
-  apt-get install -y -o Dpkg::Options::=--force-confold \
-    "${missing[@]}" >>"$aptlog" 2>&1 || fail_with_log packages "$aptlog" "apt-get install"
+  # One line per package set up, so a long install is never silent.
+  apt-get install -y -o Dpkg::Options::=--force-confold "${missing[@]}" 2>&1 \
+    | tee -a "$aptlog" | grep --line-buffered -E '^Setting up ' | sed -u 's/^/    /' \
+    || fail_with_log packages "$aptlog" "apt-get install"
   say "packages: installed ($(since "$t"))"
 else
   say "packages: all ${#PACKAGES[@]} present ($(since "$t"))"
