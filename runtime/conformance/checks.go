@@ -7,6 +7,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -312,7 +315,61 @@ echo "hello.txt" >> hello.txt && echo edit=ok`,
 			},
 		},
 		bridgeCheck(),
+		bindMountCheck(),
 	}
+}
+
+// bindMountCheck mounts a host directory read-only and a host Unix socket:
+// the only host paths a sandbox may see are those its policy names.
+func bindMountCheck() check {
+	c := check{
+		name:  "host directory and Unix socket mounted as the policy names",
+		needs: []runtime.Item{runtime.ItemBindMounts},
+		script: `echo data=$(cat /mnt/data/hello.txt)
+touch /mnt/data/new 2>/dev/null && echo datadir=writable || echo datadir=readonly
+echo sock=$(stat -c %F /run/host.sock)
+echo scratch=$(ls /mnt/scratch)`,
+	}
+	c.setup = func(t *testing.T, c *check) {
+		dir := t.TempDir()
+		data, scratch := filepath.Join(dir, "data"), filepath.Join(dir, "scratch")
+		for _, d := range []string{dir, data, scratch} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(data, "hello.txt"), []byte("from-host\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(scratch, "marker"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sock := filepath.Join(dir, "host.sock")
+		l, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		if err := os.Chmod(sock, 0o666); err != nil {
+			t.Fatal(err)
+		}
+		c.policy.Mounts = []oci.Mount{
+			{Source: data, Target: "/mnt/data", ReadOnly: true},
+			{Source: scratch, Target: "/mnt/scratch"},
+			{Source: sock, Target: "/run/host.sock"},
+		}
+	}
+	c.verify = func(t *testing.T, r result) {
+		got := kv(r.stdout)
+		expect(t, got, "data", "from-host")
+		expect(t, got, "datadir", "readonly")
+		expect(t, got, "sock", "socket")
+		expect(t, got, "scratch", "marker")
+	}
+	return c
 }
 
 // bridgeCheck dials a listener on the host through the sandbox's default
