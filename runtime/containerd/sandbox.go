@@ -2,8 +2,6 @@ package containerd
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -39,39 +37,17 @@ type sandbox struct {
 	removed bool
 }
 
-// NewID returns a fresh sandbox id.
-func NewID() string {
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	return "ds-" + hex.EncodeToString(b)
-}
-
 // Create implements runtime.Runtime.
 func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sandbox, err error) {
-	policy := spec.Policy.WithDefaults()
-	if err := policy.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %w", runtime.ErrInvalidSpec, err)
-	}
-	if err := runtime.ValidateFiles(spec.Files); err != nil {
-		return nil, err
-	}
 	caps, err := r.Capabilities(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := caps.Check(policy, spec.AllowUnenforced); err != nil {
+	prep, err := runtime.Prepare(spec, caps)
+	if err != nil {
 		return nil, err
 	}
-	if spec.SessionID == "" {
-		return nil, fmt.Errorf("%w: session id is required", runtime.ErrInvalidSpec)
-	}
-	id := spec.ID
-	if id == "" {
-		id = NewID()
-	}
-	if !runtime.ValidID(id) {
-		return nil, fmt.Errorf("%w: sandbox id %q", runtime.ErrInvalidSpec, id)
-	}
+	id, policy := prep.ID, prep.Policy
 	ctx = r.ctx(ctx)
 	img, err := r.client.GetImage(ctx, spec.Image)
 	if err != nil {

@@ -1,0 +1,55 @@
+package runtime
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+
+	"github.com/sandstorm-dev/sandstorm/oci"
+)
+
+// NewID returns a fresh sandbox id.
+func NewID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return "ds-" + hex.EncodeToString(b)
+}
+
+// Prepared is a validated request, ready for a backend to create.
+type Prepared struct {
+	ID     string
+	Policy oci.Policy
+	// Unenforced lists the items the caller allowed the backend to skip.
+	Unenforced []Item
+}
+
+// Prepare is the check every backend's Create starts with: defaults and
+// validates the policy, the files and the id, and fails closed when the
+// policy needs an item caps does not enforce.
+func Prepare(spec Spec, caps Capabilities) (Prepared, error) {
+	p := Prepared{ID: spec.ID, Policy: spec.Policy.WithDefaults()}
+	if err := p.Policy.Validate(); err != nil {
+		return p, fmt.Errorf("%w: %w", ErrInvalidSpec, err)
+	}
+	if err := ValidateFiles(spec.Files); err != nil {
+		return p, err
+	}
+	if spec.SessionID == "" {
+		return p, fmt.Errorf("%w: session id is required", ErrInvalidSpec)
+	}
+	if spec.Image == "" {
+		return p, fmt.Errorf("%w: image is required", ErrInvalidSpec)
+	}
+	if len(spec.Args) == 0 {
+		return p, fmt.Errorf("%w: command is required", ErrInvalidSpec)
+	}
+	if p.ID == "" {
+		p.ID = NewID()
+	}
+	if !ValidID(p.ID) {
+		return p, fmt.Errorf("%w: sandbox id %q", ErrInvalidSpec, p.ID)
+	}
+	var err error
+	p.Unenforced, err = caps.Check(p.Policy, spec.AllowUnenforced)
+	return p, err
+}
