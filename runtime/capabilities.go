@@ -13,24 +13,28 @@ type Item string
 
 // The policy items. Each maps to one rule of oci.Policy.
 const (
-	ItemCapabilities    Item = "capabilities"
-	ItemNoNewPrivileges Item = "no_new_privileges"
-	ItemSeccomp         Item = "seccomp"
-	ItemReadOnlyRoot    Item = "read_only_root"
-	ItemUser            Item = "user"
-	ItemMemoryLimit     Item = "memory_limit"
-	ItemCPULimit        Item = "cpu_limit"
-	ItemPidsLimit       Item = "pids_limit"
-	ItemNoFileLimit     Item = "nofile_limit"
-	ItemNetworkNone     Item = "network_none"
-	ItemNetworkBridge   Item = "network_bridge"
-	ItemBindMounts      Item = "bind_mounts"
-	ItemOOMDetection    Item = "oom_detection"
+	// ItemCapabilities: no capabilities beyond the listed ones, in every set.
+	ItemCapabilities Item = "capabilities"
+	// ItemGrantCapabilities: the listed capabilities are effective for the
+	// non-root sandbox user (ambient), not only in its bounding set.
+	ItemGrantCapabilities Item = "grant_capabilities"
+	ItemNoNewPrivileges   Item = "no_new_privileges"
+	ItemSeccomp           Item = "seccomp"
+	ItemReadOnlyRoot      Item = "read_only_root"
+	ItemUser              Item = "user"
+	ItemMemoryLimit       Item = "memory_limit"
+	ItemCPULimit          Item = "cpu_limit"
+	ItemPidsLimit         Item = "pids_limit"
+	ItemNoFileLimit       Item = "nofile_limit"
+	ItemNetworkNone       Item = "network_none"
+	ItemNetworkBridge     Item = "network_bridge"
+	ItemBindMounts        Item = "bind_mounts"
+	ItemOOMDetection      Item = "oom_detection"
 )
 
 // AllItems lists every item in report order.
 var AllItems = []Item{
-	ItemCapabilities, ItemNoNewPrivileges, ItemSeccomp, ItemReadOnlyRoot, ItemUser,
+	ItemCapabilities, ItemGrantCapabilities, ItemNoNewPrivileges, ItemSeccomp, ItemReadOnlyRoot, ItemUser,
 	ItemMemoryLimit, ItemCPULimit, ItemPidsLimit, ItemNoFileLimit,
 	ItemNetworkNone, ItemNetworkBridge, ItemBindMounts, ItemOOMDetection,
 }
@@ -52,6 +56,9 @@ func Required(p oci.Policy) []Item {
 	items := []Item{
 		ItemCapabilities, ItemNoNewPrivileges, ItemUser,
 		ItemMemoryLimit, ItemCPULimit, ItemPidsLimit, ItemNoFileLimit,
+	}
+	if len(p.Capabilities) > 0 {
+		items = append(items, ItemGrantCapabilities)
 	}
 	if p.Seccomp == oci.SeccompDefault {
 		items = append(items, ItemSeccomp)

@@ -61,7 +61,7 @@ func checks() []check {
 		},
 		{
 			name:   "exactly the listed capabilities",
-			needs:  []runtime.Item{runtime.ItemCapabilities},
+			needs:  []runtime.Item{runtime.ItemCapabilities, runtime.ItemGrantCapabilities},
 			policy: oci.Policy{Capabilities: []string{"CAP_NET_BIND_SERVICE", "CAP_CHOWN"}},
 			script: statusScript,
 			verify: func(t *testing.T, r result) {
