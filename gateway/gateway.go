@@ -1,0 +1,247 @@
+// Package gateway serves the model API to sandboxes. Each session gets its
+// own Unix socket (mounted into its sandbox) and a token; the gateway checks
+// the token, swaps in the real credentials and forwards to the upstream,
+// streaming. The real key never enters a sandbox.
+package gateway
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+)
+
+// DefaultUpstream is the public Anthropic API.
+const DefaultUpstream = "https://api.anthropic.com"
+
+// SocketName is the socket's file name inside a session directory.
+const SocketName = "model.sock"
+
+// maxBody bounds one request from a sandbox.
+const maxBody = 32 << 20
+
+// Credentials authenticate the gateway to the upstream. The OpenRouter key
+// is sent as a bearer token, the Anthropic key as x-api-key; with both set,
+// OpenRouter wins (as the seed did).
+type Credentials struct {
+	AnthropicKey  string
+	OpenRouterKey string
+}
+
+// Empty reports whether no credential is set.
+func (c Credentials) Empty() bool { return c.AnthropicKey == "" && c.OpenRouterKey == "" }
+
+// String never shows a key.
+func (c Credentials) String() string {
+	return fmt.Sprintf("Credentials{anthropic:%t openrouter:%t}", c.AnthropicKey != "", c.OpenRouterKey != "")
+}
+
+// Config configures a Gateway.
+type Config struct {
+	// Upstream is the model API base URL; default DefaultUpstream.
+	Upstream string
+	// Dir holds one directory per session; default /run/sandstorm/sessions.
+	Dir string
+	// Transport reaches the upstream; default http.DefaultTransport.
+	Transport http.RoundTripper
+	Logger    *slog.Logger
+}
+
+// Gateway hands out sessions.
+type Gateway struct {
+	cfg      Config
+	upstream *url.URL
+}
+
+// New checks the configuration and prepares the session directory.
+func New(cfg Config) (*Gateway, error) {
+	if cfg.Upstream == "" {
+		cfg.Upstream = DefaultUpstream
+	}
+	if cfg.Dir == "" {
+		cfg.Dir = "/run/sandstorm/sessions"
+	}
+	if cfg.Transport == nil {
+		cfg.Transport = http.DefaultTransport
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	u, err := url.Parse(cfg.Upstream)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("gateway: upstream %q is not an http(s) URL", cfg.Upstream)
+	}
+	// Sandboxes (possibly in a user namespace) must traverse to their socket.
+	if err := os.MkdirAll(cfg.Dir, 0o711); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	if err := os.Chmod(cfg.Dir, 0o711); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	return &Gateway{cfg: cfg, upstream: u}, nil
+}
+
+// Upstream is where requests go.
+func (g *Gateway) Upstream() string { return g.upstream.String() }
+
+// Session is one sandbox's access to the model.
+type Session struct {
+	// Dir is the session's host directory: mount it into the sandbox. It
+	// holds the socket; callers may add files (such as the runner's config).
+	Dir string
+	// Token authenticates the sandbox; it is worthless outside this session.
+	Token string
+
+	srv      *http.Server
+	mu       sync.Mutex
+	closed   bool
+	requests int
+}
+
+// SocketPath is the host path of the session's socket.
+func (s *Session) SocketPath() string { return filepath.Join(s.Dir, SocketName) }
+
+// Requests counts requests forwarded so far.
+func (s *Session) Requests() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.requests
+}
+
+// Open starts a session: a directory with a listening socket and a fresh token.
+func (g *Gateway) Open(id string, creds Credentials) (*Session, error) {
+	if id == "" || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." {
+		return nil, fmt.Errorf("gateway: bad session id %q", id)
+	}
+	dir := filepath.Join(g.cfg.Dir, id)
+	if err := os.Mkdir(dir, 0o711); err != nil {
+		return nil, fmt.Errorf("gateway: session directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return nil, fmt.Errorf("gateway: session directory: %w", err)
+	}
+	tok := make([]byte, 32)
+	if _, err := rand.Read(tok); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("gateway: token: %w", err)
+	}
+	s := &Session{Dir: dir, Token: "sandstorm-session-" + hex.EncodeToString(tok)}
+	l, err := net.Listen("unix", s.SocketPath())
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("gateway: listen: %w", err)
+	}
+	// Any uid inside the sandbox must be able to connect.
+	if err := os.Chmod(s.SocketPath(), 0o666); err != nil {
+		l.Close()
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	s.srv = &http.Server{
+		Handler:           g.handler(s, creds),
+		ReadHeaderTimeout: 30 * time.Second,
+		ErrorLog:          slog.NewLogLogger(g.cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	go func() { _ = s.srv.Serve(l) }()
+	return s, nil
+}
+
+// Close kills the token, stops the socket and removes the session directory.
+// In-flight requests are cut: the sandbox is going away.
+func (s *Session) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	err := s.srv.Close()
+	return errors.Join(err, os.RemoveAll(s.Dir))
+}
+
+func (s *Session) authorized(r *http.Request) bool {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return false
+	}
+	got := r.Header.Get("x-api-key")
+	if got == "" {
+		got, _ = strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	}
+	return subtle.ConstantTimeCompare([]byte(got), []byte(s.Token)) == 1
+}
+
+// allowedPath keeps the socket to the model API: nothing else of the
+// upstream is reachable from a sandbox.
+func allowedPath(p string) bool {
+	return p == "/v1/messages" || p == "/v1/messages/count_tokens" || p == "/api/hello"
+}
+
+func (g *Gateway) handler(s *Session, creds Credentials) http.Handler {
+	proxy := &httputil.ReverseProxy{
+		Transport:     g.cfg.Transport,
+		FlushInterval: -1, // stream every chunk as it comes
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(g.upstream)
+			pr.Out.Host = g.upstream.Host
+			h := pr.Out.Header
+			h.Del("x-api-key")
+			h.Del("Authorization")
+			switch {
+			case creds.OpenRouterKey != "":
+				h.Set("Authorization", "Bearer "+creds.OpenRouterKey)
+			case creds.AnthropicKey != "":
+				h.Set("x-api-key", creds.AnthropicKey)
+			}
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			g.cfg.Logger.Warn("gateway: upstream request failed", "path", r.URL.Path, "err", redact(err.Error(), creds))
+			apiError(w, http.StatusBadGateway, "api_error", "sandstorm gateway: upstream unreachable")
+		},
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.authorized(r) {
+			apiError(w, http.StatusUnauthorized, "authentication_error", "sandstorm gateway: invalid session token")
+			return
+		}
+		if !allowedPath(r.URL.Path) {
+			apiError(w, http.StatusNotFound, "not_found_error", "sandstorm gateway: only the Messages API is served")
+			return
+		}
+		s.mu.Lock()
+		s.requests++
+		s.mu.Unlock()
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		proxy.ServeHTTP(w, r)
+	})
+}
+
+func apiError(w http.ResponseWriter, status int, typ, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, `{"type":"error","error":{"type":%q,"message":%q}}`, typ, msg)
+}
+
+// redact removes credential values from text bound for logs.
+func redact(s string, c Credentials) string {
+	for _, k := range []string{c.AnthropicKey, c.OpenRouterKey} {
+		if k != "" {
+			s = strings.ReplaceAll(s, k, "[redacted]")
+		}
+	}
+	return s
+}

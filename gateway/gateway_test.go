@@ -1,0 +1,206 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+const realKey = "sk-ant-api03-REAL-SECRET-KEY-DO-NOT-LEAK"
+
+// client talks HTTP over the session's Unix socket, as the sandbox does.
+func client(s *Session) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", s.SocketPath())
+		},
+	}}
+}
+
+func post(t *testing.T, s *Session, path, token string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest("POST", "http://sandbox"+path, strings.NewReader(`{"model":"m","stream":true}`))
+	if token != "" {
+		req.Header.Set("x-api-key", token)
+	}
+	resp, err := client(s).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func open(t *testing.T, upstream string, creds Credentials, logs io.Writer) *Session {
+	t.Helper()
+	if logs == nil {
+		logs = io.Discard
+	}
+	g, err := New(Config{Upstream: upstream, Dir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := g.Open("sess-1", creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestCredentialsSwapped(t *testing.T) {
+	tests := []struct {
+		name       string
+		creds      Credentials
+		wantHeader string
+		wantValue  string
+	}{
+		{"anthropic key as x-api-key", Credentials{AnthropicKey: realKey}, "x-api-key", realKey},
+		{"openrouter key as bearer", Credentials{OpenRouterKey: "sk-or-secret"}, "Authorization", "Bearer sk-or-secret"},
+		{"openrouter wins over anthropic", Credentials{AnthropicKey: realKey, OpenRouterKey: "sk-or-secret"}, "Authorization", "Bearer sk-or-secret"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got http.Header
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				got = r.Header.Clone()
+				w.WriteHeader(200)
+			}))
+			defer up.Close()
+			s := open(t, up.URL, tt.creds, nil)
+			resp := post(t, s, "/v1/messages?beta=true", s.Token)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+			if got.Get(tt.wantHeader) != tt.wantValue {
+				t.Errorf("upstream got %s=%q", tt.wantHeader, got.Get(tt.wantHeader))
+			}
+			for k, vs := range got {
+				for _, v := range vs {
+					if strings.Contains(v, s.Token) {
+						t.Errorf("session token forwarded upstream in %s", k)
+					}
+				}
+			}
+			if s.Requests() != 1 {
+				t.Errorf("requests = %d", s.Requests())
+			}
+		})
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	called := false
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { called = true }))
+	defer up.Close()
+	s := open(t, up.URL, Credentials{AnthropicKey: realKey}, nil)
+	tests := []struct {
+		name, path, token string
+		status            int
+	}{
+		{"no token", "/v1/messages", "", 401},
+		{"wrong token", "/v1/messages", "sandstorm-session-guess", 401},
+		{"real key is not a token", "/v1/messages", realKey, 401},
+		{"other API path", "/v1/files", s.Token, 404},
+		{"path escape", "/v1/messages/../../admin", s.Token, 404},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp := post(t, s, tt.path, tt.token)
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tt.status {
+				t.Errorf("status %d, want %d (%s)", resp.StatusCode, tt.status, body)
+			}
+			if bytes.Contains(body, []byte(realKey)) {
+				t.Error("error body shows the key")
+			}
+		})
+	}
+	if called {
+		t.Error("a refused request reached the upstream")
+	}
+}
+
+func TestStreamsWithoutBuffering(t *testing.T) {
+	release := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "event: message_start\ndata: {}\n\n")
+		w.(http.Flusher).Flush()
+		<-release
+		io.WriteString(w, "event: message_stop\ndata: {}\n\n")
+	}))
+	defer up.Close()
+	defer close(release)
+	s := open(t, up.URL, Credentials{AnthropicKey: realKey}, nil)
+	resp := post(t, s, "/v1/messages", s.Token)
+	defer resp.Body.Close()
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || line != "event: message_start\n" {
+		t.Fatalf("first event did not arrive before the upstream finished: %q %v", line, err)
+	}
+}
+
+func TestCloseKillsSession(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer up.Close()
+	s := open(t, up.URL, Credentials{AnthropicKey: realKey}, nil)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(s.Dir); !os.IsNotExist(err) {
+		t.Errorf("session directory still there: %v", err)
+	}
+	if _, err := net.DialTimeout("unix", s.SocketPath(), time.Second); err == nil {
+		t.Error("socket still accepts connections")
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second close: %v", err)
+	}
+}
+
+func TestUpstreamErrorLogsNoSecret(t *testing.T) {
+	var logs bytes.Buffer
+	s := open(t, "http://127.0.0.1:1", Credentials{AnthropicKey: realKey}, &logs)
+	resp := post(t, s, "/v1/messages", s.Token)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("status %d, want 502", resp.StatusCode)
+	}
+	for _, out := range []string{logs.String(), string(body)} {
+		if strings.Contains(out, realKey) || strings.Contains(out, s.Token) {
+			t.Errorf("secret in output: %s", out)
+		}
+	}
+	if !strings.Contains(logs.String(), "upstream request failed") {
+		t.Errorf("failure not logged: %q", logs.String())
+	}
+}
+
+func TestBadConfig(t *testing.T) {
+	for _, u := range []string{"ftp://x", "not a url", "http://"} {
+		if _, err := New(Config{Upstream: u, Dir: t.TempDir()}); err == nil {
+			t.Errorf("upstream %q accepted", u)
+		}
+	}
+	g, err := New(Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"", "..", "a/b"} {
+		if _, err := g.Open(id, Credentials{}); err == nil {
+			t.Errorf("session id %q accepted", id)
+		}
+	}
+}
