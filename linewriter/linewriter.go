@@ -10,7 +10,8 @@ import (
 
 // Writer calls fn once per complete line (without its newline). A line
 // longer than max is delivered in pieces of max bytes with truncated=true on
-// all but the last, so memory stays bounded. It is safe for concurrent use.
+// all but the last, so memory stays bounded. fn must not keep line after it
+// returns (the buffer is reused). It is safe for concurrent use.
 type Writer struct {
 	mu  sync.Mutex
 	max int

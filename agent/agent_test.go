@@ -1,0 +1,239 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sandstorm-dev/sandstorm/gateway"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+)
+
+// fakeRuntime plays a runner: unit tests only; the real path is covered by
+// the end-to-end tests against real backends.
+type fakeRuntime struct {
+	stdout, stderr string
+	code           int
+	oom            bool
+	hang           bool
+	mu             sync.Mutex
+	created        []runtime.Spec
+	removed        int
+	configSeen     Config
+}
+
+func (f *fakeRuntime) Name() string                                             { return "fake" }
+func (f *fakeRuntime) Info(context.Context) (runtime.Info, error)               { return runtime.Info{}, nil }
+func (f *fakeRuntime) ImportImage(context.Context, io.Reader) ([]string, error) { return nil, nil }
+func (f *fakeRuntime) List(context.Context, map[string]string) ([]runtime.SandboxInfo, error) {
+	return nil, nil
+}
+func (f *fakeRuntime) Remove(context.Context, string) error { return nil }
+func (f *fakeRuntime) Leftovers(context.Context, string, string) ([]string, error) {
+	return nil, nil
+}
+func (f *fakeRuntime) Close() error { return nil }
+func (f *fakeRuntime) Capabilities(context.Context) (runtime.Capabilities, error) {
+	c := runtime.Capabilities{}
+	for _, it := range runtime.AllItems {
+		c[it] = runtime.Support{Enforced: true}
+	}
+	return c, nil
+}
+
+func (f *fakeRuntime) Create(_ context.Context, s runtime.Spec) (runtime.Sandbox, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.created = append(f.created, s)
+	for _, m := range s.Policy.Mounts {
+		if m.Target == MountDir {
+			data, _ := os.ReadFile(filepath.Join(m.Source, ConfigName))
+			_ = json.Unmarshal(data, &f.configSeen)
+		}
+	}
+	return &fakeSandbox{f: f, done: make(chan struct{})}, nil
+}
+
+type fakeSandbox struct {
+	f    *fakeRuntime
+	done chan struct{}
+	once sync.Once
+}
+
+func (s *fakeSandbox) ID() string { return "fake-1" }
+func (s *fakeSandbox) Start(_ context.Context, o runtime.IO) error {
+	go func() {
+		// Written in odd chunks, as pipes deliver.
+		for _, part := range chunks(s.f.stdout, 7) {
+			o.Stdout.Write([]byte(part))
+		}
+		o.Stderr.Write([]byte(s.f.stderr))
+		if !s.f.hang {
+			s.once.Do(func() { close(s.done) })
+		}
+	}()
+	return nil
+}
+func (s *fakeSandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
+	select {
+	case <-s.done:
+		if s.f.hang {
+			return runtime.ExitStatus{Code: 137, Signal: "SIGKILL"}, nil
+		}
+		return runtime.ExitStatus{Code: s.f.code, OOMKilled: s.f.oom}, nil
+	case <-ctx.Done():
+		return runtime.ExitStatus{}, ctx.Err()
+	}
+}
+func (s *fakeSandbox) Kill(context.Context) error {
+	s.once.Do(func() { close(s.done) })
+	return nil
+}
+func (s *fakeSandbox) Remove(context.Context) error {
+	s.f.mu.Lock()
+	s.f.removed++
+	s.f.mu.Unlock()
+	return nil
+}
+
+func chunks(s string, n int) []string {
+	var out []string
+	for len(s) > n {
+		out = append(out, s[:n])
+		s = s[n:]
+	}
+	return append(out, s)
+}
+
+const okResult = `{"type":"result","subtype":"success","is_error":false,"result":"done","total_cost_usd":0.01}`
+
+func run(t *testing.T, f *fakeRuntime, job Job) (Outcome, []map[string]any, error) {
+	t.Helper()
+	g, err := gateway.New(gateway.Config{Upstream: "http://127.0.0.1:1", Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var events []map[string]any
+	r := &Runner{Runtime: f, Gateway: g, Image: "img"}
+	out, err := r.Run(context.Background(), job, func(ev json.RawMessage) error {
+		var m map[string]any
+		if e := json.Unmarshal(ev, &m); e != nil {
+			t.Errorf("event is not a JSON object: %s", ev)
+		}
+		events = append(events, m)
+		return nil
+	})
+	return out, events, err
+}
+
+func types(evs []map[string]any) string {
+	var s []string
+	for _, e := range evs {
+		t := e["type"].(string)
+		if t == "sandbox" {
+			t += ":" + e["event"].(string)
+		}
+		if t == "error" {
+			t += ":" + e["code"].(string)
+		}
+		s = append(s, t)
+	}
+	return strings.Join(s, " ")
+}
+
+func TestRunEvents(t *testing.T) {
+	tests := []struct {
+		name string
+		f    *fakeRuntime
+		job  Job
+		want string
+		code string
+	}{
+		{"success", &fakeRuntime{stdout: `{"type":"system","subtype":"init"}` + "\n" + `{"type":"assistant"}` + "\n" + okResult + "\n", stderr: "diag\n"},
+			Job{}, "sandbox:created sandbox:started system assistant result stderr sandbox:exited sandbox:removed", ""},
+		{"noise on stdout becomes its own event", &fakeRuntime{stdout: "npm WARN x\n" + okResult + "\n"},
+			Job{}, "sandbox:created sandbox:started stdout result sandbox:exited sandbox:removed", ""},
+		{"error result", &fakeRuntime{stdout: `{"type":"result","subtype":"error_max_turns","is_error":true}` + "\n", code: 1},
+			Job{}, "sandbox:created sandbox:started result sandbox:exited error:agent_failed sandbox:removed", CodeAgentFailed},
+		{"exit 0 without result", &fakeRuntime{stdout: ""},
+			Job{}, "sandbox:created sandbox:started sandbox:exited error:agent_failed sandbox:removed", CodeAgentFailed},
+		{"oom", &fakeRuntime{code: 137, oom: true},
+			Job{}, "sandbox:created sandbox:started sandbox:exited error:oom sandbox:removed", CodeOOM},
+		{"timeout", &fakeRuntime{hang: true, stdout: `{"type":"system"}` + "\n"},
+			Job{Timeout: 50 * time.Millisecond}, "sandbox:created sandbox:started system sandbox:exited error:timeout sandbox:removed", CodeTimeout},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.job.Config = Config{Prompt: "hi", Model: "sonnet"}
+			out, evs, err := run(t, tt.f, tt.job)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// stderr and stdout are separate streams: only order within each is fixed.
+			if got := types(evs); got != tt.want && !sameMultiset(got, tt.want) {
+				t.Errorf("events\n got %s\nwant %s", got, tt.want)
+			}
+			if out.Code != tt.code {
+				t.Errorf("code %q, want %q", out.Code, tt.code)
+			}
+			if tt.f.removed != 1 {
+				t.Errorf("removed %d times", tt.f.removed)
+			}
+			if tt.f.configSeen.Prompt != "hi" || tt.f.configSeen.Model != "sonnet" {
+				t.Errorf("runner config not readable at create: %+v", tt.f.configSeen)
+			}
+			env := strings.Join(tt.f.created[0].Env, " ")
+			if !strings.Contains(env, TokenEnv+"=sandstorm-session-") {
+				t.Errorf("no session token in env: %s", env)
+			}
+		})
+	}
+}
+
+func sameMultiset(a, b string) bool {
+	x, y := strings.Fields(a), strings.Fields(b)
+	if len(x) != len(y) {
+		return false
+	}
+	count := map[string]int{}
+	for _, s := range x {
+		count[s]++
+	}
+	for _, s := range y {
+		count[s]--
+	}
+	for _, n := range count {
+		if n != 0 {
+			return false
+		}
+	}
+	return x[0] == y[0] && x[len(x)-1] == y[len(y)-1]
+}
+
+func TestClientGoneCancelsRun(t *testing.T) {
+	f := &fakeRuntime{hang: true, stdout: `{"type":"system"}` + "\n"}
+	g, _ := gateway.New(gateway.Config{Upstream: "http://127.0.0.1:1", Dir: t.TempDir()})
+	r := &Runner{Runtime: f, Gateway: g, Image: "img"}
+	gone := errors.New("client gone")
+	n := 0
+	out, err := r.Run(context.Background(), Job{Config: Config{Prompt: "x"}}, func(json.RawMessage) error {
+		n++
+		if n >= 3 {
+			return gone
+		}
+		return nil
+	})
+	if !errors.Is(err, gone) {
+		t.Fatalf("err = %v, want client gone", err)
+	}
+	if out.Code != CodeCancelled || f.removed != 1 {
+		t.Errorf("code %q removed %d", out.Code, f.removed)
+	}
+}
