@@ -1,0 +1,129 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestParseProject(t *testing.T) {
+	tests := []struct {
+		name     string
+		json     string
+		key      string // error must name it; "" = valid
+		warnings int
+	}{
+		{"empty", `{}`, "", 0},
+		{"full", `{"system_prompt":"Be concise","model":"sonnet","max_turns":30,
+			"output_format":{"type":"json_schema","schema":{"type":"object"}},
+			"agents":{"tester":{"system_prompt":"tests","model":"haiku"}},
+			"mcp_servers":{"fs":{"type":"stdio","command":"mcp-fs"},"gh":{"type":"sse","url":"http://x"}}}`, "", 0},
+		{"unknown key warned", `{"model":"opus","colour":"blue"}`, "", 1},
+		{"max_turns type", `{"max_turns":"ten"}`, "max_turns", 0},
+		{"max_turns range", `{"max_turns":-3}`, "max_turns", 0},
+		{"model type", `{"model":4}`, "model", 0},
+		{"output_format type", `{"output_format":{"type":"xml","schema":{}}}`, "output_format.type", 0},
+		{"output_format schema", `{"output_format":{"type":"json_schema"}}`, "output_format.schema", 0},
+		{"agent without prompt", `{"agents":{"a":{"model":"opus"}}}`, "agents.a", 0},
+		{"mcp stdio without command", `{"mcp_servers":{"x":{"type":"stdio"}}}`, "mcp_servers.x.command", 0},
+		{"mcp bad type", `{"mcp_servers":{"x":{"type":"grpc"}}}`, "mcp_servers.x.type", 0},
+		{"not an object", `[1,2]`, "JSON object", 0},
+		{"broken json", `{"model":`, "JSON", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, w, err := ParseProject([]byte(tt.json))
+			if tt.key == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+			} else if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.key) {
+				t.Fatalf("error %v does not name %q", err, tt.key)
+			}
+			if len(w) != tt.warnings {
+				t.Errorf("warnings %v, want %d", w, tt.warnings)
+			}
+		})
+	}
+}
+
+func TestLoadProjectMissingFile(t *testing.T) {
+	p, w, err := LoadProject(t.TempDir())
+	if err != nil || len(w) != 0 || p.Model != "" {
+		t.Errorf("missing file: %+v %v %v", p, w, err)
+	}
+}
+
+func TestParseLimits(t *testing.T) {
+	tests := []struct {
+		name  string
+		yaml  string
+		key   string
+		check func(t *testing.T, l Limits)
+	}{
+		{"seed file", "max_concurrent_agents: 5\ncpu_limit: \"2\"\nmemory_limit: \"4gb\"\nsession_timeout_seconds: 600\ndocker_image: \"sandstorm-agent:latest\"\n", "", func(t *testing.T, l Limits) {
+			if l.CPULimit != 2 || l.MemoryBytes != 4<<30 || l.Image != "sandstorm-agent:latest" {
+				t.Errorf("%+v", l)
+			}
+		}},
+		{"numbers and new keys", "cpu_limit: 0.5\nmemory_limit: 512m\npids_limit: 128\nimage: localhost/x:1\nnetwork_mode: bridge\nqueue_size: 3\nqueue_wait_seconds: 10\n", "", func(t *testing.T, l Limits) {
+			if l.CPULimit != 0.5 || l.MemoryBytes != 512<<20 || l.PidsLimit != 128 || l.NetworkMode != "bridge" || l.QueueSize != 3 {
+				t.Errorf("%+v", l)
+			}
+			if l.MaxConcurrentAgents != 5 {
+				t.Errorf("absent key lost its default: %+v", l)
+			}
+		}},
+		{"empty file gives defaults", "", "", func(t *testing.T, l Limits) {
+			if l != DefaultLimits() {
+				t.Errorf("%+v", l)
+			}
+		}},
+		{"bad memory", "memory_limit: lots\n", "memory_limit", nil},
+		{"tiny memory", "memory_limit: 1m\n", "memory_limit", nil},
+		{"bad cpu", "cpu_limit: many\n", "cpu_limit", nil},
+		{"zero agents", "max_concurrent_agents: 0\n", "max_concurrent_agents", nil},
+		{"agents type", "max_concurrent_agents: five\n", "max_concurrent_agents", nil},
+		{"bad network", "network_mode: host\n", "network_mode", nil},
+		{"timeout range", "session_timeout_seconds: 2\n", "session_timeout_seconds", nil},
+		{"not a mapping", "- a\n- b\n", "mapping", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l, _, err := ParseLimits([]byte(tt.yaml))
+			if tt.key != "" {
+				if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.key) {
+					t.Fatalf("error %v does not name %q", err, tt.key)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, l)
+		})
+	}
+}
+
+func TestFindLimits(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	t.Setenv(LimitsEnv, "")
+	if got := FindLimits(""); got != "" {
+		t.Errorf("no file: %q", got)
+	}
+	os.MkdirAll(filepath.Join(dir, "config"), 0o755)
+	os.WriteFile(filepath.Join(dir, DefaultLimitsPath), []byte("cpu_limit: 1\n"), 0o644)
+	if got := FindLimits(""); got != DefaultLimitsPath {
+		t.Errorf("default path: %q", got)
+	}
+	t.Setenv(LimitsEnv, "/etc/sandstorm/limits.yaml")
+	if got := FindLimits(""); got != "/etc/sandstorm/limits.yaml" {
+		t.Errorf("env: %q", got)
+	}
+	if got := FindLimits("mine.yaml"); got != "mine.yaml" {
+		t.Errorf("flag: %q", got)
+	}
+}

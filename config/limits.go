@@ -1,0 +1,183 @@
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/sandstorm-dev/sandstorm/oci"
+)
+
+// LimitsEnv names the limits file when no flag does.
+const LimitsEnv = "SANDSTORM_CONFIG"
+
+// DefaultLimitsPath is tried last, relative to the working directory.
+const DefaultLimitsPath = "config/limits.yaml"
+
+// Limits is limits.yaml: what this host allows every run.
+type Limits struct {
+	MaxConcurrentAgents   int     `json:"max_concurrent_agents"`
+	CPULimit              float64 `json:"-"`
+	MemoryBytes           int64   `json:"-"`
+	PidsLimit             int64   `json:"pids_limit"`
+	SessionTimeoutSeconds int     `json:"session_timeout_seconds"`
+	Image                 string  `json:"image"`
+	NetworkMode           string  `json:"network_mode"`
+	// QueueSize requests may wait for a free slot, each at most QueueWaitSeconds.
+	QueueSize        int `json:"queue_size"`
+	QueueWaitSeconds int `json:"queue_wait_seconds"`
+	// Source is the file these came from, or "" for built-in defaults.
+	Source string `json:"-"`
+}
+
+// DefaultLimits are used when no limits file exists.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxConcurrentAgents:   5,
+		CPULimit:              2,
+		MemoryBytes:           4 << 30,
+		PidsLimit:             oci.DefaultPids,
+		SessionTimeoutSeconds: 600,
+		Image:                 "localhost/sandstorm-agent:latest",
+		NetworkMode:           string(oci.NetworkNone),
+		QueueSize:             100,
+		QueueWaitSeconds:      60,
+	}
+}
+
+var limitsKeys = []string{"max_concurrent_agents", "cpu_limit", "memory_limit", "pids_limit",
+	"session_timeout_seconds", "image", "docker_image", "network_mode", "queue_size", "queue_wait_seconds"}
+
+// FindLimits returns the limits file to read: the flag's value, then
+// $SANDSTORM_CONFIG, then ./config/limits.yaml if it exists; "" means defaults.
+func FindLimits(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if env := os.Getenv(LimitsEnv); env != "" {
+		return env
+	}
+	if _, err := os.Stat(DefaultLimitsPath); err == nil {
+		return DefaultLimitsPath
+	}
+	return ""
+}
+
+// LoadLimits reads path over the defaults; "" gives the defaults.
+func LoadLimits(path string) (Limits, []string, error) {
+	l := DefaultLimits()
+	if path == "" {
+		return l, nil, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return l, nil, fmt.Errorf("%w: limits file: %w", ErrInvalid, err)
+	}
+	l, warnings, err := ParseLimits(data)
+	l.Source = path
+	if err != nil {
+		return l, warnings, fmt.Errorf("%s: %w", path, err)
+	}
+	return l, warnings, nil
+}
+
+// ParseLimits parses limits.yaml content over the defaults.
+func ParseLimits(data []byte) (Limits, []string, error) {
+	l := DefaultLimits()
+	j, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return l, nil, fmt.Errorf("%w: not valid YAML: %w", ErrInvalid, err)
+	}
+	if string(j) == "null" {
+		return l, nil, nil
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(j, &raw); err != nil {
+		return l, nil, fmt.Errorf("%w: must be a mapping of keys to values", ErrInvalid)
+	}
+	warnings := unknownKeys(sortedKeys(raw), limitsKeys)
+	if err := json.Unmarshal(j, &l); err != nil {
+		return l, warnings, fmt.Errorf("%w: %s", ErrInvalid, describeJSONError(err))
+	}
+	if img, ok := raw["docker_image"]; ok {
+		warnings = append(warnings, `"docker_image" is the old name of "image"`)
+		if _, has := raw["image"]; !has {
+			if err := json.Unmarshal(img, &l.Image); err != nil {
+				return l, warnings, fmt.Errorf("%w: docker_image: must be a string", ErrInvalid)
+			}
+		}
+	}
+	if v, ok := raw["cpu_limit"]; ok {
+		if l.CPULimit, err = number(v); err != nil {
+			return l, warnings, fmt.Errorf("%w: cpu_limit: %w", ErrInvalid, err)
+		}
+	}
+	if v, ok := raw["memory_limit"]; ok {
+		var s string
+		if json.Unmarshal(v, &s) != nil {
+			s = string(v) // a bare number of bytes
+		}
+		if l.MemoryBytes, err = oci.ParseSize(s); err != nil {
+			return l, warnings, fmt.Errorf("%w: memory_limit: %w", ErrInvalid, err)
+		}
+	}
+	return l, warnings, l.Validate()
+}
+
+// number accepts 2, 2.5 or "2".
+func number(v json.RawMessage) (float64, error) {
+	var f float64
+	if json.Unmarshal(v, &f) == nil {
+		return f, nil
+	}
+	var s string
+	if json.Unmarshal(v, &s) == nil {
+		if f, err := strconv.ParseFloat(strings.TrimSpace(s), 64); err == nil {
+			return f, nil
+		}
+	}
+	return 0, errors.New("must be a number of cores, such as 2 or \"0.5\"")
+}
+
+// Validate checks every value, naming the key of the first bad one.
+func (l Limits) Validate() error {
+	bad := func(key, format string, a ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrInvalid, key, fmt.Sprintf(format, a...))
+	}
+	switch {
+	case l.MaxConcurrentAgents < 1 || l.MaxConcurrentAgents > 10000:
+		return bad("max_concurrent_agents", "%d is outside 1..10000", l.MaxConcurrentAgents)
+	case l.CPULimit < 0.01 || l.CPULimit > 1024:
+		return bad("cpu_limit", "%g is outside 0.01..1024", l.CPULimit)
+	case l.MemoryBytes < 64<<20:
+		return bad("memory_limit", "%d bytes is below 64 MiB (the agent needs more)", l.MemoryBytes)
+	case l.PidsLimit < 8:
+		return bad("pids_limit", "%d is below 8", l.PidsLimit)
+	case l.SessionTimeoutSeconds < 5 || l.SessionTimeoutSeconds > 86400:
+		return bad("session_timeout_seconds", "%d is outside 5..86400", l.SessionTimeoutSeconds)
+	case l.Image == "":
+		return bad("image", "must not be empty")
+	case l.NetworkMode != string(oci.NetworkNone) && l.NetworkMode != string(oci.NetworkBridge):
+		return bad("network_mode", "%q is not one of none, bridge", l.NetworkMode)
+	case l.QueueSize < 0 || l.QueueSize > 100000:
+		return bad("queue_size", "%d is outside 0..100000", l.QueueSize)
+	case l.QueueWaitSeconds < 0 || l.QueueWaitSeconds > 3600:
+		return bad("queue_wait_seconds", "%d is outside 0..3600", l.QueueWaitSeconds)
+	}
+	return nil
+}
+
+// Policy is the sandbox policy these limits give.
+func (l Limits) Policy() oci.Policy {
+	return oci.Policy{
+		MemoryBytes: l.MemoryBytes,
+		CPUs:        l.CPULimit,
+		Pids:        l.PidsLimit,
+		Network:     oci.Network(l.NetworkMode),
+	}
+}
