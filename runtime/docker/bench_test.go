@@ -1,0 +1,91 @@
+package docker
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/cgroupfs"
+	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+)
+
+// BenchmarkRunTrue times create → start → wait → remove of `true` through
+// this package against `docker run --rm` of the same image with the same
+// settings (network none, limits, user, capabilities, read-only root, /tmp,
+// workspace bind mount, cgroup namespace and parent, no logging), alternating
+// the two in every iteration so both see the same machine load.
+func BenchmarkRunTrue(b *testing.B) {
+	rt := connect(b)
+	ctx := context.Background()
+	if _, err := rt.cli.ImageInspect(ctx, conformance.TestImage); err != nil {
+		b.Fatalf("test image not in docker (run the conformance test or make testimage and docker load it): %v", err)
+	}
+	policy := oci.Policy{MemoryBytes: 256 << 20, CPUs: 1}.WithDefaults()
+	nofile := policy.NoFile
+	if rt.d.NoFileHard > 0 && nofile > rt.d.NoFileHard {
+		nofile = rt.d.NoFileHard
+	}
+	workspace := b.TempDir()
+	parent := path.Join(oci.CgroupParent, fmt.Sprintf("bench-docker-%d", os.Getpid()))
+	b.Cleanup(func() {
+		for _, d := range cgroupfs.Existing(parent) {
+			_ = os.Remove(d)
+		}
+	})
+	mem := strconv.FormatInt(policy.MemoryBytes, 10)
+	args := []string{
+		"-H", rt.cli.DaemonHost(), "run", "--rm",
+		"--network", "none", "--hostname", policy.Hostname,
+		"--user", fmt.Sprintf("%d:%d", policy.UID, policy.GID),
+		"--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only",
+		"--tmpfs", fmt.Sprintf("/tmp:rw,exec,nosuid,nodev,size=%d,mode=1777", policy.TmpBytes),
+		"--memory", mem, "--memory-swap", mem,
+		"--cpu-period", strconv.Itoa(cpuPeriod), "--cpu-quota", strconv.FormatInt(oci.CPUQuota(policy.CPUs), 10),
+		"--pids-limit", strconv.FormatInt(policy.Pids, 10),
+		"--ulimit", fmt.Sprintf("nofile=%d:%d", nofile, nofile),
+		"--cgroupns", "private", "--cgroup-parent", parent, "--log-driver", "none",
+		"--workdir", oci.Workspace, "--mount", "type=bind,source=" + workspace + ",target=" + oci.Workspace,
+		"--entrypoint", "true", conformance.TestImage,
+	}
+	var lib, cli time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		runLibrary(b, rt, policy)
+		lib += time.Since(start)
+
+		start = time.Now()
+		if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
+			b.Fatalf("docker run: %v: %s", err, out)
+		}
+		cli += time.Since(start)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(lib.Milliseconds())/float64(b.N), "sandstorm-ms/op")
+	b.ReportMetric(float64(cli.Milliseconds())/float64(b.N), "docker-ms/op")
+	b.ReportMetric(float64(lib)/float64(cli), "ratio")
+}
+
+func runLibrary(b *testing.B, rt *Runtime, policy oci.Policy) {
+	ctx := context.Background()
+	sb, err := rt.Create(ctx, runtime.Spec{SessionID: "bench", Image: conformance.TestImage, Args: []string{"true"}, Policy: policy})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := sb.Start(ctx, runtime.IO{}); err != nil {
+		b.Fatal(err)
+	}
+	if st, err := sb.Wait(ctx); err != nil || st.Code != 0 {
+		b.Fatalf("wait: %+v %v", st, err)
+	}
+	if err := sb.Remove(ctx); err != nil {
+		b.Fatal(err)
+	}
+}

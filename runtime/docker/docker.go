@@ -1,0 +1,300 @@
+// Package docker runs sandboxes on the Docker Engine through its API
+// (github.com/moby/moby/client), negotiating the API version down to the
+// daemon's (1.41 for Docker 20.10).
+package docker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/jsonstream"
+	"github.com/moby/moby/api/types/system"
+	"github.com/moby/moby/client"
+
+	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/cgroupfs"
+)
+
+// Name is the backend's name.
+const Name = "docker"
+
+// Config selects the daemon and where the backend keeps its state.
+type Config struct {
+	// Host is the daemon's address, e.g. unix:///var/run/docker.sock; empty
+	// means $DOCKER_HOST or the client's default.
+	Host string
+	// StateDir holds each sandbox's scratch directory (its workspace);
+	// default /var/lib/sandstorm/docker. It must be on the daemon's host.
+	StateDir string
+}
+
+func (c Config) withDefaults() Config {
+	if c.StateDir == "" {
+		c.StateDir = "/var/lib/sandstorm/docker"
+	}
+	return c
+}
+
+// Runtime is the Docker backend.
+type Runtime struct {
+	cfg  Config
+	cli  *client.Client
+	d    daemon
+	caps runtime.Capabilities
+	// rootless is what the daemon reported when it was connected.
+	rootless bool
+}
+
+var _ runtime.Runtime = (*Runtime)(nil)
+
+// New connects to the daemon, negotiates the API version and reads what the
+// daemon enforces.
+func New(ctx context.Context, cfg Config) (*Runtime, error) {
+	cfg = cfg.withDefaults()
+	opts := []client.Opt{client.FromEnv}
+	if cfg.Host != "" {
+		opts = append(opts, client.WithHost(cfg.Host))
+	}
+	cli, err := client.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: docker client: %w", runtime.ErrUnavailable, err)
+	}
+	r, err := probe(ctx, cfg, cli)
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// probe checks that the daemon answers and reads what it enforces.
+func probe(ctx context.Context, cfg Config, cli *client.Client) (*Runtime, error) {
+	if _, err := cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
+		return nil, fmt.Errorf("%w: docker at %s does not answer: %w", runtime.ErrUnavailable, cli.DaemonHost(), err)
+	}
+	info, err := cli.Info(ctx, client.InfoOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("%w: docker info: %w", runtime.ErrUnavailable, err)
+	}
+	_, bridgeErr := cli.NetworkInspect(ctx, "bridge", client.NetworkInspectOptions{})
+	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	r := &Runtime{
+		cfg: cfg,
+		cli: cli,
+		d: daemon{
+			CgroupDriver: info.Info.CgroupDriver,
+			SwapLimit:    info.Info.SwapLimit,
+			NoFileHard:   runtime.DetectHost().NoFileHard,
+		},
+		caps:     capabilities(info.Info, bridgeErr),
+		rootless: slices.Contains(info.Info.SecurityOptions, "name=rootless"),
+	}
+	return r, nil
+}
+
+// capabilities is what a daemon enforces, from its own report. It is read
+// once: every Create also verifies the container the daemon made.
+func capabilities(info system.Info, bridgeErr error) runtime.Capabilities {
+	caps := runtime.Capabilities{}
+	for _, it := range runtime.AllItems {
+		caps[it] = runtime.Support{Enforced: true}
+	}
+	not := func(it runtime.Item, reason string) { caps[it] = runtime.Support{Reason: reason} }
+	not(runtime.ItemGrantCapabilities, "docker adds listed capabilities to a non-root user's bounding set only, never to its effective set")
+	if !slices.ContainsFunc(info.SecurityOptions, func(o string) bool { return strings.HasPrefix(o, "name=seccomp") }) {
+		not(runtime.ItemSeccomp, "the docker daemon runs without seccomp")
+	}
+	noCgroups := info.CgroupDriver == "none"
+	if noCgroups || !info.MemoryLimit {
+		not(runtime.ItemMemoryLimit, "the docker daemon reports no memory limit support")
+		not(runtime.ItemOOMDetection, "no memory cgroup to detect OOM kills in")
+	}
+	if noCgroups || !info.CPUCfsQuota || !info.CPUCfsPeriod {
+		not(runtime.ItemCPULimit, "the docker daemon reports no CPU quota support")
+	}
+	if noCgroups || !info.PidsLimit {
+		not(runtime.ItemPidsLimit, "the docker daemon reports no pids limit support")
+	}
+	if bridgeErr != nil {
+		not(runtime.ItemNetworkBridge, fmt.Sprintf("no docker network named bridge: %v", bridgeErr))
+	}
+	return caps
+}
+
+// Name implements runtime.Runtime.
+func (r *Runtime) Name() string { return Name }
+
+// Close implements runtime.Runtime.
+func (r *Runtime) Close() error { return r.cli.Close() }
+
+// Info implements runtime.Runtime.
+func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
+	v, err := r.cli.ServerVersion(ctx, client.ServerVersionOptions{})
+	if err != nil {
+		return runtime.Info{}, fmt.Errorf("%w: docker version: %w", runtime.ErrUnavailable, err)
+	}
+	return runtime.Info{Name: Name, Version: v.Version, Socket: r.cli.DaemonHost(), Rootless: r.rootless}, nil
+}
+
+// Capabilities implements runtime.Runtime.
+func (r *Runtime) Capabilities(context.Context) (runtime.Capabilities, error) {
+	return maps.Clone(r.caps), nil
+}
+
+// ImportImage implements runtime.Runtime. Docker 20.10 loads the one-tar
+// image through the Docker manifest.json it carries.
+func (r *Runtime) ImportImage(ctx context.Context, rd io.Reader) ([]string, error) {
+	resp, err := r.cli.ImageLoad(ctx, rd, client.ImageLoadWithQuiet(true))
+	if err != nil {
+		return nil, fmt.Errorf("load image into docker: %w", err)
+	}
+	defer resp.Close()
+	return loadedImages(resp)
+}
+
+// loadedImages reads the daemon's load progress stream: one JSON message per
+// line, "Loaded image: REF" (or "Loaded image ID: ID" when untagged) per image.
+func loadedImages(rd io.Reader) ([]string, error) {
+	var names []string
+	dec := json.NewDecoder(rd)
+	for {
+		var m jsonstream.Message
+		if err := dec.Decode(&m); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return nil, fmt.Errorf("load image into docker: read response: %w", err)
+		}
+		if m.Error != nil {
+			return nil, fmt.Errorf("load image into docker: %s", m.Error.Message)
+		}
+		for _, line := range strings.Split(m.Stream, "\n") {
+			for _, prefix := range []string{"Loaded image: ", "Loaded image ID: "} {
+				if ref, ok := strings.CutPrefix(line, prefix); ok {
+					names = append(names, strings.TrimSpace(ref))
+				}
+			}
+		}
+	}
+	if len(names) == 0 {
+		return nil, errors.New("load image into docker: the daemon reported no image loaded")
+	}
+	return names, nil
+}
+
+// List implements runtime.Runtime.
+func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime.SandboxInfo, error) {
+	f := client.Filters{}
+	for k, v := range labels {
+		f.Add("label", k+"="+v)
+	}
+	if len(labels) == 0 {
+		f.Add("label", oci.LabelManaged)
+	}
+	res, err := r.cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	var out []runtime.SandboxInfo
+	for _, c := range res.Items {
+		out = append(out, runtime.SandboxInfo{
+			ID:        sandboxID(c.Names),
+			SessionID: c.Labels[oci.LabelSession],
+			Labels:    c.Labels,
+			Running:   c.State == container.StateRunning,
+		})
+	}
+	return out, nil
+}
+
+// sandboxID is the container's own name: the sandbox id. Docker also lists
+// link aliases, which have a second slash.
+func sandboxID(names []string) string {
+	for _, n := range names {
+		if n = strings.TrimPrefix(n, "/"); !strings.Contains(n, "/") {
+			return n
+		}
+	}
+	return ""
+}
+
+// find returns the container named id, or nil. The name is matched exactly:
+// the daemon's own lookup by name falls back to id prefixes, which could
+// reach a container that is not the sandbox.
+func (r *Runtime) find(ctx context.Context, id string) (*container.Summary, error) {
+	f := client.Filters{}
+	f.Add("name", "^/?"+regexp.QuoteMeta(id)+"$")
+	res, err := r.cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
+	if err != nil {
+		return nil, fmt.Errorf("find container %s: %w", id, err)
+	}
+	for _, c := range res.Items {
+		if sandboxID(c.Names) == id {
+			return &c, nil
+		}
+	}
+	return nil, nil
+}
+
+// Remove implements runtime.Runtime.
+func (r *Runtime) Remove(ctx context.Context, id string) error {
+	return r.cleanup(ctx, id, "")
+}
+
+// Leftovers implements runtime.Runtime. Nothing Docker makes for a sandbox
+// outlives its container except what is named here, so the session is not
+// needed to find it.
+func (r *Runtime) Leftovers(ctx context.Context, id, _ string) ([]string, error) {
+	if !runtime.ValidID(id) {
+		return nil, fmt.Errorf("%w: sandbox id %q", runtime.ErrInvalidSpec, id)
+	}
+	var left []string
+	c, err := r.find(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	containerID := ""
+	if c != nil {
+		containerID = c.ID
+		left = append(left, fmt.Sprintf("container %s (%s)", id, c.ID))
+	}
+	for _, d := range r.cgroups(id, containerID) {
+		left = append(left, "cgroup "+d)
+	}
+	if _, err := os.Stat(r.scratch(id)); err == nil {
+		left = append(left, "scratch directory "+r.scratch(id))
+	}
+	return left, nil
+}
+
+// cgroups returns the existing directories of sandbox id's cgroups: under
+// cgroupfs its own parent; under systemd the scope of its container, which
+// Docker names by container id and so is only found while the container
+// exists (systemd removes empty scopes itself).
+func (r *Runtime) cgroups(id, containerID string) []string {
+	switch {
+	case r.d.CgroupDriver == "cgroupfs":
+		return cgroupfs.Existing(cgroupParent(r.d.CgroupDriver, id))
+	case r.d.CgroupDriver == "systemd" && containerID != "":
+		return cgroupfs.Existing(path.Join("/", systemdSlice, "docker-"+containerID+".scope"))
+	}
+	return nil
+}
+
+func (r *Runtime) scratch(id string) string { return filepath.Join(r.cfg.StateDir, id) }
+
+func notFound(err error) bool { return cerrdefs.IsNotFound(err) }

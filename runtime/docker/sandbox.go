@@ -1,0 +1,307 @@
+package docker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"syscall"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/pkg/stdcopy"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
+	"golang.org/x/sys/unix"
+
+	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/cgroupfs"
+)
+
+// cleanupTimeout bounds removal, which runs even after the caller's context ended.
+const cleanupTimeout = 30 * time.Second
+
+type sandbox struct {
+	r           *Runtime
+	id          string
+	containerID string
+	// oomCgroup is the sandbox's own cgroup parent, whose OOM counter
+	// cross-checks Docker's report; empty when the parent is shared.
+	oomCgroup string
+
+	attach *client.HijackedResponse
+	// copied is closed once all output was delivered; copyErr says why not.
+	copied  chan struct{}
+	copyErr error
+	// stopWait ends the background wait when the sandbox is removed.
+	stopWait context.CancelFunc
+	// exited is closed once status or waitErr is set.
+	exited  chan struct{}
+	status  runtime.ExitStatus
+	waitErr error
+	removed bool
+}
+
+// Create implements runtime.Runtime.
+func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sandbox, err error) {
+	prep, err := runtime.Prepare(spec, r.caps)
+	if err != nil {
+		return nil, err
+	}
+	id, policy := prep.ID, prep.Policy
+	workspace, err := runtime.MakeScratch(r.scratch(id), spec.Files, int(policy.UID), int(policy.GID))
+	if errors.Is(err, os.ErrExist) {
+		// Another sandbox owns this id: leave its scratch directory alone.
+		return nil, fmt.Errorf("%w: sandbox id %s is in use", runtime.ErrInvalidSpec, id)
+	}
+	containerID := ""
+	// From here on, what this call made is undone on failure, and only that:
+	// a name conflict must not remove the sandbox that holds the name.
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, r.undo(ctx, id, containerID))
+		}
+	}()
+	if err != nil {
+		return nil, fmt.Errorf("prepare workspace: %w", err)
+	}
+	sb := oci.Sandbox{
+		ID: id, SessionID: spec.SessionID, Args: spec.Args, Env: spec.Env,
+		Labels: spec.Labels, Workspace: workspace, Policy: policy,
+	}
+	req := buildRequest(sb, spec.Image, r.d)
+	created, err := r.cli.ContainerCreate(ctx, client.ContainerCreateOptions{Name: id, Config: req.Config, HostConfig: req.Host})
+	switch {
+	case notFound(err):
+		return nil, fmt.Errorf("%w: image %s in docker (import it first): %w", runtime.ErrNotFound, spec.Image, err)
+	case cerrdefs.IsConflict(err):
+		return nil, fmt.Errorf("%w: sandbox id %s is in use: %w", runtime.ErrInvalidSpec, id, err)
+	case cerrdefs.IsInvalidArgument(err):
+		return nil, fmt.Errorf("%w: docker refused the container: %w", runtime.ErrInvalidSpec, err)
+	case err != nil:
+		return nil, fmt.Errorf("create container %s: %w", id, err)
+	}
+	containerID = created.ID
+	got, err := r.cli.ContainerInspect(ctx, containerID, client.ContainerInspectOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("inspect container %s: %w", id, err)
+	}
+	if err := verify(req, got.Container); err != nil {
+		if len(created.Warnings) > 0 {
+			err = fmt.Errorf("%w (daemon warnings: %v)", err, created.Warnings)
+		}
+		return nil, fmt.Errorf("sandbox %s: %w", id, err)
+	}
+	s := &sandbox{r: r, id: id, containerID: containerID}
+	if r.d.CgroupDriver == "cgroupfs" {
+		s.oomCgroup = cgroupParent(r.d.CgroupDriver, id)
+	}
+	return s, nil
+}
+
+// undo removes what a failed Create made: the container it created, if any,
+// and the scratch directory.
+func (r *Runtime) undo(ctx context.Context, id, containerID string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	var errs []error
+	if containerID != "" {
+		errs = append(errs, r.removeContainer(ctx, id, containerID))
+	}
+	if err := os.RemoveAll(r.scratch(id)); err != nil {
+		errs = append(errs, fmt.Errorf("remove scratch directory: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+func (s *sandbox) ID() string { return s.id }
+
+// Start implements runtime.Sandbox. Output is attached before the start, so
+// none is lost, and copied live, stdout and stderr apart.
+func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
+	if s.exited != nil {
+		return fmt.Errorf("sandbox %s was already started", s.id)
+	}
+	att, err := s.r.cli.ContainerAttach(ctx, s.containerID, client.ContainerAttachOptions{Stream: true, Stdout: true, Stderr: true})
+	if err != nil {
+		return fmt.Errorf("attach to sandbox %s: %w", s.id, err)
+	}
+	s.attach = &att.HijackedResponse
+	copied := make(chan struct{})
+	s.copied = copied
+	go func() {
+		defer close(copied)
+		s.copyErr = copyOutput(orDiscard(io.Stdout), orDiscard(io.Stderr), att.Reader)
+	}()
+	if _, err := s.r.cli.ContainerStart(ctx, s.containerID, client.ContainerStartOptions{}); err != nil {
+		att.Close()
+		return fmt.Errorf("start sandbox %s: %w", s.id, err)
+	}
+	// The wait outlives the caller's context: a later Wait still needs it.
+	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopWait = stop
+	s.exited = make(chan struct{})
+	go s.wait(wctx)
+	return nil
+}
+
+// copyOutput demultiplexes the attach stream. If a writer fails, the rest is
+// drained so the sandbox never blocks on a full pipe.
+func copyOutput(stdout, stderr io.Writer, stream io.Reader) error {
+	_, err := stdcopy.StdCopy(stdout, stderr, stream)
+	if err != nil {
+		_, _ = io.Copy(io.Discard, stream)
+		return err
+	}
+	return nil
+}
+
+// wait records how the process ended: the daemon's exit code and OOM flag,
+// and the sandbox cgroup's OOM counter where Docker's flag can miss a kill.
+func (s *sandbox) wait(ctx context.Context) {
+	defer close(s.exited)
+	w := s.r.cli.ContainerWait(ctx, s.containerID, client.ContainerWaitOptions{Condition: container.WaitConditionNotRunning})
+	select {
+	case <-w.Result:
+	case err := <-w.Error:
+		s.waitErr = fmt.Errorf("wait for sandbox %s: %w", s.id, err)
+		return
+	}
+	got, err := s.r.cli.ContainerInspect(ctx, s.containerID, client.ContainerInspectOptions{})
+	if err != nil {
+		s.waitErr = fmt.Errorf("inspect sandbox %s after exit: %w", s.id, err)
+		return
+	}
+	if got.Container.State == nil {
+		s.waitErr = fmt.Errorf("sandbox %s: the daemon reported no state after exit", s.id)
+		return
+	}
+	s.status = exitStatus(*got.Container.State)
+	if s.oomCgroup != "" {
+		if n, err := cgroupfs.OOMKills(s.oomCgroup); err == nil && n > 0 {
+			s.status.OOMKilled = true
+		}
+	}
+}
+
+// exitStatus reads a stopped container's state.
+func exitStatus(st container.State) runtime.ExitStatus {
+	es := runtime.ExitStatus{Code: st.ExitCode, OOMKilled: st.OOMKilled}
+	if at, err := time.Parse(time.RFC3339Nano, st.FinishedAt); err == nil {
+		es.ExitedAt = at
+	}
+	if st.ExitCode > 128 && st.ExitCode < 128+65 {
+		es.Signal = unix.SignalName(syscall.Signal(st.ExitCode - 128))
+	}
+	return es
+}
+
+// Wait implements runtime.Sandbox.
+func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
+	if s.exited == nil {
+		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.id)
+	}
+	select {
+	case <-s.exited:
+	case <-ctx.Done():
+		return runtime.ExitStatus{}, ctx.Err()
+	}
+	if s.waitErr != nil {
+		return runtime.ExitStatus{}, s.waitErr
+	}
+	// All output must be delivered before the exit is reported.
+	select {
+	case <-s.copied:
+	case <-ctx.Done():
+		return runtime.ExitStatus{}, ctx.Err()
+	}
+	if s.copyErr != nil {
+		return s.status, fmt.Errorf("sandbox %s output: %w", s.id, s.copyErr)
+	}
+	return s.status, nil
+}
+
+// Kill implements runtime.Sandbox. Killing the sandbox's first process ends
+// its PID namespace, and so every process in it.
+func (s *sandbox) Kill(ctx context.Context) error {
+	_, err := s.r.cli.ContainerKill(ctx, s.containerID, client.ContainerKillOptions{Signal: "KILL"})
+	// Conflict: the container is not running, so there is nothing to kill.
+	if err != nil && !notFound(err) && !cerrdefs.IsConflict(err) {
+		return fmt.Errorf("kill sandbox %s: %w", s.id, err)
+	}
+	return nil
+}
+
+// Remove implements runtime.Sandbox.
+func (s *sandbox) Remove(ctx context.Context) error {
+	if s.removed {
+		return nil
+	}
+	err := s.r.cleanup(ctx, s.id, s.containerID)
+	if s.attach != nil {
+		s.attach.Close()
+	}
+	if s.stopWait != nil {
+		s.stopWait()
+	}
+	if err != nil {
+		return err
+	}
+	s.removed = true
+	return nil
+}
+
+// cleanup removes everything sandbox id owns, whatever state it is in:
+// container, cgroup parent, scratch directory. containerID may be empty; the
+// container is then looked up by name.
+func (r *Runtime) cleanup(ctx context.Context, id, containerID string) error {
+	if !runtime.ValidID(id) {
+		return fmt.Errorf("%w: sandbox id %q", runtime.ErrInvalidSpec, id)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	var errs []error
+	if containerID == "" {
+		c, err := r.find(ctx, id)
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case c != nil && c.Labels[oci.LabelManaged] != "true":
+			errs = append(errs, fmt.Errorf("container %s is not a sandbox (no %s label): not removing it", id, oci.LabelManaged))
+		case c != nil:
+			containerID = c.ID
+		}
+	}
+	if containerID != "" {
+		errs = append(errs, r.removeContainer(ctx, id, containerID))
+	}
+	// runc removes the container's cgroups, not the per-sandbox parent.
+	for _, d := range r.cgroups(id, "") {
+		if err := os.Remove(d); err != nil && !os.IsNotExist(err) {
+			errs = append(errs, fmt.Errorf("remove cgroup: %w", err))
+		}
+	}
+	if err := os.RemoveAll(r.scratch(id)); err != nil {
+		errs = append(errs, fmt.Errorf("remove scratch directory: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// removeContainer force-removes a container (killing it if it runs) with its
+// anonymous volumes.
+func (r *Runtime) removeContainer(ctx context.Context, id, containerID string) error {
+	_, err := r.cli.ContainerRemove(ctx, containerID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
+	if err != nil && !notFound(err) {
+		return fmt.Errorf("remove container %s: %w", id, err)
+	}
+	return nil
+}
+
+func orDiscard(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}
