@@ -7,8 +7,10 @@ import (
 	"errors"
 	"net/http"
 
+	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/session"
 )
 
 // Exit codes, after sysexits(3).
@@ -16,6 +18,7 @@ const (
 	ExitFailure     = 1
 	ExitUsage       = 64
 	ExitNotFound    = 66
+	ExitBusy        = 75
 	ExitUnavailable = 69
 	ExitConfig      = 78
 	ExitTimeout     = 124
@@ -29,6 +32,9 @@ type mapping struct {
 }
 
 var table = []mapping{
+	{session.ErrInvalidRequest, http.StatusBadRequest, ExitUsage},
+	{session.ErrBusy, http.StatusTooManyRequests, ExitBusy},
+	{config.ErrInvalid, http.StatusBadRequest, ExitConfig},
 	{runtime.ErrInvalidSpec, http.StatusBadRequest, ExitUsage},
 	{oci.ErrInvalidPolicy, http.StatusBadRequest, ExitUsage},
 	{runtime.ErrNotFound, http.StatusNotFound, ExitNotFound},

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/session"
 )
 
 func TestMapping(t *testing.T) {
@@ -22,6 +24,9 @@ func TestMapping(t *testing.T) {
 		{fmt.Errorf("x: %w", runtime.ErrUnavailable), 503, ExitUnavailable},
 		{fmt.Errorf("x: %w", runtime.ErrNotEnforceable), 422, ExitConfig},
 		{fmt.Errorf("x: %w", context.DeadlineExceeded), 504, ExitTimeout},
+		{fmt.Errorf("x: %w", session.ErrInvalidRequest), 400, ExitUsage},
+		{fmt.Errorf("x: %w", session.ErrBusy), 429, ExitBusy},
+		{fmt.Errorf("x: %w", config.ErrInvalid), 400, ExitConfig},
 		{errors.New("boom"), 500, ExitFailure},
 	}
 	for _, tt := range tests {

@@ -1,0 +1,183 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sandstorm-dev/sandstorm/agent"
+	"github.com/sandstorm-dev/sandstorm/config"
+	"github.com/sandstorm-dev/sandstorm/gateway"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+)
+
+// ErrBusy: every slot is taken and the queue is full, or the wait ran out.
+var ErrBusy = errors.New("all agent slots are busy")
+
+// ForwardedEnv are the provider switches passed into the sandbox. Keys are
+// not among them: credentials reach the model through the gateway only.
+var ForwardedEnv = []string{
+	"ANTHROPIC_DEFAULT_SONNET_MODEL", "ANTHROPIC_DEFAULT_OPUS_MODEL", "ANTHROPIC_DEFAULT_HAIKU_MODEL",
+	"CLAUDE_CODE_USE_VERTEX", "CLOUD_ML_REGION", "ANTHROPIC_VERTEX_PROJECT_ID",
+	"CLAUDE_CODE_USE_BEDROCK", "AWS_REGION",
+	"CLAUDE_CODE_USE_FOUNDRY", "AZURE_FOUNDRY_RESOURCE",
+}
+
+// Manager runs requests with at most Limits.MaxConcurrentAgents at a time.
+type Manager struct {
+	runner  *agent.Runner
+	limits  config.Limits
+	project config.Project
+	creds   gateway.Credentials
+	env     []string
+
+	slots   chan struct{}
+	mu      sync.Mutex
+	waiting int
+}
+
+// NewManager makes a manager. creds are the process's credentials, used
+// when a request brings none.
+func NewManager(r *agent.Runner, l config.Limits, p config.Project, creds gateway.Credentials) *Manager {
+	var env []string
+	for _, k := range ForwardedEnv {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	return &Manager{runner: r, limits: l, project: p, creds: creds, env: env,
+		slots: make(chan struct{}, l.MaxConcurrentAgents)}
+}
+
+// Limits returns the limits in force.
+func (m *Manager) Limits() config.Limits { return m.limits }
+
+// Credentials returns the process's default credentials.
+func (m *Manager) Credentials() gateway.Credentials { return m.creds }
+
+// Job merges req with the project config and limits. An explicit request
+// value always wins; an absent one falls back to sandstorm.json.
+func (m *Manager) Job(req Request) (agent.Job, error) {
+	if err := req.Validate(); err != nil {
+		return agent.Job{}, err
+	}
+	c := agent.Config{
+		Prompt:       req.Prompt,
+		Model:        firstNonEmpty(req.Model, m.project.Model),
+		MaxTurns:     req.MaxTurns,
+		SystemPrompt: m.project.SystemPrompt,
+		OutputFormat: req.OutputFormat,
+		Agents:       m.project.Agents,
+		MCPServers:   m.project.MCPServers,
+	}
+	if c.MaxTurns == 0 {
+		c.MaxTurns = m.project.MaxTurns
+	}
+	if len(c.OutputFormat) == 0 {
+		c.OutputFormat = m.project.OutputFormat
+	}
+	timeout := req.Timeout
+	if timeout == 0 {
+		timeout = DefaultTimeout
+	}
+	// The host's limit caps what a request may ask for.
+	timeout = min(timeout, m.limits.SessionTimeoutSeconds)
+	creds := m.creds
+	if req.AnthropicAPIKey != "" || req.OpenRouterAPIKey != "" {
+		creds = gateway.Credentials{AnthropicKey: req.AnthropicAPIKey, OpenRouterKey: req.OpenRouterAPIKey}
+	}
+	files := req.WorkspaceFiles()
+	env := append([]string(nil), m.env...)
+	if gac, extra, err := googleCredentials(); err != nil {
+		return agent.Job{}, err
+	} else if gac != nil {
+		files = append(files, *gac)
+		env = append(env, extra)
+	}
+	return agent.Job{Config: c, Files: files, Timeout: time.Duration(timeout) * time.Second, Credentials: creds, Env: env}, nil
+}
+
+// googleCredentials copies the GOOGLE_APPLICATION_CREDENTIALS file into the
+// workspace (Vertex needs the file, not just a path on the host).
+func googleCredentials() (*runtime.File, string, error) {
+	path := os.Getenv("GOOGLE_APPLICATION_CREDENTIALS")
+	if path == "" || os.Getenv("CLAUDE_CODE_USE_VERTEX") == "" {
+		return nil, "", nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, "", fmt.Errorf("GOOGLE_APPLICATION_CREDENTIALS: %w", err)
+	}
+	const name = ".config/gcloud/application_default_credentials.json"
+	return &runtime.File{Path: name, Content: data, Mode: 0o600}, "GOOGLE_APPLICATION_CREDENTIALS=/home/user/" + name, nil
+}
+
+// Queued is told the queue position while a request waits for a slot.
+type Queued func(position int)
+
+// Run validates and runs req, waiting for a slot if needed. Errors before
+// the run starts (validation, busy) are returned without any event.
+func (m *Manager) Run(ctx context.Context, req Request, queued Queued, emit agent.Emit) (agent.Outcome, error) {
+	job, err := m.Job(req)
+	if err != nil {
+		return agent.Outcome{}, err
+	}
+	release, err := m.acquire(ctx, queued)
+	if err != nil {
+		return agent.Outcome{}, err
+	}
+	defer release()
+	return m.runner.Run(ctx, job, emit)
+}
+
+// acquire takes a slot, waiting in the bounded queue.
+func (m *Manager) acquire(ctx context.Context, queued Queued) (func(), error) {
+	release := func() { <-m.slots }
+	select {
+	case m.slots <- struct{}{}:
+		return release, nil
+	default:
+	}
+	m.mu.Lock()
+	if m.waiting >= m.limits.QueueSize {
+		m.mu.Unlock()
+		return nil, fmt.Errorf("%w: %d running, %d waiting (queue_size %d)", ErrBusy, cap(m.slots), m.limits.QueueSize, m.limits.QueueSize)
+	}
+	m.waiting++
+	pos := m.waiting
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.waiting--
+		m.mu.Unlock()
+	}()
+	if queued != nil {
+		queued(pos)
+	}
+	wait := time.NewTimer(time.Duration(m.limits.QueueWaitSeconds) * time.Second)
+	defer wait.Stop()
+	select {
+	case m.slots <- struct{}{}:
+		return release, nil
+	case <-wait.C:
+		return nil, fmt.Errorf("%w: no slot freed within queue_wait_seconds (%d s)", ErrBusy, m.limits.QueueWaitSeconds)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Running is how many runs hold a slot.
+func (m *Manager) Running() int { return len(m.slots) }
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if strings.TrimSpace(v) != "" {
+			return v
+		}
+	}
+	return ""
+}

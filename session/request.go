@@ -1,0 +1,123 @@
+// Package session turns a request into an agent run: it validates the
+// request, merges it with sandstorm.json and limits.yaml (an explicit
+// request value always wins), and takes a slot, waiting in a bounded queue
+// when all are busy.
+package session
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"regexp"
+	"slices"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/sandstorm-dev/sandstorm/config"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+)
+
+// Request limits, as the seed's API documents them.
+const (
+	MaxPromptChars  = 1_000_000
+	MaxFiles        = 20
+	MaxFilesBytes   = 10 << 20
+	MinTimeout      = 5
+	MaxTimeout      = 3600
+	DefaultTimeout  = 300
+	MaxTurnsAllowed = 1000
+)
+
+// ErrInvalidRequest is wrapped by every validation error; messages name the field.
+var ErrInvalidRequest = errors.New("invalid request")
+
+// Request is one agent run as a client asks for it.
+type Request struct {
+	Prompt       string          `json:"prompt"`
+	Model        string          `json:"model,omitempty"`
+	MaxTurns     int             `json:"max_turns,omitempty"`
+	Timeout      int             `json:"timeout,omitempty"`
+	OutputFormat json.RawMessage `json:"output_format,omitempty"`
+	// Files maps a path relative to the workspace to its content.
+	Files map[string]string `json:"files,omitempty"`
+	// BinaryFiles are files whose content is not text (the CLI's -f).
+	BinaryFiles      []runtime.File `json:"-"`
+	AnthropicAPIKey  string         `json:"anthropic_api_key,omitempty"`
+	OpenRouterAPIKey string         `json:"openrouter_api_key,omitempty"`
+}
+
+// String never shows the keys.
+func (r Request) String() string {
+	return fmt.Sprintf("Request{prompt:%d chars model:%q max_turns:%d timeout:%d files:%d}",
+		len(r.Prompt), r.Model, r.MaxTurns, r.Timeout, len(r.Files)+len(r.BinaryFiles))
+}
+
+func invalid(field, format string, a ...any) error {
+	return fmt.Errorf("%w: %s: %s", ErrInvalidRequest, field, fmt.Sprintf(format, a...))
+}
+
+// modelAliases are the names the Claude Code CLI resolves itself.
+var modelAliases = map[string]bool{"sonnet": true, "opus": true, "haiku": true, "default": true, "opusplan": true, "sonnet[1m]": true}
+
+// A provider-qualified id (OpenRouter, e.g. "anthropic/claude-sonnet-4") or
+// a Claude id ("claude-sonnet-4-5-20250929", Bedrock/Vertex forms included).
+var modelID = regexp.MustCompile(`^([a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._:@-]*|(claude-|anthropic\.claude-|us\.anthropic\.claude-)[A-Za-z0-9._:@-]+)$`)
+
+// ValidateModel accepts the CLI's aliases, Claude model ids and
+// provider-qualified ids; anything else is an unknown model.
+func ValidateModel(m string) error {
+	if m == "" || modelAliases[m] || (len(m) <= 128 && modelID.MatchString(m)) {
+		return nil
+	}
+	return invalid("model", "unknown model %q (use sonnet, opus, haiku, a claude-* model id, or provider/model for OpenRouter)", m)
+}
+
+// Validate checks every field, naming the first bad one.
+func (r Request) Validate() error {
+	n := utf8.RuneCountInString(r.Prompt)
+	switch {
+	case strings.TrimSpace(r.Prompt) == "":
+		return invalid("prompt", "is required")
+	case n > MaxPromptChars:
+		return invalid("prompt", "%d characters is over the limit of %d", n, MaxPromptChars)
+	case r.MaxTurns < 0 || r.MaxTurns > MaxTurnsAllowed:
+		return invalid("max_turns", "%d is outside 1..%d", r.MaxTurns, MaxTurnsAllowed)
+	case r.Timeout != 0 && (r.Timeout < MinTimeout || r.Timeout > MaxTimeout):
+		return invalid("timeout", "%d is outside %d..%d seconds", r.Timeout, MinTimeout, MaxTimeout)
+	}
+	if err := ValidateModel(r.Model); err != nil {
+		return err
+	}
+	if err := config.ValidateOutputFormat(r.OutputFormat); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+	}
+	files := r.WorkspaceFiles()
+	if len(files) > MaxFiles {
+		return invalid("files", "%d files is over the limit of %d", len(files), MaxFiles)
+	}
+	total := 0
+	for _, f := range files {
+		total += len(f.Content)
+	}
+	if total > MaxFilesBytes {
+		return invalid("files", "%d bytes in all is over the limit of %d", total, MaxFilesBytes)
+	}
+	if err := runtime.ValidateFiles(files); err != nil {
+		return fmt.Errorf("%w: files: %w", ErrInvalidRequest, err)
+	}
+	return nil
+}
+
+// WorkspaceFiles returns every file of the request, text and binary.
+func (r Request) WorkspaceFiles() []runtime.File {
+	files := append([]runtime.File(nil), r.BinaryFiles...)
+	for _, p := range sortedKeys(r.Files) {
+		files = append(files, runtime.File{Path: p, Content: []byte(r.Files[p])})
+	}
+	return files
+}
+
+func sortedKeys(m map[string]string) []string {
+	return slices.Sorted(maps.Keys(m))
+}

@@ -1,0 +1,130 @@
+package session
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sandstorm-dev/sandstorm/config"
+	"github.com/sandstorm-dev/sandstorm/gateway"
+)
+
+func TestValidate(t *testing.T) {
+	long := strings.Repeat("x", MaxPromptChars+1)
+	tests := []struct {
+		name  string
+		req   Request
+		field string
+	}{
+		{"ok", Request{Prompt: "hi", Model: "sonnet", Timeout: 60, MaxTurns: 3}, ""},
+		{"claude id", Request{Prompt: "hi", Model: "claude-sonnet-4-5-20250929"}, ""},
+		{"openrouter id", Request{Prompt: "hi", Model: "deepseek/deepseek-r1"}, ""},
+		{"empty prompt", Request{Prompt: "  "}, "prompt"},
+		{"huge prompt", Request{Prompt: long}, "prompt"},
+		{"unknown model", Request{Prompt: "hi", Model: "gpt-4"}, "model"},
+		{"model injection", Request{Prompt: "hi", Model: "sonnet; rm -rf /"}, "model"},
+		{"timeout low", Request{Prompt: "hi", Timeout: 4}, "timeout"},
+		{"timeout high", Request{Prompt: "hi", Timeout: 3601}, "timeout"},
+		{"max_turns", Request{Prompt: "hi", MaxTurns: -1}, "max_turns"},
+		{"absolute file", Request{Prompt: "hi", Files: map[string]string{"/etc/passwd": "x"}}, "files"},
+		{"dotdot file", Request{Prompt: "hi", Files: map[string]string{"../x": "x"}}, "files"},
+		{"too many files", Request{Prompt: "hi", Files: manyFiles(21)}, "files"},
+		{"too large files", Request{Prompt: "hi", Files: map[string]string{"a": strings.Repeat("x", MaxFilesBytes+1)}}, "files"},
+		{"bad output format", Request{Prompt: "hi", OutputFormat: json.RawMessage(`{"type":"text"}`)}, "output_format"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.req.Validate()
+			if tt.field == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrInvalidRequest) || !strings.Contains(err.Error(), tt.field) {
+				t.Fatalf("error %v does not name %q", err, tt.field)
+			}
+		})
+	}
+}
+
+func manyFiles(n int) map[string]string {
+	m := map[string]string{}
+	for i := 0; i < n; i++ {
+		m[string(rune('a'+i%26))+strings.Repeat("x", i)] = "x"
+	}
+	return m
+}
+
+func TestJobMerge(t *testing.T) {
+	limits := config.DefaultLimits()
+	limits.SessionTimeoutSeconds = 120
+	project := config.Project{Model: "opus", MaxTurns: 7, SystemPrompt: "Be concise",
+		OutputFormat: json.RawMessage(`{"type":"json_schema","schema":{"type":"object"}}`)}
+	m := NewManager(nil, limits, project, gateway.Credentials{AnthropicKey: "process-key"})
+
+	j, err := m.Job(Request{Prompt: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Config.Model != "opus" || j.Config.MaxTurns != 7 || j.Config.SystemPrompt != "Be concise" || len(j.Config.OutputFormat) == 0 {
+		t.Errorf("absent values did not fall back to sandstorm.json: %+v", j.Config)
+	}
+	if j.Timeout != 120*time.Second || j.Credentials.AnthropicKey != "process-key" {
+		t.Errorf("default timeout 300 not capped by limits, or creds lost: %v %v", j.Timeout, j.Credentials)
+	}
+
+	j, err = m.Job(Request{Prompt: "p", Model: "haiku", MaxTurns: 2, Timeout: 30, OpenRouterAPIKey: "req-key"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Config.Model != "haiku" || j.Config.MaxTurns != 2 || j.Timeout != 30*time.Second {
+		t.Errorf("request values did not win: %+v %v", j.Config, j.Timeout)
+	}
+	if j.Credentials.OpenRouterKey != "req-key" || j.Credentials.AnthropicKey != "" {
+		t.Errorf("request credentials did not replace the process's: %v", j.Credentials)
+	}
+	if s := (Request{Prompt: "p", AnthropicAPIKey: "sk-ant-secret"}).String(); strings.Contains(s, "secret") {
+		t.Errorf("String shows the key: %s", s)
+	}
+}
+
+func TestQueue(t *testing.T) {
+	limits := config.DefaultLimits()
+	limits.MaxConcurrentAgents, limits.QueueSize, limits.QueueWaitSeconds = 1, 1, 1
+	m := NewManager(nil, limits, config.Project{}, gateway.Credentials{})
+	ctx := context.Background()
+	release, err := m.acquire(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One waits in the queue; the next finds it full.
+	got := make(chan error, 1)
+	queuedAt := make(chan int, 1)
+	go func() {
+		r, err := m.acquire(ctx, func(p int) { queuedAt <- p })
+		if err == nil {
+			r()
+		}
+		got <- err
+	}()
+	if p := <-queuedAt; p != 1 {
+		t.Errorf("queue position %d", p)
+	}
+	if _, err := m.acquire(ctx, nil); !errors.Is(err, ErrBusy) {
+		t.Errorf("full queue: got %v, want ErrBusy", err)
+	}
+	release()
+	if err := <-got; err != nil {
+		t.Errorf("queued request did not get the freed slot: %v", err)
+	}
+	// Waiting longer than queue_wait_seconds is busy too.
+	release, _ = m.acquire(ctx, nil)
+	defer release()
+	if _, err := m.acquire(ctx, nil); !errors.Is(err, ErrBusy) {
+		t.Errorf("wait ran out: got %v, want ErrBusy", err)
+	}
+}
