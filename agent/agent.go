@@ -148,6 +148,9 @@ func (r *Runner) Run(ctx context.Context, job Job, emit Emit) (out Outcome, err 
 		Policy:          policy,
 		AllowUnenforced: r.AllowUnenforced,
 	})
+	if errors.Is(err, runtime.ErrNotFound) {
+		return out, fmt.Errorf("%w (build and import the agent image with `ds image build`)", err)
+	}
 	if err != nil {
 		return out, err
 	}

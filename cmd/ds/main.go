@@ -28,10 +28,14 @@ func main() {
 	root := newRoot()
 	err := root.ExecuteContext(ctx)
 	var ee exitError
+	var rf runFailed
 	switch {
 	case err == nil:
 	case errors.As(err, &ee):
 		os.Exit(ee.code)
+	case errors.As(err, &rf):
+		fmt.Fprintln(os.Stderr, "ds:", err)
+		os.Exit(rf.exitCode())
 	default:
 		fmt.Fprintln(os.Stderr, "ds:", err)
 		os.Exit(status.ExitCode(err))
@@ -39,16 +43,26 @@ func main() {
 }
 
 func newRoot() *cobra.Command {
+	q := &queryFlags{}
 	root := &cobra.Command{
-		Use:   "ds",
+		Use:   "ds [PROMPT]",
 		Short: "Run AI agents in hardened, disposable sandboxes",
-		Long: `ds runs work in fresh, hardened, disposable OCI containers on containerd
-(more backends and the agent itself arrive in later releases), one per request,
-streaming output live and leaving nothing behind.`,
+		Long: `ds runs AI agents (the Claude Agent SDK) in fresh, hardened, disposable OCI
+containers, one per request, streaming every step live and leaving nothing behind.
+
+"ds PROMPT" runs one agent (the same as "ds query PROMPT").`,
+		Args:          cobra.MaximumNArgs(1),
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return cmd.Help()
+			}
+			return runQuery(cmd, q, args[0])
+		},
 	}
-	root.AddCommand(newVersion(), newSandbox(), newImage())
+	q.register(root)
+	root.AddCommand(newQuery(), newVersion(), newSandbox(), newImage())
 	return root
 }
 

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sandstorm-dev/sandstorm/agent"
+	"github.com/sandstorm-dev/sandstorm/engine"
+	"github.com/sandstorm-dev/sandstorm/gateway"
+	"github.com/sandstorm-dev/sandstorm/render"
+	"github.com/sandstorm-dev/sandstorm/runtime/backends"
+	"github.com/sandstorm-dev/sandstorm/session"
+	"github.com/sandstorm-dev/sandstorm/status"
+)
+
+// engineFlags are shared by query and serve.
+type engineFlags struct {
+	runtime, config, scripted string
+	anthropicKey, openrouter  string
+}
+
+func (f *engineFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.runtime, "runtime", envOr("SANDBOX_BACKEND", backends.Auto), "container backend: "+fmt.Sprint(backends.Names)+" or auto (env SANDBOX_BACKEND)")
+	fl.StringVar(&f.config, "config", "", "limits file (default $SANDSTORM_CONFIG, then ./config/limits.yaml, then built-in defaults)")
+	fl.StringVar(&f.anthropicKey, "anthropic-key", "", "Anthropic API key (default $ANTHROPIC_API_KEY)")
+	fl.StringVar(&f.openrouter, "openrouter-key", "", "OpenRouter API key (default $OPENROUTER_API_KEY)")
+	fl.StringVar(&f.scripted, "scripted-model", "", "serve the model from sandstorm's scripted server: a builtin scenario (demo, hello-python, structured-output, model-error, slow-steps) or a scenario file; used with demo when no key is set")
+}
+
+func (f *engineFlags) options() engine.Options {
+	creds := engine.CredentialsFromEnv()
+	if f.anthropicKey != "" || f.openrouter != "" {
+		creds = gateway.Credentials{AnthropicKey: f.anthropicKey, OpenRouterKey: f.openrouter}
+	}
+	return engine.Options{Runtime: f.runtime, ConfigPath: f.config, Credentials: creds, ScriptedModel: f.scripted}
+}
+
+type queryFlags struct {
+	engineFlags
+	model    string
+	maxTurns int
+	timeout  int
+	files    []string
+	raw      bool
+	verbose  bool
+}
+
+func (q *queryFlags) register(cmd *cobra.Command) {
+	q.engineFlags.register(cmd)
+	fl := cmd.Flags()
+	fl.StringVar(&q.model, "model", "", "model: sonnet, opus, haiku, a claude-* id, or provider/model for OpenRouter (default from sandstorm.json)")
+	fl.IntVar(&q.maxTurns, "max-turns", 0, "maximum agent turns (default from sandstorm.json, else unlimited)")
+	fl.IntVar(&q.timeout, "timeout", session.DefaultTimeout, "timeout in seconds, 5-3600, capped by session_timeout_seconds")
+	fl.StringArrayVarP(&q.files, "file", "f", nil, "upload a file to the workspace, keeping its path relative to the working directory (repeatable; binary files allowed)")
+	fl.BoolVar(&q.raw, "raw", false, "print one JSON event per line instead of formatted output")
+	fl.BoolVarP(&q.verbose, "verbose", "v", false, "also show the runner's stderr and sandbox lifecycle events")
+}
+
+func newQuery() *cobra.Command {
+	q := &queryFlags{}
+	cmd := &cobra.Command{
+		Use:   "query PROMPT",
+		Short: "Run one agent in a fresh sandbox and stream what it does",
+		Long: `Run one agent (the Claude Agent SDK) in a fresh hardened sandbox, stream every
+step as it happens, then remove the sandbox. "ds PROMPT" is the same.
+
+Without ANTHROPIC_API_KEY or OPENROUTER_API_KEY, sandstorm's scripted demo model
+answers instead of a real one (offline; it says so).`,
+		Example: `  ds "Create hello.py that prints a greeting and run it"
+  ds query "fix the bug" -f src/app.py --model opus --timeout 600
+  ds "summarise" --raw | jq -c 'select(.type == "result")'`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error { return runQuery(cmd, q, args[0]) },
+	}
+	q.register(cmd)
+	return cmd
+}
+
+func runQuery(cmd *cobra.Command, q *queryFlags, prompt string) error {
+	req := session.Request{Prompt: prompt, Model: q.model, MaxTurns: q.maxTurns, Timeout: q.timeout}
+	for _, f := range q.files {
+		file, err := readFile(f)
+		if err != nil {
+			return err
+		}
+		req.BinaryFiles = append(req.BinaryFiles, file)
+	}
+	if err := req.Validate(); err != nil {
+		return err
+	}
+	stderr, stdout := cmd.ErrOrStderr(), cmd.OutOrStdout()
+	eng, err := engine.New(cmd.Context(), q.options())
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	for _, n := range eng.Notices {
+		fmt.Fprintln(stderr, "ds:", n)
+	}
+	human := render.NewHuman(stdout, isTerminal(os.Stdout))
+	human.Verbose = q.verbose
+	emit := func(ev json.RawMessage) error {
+		if q.raw {
+			_, err := fmt.Fprintf(stdout, "%s\n", ev)
+			return err
+		}
+		human.Event(ev)
+		return nil
+	}
+	queued := func(pos int) {
+		fmt.Fprintf(stderr, "ds: all %d agent slots busy; waiting for one (position %d, at most %ds)\n",
+			eng.Limits.MaxConcurrentAgents, pos, eng.Limits.QueueWaitSeconds)
+	}
+	start := time.Now()
+	out, err := eng.Manager.Run(cmd.Context(), req, queued, emit)
+	if !q.raw {
+		human.Summary(time.Since(start))
+	}
+	if err != nil {
+		return err
+	}
+	if !out.Success() {
+		return runFailed{code: out.Code}
+	}
+	return nil
+}
+
+// runFailed ends ds with an exit code that says how the run failed; the
+// reason was already shown as an error event.
+type runFailed struct{ code string }
+
+func (e runFailed) Error() string { return "agent run failed: " + e.code }
+
+func (e runFailed) exitCode() int {
+	switch e.code {
+	case agent.CodeTimeout:
+		return status.ExitTimeout
+	case agent.CodeCancelled:
+		return status.ExitCancelled
+	case agent.CodeOOM:
+		return 137
+	}
+	return status.ExitFailure
+}
+
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}

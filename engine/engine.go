@@ -1,0 +1,142 @@
+// Package engine assembles a working sandstorm from settings: the backend,
+// the model gateway (with the scripted model when no key is set), the
+// configuration files and the session manager. The CLI and the HTTP server
+// both start from here.
+package engine
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/sandstorm-dev/sandstorm/agent"
+	"github.com/sandstorm-dev/sandstorm/config"
+	"github.com/sandstorm-dev/sandstorm/gateway"
+	"github.com/sandstorm-dev/sandstorm/modelserver"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/backends"
+	"github.com/sandstorm-dev/sandstorm/session"
+)
+
+// DemoScenario is the scripted model's script when no key is set.
+const DemoScenario = "demo"
+
+// Options are the settings an engine starts from.
+type Options struct {
+	// Runtime names the backend ("auto" or "" tries each).
+	Runtime string
+	// ConfigPath is the limits file flag (see config.FindLimits).
+	ConfigPath string
+	// ProjectDir holds sandstorm.json; default the working directory.
+	ProjectDir string
+	// Credentials default to ANTHROPIC_API_KEY and OPENROUTER_API_KEY.
+	Credentials gateway.Credentials
+	// Upstream is the model API; default ANTHROPIC_BASE_URL or the public API.
+	Upstream string
+	// ScriptedModel, a builtin scenario name or a scenario file, serves the
+	// model from sandstorm's scripted server instead of a provider. Used
+	// automatically (with DemoScenario) when no credential is set.
+	ScriptedModel string
+	// GatewayDir holds session sockets; default /run/sandstorm/sessions.
+	GatewayDir string
+	Logger     *slog.Logger
+}
+
+// Engine is a ready sandstorm.
+type Engine struct {
+	Runtime  runtime.Runtime
+	Manager  *session.Manager
+	Limits   config.Limits
+	Gateway  *gateway.Gateway
+	Scripted *modelserver.Server
+	// Notices are things the user should be told once (scripted model,
+	// config warnings).
+	Notices []string
+	stop    func()
+}
+
+// CredentialsFromEnv reads the provider keys from the environment.
+func CredentialsFromEnv() gateway.Credentials {
+	return gateway.Credentials{AnthropicKey: os.Getenv("ANTHROPIC_API_KEY"), OpenRouterKey: os.Getenv("OPENROUTER_API_KEY")}
+}
+
+// New builds an engine. Close it to stop the scripted model and the backend client.
+func New(ctx context.Context, o Options) (_ *Engine, err error) {
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	e := &Engine{stop: func() {}}
+	defer func() {
+		if err != nil {
+			e.Close()
+		}
+	}()
+	limits, warnings, err := config.LoadLimits(config.FindLimits(o.ConfigPath))
+	if err != nil {
+		return nil, err
+	}
+	e.Limits = limits
+	e.Notices = append(e.Notices, warnings...)
+	dir := o.ProjectDir
+	if dir == "" {
+		dir = "."
+	}
+	project, warnings, err := config.LoadProject(dir)
+	if err != nil {
+		return nil, err
+	}
+	e.Notices = append(e.Notices, warnings...)
+
+	upstream := o.Upstream
+	if upstream == "" {
+		upstream = os.Getenv("ANTHROPIC_BASE_URL")
+	}
+	scripted := o.ScriptedModel
+	if scripted == "" && o.Credentials.Empty() {
+		scripted = DemoScenario
+		e.Notices = append(e.Notices, "no ANTHROPIC_API_KEY or OPENROUTER_API_KEY set: using sandstorm's scripted demo model (offline, canned answers; no real model is called)")
+	}
+	if scripted != "" {
+		sc, err := loadScenario(scripted)
+		if err != nil {
+			return nil, fmt.Errorf("%w: scripted model: %w", config.ErrInvalid, err)
+		}
+		e.Scripted = modelserver.NewServer(sc)
+		url, stop, err := e.Scripted.Listen(context.WithoutCancel(ctx), "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("start scripted model: %w", err)
+		}
+		e.stop = stop
+		upstream = url
+	}
+	e.Gateway, err = gateway.New(gateway.Config{Upstream: upstream, Dir: o.GatewayDir, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	e.Runtime, err = backends.Open(ctx, o.Runtime, backends.FromEnv())
+	if err != nil {
+		return nil, err
+	}
+	runner := &agent.Runner{Runtime: e.Runtime, Gateway: e.Gateway, Image: limits.Image, Policy: limits.Policy(), Logger: log}
+	e.Manager = session.NewManager(runner, limits, project, o.Credentials)
+	return e, nil
+}
+
+func loadScenario(s string) (modelserver.Scenario, error) {
+	if strings.ContainsAny(s, "/.") {
+		return modelserver.LoadScenario(s)
+	}
+	return modelserver.Builtin(s)
+}
+
+// Close releases the engine's resources.
+func (e *Engine) Close() error {
+	e.stop()
+	if e.Runtime != nil {
+		return e.Runtime.Close()
+	}
+	return nil
+}
