@@ -47,13 +47,13 @@ func main() {
 	}
 	fmt.Printf("%s %s in %v\n", how, res.Path, time.Since(start).Round(time.Millisecond))
 	for _, r := range res.References {
-		fmt.Printf("  reference  %s\n", r)
+		fmt.Printf("  reference    %s\n", r)
 	}
-	fmt.Printf("  tar        %.1f MB\n", float64(res.Size)/1e6)
-	fmt.Printf("  files      %.1f MB unpacked\n", float64(res.RootfsSize)/1e6)
+	fmt.Printf("  tar          %.1f MB\n", float64(res.Size)/1e6)
+	fmt.Printf("  files        %.1f MB unpacked\n", float64(res.RootfsSize)/1e6)
 	for _, k := range []string{"sdk", "claude-code", "node", "python3", "git", "ripgrep", "curl"} {
 		if v := res.Versions[k]; v != "" {
-			fmt.Printf("  %-10s %s\n", k, v)
+			fmt.Printf("  %-12s %s\n", k, v)
 		}
 	}
 	for _, p := range res.Phases {
@@ -61,6 +61,6 @@ func main() {
 		if p.Cached {
 			d = "cached"
 		}
-		fmt.Printf("  phase      %-60s %s\n", p.Name, d)
+		fmt.Printf("  phase        %-60s %s\n", p.Name, d)
 	}
 }

@@ -147,3 +147,23 @@ func TestDockerManifestResolves(t *testing.T) {
 	}
 	checkResolves(t, store, desc, diffID)
 }
+
+func TestContainerdImportsEveryRef(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "f"), []byte("f"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	refs := []string{ref, "localhost/imagetar-test:content-tag"}
+	var img bytes.Buffer
+	if err := imagetar.WriteRefs(context.Background(), &img, refs, imagetar.Config{}, imagetar.Layer{Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	_, _, idx := importIndex(t, img.Bytes())
+	var names []string
+	for _, m := range idx.Manifests {
+		names = append(names, m.Annotations[images.AnnotationImageName])
+	}
+	if len(names) != 2 || names[0] != refs[0] || names[1] != refs[1] {
+		t.Fatalf("imported names %v, want %v", names, refs)
+	}
+}

@@ -70,9 +70,29 @@ type Config struct {
 //
 // Layers are staged in temporary files (under os.TempDir) to compute their
 // digests, so memory use does not grow with layer size.
-func Write(ctx context.Context, w io.Writer, ref string, cfg Config, layers ...Layer) (err error) {
-	if err := ValidateRef(ref); err != nil {
-		return err
+func Write(ctx context.Context, w io.Writer, ref string, cfg Config, layers ...Layer) error {
+	return WriteRefs(ctx, w, []string{ref}, cfg, layers...)
+}
+
+// WriteRefs is Write for an image that carries several references, e.g.
+// "localhost/name:latest" plus a tag naming the build's inputs. The image is
+// stored once; index.json lists its manifest once per reference (containerd
+// and Podman create one image name per entry) and manifest.json lists every
+// reference in RepoTags (Docker). Checked with containerd 1.6, Podman 4.3
+// and Docker 20.10: each runtime ends up with every name.
+func WriteRefs(ctx context.Context, w io.Writer, refs []string, cfg Config, layers ...Layer) (err error) {
+	if len(refs) == 0 {
+		return errors.New("imagetar: an image needs at least one reference")
+	}
+	seenRef := make(map[string]bool, len(refs))
+	for _, ref := range refs {
+		if err := ValidateRef(ref); err != nil {
+			return err
+		}
+		if seenRef[ref] {
+			return fmt.Errorf("imagetar: reference %q given twice", ref)
+		}
+		seenRef[ref] = true
 	}
 	if len(layers) == 0 {
 		return errors.New("imagetar: an image needs at least one layer")
@@ -124,12 +144,12 @@ func Write(ctx context.Context, w io.Writer, ref string, cfg Config, layers ...L
 		return fmt.Errorf("imagetar: encode manifest: %w", err)
 	}
 
-	idx := index{
-		SchemaVersion: 2,
-		MediaType:     mediaTypeIndex,
-		Manifests: []descriptor{{
+	manifestDigest := digestOf(manifestJSON)
+	idx := index{SchemaVersion: 2, MediaType: mediaTypeIndex}
+	for _, ref := range refs {
+		idx.Manifests = append(idx.Manifests, descriptor{
 			MediaType: mediaTypeManifest,
-			Digest:    digestOf(manifestJSON),
+			Digest:    manifestDigest,
 			Size:      int64(len(manifestJSON)),
 			Annotations: map[string]string{
 				AnnotationContainerdImageName: ref,
@@ -137,14 +157,14 @@ func Write(ctx context.Context, w io.Writer, ref string, cfg Config, layers ...L
 			},
 			// Lets containerd's platform filter match without opening the config.
 			Platform: &platform{Architecture: arch, OS: goos},
-		}},
+		})
 	}
 	indexJSON, err := json.Marshal(idx)
 	if err != nil {
 		return fmt.Errorf("imagetar: encode index: %w", err)
 	}
 
-	dm := dockerManifest{Config: blobPath(configDesc.Digest), RepoTags: []string{ref}}
+	dm := dockerManifest{Config: blobPath(configDesc.Digest), RepoTags: append([]string(nil), refs...)}
 	for _, b := range blobs {
 		dm.Layers = append(dm.Layers, blobPath(b.digest))
 	}
@@ -178,7 +198,7 @@ func Write(ctx context.Context, w io.Writer, ref string, cfg Config, layers ...L
 	if err := out.file(blobPath(configDesc.Digest), configJSON); err != nil {
 		return err
 	}
-	if err := out.file(blobPath(idx.Manifests[0].Digest), manifestJSON); err != nil {
+	if err := out.file(blobPath(manifestDigest), manifestJSON); err != nil {
 		return err
 	}
 	if err := out.file("index.json", indexJSON); err != nil {
@@ -199,7 +219,12 @@ func Write(ctx context.Context, w io.Writer, ref string, cfg Config, layers ...L
 // WriteFile is Write to a file at path. The file is written under a
 // temporary name and renamed into place, so a failed or interrupted build
 // never leaves a truncated tar that looks valid.
-func WriteFile(ctx context.Context, path, ref string, cfg Config, layers ...Layer) (err error) {
+func WriteFile(ctx context.Context, path, ref string, cfg Config, layers ...Layer) error {
+	return WriteFileRefs(ctx, path, []string{ref}, cfg, layers...)
+}
+
+// WriteFileRefs is WriteRefs to a file at path, written like WriteFile.
+func WriteFileRefs(ctx context.Context, path string, refs []string, cfg Config, layers ...Layer) (err error) {
 	f, err := os.CreateTemp(filepath.Dir(path), ".imagetar-*")
 	if err != nil {
 		return fmt.Errorf("imagetar: %w", err)
@@ -210,7 +235,7 @@ func WriteFile(ctx context.Context, path, ref string, cfg Config, layers ...Laye
 			os.Remove(f.Name())
 		}
 	}()
-	if err := Write(ctx, f, ref, cfg, layers...); err != nil {
+	if err := WriteRefs(ctx, f, refs, cfg, layers...); err != nil {
 		return err
 	}
 	if err := f.Chmod(0o644); err != nil {

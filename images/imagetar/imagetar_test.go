@@ -391,3 +391,55 @@ func TestValidateRef(t *testing.T) {
 		}
 	}
 }
+
+func TestWriteRefs(t *testing.T) {
+	ctx := context.Background()
+	dir := makeTree(t)
+	refs := []string{testRef, "localhost/imagetar-test:0123456789ab"}
+	var buf bytes.Buffer
+	if err := WriteRefs(ctx, &buf, refs, Config{}, Layer{Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	_, m := readTar(t, buf.Bytes())
+	var idx index
+	if err := json.Unmarshal(m["index.json"].data, &idx); err != nil {
+		t.Fatal(err)
+	}
+	if len(idx.Manifests) != len(refs) {
+		t.Fatalf("index has %d manifests, want one per reference", len(idx.Manifests))
+	}
+	for i, d := range idx.Manifests {
+		if d.Digest != idx.Manifests[0].Digest {
+			t.Errorf("manifest %d digest %s, want the same image for every reference", i, d.Digest)
+		}
+		if d.Annotations[AnnotationContainerdImageName] != refs[i] || d.Annotations[AnnotationRefName] != refs[i] {
+			t.Errorf("manifest %d annotations %v, want %s", i, d.Annotations, refs[i])
+		}
+	}
+	var dms []dockerManifest
+	if err := json.Unmarshal(m["manifest.json"].data, &dms); err != nil {
+		t.Fatal(err)
+	}
+	if len(dms) != 1 || !slices.Equal(dms[0].RepoTags, refs) {
+		t.Errorf("manifest.json %+v, want one image tagged %v", dms, refs)
+	}
+
+	// One reference through WriteRefs is exactly Write.
+	var one bytes.Buffer
+	if err := WriteRefs(ctx, &one, refs[:1], Config{}, Layer{Dir: dir}); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(one.Bytes(), writeImage(t, Config{}, Layer{Dir: dir})) {
+		t.Error("WriteRefs with one reference differs from Write")
+	}
+
+	for name, bad := range map[string][]string{
+		"none":      nil,
+		"duplicate": {testRef, testRef},
+		"invalid":   {testRef, "nope"},
+	} {
+		if err := WriteRefs(ctx, io.Discard, bad, Config{}, Layer{Dir: dir}); err == nil {
+			t.Errorf("%s: want error", name)
+		}
+	}
+}

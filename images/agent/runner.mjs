@@ -1,0 +1,449 @@
+// sandstorm agent runner: runs one Claude Agent SDK query inside a sandbox.
+//
+// Input: a JSON config file (SANDSTORM_RUNNER_CONFIG, default
+// /run/sandstorm/runner.json) and the model gateway's Unix socket
+// (SANDSTORM_MODEL_SOCKET, default /run/sandstorm/model.sock). The sandbox has
+// no network but loopback: a tiny TCP -> Unix forwarder on 127.0.0.1 gives the
+// Claude Code CLI an HTTP base URL that reaches the gateway. The CLI
+// authenticates with the per-session token SANDSTORM_MODEL_TOKEN, which the
+// gateway swaps for the real credential; no real key is ever in the sandbox.
+//
+// Output: exactly one JSON line per SDK message on stdout and nothing else
+// (plus, when the runner itself fails, one line {"type":"error",...}).
+// Diagnostics go to stderr. Secrets are never printed.
+//
+// Exit status: 0 when the final result message has subtype "success" and
+// is_error false; 1 otherwise (bad config, agent error, SDK failure);
+// 128+signal after SIGTERM, SIGINT or SIGHUP aborted the query.
+//
+// Only Node's standard library and the SDK are used.
+
+import fs from 'node:fs';
+import net from 'node:net';
+import process from 'node:process';
+
+const DEFAULT_CONFIG = '/run/sandstorm/runner.json';
+const DEFAULT_SOCKET = '/run/sandstorm/model.sock';
+const DEFAULT_WORKSPACE = '/home/user';
+const DEFAULT_MAX_RETRIES = '2';
+const DEFAULT_CLAUDE_CONFIG_DIR = '/tmp/sandstorm-claude';
+// How long an aborted query may take to wind down before the runner exits anyway.
+const ABORT_GRACE_MS = 5000;
+
+// Nothing but SDK messages may reach stdout: route console output to stderr
+// before anything (the SDK included) can use it.
+for (const name of ['log', 'info', 'debug', 'dir', 'table']) {
+  console[name] = (...args) => console.error(...args);
+}
+
+// ---- secrets ---------------------------------------------------------------
+
+// Every credential-like value the runner can see, redacted from anything it
+// prints (stdout lines, stderr diagnostics, the CLI's stderr).
+const secrets = new Set();
+for (const name of [
+  'SANDSTORM_MODEL_TOKEN',
+  'ANTHROPIC_API_KEY',
+  'ANTHROPIC_AUTH_TOKEN',
+  'CLAUDE_CODE_OAUTH_TOKEN',
+]) {
+  const v = process.env[name];
+  if (v && v.length >= 4) secrets.add(v);
+}
+
+function redactSecrets(s) {
+  for (const v of secrets) {
+    if (s.includes(v)) s = s.split(v).join('[redacted]');
+  }
+  // Anthropic keys by shape, in case one arrives by another way.
+  return s.replace(/sk-ant-[A-Za-z0-9_-]+/g, 'sk-ant-[redacted]');
+}
+
+// scrub is redactSecrets plus env-like and header-like assignments: for
+// error messages and stderr, where such text is never needed verbatim.
+function scrub(text) {
+  let s = redactSecrets(String(text));
+  s = s.replace(
+    /\b([A-Za-z0-9_]*(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)[A-Za-z0-9_]*)(\s*[=:]\s*)("[^"]*"|'[^']*'|[^\s"',;}]+)/gi,
+    '$1$2[redacted]',
+  );
+  s = s.replace(
+    /\b(x-api-key|authorization|proxy-authorization)(["']?\s*[:=]\s*["']?)(?:(?:Bearer|Basic)\s+)?[^\s"',;}]+/gi,
+    '$1$2[redacted]',
+  );
+  return s;
+}
+
+function errorText(err) {
+  if (err instanceof Error) return err.message || err.name;
+  return String(err);
+}
+
+function logErr(msg) {
+  process.stderr.write(`runner: ${scrub(msg)}\n`);
+}
+
+// ---- stdout ----------------------------------------------------------------
+
+function emit(obj) {
+  let line;
+  try {
+    line = JSON.stringify(obj);
+  } catch (err) {
+    line = JSON.stringify({
+      type: 'error',
+      code: 'unencodable_message',
+      message: scrub(`message of type ${obj && obj.type} could not be encoded: ${errorText(err)}`),
+    });
+  }
+  // U+2028/U+2029 are legal in JSON strings but some readers split lines on
+  // them: escape them so that "one line" holds for every reader.
+  line = redactSecrets(line).replace(/\u2028/g, '\\u2028').replace(/\u2029/g, '\\u2029');
+  process.stdout.write(line + '\n');
+}
+
+function emitError(code, message) {
+  emit({ type: 'error', code, message: scrub(message) });
+}
+
+// ---- config ----------------------------------------------------------------
+
+class ConfigError extends Error {}
+
+const isPlainObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+// Each field: its check, and the SDK option it becomes.
+const FIELDS = {
+  prompt: {
+    option: null,
+    check: (v) => (typeof v === 'string' && v.trim() !== '') || 'must be a non-empty string',
+  },
+  model: {
+    option: 'model',
+    check: (v) => (typeof v === 'string' && v !== '') || 'must be a non-empty string',
+  },
+  max_turns: {
+    option: 'maxTurns',
+    check: (v) => (Number.isInteger(v) && v > 0) || 'must be a positive integer',
+  },
+  system_prompt: {
+    option: 'systemPrompt',
+    check: (v) =>
+      typeof v === 'string' ||
+      (Array.isArray(v) && v.every((p) => typeof p === 'string')) ||
+      (isPlainObject(v) && (v.type === 'preset' || v.type === 'custom')) ||
+      'must be a string, an array of strings, or {type: "preset"|"custom", ...}',
+  },
+  output_format: {
+    option: 'outputFormat',
+    check: (v) =>
+      (isPlainObject(v) && v.type === 'json_schema' && isPlainObject(v.schema)) ||
+      'must be {"type": "json_schema", "schema": {...}}',
+  },
+  agents: {
+    option: 'agents',
+    check: (v) => {
+      if (!isPlainObject(v)) return 'must be an object mapping agent names to definitions';
+      for (const [name, def] of Object.entries(v)) {
+        if (!isPlainObject(def) || typeof def.description !== 'string' || typeof def.prompt !== 'string') {
+          return `agent ${JSON.stringify(name)} must be an object with string "description" and "prompt"`;
+        }
+      }
+      return true;
+    },
+  },
+  mcp_servers: {
+    option: 'mcpServers',
+    check: (v) => {
+      if (!isPlainObject(v)) return 'must be an object mapping server names to configs';
+      for (const [name, def] of Object.entries(v)) {
+        if (!isPlainObject(def)) return `server ${JSON.stringify(name)} must be an object`;
+      }
+      return true;
+    },
+  },
+  allowed_tools: {
+    option: 'allowedTools',
+    check: (v) => (Array.isArray(v) && v.every((t) => typeof t === 'string' && t !== '')) || 'must be an array of tool names',
+  },
+  include_partial_messages: {
+    option: 'includePartialMessages',
+    check: (v) => typeof v === 'boolean' || 'must be true or false',
+  },
+};
+
+function readConfig(path) {
+  let text;
+  try {
+    text = fs.readFileSync(path, 'utf8');
+  } catch (err) {
+    const why = err.code === 'ENOENT' ? 'no such file' : err.code === 'EACCES' ? 'permission denied' : errorText(err);
+    throw new ConfigError(`config ${path}: ${why} (set SANDSTORM_RUNNER_CONFIG or mount it)`);
+  }
+  let cfg;
+  try {
+    cfg = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(`config ${path}: not valid JSON: ${errorText(err)}`);
+  }
+  if (!isPlainObject(cfg)) throw new ConfigError(`config ${path}: must be a JSON object`);
+  for (const key of Object.keys(cfg)) {
+    if (!Object.hasOwn(FIELDS, key)) {
+      throw new ConfigError(`config ${path}: unknown field ${JSON.stringify(key)} (known: ${Object.keys(FIELDS).join(', ')})`);
+    }
+  }
+  if (cfg.prompt === undefined) throw new ConfigError(`config ${path}: "prompt" is required`);
+  for (const [key, f] of Object.entries(FIELDS)) {
+    if (cfg[key] === undefined || (cfg[key] === null && key !== 'prompt')) continue;
+    const ok = f.check(cfg[key]);
+    if (ok !== true) throw new ConfigError(`config ${path}: "${key}" ${ok}`);
+  }
+  return cfg;
+}
+
+// ---- TCP -> Unix forwarder --------------------------------------------------
+
+// startForwarder listens on an ephemeral 127.0.0.1 port and pipes every
+// connection, byte for byte and in both directions, to the Unix socket. It
+// never buffers a whole request or response: streamed replies stream.
+function startForwarder(socketPath) {
+  const open = new Set();
+  let reported = false;
+  const server = net.createServer({ allowHalfOpen: true }, (client) => {
+    const upstream = net.connect({ path: socketPath, allowHalfOpen: true });
+    open.add(client);
+    open.add(upstream);
+    client.setNoDelay(true);
+    const fail = (side) => (err) => {
+      if (!reported) {
+        reported = true; // once: the CLI retries and would repeat it
+        logErr(`model socket ${socketPath}: ${side}: ${errorText(err)}`);
+      }
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', fail('client'));
+    upstream.on('error', fail('gateway'));
+    // pipe() ends the other side when one side's input ends (half-close), so
+    // a request's end and a response's end both pass through.
+    client.pipe(upstream);
+    upstream.pipe(client);
+    const settle = (self, other) => () => {
+      open.delete(self);
+      if (!other.destroyed && !other.writableEnded) other.end();
+      // A peer that ignores the end must not keep the runner alive.
+      setTimeout(() => other.destroy(), 2000).unref();
+    };
+    client.on('close', settle(client, upstream));
+    upstream.on('close', settle(upstream, client));
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      server.off('error', reject);
+      server.on('error', (err) => logErr(`forwarder: ${errorText(err)}`));
+      resolve({
+        port: server.address().port,
+        close() {
+          server.close();
+          for (const s of open) s.destroy();
+        },
+      });
+    });
+  });
+}
+
+// ---- main ------------------------------------------------------------------
+
+let forwarder = null;
+let exiting = false;
+
+function finish(code) {
+  if (exiting) return;
+  exiting = true;
+  if (forwarder) forwarder.close();
+  // Let stdout drain before exiting (it is synchronous for files and pipes
+  // on Linux, but not everywhere).
+  process.stdout.write('', () => process.exit(code));
+  setTimeout(() => process.exit(code), 2000).unref();
+}
+
+function childEnv(port, token) {
+  const env = { ...process.env };
+  // The CLI must authenticate only with the session token, only at the
+  // forwarder: drop every other way it could pick a credential or endpoint.
+  for (const name of [
+    'SANDSTORM_MODEL_TOKEN',
+    'ANTHROPIC_AUTH_TOKEN',
+    'CLAUDE_CODE_OAUTH_TOKEN',
+    'CLAUDE_CODE_USE_BEDROCK',
+    'CLAUDE_CODE_USE_VERTEX',
+    'CLAUDE_CODE_USE_FOUNDRY',
+    'ANTHROPIC_BEDROCK_BASE_URL',
+    'ANTHROPIC_VERTEX_BASE_URL',
+  ]) {
+    delete env[name];
+  }
+  env.ANTHROPIC_BASE_URL = `http://127.0.0.1:${port}`;
+  env.ANTHROPIC_API_KEY = token;
+  env.CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = '1';
+  env.CLAUDE_CODE_MAX_RETRIES = process.env.CLAUDE_CODE_MAX_RETRIES || DEFAULT_MAX_RETRIES;
+  env.CLAUDE_AGENT_SDK_CLIENT_APP = 'sandstorm-runner/1';
+  if (!env.HOME) env.HOME = DEFAULT_WORKSPACE;
+  // The CLI keeps its state (~/.claude.json, ~/.claude/) under
+  // CLAUDE_CONFIG_DIR, else HOME, which is the workspace: keep the workspace
+  // to what the agent itself writes.
+  if (!env.CLAUDE_CONFIG_DIR) env.CLAUDE_CONFIG_DIR = DEFAULT_CLAUDE_CONFIG_DIR;
+  // A proxy configured for the sandbox's tools must not capture the
+  // forwarder's loopback address.
+  for (const name of ['NO_PROXY', 'no_proxy']) {
+    env[name] = env[name] ? `${env[name]},127.0.0.1` : '127.0.0.1';
+  }
+  if (typeof process.getuid === 'function' && process.getuid() === 0) {
+    // The CLI refuses bypassPermissions as root unless told it is sandboxed,
+    // which it is. The image runs as uid 1000; this is for root overrides.
+    env.IS_SANDBOX = '1';
+    logErr('warning: running as uid 0; the image is meant to run as uid 1000');
+  }
+  return env;
+}
+
+async function main() {
+  const configPath = process.env.SANDSTORM_RUNNER_CONFIG || DEFAULT_CONFIG;
+  const socketPath = process.env.SANDSTORM_MODEL_SOCKET || DEFAULT_SOCKET;
+  const cwd = process.env.SANDSTORM_WORKSPACE || DEFAULT_WORKSPACE;
+  const token = process.env.SANDSTORM_MODEL_TOKEN || '';
+
+  let cfg;
+  try {
+    cfg = readConfig(configPath);
+    if (token === '') throw new ConfigError('SANDSTORM_MODEL_TOKEN is not set: the model gateway needs the session token');
+    let st;
+    try {
+      st = fs.statSync(cwd);
+    } catch {
+      throw new ConfigError(`workspace ${cwd} does not exist (SANDSTORM_WORKSPACE)`);
+    }
+    if (!st.isDirectory()) throw new ConfigError(`workspace ${cwd} is not a directory (SANDSTORM_WORKSPACE)`);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    logErr(err.message);
+    emitError('invalid_config', err.message);
+    return finish(1);
+  }
+
+  try {
+    if (!fs.statSync(socketPath).isSocket()) throw new Error('not a socket');
+  } catch (err) {
+    const why = err.code === 'ENOENT' ? 'no such file' : errorText(err);
+    const msg = `model socket ${socketPath}: ${why} (SANDSTORM_MODEL_SOCKET; the host's gateway serves it)`;
+    logErr(msg);
+    emitError('model_unreachable', msg);
+    return finish(1);
+  }
+
+  try {
+    forwarder = await startForwarder(socketPath);
+  } catch (err) {
+    const msg = `cannot listen on 127.0.0.1 for the model forwarder: ${errorText(err)} (is the loopback interface up?)`;
+    logErr(msg);
+    emitError('forwarder_failed', msg);
+    return finish(1);
+  }
+
+  let query;
+  try {
+    ({ query } = await import('@anthropic-ai/claude-agent-sdk'));
+  } catch (err) {
+    const msg = `cannot load @anthropic-ai/claude-agent-sdk: ${errorText(err)}`;
+    logErr(msg);
+    emitError('sdk_missing', msg);
+    return finish(1);
+  }
+
+  const abortController = new AbortController();
+  let signalled = null;
+  const onSignal = (sig, num) => {
+    if (signalled) {
+      // Second signal: no more patience.
+      process.stdout.write('', () => process.exit(128 + num));
+      return;
+    }
+    signalled = { sig, code: 128 + num };
+    logErr(`${sig}: aborting the query`);
+    abortController.abort();
+    setTimeout(() => {
+      if (exiting) return;
+      emitError('aborted', `terminated by ${sig}`);
+      finish(signalled.code);
+    }, ABORT_GRACE_MS).unref();
+  };
+  process.on('SIGTERM', () => onSignal('SIGTERM', 15));
+  process.on('SIGINT', () => onSignal('SIGINT', 2));
+  process.on('SIGHUP', () => onSignal('SIGHUP', 1));
+
+  const options = {
+    cwd,
+    env: childEnv(forwarder.port, token),
+    abortController,
+    permissionMode: 'bypassPermissions',
+    allowDangerouslySkipPermissions: true,
+    settingSources: [],
+    persistSession: false,
+    stderr: (data) => process.stderr.write(scrub(data)),
+  };
+  for (const [key, f] of Object.entries(FIELDS)) {
+    if (f.option && cfg[key] !== undefined && cfg[key] !== null) options[f.option] = cfg[key];
+  }
+  if (process.env.SANDSTORM_CLAUDE_EXECUTABLE) {
+    options.pathToClaudeCodeExecutable = process.env.SANDSTORM_CLAUDE_EXECUTABLE;
+  }
+
+  let last = null;
+  let failure = null;
+  try {
+    for await (const message of query({ prompt: cfg.prompt, options })) {
+      emit(message);
+      if (message && message.type === 'result') last = message;
+    }
+  } catch (err) {
+    failure = err;
+  }
+
+  if (signalled) {
+    emitError('aborted', `terminated by ${signalled.sig}`);
+    return finish(signalled.code);
+  }
+  if (failure) {
+    const msg = `agent failed: ${errorText(failure)}`;
+    logErr(msg);
+    emitError('sdk_error', msg);
+    return finish(1);
+  }
+  if (!last) {
+    const msg = 'the query ended without a result message';
+    logErr(msg);
+    emitError('no_result', msg);
+    return finish(1);
+  }
+  if (last.subtype === 'success' && last.is_error === false) return finish(0);
+  logErr(`result: subtype ${last.subtype}, is_error ${last.is_error}`);
+  return finish(1);
+}
+
+process.on('uncaughtException', (err) => {
+  logErr(`internal error: ${errorText(err)}`);
+  emitError('internal', errorText(err));
+  finish(1);
+});
+process.on('unhandledRejection', (err) => {
+  logErr(`internal error: ${errorText(err)}`);
+  emitError('internal', errorText(err));
+  finish(1);
+});
+
+main().catch((err) => {
+  logErr(`internal error: ${errorText(err)}`);
+  emitError('internal', errorText(err));
+  finish(1);
+});
