@@ -154,7 +154,7 @@ func (r *Runner) Run(ctx context.Context, job Job, emit Emit) (out Outcome, err 
 	if err != nil {
 		return out, err
 	}
-	ev := sandboxEvent("created", sb.ID(), r.Runtime.Name(), time.Since(start))
+	ev := sandboxEvent("created", sb.ID(), sessionID, r.Runtime.Name(), time.Since(start))
 	ev.Unenforced = unenforced
 	send(mustJSON(ev))
 	defer func() {
@@ -165,7 +165,7 @@ func (r *Runner) Run(ctx context.Context, job Job, emit Emit) (out Outcome, err 
 			err = errors.Join(err, rerr)
 			return
 		}
-		send(mustJSON(sandboxEvent("removed", sb.ID(), r.Runtime.Name(), time.Since(t))))
+		send(mustJSON(sandboxEvent("removed", sb.ID(), sessionID, r.Runtime.Name(), time.Since(t))))
 	}()
 
 	var result json.RawMessage
@@ -191,7 +191,7 @@ func (r *Runner) Run(ctx context.Context, job Job, emit Emit) (out Outcome, err 
 	if err := sb.Start(ctx, runtime.IO{Stdout: stdout, Stderr: stderr}); err != nil {
 		return out, err
 	}
-	send(mustJSON(sandboxEvent("started", sb.ID(), r.Runtime.Name(), time.Since(t))))
+	send(mustJSON(sandboxEvent("started", sb.ID(), sessionID, r.Runtime.Name(), time.Since(t))))
 
 	wctx := ctx
 	if job.Timeout > 0 {
@@ -212,7 +212,7 @@ func (r *Runner) Run(ctx context.Context, job Job, emit Emit) (out Outcome, err 
 	}
 	_ = stdout.Flush()
 	_ = stderr.Flush()
-	exited := sandboxEvent("exited", sb.ID(), r.Runtime.Name(), time.Since(t))
+	exited := sandboxEvent("exited", sb.ID(), sessionID, r.Runtime.Name(), time.Since(t))
 	code := st.Code
 	exited.ExitCode, exited.Signal, exited.OOMKilled = &code, st.Signal, st.OOMKilled
 	send(mustJSON(exited))

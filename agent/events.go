@@ -24,6 +24,7 @@ type SandboxEvent struct {
 	Type       string `json:"type"`
 	Event      string `json:"event"` // created, started, exited, removed
 	SandboxID  string `json:"sandbox_id"`
+	SessionID  string `json:"session_id"`
 	Runtime    string `json:"runtime"`
 	DurationMS int64  `json:"duration_ms"`
 	ExitCode   *int   `json:"exit_code,omitempty"`
@@ -53,8 +54,8 @@ func NewError(code, msg string) json.RawMessage {
 	return mustJSON(ErrorEvent{Type: "error", Code: code, Message: msg})
 }
 
-func sandboxEvent(ev, id, rt string, d time.Duration) SandboxEvent {
-	return SandboxEvent{Type: "sandbox", Event: ev, SandboxID: id, Runtime: rt, DurationMS: d.Milliseconds()}
+func sandboxEvent(ev, id, session, rt string, d time.Duration) SandboxEvent {
+	return SandboxEvent{Type: "sandbox", Event: ev, SandboxID: id, SessionID: session, Runtime: rt, DurationMS: d.Milliseconds()}
 }
 
 func mustJSON(v any) json.RawMessage {

@@ -184,8 +184,10 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, seq int) (req 
 		return req, 0, invalid(w, "messages: Field required")
 	}
 	for i, m := range req.Messages {
-		if m.Role != "user" && m.Role != "assistant" {
-			return req, 0, invalid(w, fmt.Sprintf("messages.%d.role: %q is not \"user\" or \"assistant\"", i, m.Role))
+		// The CLI also sends "system" messages mid-conversation (seen in
+		// sandboxes, where the default model is chosen by the CLI).
+		if m.Role != "user" && m.Role != "assistant" && m.Role != "system" {
+			return req, 0, invalid(w, fmt.Sprintf("messages.%d.role: %q is not \"user\", \"assistant\" or \"system\"", i, m.Role))
 		}
 	}
 	// A rough token count: about four bytes a token.

@@ -507,7 +507,7 @@ func TestBadRequests(t *testing.T) {
 		{"not an object", `[1]`, 400, "invalid_request_error", "invalid JSON"},
 		{"no model", `{"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`, 400, "invalid_request_error", "model: Field required"},
 		{"no messages", `{"model":"m","max_tokens":5}`, 400, "invalid_request_error", "messages: Field required"},
-		{"bad role", `{"model":"m","max_tokens":5,"messages":[{"role":"system","content":"hi"}]}`, 400, "invalid_request_error", "messages.0.role"},
+		{"bad role", `{"model":"m","max_tokens":5,"messages":[{"role":"robot","content":"hi"}]}`, 400, "invalid_request_error", "messages.0.role"},
 		{"bad content", `{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"},{"role":"user","content":5}]}`, 400, "invalid_request_error", "messages.1.content"},
 		{"bad system", `{"model":"m","max_tokens":5,"system":7,"messages":[{"role":"user","content":"hi"}]}`, 400, "invalid_request_error", "system"},
 		{"no max_tokens", `{"model":"m","messages":[{"role":"user","content":"hi"}]}`, 400, "invalid_request_error", "max_tokens"},

@@ -24,6 +24,9 @@ type Human struct {
 	// Verbose shows stderr lines and sandbox lifecycle events.
 	Verbose bool
 	result  *resultMsg
+	// lastText is the last assistant text shown, so the summary does not
+	// repeat it as the result.
+	lastText string
 }
 
 // NewHuman writes to w; with tty set, a spinner shows while waiting.
@@ -96,6 +99,7 @@ func (h *Human) Event(ev json.RawMessage) {
 			case "text":
 				if t := strings.TrimSpace(b.Text); t != "" {
 					fmt.Fprintln(h.w, t)
+					h.lastText = t
 				}
 			case "tool_use":
 				fmt.Fprintf(h.w, "→ %s %s\n", b.Name, keyArg(b.Name, b.Input))
@@ -152,7 +156,7 @@ func (h *Human) Summary(wall time.Duration) {
 			pretty, _ := json.MarshalIndent(v, "", "  ")
 			fmt.Fprintf(h.w, "structured output:\n%s\n", pretty)
 		}
-	} else if r.Result != "" && !r.IsError {
+	} else if r.Result != "" && !r.IsError && strings.TrimSpace(r.Result) != h.lastText {
 		fmt.Fprintf(h.w, "result: %s\n", r.Result)
 	}
 	status := "done"

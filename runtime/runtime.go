@@ -116,6 +116,12 @@ type Sandbox interface {
 	Remove(ctx context.Context) error
 }
 
+// ImageChecker is implemented by backends that can tell cheaply whether an
+// image is present, so a large image is not imported again.
+type ImageChecker interface {
+	HasImage(ctx context.Context, ref string) (bool, error)
+}
+
 // SandboxInfo is a sandbox found by List.
 type SandboxInfo struct {
 	ID        string

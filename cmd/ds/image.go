@@ -6,38 +6,84 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sandstorm-dev/sandstorm/progress"
+	"github.com/sandstorm-dev/sandstorm/imageops"
+	"github.com/sandstorm-dev/sandstorm/images/agentimage"
 	"github.com/sandstorm-dev/sandstorm/runtime/backends"
 )
 
 func newImage() *cobra.Command {
-	cmd := &cobra.Command{Use: "image", Short: "Manage sandbox images"}
-	var rt string
-	imp := &cobra.Command{
-		Use:   "import TAR",
-		Short: "Import an image tar (OCI layout with a Docker manifest.json) into the backend",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
+	cmd := &cobra.Command{Use: "image", Short: "Build and import sandbox images"}
+	cmd.AddCommand(newImageBuild(), newImageImport())
+	return cmd
+}
+
+func newImageBuild() *cobra.Command {
+	var (
+		o        agentimage.Options
+		rt       string
+		noImport bool
+	)
+	cmd := &cobra.Command{
+		Use:   "build",
+		Short: "Build the agent image offline and import it into the backend",
+		Long: `Build the agent image (Debian bookworm, Node, git, curl, ripgrep, python3, the
+pinned Claude Agent SDK and sandstorm's runner) with no registry and no Docker
+daemon: debootstrap, apt, npm ci of the committed lockfile. The result is one tar
+(default build/sandstorm-agent.tar) that containerd, Docker and Podman all import;
+it is then imported into the selected backend unless it already holds it.
+Stages are cached under /var/cache/sandstorm/agent-image: with unchanged inputs a
+rebuild takes seconds. Needs root.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.Log = cmd.ErrOrStderr()
+			res, err := agentimage.Build(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			state := "built"
+			if res.Cached {
+				state = "up to date"
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "==> image %s: %s (%.1f MB) %v\n", state, res.Path, float64(res.Size)/1e6, res.References)
+			if noImport {
+				return nil
+			}
 			r, err := backends.Open(cmd.Context(), rt, backends.FromEnv())
 			if err != nil {
 				return err
 			}
 			defer r.Close()
-			f, err := os.Open(args[0])
+			return imageops.Ensure(cmd.Context(), r, res.Path, res.References, cmd.ErrOrStderr())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&o.Output, "output", "o", agentimage.DefaultOutput, "where to write the image tar")
+	f.BoolVar(&o.Rebuild, "rebuild", false, "ignore every cache")
+	f.StringVar(&o.Mirror, "mirror", "", "Debian mirror URL (default: the one the host's apt uses)")
+	f.Int64Var(&o.MaxSize, "max-size", agentimage.DefaultMaxSize, "fail if the image tar is larger than this many bytes (negative: no limit)")
+	f.StringVar(&rt, "runtime", envOr("SANDBOX_BACKEND", backends.Auto), "backend to import into: "+fmt.Sprint(backends.Names)+" or auto (env SANDBOX_BACKEND)")
+	f.BoolVar(&noImport, "no-import", false, "only build the tar")
+	return cmd
+}
+
+func newImageImport() *cobra.Command {
+	var rt string
+	cmd := &cobra.Command{
+		Use:   "import TAR",
+		Short: "Import an image tar (OCI layout with a Docker manifest.json) into the backend",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := os.Stat(args[0]); err != nil {
+				return err
+			}
+			r, err := backends.Open(cmd.Context(), rt, backends.FromEnv())
 			if err != nil {
 				return err
 			}
-			defer f.Close()
-			done := progress.Reporter{W: cmd.ErrOrStderr()}.Phase("import " + args[0] + " into " + r.Name())
-			names, err := r.ImportImage(cmd.Context(), f)
-			done(err)
-			for _, n := range names {
-				fmt.Fprintln(cmd.OutOrStdout(), n)
-			}
-			return err
+			defer r.Close()
+			return imageops.Ensure(cmd.Context(), r, args[0], nil, cmd.ErrOrStderr())
 		},
 	}
-	imp.Flags().StringVar(&rt, "runtime", envOr("SANDBOX_BACKEND", backends.Auto), "container backend (env SANDBOX_BACKEND)")
-	cmd.AddCommand(imp)
+	cmd.Flags().StringVar(&rt, "runtime", envOr("SANDBOX_BACKEND", backends.Auto), "container backend (env SANDBOX_BACKEND)")
 	return cmd
 }

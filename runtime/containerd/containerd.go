@@ -144,6 +144,19 @@ func (r *Runtime) ImportImage(ctx context.Context, rd io.Reader) ([]string, erro
 	return names, nil
 }
 
+// HasImage implements runtime.ImageChecker: present and unpacked.
+func (r *Runtime) HasImage(ctx context.Context, ref string) (bool, error) {
+	ctx = r.ctx(ctx)
+	img, err := r.client.GetImage(ctx, ref)
+	if notFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("get image %s: %w", ref, err)
+	}
+	return img.IsUnpacked(ctx, r.cfg.Snapshotter)
+}
+
 // List implements runtime.Runtime.
 func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime.SandboxInfo, error) {
 	ctx = r.ctx(ctx)

@@ -156,6 +156,18 @@ func (r *Runtime) Capabilities(context.Context) (runtime.Capabilities, error) {
 	return maps.Clone(r.caps), nil
 }
 
+// HasImage implements runtime.ImageChecker.
+func (r *Runtime) HasImage(ctx context.Context, ref string) (bool, error) {
+	_, err := r.cli.ImageInspect(ctx, ref)
+	if cerrdefs.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("inspect image %s: %w", ref, err)
+	}
+	return true, nil
+}
+
 // ImportImage implements runtime.Runtime. Docker 20.10 loads the one-tar
 // image through the Docker manifest.json it carries.
 func (r *Runtime) ImportImage(ctx context.Context, rd io.Reader) ([]string, error) {

@@ -1,0 +1,69 @@
+// Package imageops builds the agent image and makes sure a backend holds it,
+// importing only what is missing.
+package imageops
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/sandstorm-dev/sandstorm/progress"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+)
+
+// Ensure imports the tar at path into rt unless rt already holds every one
+// of refs (checked when the backend can tell cheaply).
+func Ensure(ctx context.Context, rt runtime.Runtime, path string, refs []string, log io.Writer) error {
+	rep := progress.Reporter{W: log}
+	if c, ok := rt.(runtime.ImageChecker); ok && len(refs) > 0 {
+		have := true
+		for _, ref := range refs {
+			ok, err := c.HasImage(ctx, ref)
+			if err != nil {
+				return err
+			}
+			have = have && ok
+		}
+		if have {
+			fmt.Fprintf(log, "==> %s already holds %s\n", rt.Name(), refs[len(refs)-1])
+			return nil
+		}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("%w: image tar: %w", runtime.ErrInvalidSpec, err)
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	done := rep.Phase(fmt.Sprintf("import %s (%.0f MB) into %s", path, float64(fi.Size())/1e6, rt.Name()))
+	stop := heartbeat(log, "import into "+rt.Name())
+	names, err := rt.ImportImage(ctx, f)
+	stop()
+	done(err)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(log, "==> %s now holds %v\n", rt.Name(), names)
+	return nil
+}
+
+// heartbeat prints a line every few seconds so a long step is never silent.
+func heartbeat(w io.Writer, what string) func() {
+	done := make(chan struct{})
+	start := time.Now()
+	go func() {
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				fmt.Fprintf(w, "    %s: still running (%s)\n", what, time.Since(start).Round(time.Second))
+			}
+		}
+	}()
+	return func() { close(done) }
+}
