@@ -9,7 +9,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # Loads the daemon sockets host-setup.sh found, if it ran.
 CI_ENV := set -a; [ -r /run/sandstorm/ci.env ] && . /run/sandstorm/ci.env; set +a
 
-.PHONY: all build test unit lint bench testimage setup demo clean
+.PHONY: all build test unit lint bench testimage agentimage setup demo smoke clean
 
 all: build
 
@@ -21,12 +21,23 @@ build:
 testimage:
 	$(GO) run ./cmd/testimage -o build/sandstorm-test.tar
 
+## agentimage: build the agent image tar offline (build/sandstorm-agent.tar), cached by its inputs
+agentimage: build
+	./bin/ds image build --no-import
+
 ## setup: install and start containerd, Docker and Podman (root and rootless) — needs root
 setup:
 	./scripts/host-setup.sh
 
-## demo: set up the host, build everything and run one hardened sandbox (the README's first command)
-demo: setup build testimage
+## demo: set up the host, build ds and the agent image, and run one agent (the README's first command).
+## With no ANTHROPIC_API_KEY the scripted demo model answers (offline); with one, the real model.
+DEMO_PROMPT ?= Write a small Python program that prints the first Fibonacci numbers, run it, and tell me what it printed.
+demo: setup build
+	./bin/ds image build
+	./bin/ds "$(DEMO_PROMPT)"
+
+## smoke: run one hardened busybox sandbox (no agent)
+smoke: setup build testimage
 	./bin/ds sandbox run --import build/sandstorm-test.tar -- sh -c \
 	  'echo "hello from $$(hostname) as $$(id -u):$$(id -g)"; grep -E "^(CapEff|NoNewPrivs|Seccomp):" /proc/self/status; touch /etc/x 2>/dev/null || echo "root filesystem: read-only"'
 
@@ -40,8 +51,8 @@ lint:
 unit:
 	$(GO) test -count=1 ./oci/... ./status/... ./images/... ./runtime/cgroupfs/...
 
-## test: the whole suite — lint, unit tests, and the conformance suite on every running backend
-test: lint setup testimage
+## test: the whole suite — lint, unit tests, the conformance suite and the agent end-to-end tests on every backend
+test: lint setup testimage agentimage
 	$(CI_ENV); $(GO) test -count=1 -timeout 25m ./...
 
 ## bench: sandstorm vs `ctr run --rm` of the same image, alternating, with ratios

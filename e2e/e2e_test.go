@@ -1,0 +1,176 @@
+// Package e2e runs the real Claude Agent SDK inside the real agent image on
+// every backend, against sandstorm's scripted model behind the gateway.
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sandstorm-dev/sandstorm/agent"
+	"github.com/sandstorm-dev/sandstorm/gateway"
+	"github.com/sandstorm-dev/sandstorm/imageops"
+	"github.com/sandstorm-dev/sandstorm/modelserver"
+	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+)
+
+// realKey stands for a provider key: it must reach the upstream through the
+// gateway and never the sandbox.
+const realKey = "sk-ant-api03-e2e-REAL-KEY-must-never-enter-a-sandbox"
+
+// backend is one configuration the scenarios run on.
+type backend struct {
+	name  string // as in SANDSTORM_REQUIRE_RUNTIMES
+	open  func(ctx context.Context) (runtime.Runtime, error)
+	allow []runtime.Item
+}
+
+var imported sync.Map
+
+// agentImageTar is the image `make agentimage` builds.
+func agentImageTar(t *testing.T) string {
+	if p := os.Getenv("SANDSTORM_AGENT_IMAGE"); p != "" {
+		return p
+	}
+	tar, err := conformance.ImageTarPath()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(filepath.Dir(tar), "sandstorm-agent.tar")
+}
+
+// run runs one scenario on rt and returns the events and what the model server saw.
+func run(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map[string]any, agent.Outcome, *modelserver.Server, runtime.Runtime) {
+	t.Helper()
+	ctx := context.Background()
+	rt, err := b.open(ctx)
+	if err != nil {
+		conformance.Unavailable(t, b.name, err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	if _, done := imported.Load(b.name); !done {
+		if err := imageops.Ensure(ctx, rt, agentImageTar(t), []string{agent.DefaultImage}, testWriter{t}); err != nil {
+			t.Fatalf("agent image: %v (build it with `make agentimage`)", err)
+		}
+		imported.Store(b.name, true)
+	}
+	srv := modelserver.NewServer(sc)
+	url, stop, err := srv.Listen(ctx, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	gw, err := gateway.New(gateway.Config{Upstream: url, Dir: filepath.Join("/run/sandstorm/e2e", b.name)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &agent.Runner{Runtime: rt, Gateway: gw, Image: agent.DefaultImage,
+		Policy: oci.Policy{MemoryBytes: 2 << 30}, AllowUnenforced: b.allow}
+	if job.Timeout == 0 {
+		job.Timeout = 3 * time.Minute
+	}
+	job.Credentials = gateway.Credentials{AnthropicKey: realKey}
+	var mu sync.Mutex
+	var events []map[string]any
+	out, err := r.Run(ctx, job, func(ev json.RawMessage) error {
+		if strings.Contains(string(ev), realKey) {
+			t.Errorf("the real key appeared in an event")
+		}
+		var m map[string]any
+		if err := json.Unmarshal(ev, &m); err != nil {
+			t.Errorf("event is not a JSON object: %.200s", ev)
+		}
+		mu.Lock()
+		events = append(events, m)
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	assertGone(t, rt, events)
+	assertKeyStayedOut(t, srv)
+	return events, out, srv, rt
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// assertGone: the sandbox and everything it owned are removed.
+func assertGone(t *testing.T, rt runtime.Runtime, events []map[string]any) {
+	t.Helper()
+	var id, session string
+	for _, e := range events {
+		if e["type"] == "sandbox" && e["event"] == "created" {
+			id, _ = e["sandbox_id"].(string)
+			session, _ = e["session_id"].(string)
+		}
+	}
+	if id == "" {
+		t.Fatal("no sandbox created event")
+	}
+	left, err := rt.Leftovers(context.Background(), id, session)
+	if err != nil || len(left) > 0 {
+		t.Errorf("left behind: %v %v", left, err)
+	}
+	if found, _ := rt.List(context.Background(), map[string]string{oci.LabelSession: session}); len(found) > 0 {
+		t.Errorf("sandbox still listed: %v", found)
+	}
+}
+
+// assertKeyStayedOut: the upstream got the real key (swapped in by the
+// gateway) and every request came from the sandbox with its token.
+func assertKeyStayedOut(t *testing.T, srv *modelserver.Server) {
+	t.Helper()
+	for _, r := range srv.Requests() {
+		if r.Credential != "x-api-key" || r.Fingerprint != modelserver.Fingerprint(realKey) {
+			t.Errorf("request %d reached the model with credential %q (fingerprint %s), want the real key via x-api-key", r.Seq, r.Credential, r.Fingerprint)
+		}
+	}
+}
+
+func find(events []map[string]any, typ string) []map[string]any {
+	var out []map[string]any
+	for _, e := range events {
+		if e["type"] == typ {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// toolUses lists the tool names the assistant called, in order.
+func toolUses(events []map[string]any) []string {
+	var names []string
+	for _, e := range find(events, "assistant") {
+		msg, _ := e["message"].(map[string]any)
+		blocks, _ := msg["content"].([]any)
+		for _, b := range blocks {
+			if bm, _ := b.(map[string]any); bm["type"] == "tool_use" {
+				names = append(names, bm["name"].(string))
+			}
+		}
+	}
+	return names
+}
+
+// toolResults concatenates the tool results the stream carried.
+func toolResults(events []map[string]any) string {
+	var sb strings.Builder
+	for _, e := range find(events, "user") {
+		b, _ := json.Marshal(e["message"])
+		sb.Write(b)
+	}
+	return sb.String()
+}
