@@ -15,6 +15,7 @@ const (
 	CodeBusy               = "busy"
 	CodeRuntimeUnavailable = "runtime_unavailable"
 	CodeInvalidConfig      = "invalid_config"
+	CodeInvalidRequest     = "invalid_request"
 	CodeAgentFailed        = "agent_failed"
 	CodeSandboxFailed      = "sandbox_failed"
 )

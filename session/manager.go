@@ -126,17 +126,23 @@ func (m *Manager) Run(ctx context.Context, req Request, queued Queued, emit agen
 	if err != nil {
 		return agent.Outcome{}, err
 	}
-	release, err := m.acquire(ctx, queued)
+	release, err := m.Acquire(ctx, queued)
 	if err != nil {
 		return agent.Outcome{}, err
 	}
 	defer release()
+	return m.Start(ctx, job, emit)
+}
+
+// Start runs a job that holds a slot (see Acquire).
+func (m *Manager) Start(ctx context.Context, job agent.Job, emit agent.Emit) (agent.Outcome, error) {
 	return m.runner.Run(ctx, job, emit)
 }
 
-// acquire takes a slot, waiting in the bounded queue.
-func (m *Manager) acquire(ctx context.Context, queued Queued) (func(), error) {
-	release := func() { <-m.slots }
+// Acquire takes a slot, waiting in the bounded queue; call release when the
+// run is over. Servers acquire before answering, so a busy host answers 429.
+func (m *Manager) Acquire(ctx context.Context, queued Queued) (release func(), err error) {
+	release = func() { <-m.slots }
 	select {
 	case m.slots <- struct{}{}:
 		return release, nil

@@ -53,8 +53,20 @@ func (r Request) String() string {
 		len(r.Prompt), r.Model, r.MaxTurns, r.Timeout, len(r.Files)+len(r.BinaryFiles))
 }
 
+// FieldError names the request field that is wrong.
+type FieldError struct {
+	Field   string
+	Message string
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("%s: %s: %s", ErrInvalidRequest, e.Field, e.Message)
+}
+
+func (e *FieldError) Unwrap() error { return ErrInvalidRequest }
+
 func invalid(field, format string, a ...any) error {
-	return fmt.Errorf("%w: %s: %s", ErrInvalidRequest, field, fmt.Sprintf(format, a...))
+	return &FieldError{Field: field, Message: fmt.Sprintf(format, a...)}
 }
 
 // modelAliases are the names the Claude Code CLI resolves itself.
@@ -90,7 +102,9 @@ func (r Request) Validate() error {
 		return err
 	}
 	if err := config.ValidateOutputFormat(r.OutputFormat); err != nil {
-		return fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+		// config names the key ("output_format.type: ..."): keep its naming.
+		field, msg, _ := strings.Cut(strings.TrimPrefix(err.Error(), config.ErrInvalid.Error()+": "), ": ")
+		return invalid(field, "%s", msg)
 	}
 	files := r.WorkspaceFiles()
 	if len(files) > MaxFiles {
@@ -104,7 +118,7 @@ func (r Request) Validate() error {
 		return invalid("files", "%d bytes in all is over the limit of %d", total, MaxFilesBytes)
 	}
 	if err := runtime.ValidateFiles(files); err != nil {
-		return fmt.Errorf("%w: files: %w", ErrInvalidRequest, err)
+		return invalid("files", "%s", strings.TrimPrefix(err.Error(), runtime.ErrInvalidSpec.Error()+": "))
 	}
 	return nil
 }

@@ -97,7 +97,7 @@ func TestQueue(t *testing.T) {
 	limits.MaxConcurrentAgents, limits.QueueSize, limits.QueueWaitSeconds = 1, 1, 1
 	m := NewManager(nil, limits, config.Project{}, gateway.Credentials{})
 	ctx := context.Background()
-	release, err := m.acquire(ctx, nil)
+	release, err := m.Acquire(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func TestQueue(t *testing.T) {
 	got := make(chan error, 1)
 	queuedAt := make(chan int, 1)
 	go func() {
-		r, err := m.acquire(ctx, func(p int) { queuedAt <- p })
+		r, err := m.Acquire(ctx, func(p int) { queuedAt <- p })
 		if err == nil {
 			r()
 		}
@@ -114,7 +114,7 @@ func TestQueue(t *testing.T) {
 	if p := <-queuedAt; p != 1 {
 		t.Errorf("queue position %d", p)
 	}
-	if _, err := m.acquire(ctx, nil); !errors.Is(err, ErrBusy) {
+	if _, err := m.Acquire(ctx, nil); !errors.Is(err, ErrBusy) {
 		t.Errorf("full queue: got %v, want ErrBusy", err)
 	}
 	release()
@@ -122,9 +122,9 @@ func TestQueue(t *testing.T) {
 		t.Errorf("queued request did not get the freed slot: %v", err)
 	}
 	// Waiting longer than queue_wait_seconds is busy too.
-	release, _ = m.acquire(ctx, nil)
+	release, _ = m.Acquire(ctx, nil)
 	defer release()
-	if _, err := m.acquire(ctx, nil); !errors.Is(err, ErrBusy) {
+	if _, err := m.Acquire(ctx, nil); !errors.Is(err, ErrBusy) {
 		t.Errorf("wait ran out: got %v, want ErrBusy", err)
 	}
 }

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sandstorm-dev/sandstorm/engine"
+	"github.com/sandstorm-dev/sandstorm/server"
+)
+
+func newServe() *cobra.Command {
+	var (
+		ef    engineFlags
+		host  string
+		port  int
+		grace time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve the HTTP API: POST /query streams a run as Server-Sent Events",
+		Long: `Serve sandstorm's HTTP API.
+
+  POST /query   run one agent; the response is a Server-Sent Events stream,
+                one "data: <json>" frame per event
+  GET  /health  status, backend, runtime version, which API keys are set
+
+On SIGTERM or Ctrl-C the server stops accepting requests, lets running agents
+finish for up to --shutdown-grace, then cancels the rest and removes their
+sandboxes before exiting. CORS origins come from $CORS_ORIGINS (default *).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if port < 1 || port > 65535 {
+				return fmt.Errorf("--port: %d is outside 1..65535", port)
+			}
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+			opts := ef.options()
+			opts.Logger = log
+			eng, err := engine.New(cmd.Context(), opts)
+			if err != nil {
+				return err
+			}
+			defer eng.Close()
+			for _, n := range eng.Notices {
+				log.Warn(n)
+			}
+			srv := server.New(eng, server.Config{CORSOrigins: os.Getenv("CORS_ORIGINS"), Logger: log})
+			addr := net.JoinHostPort(host, strconv.Itoa(port))
+			l, err := net.Listen("tcp", addr)
+			if err != nil {
+				return err
+			}
+			log.Info("sandstorm serving", "addr", "http://"+l.Addr().String(), "backend", eng.Runtime.Name(),
+				"max_concurrent_agents", eng.Limits.MaxConcurrentAgents, "image", eng.Limits.Image)
+			errc := make(chan error, 1)
+			go func() { errc <- srv.Serve(l) }()
+			select {
+			case err := <-errc:
+				return err
+			case <-cmd.Context().Done():
+			}
+			log.Info("shutting down: no new requests; waiting for running agents", "grace", grace)
+			if err := srv.Shutdown(grace); err != nil && !errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			log.Info("shut down; every sandbox removed")
+			return nil
+		},
+	}
+	ef.register(cmd)
+	cmd.Flags().StringVar(&host, "host", "127.0.0.1", "address to listen on (0.0.0.0 for every interface)")
+	cmd.Flags().IntVar(&port, "port", 8000, "port to listen on")
+	cmd.Flags().DurationVar(&grace, "shutdown-grace", 30*time.Second, "on SIGTERM, how long running agents may finish before they are cancelled")
+	return cmd
+}

@@ -1,0 +1,304 @@
+// Package server is sandstorm's HTTP API (fiber): POST /query streams one
+// agent run as Server-Sent Events, GET /health reports the backend.
+package server
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/cors"
+
+	"github.com/sandstorm-dev/sandstorm/agent"
+	"github.com/sandstorm-dev/sandstorm/engine"
+	"github.com/sandstorm-dev/sandstorm/session"
+	"github.com/sandstorm-dev/sandstorm/status"
+)
+
+// BodyLimit bounds a request body: a maximal prompt plus maximal files fit.
+const BodyLimit = 24 << 20
+
+// KeepAlive is how often an idle stream gets a comment, so proxies and
+// clients keep the connection open.
+const KeepAlive = 15 * time.Second
+
+// Config configures a Server.
+type Config struct {
+	// CORSOrigins is a comma-separated list of allowed origins; "*" by default.
+	CORSOrigins string
+	Logger      *slog.Logger
+}
+
+// Server serves one engine.
+type Server struct {
+	app *fiber.App
+	eng *engine.Engine
+	log *slog.Logger
+	// base is cancelled when shutdown's grace period is over: every run still
+	// going is then cancelled and cleaned up.
+	base   context.Context
+	cancel context.CancelFunc
+	runs   sync.WaitGroup
+}
+
+// New builds the server.
+func New(eng *engine.Engine, cfg Config) *Server {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{eng: eng, log: log}
+	s.base, s.cancel = context.WithCancel(context.Background())
+	s.app = fiber.New(fiber.Config{
+		BodyLimit:             BodyLimit,
+		DisableStartupMessage: true,
+		ErrorHandler:          s.errorHandler,
+		// Streams end when the run does; no idle timeout may cut them.
+		IdleTimeout: 2 * time.Minute,
+	})
+	origins := cfg.CORSOrigins
+	if origins == "" {
+		origins = "*"
+	}
+	s.app.Use(cors.New(cors.Config{AllowOrigins: origins, AllowHeaders: "Content-Type, Authorization"}))
+	s.app.Get("/health", s.health)
+	s.app.Post("/query", s.query)
+	return s
+}
+
+// App exposes the fiber app (for tests).
+func (s *Server) App() *fiber.App { return s.app }
+
+// Listen serves on addr until Shutdown.
+func (s *Server) Listen(addr string) error { return s.app.Listen(addr) }
+
+// Serve serves on l until Shutdown.
+func (s *Server) Serve(l net.Listener) error { return s.app.Listener(l) }
+
+// Shutdown stops accepting requests, lets runs finish for up to grace, then
+// cancels the rest and waits until their sandboxes are removed.
+func (s *Server) Shutdown(grace time.Duration) error {
+	done := make(chan struct{})
+	go func() { s.runs.Wait(); close(done) }()
+	errc := make(chan error, 1)
+	go func() { errc <- s.app.ShutdownWithTimeout(grace + 30*time.Second) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		s.log.Warn("shutdown: grace period over, cancelling runs still going")
+		s.cancel()
+		<-done
+	}
+	s.cancel()
+	return <-errc
+}
+
+// apiError is every error body: a code, the field at fault if any, a message.
+type apiError struct {
+	Error   string `json:"error"`
+	Field   string `json:"field,omitempty"`
+	Message string `json:"message"`
+}
+
+func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
+	var fe *fiber.Error
+	if errors.As(err, &fe) {
+		code := "http_error"
+		if fe.Code == fiber.StatusRequestEntityTooLarge {
+			code = "too_large"
+		}
+		return c.Status(fe.Code).JSON(apiError{Error: code, Message: fe.Message})
+	}
+	return writeError(c, err)
+}
+
+// writeError answers err with the status the one mapping gives it.
+func writeError(c *fiber.Ctx, err error) error {
+	body := apiError{Error: errorCode(err), Message: err.Error()}
+	var fe *session.FieldError
+	if errors.As(err, &fe) {
+		body.Field = fe.Field
+	}
+	return c.Status(status.HTTP(err)).JSON(body)
+}
+
+func errorCode(err error) string {
+	switch {
+	case errors.Is(err, session.ErrBusy):
+		return agent.CodeBusy
+	case errors.Is(err, session.ErrInvalidRequest):
+		return agent.CodeInvalidRequest
+	case status.HTTP(err) == fiber.StatusServiceUnavailable:
+		return agent.CodeRuntimeUnavailable
+	case status.HTTP(err) == fiber.StatusBadRequest:
+		return agent.CodeInvalidConfig
+	}
+	return "internal"
+}
+
+func (s *Server) health(c *fiber.Ctx) error {
+	ctx, cancel := context.WithTimeout(c.UserContext(), 5*time.Second)
+	defer cancel()
+	info, err := s.eng.Runtime.Info(ctx)
+	creds := s.eng.Manager.Credentials()
+	body := fiber.Map{
+		"status":                "ok",
+		"sandbox_backend":       s.eng.Runtime.Name(),
+		"runtime_version":       info.Version,
+		"rootless":              info.Rootless,
+		"api_keys":              fiber.Map{"anthropic": creds.AnthropicKey != "", "openrouter": creds.OpenRouterKey != ""},
+		"scripted_model":        s.eng.Scripted != nil,
+		"running":               s.eng.Manager.Running(),
+		"max_concurrent_agents": s.eng.Limits.MaxConcurrentAgents,
+	}
+	if err != nil {
+		body["status"] = "degraded"
+		body["error"] = err.Error()
+		return c.Status(fiber.StatusServiceUnavailable).JSON(body)
+	}
+	return c.JSON(body)
+}
+
+// decode reads the request body strictly, naming the field at fault.
+func decode(body []byte) (session.Request, error) {
+	var req session.Request
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		var te *json.UnmarshalTypeError
+		var se *json.SyntaxError
+		switch {
+		case errors.As(err, &te):
+			return req, &session.FieldError{Field: te.Field, Message: fmt.Sprintf("must be %s, not %s", kind(te.Type.Kind().String()), te.Value)}
+		case errors.As(err, &se):
+			return req, &session.FieldError{Field: "body", Message: fmt.Sprintf("not valid JSON at byte %d", se.Offset)}
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+			return req, &session.FieldError{Field: f, Message: "is not a request field"}
+		case len(strings.TrimSpace(string(body))) == 0:
+			return req, &session.FieldError{Field: "body", Message: "a JSON object is required"}
+		}
+		return req, &session.FieldError{Field: "body", Message: err.Error()}
+	}
+	if dec.More() {
+		return req, &session.FieldError{Field: "body", Message: "must hold exactly one JSON object"}
+	}
+	return req, nil
+}
+
+func kind(k string) string {
+	switch k {
+	case "int", "int64", "float64":
+		return "a number"
+	case "string":
+		return "a string"
+	case "bool":
+		return "true or false"
+	case "map", "struct":
+		return "an object"
+	}
+	return k
+}
+
+func (s *Server) query(c *fiber.Ctx) error {
+	req, err := decode(c.Body())
+	if err != nil {
+		return writeError(c, err)
+	}
+	job, err := s.eng.Manager.Job(req)
+	if err != nil {
+		return writeError(c, err)
+	}
+	s.runs.Add(1)
+	release, err := s.eng.Manager.Acquire(s.base, nil)
+	if err != nil {
+		s.runs.Done()
+		return writeError(c, err)
+	}
+	conn := c.Context().Conn()
+	c.Set("Content-Type", "text/event-stream")
+	c.Set("Cache-Control", "no-cache, no-transform")
+	c.Set("X-Accel-Buffering", "no")
+	// The stream ends with the run; the connection is not reused after it.
+	c.Set("Connection", "close")
+	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
+		defer s.runs.Done()
+		defer release()
+		s.stream(w, conn, job)
+	})
+	return nil
+}
+
+// stream runs job and writes its events as SSE frames. A client that goes
+// away is noticed at once (its connection reads EOF) and cancels the run.
+func (s *Server) stream(w *bufio.Writer, conn net.Conn, job agent.Job) {
+	ctx, cancel := context.WithCancelCause(s.base)
+	defer cancel(nil)
+	go watchClient(ctx, conn, cancel)
+
+	var mu sync.Mutex
+	write := func(frame string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if _, err := w.WriteString(frame); err != nil {
+			return err
+		}
+		return w.Flush()
+	}
+	stopKeepAlive := make(chan struct{})
+	defer close(stopKeepAlive)
+	go func() {
+		t := time.NewTicker(KeepAlive)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopKeepAlive:
+				return
+			case <-t.C:
+				if err := write(": keep-alive\n\n"); err != nil {
+					cancel(fmt.Errorf("%w: client gone: %w", context.Canceled, err))
+					return
+				}
+			}
+		}
+	}()
+	out, err := s.eng.Manager.Start(ctx, job, func(ev json.RawMessage) error {
+		return write("data: " + string(ev) + "\n\n")
+	})
+	if err != nil && out.Code == "" {
+		// The run could not start: say so in the stream, which has begun.
+		_ = write("data: " + string(agent.NewError(errorCode(err), err.Error())) + "\n\n")
+		s.log.Warn("run failed to start", "err", err)
+	}
+}
+
+// watchClient cancels the run when the client closes its connection.
+func watchClient(ctx context.Context, conn net.Conn, cancel context.CancelCauseFunc) {
+	if conn == nil {
+		return
+	}
+	go func() {
+		<-ctx.Done()
+		// Wake the read below; the connection is closed after the stream.
+		_ = conn.SetReadDeadline(time.Now())
+	}()
+	buf := make([]byte, 1)
+	for {
+		_, err := conn.Read(buf)
+		if err == nil {
+			continue // a pipelined byte; SSE clients send none
+		}
+		if ctx.Err() == nil {
+			cancel(fmt.Errorf("%w: client disconnected", context.Canceled))
+		}
+		return
+	}
+}
