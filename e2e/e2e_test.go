@@ -5,7 +5,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -14,7 +13,7 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/agent"
 	"github.com/sandstorm-dev/sandstorm/gateway"
-	"github.com/sandstorm-dev/sandstorm/imageops"
+	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
@@ -32,20 +31,6 @@ type backend struct {
 	allow []runtime.Item
 }
 
-var imported sync.Map
-
-// agentImageTar is the image `make agentimage` builds.
-func agentImageTar(t *testing.T) string {
-	if p := os.Getenv("SANDSTORM_AGENT_IMAGE"); p != "" {
-		return p
-	}
-	tar, err := conformance.ImageTarPath()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return filepath.Join(filepath.Dir(tar), "sandstorm-agent.tar")
-}
-
 // run runs one scenario on rt and returns the events and what the model server saw.
 func run(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map[string]any, agent.Outcome, *modelserver.Server, runtime.Runtime) {
 	t.Helper()
@@ -55,12 +40,7 @@ func run(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map
 		conformance.Unavailable(t, b.name, err)
 	}
 	t.Cleanup(func() { rt.Close() })
-	if _, done := imported.Load(b.name); !done {
-		if err := imageops.Ensure(ctx, rt, agentImageTar(t), []string{agent.DefaultImage}, testWriter{t}); err != nil {
-			t.Fatalf("agent image: %v (build it with `make agentimage`)", err)
-		}
-		imported.Store(b.name, true)
-	}
+	testenv.EnsureAgentImage(t, rt, b.name)
 	srv := modelserver.NewServer(sc)
 	url, stop, err := srv.Listen(ctx, "127.0.0.1:0")
 	if err != nil {
@@ -98,13 +78,6 @@ func run(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map
 	assertGone(t, rt, events)
 	assertKeyStayedOut(t, srv)
 	return events, out, srv, rt
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 // assertGone: the sandbox and everything it owned are removed.

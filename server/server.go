@@ -176,6 +176,8 @@ func decode(body []byte) (session.Request, error) {
 		var te *json.UnmarshalTypeError
 		var se *json.SyntaxError
 		switch {
+		case errors.As(err, &te) && te.Field == "":
+			return req, &session.FieldError{Field: "body", Message: "must be a JSON object, not " + te.Value}
 		case errors.As(err, &te):
 			return req, &session.FieldError{Field: te.Field, Message: fmt.Sprintf("must be %s, not %s", kind(te.Type.Kind().String()), te.Value)}
 		case errors.As(err, &se):

@@ -32,9 +32,21 @@ func failClosed(t *testing.T, rt runtime.Runtime, caps runtime.Capabilities) {
 	}
 }
 
-func invalidRequests(t *testing.T, rt runtime.Runtime) {
+// notEnforced lists every item caps does not enforce: the requests below test
+// other things, so they allow running without those.
+func notEnforced(caps runtime.Capabilities) []runtime.Item {
+	var items []runtime.Item
+	for _, it := range runtime.AllItems {
+		if !caps.Enforced(it) {
+			items = append(items, it)
+		}
+	}
+	return items
+}
+
+func invalidRequests(t *testing.T, rt runtime.Runtime, caps runtime.Capabilities) {
 	ctx := context.Background()
-	base := runtime.Spec{SessionID: newSession(t), Image: TestImage, Args: []string{"true"}}
+	base := runtime.Spec{SessionID: newSession(t), Image: TestImage, Args: []string{"true"}, AllowUnenforced: notEnforced(caps)}
 	tests := []struct {
 		name string
 		mod  func(*runtime.Spec)
@@ -67,10 +79,10 @@ func invalidRequests(t *testing.T, rt runtime.Runtime) {
 
 // reap: a sandbox abandoned mid-run (as after a crash) is found by its label
 // and removed with everything it owns.
-func reap(t *testing.T, rt runtime.Runtime) {
+func reap(t *testing.T, rt runtime.Runtime, caps runtime.Capabilities) {
 	ctx := context.Background()
 	session := newSession(t)
-	sb, err := rt.Create(ctx, runtime.Spec{SessionID: session, Image: TestImage, Args: []string{"sleep", "600"}})
+	sb, err := rt.Create(ctx, runtime.Spec{SessionID: session, Image: TestImage, Args: []string{"sleep", "600"}, AllowUnenforced: notEnforced(caps)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,9 +96,12 @@ func reap(t *testing.T, rt runtime.Runtime) {
 	}
 	// Leftovers must see a live sandbox, or its empty answer after removal proves nothing.
 	live, err := rt.Leftovers(ctx, sb.ID(), session)
-	if err != nil || !slices.ContainsFunc(live, func(s string) bool { return strings.HasPrefix(s, "container ") }) ||
-		!slices.ContainsFunc(live, func(s string) bool { return strings.HasPrefix(s, "cgroup ") }) {
-		t.Errorf("leftovers of a running sandbox = %q, %v; want its container and cgroup at least", live, err)
+	has := func(kind string) bool {
+		return slices.ContainsFunc(live, func(s string) bool { return strings.HasPrefix(s, kind+" ") })
+	}
+	// A sandbox has a cgroup of its own wherever limits are enforced.
+	if err != nil || !has("container") || (caps.Enforced(runtime.ItemMemoryLimit) && !has("cgroup")) {
+		t.Errorf("leftovers of a running sandbox = %q, %v; want its container (and cgroup, when limits are enforced)", live, err)
 	}
 	t.Logf("a running sandbox owns: %s", strings.Join(live, "; "))
 	n, err := runtime.Reap(ctx, rt, labels)

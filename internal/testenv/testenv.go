@@ -1,0 +1,52 @@
+// Package testenv gives integration tests the real parts they need: the
+// agent image in a backend, and the backend itself (a failure in CI when
+// required, a skip on a developer machine without it).
+package testenv
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/sandstorm-dev/sandstorm/agent"
+	"github.com/sandstorm-dev/sandstorm/imageops"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+)
+
+var imported sync.Map
+
+// AgentImageTar is the image `make agentimage` builds ($SANDSTORM_AGENT_IMAGE overrides).
+func AgentImageTar(t testing.TB) string {
+	if p := os.Getenv("SANDSTORM_AGENT_IMAGE"); p != "" {
+		return p
+	}
+	tar, err := conformance.ImageTarPath()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(filepath.Dir(tar), "sandstorm-agent.tar")
+}
+
+// EnsureAgentImage imports the agent image into rt once per test binary,
+// unless rt already holds it.
+func EnsureAgentImage(t testing.TB, rt runtime.Runtime, key string) {
+	t.Helper()
+	if _, done := imported.Load(key); done {
+		return
+	}
+	if err := imageops.Ensure(context.Background(), rt, AgentImageTar(t), []string{agent.DefaultImage}, logWriter{t}); err != nil {
+		t.Fatalf("agent image: %v (build it with `make agentimage`)", err)
+	}
+	imported.Store(key, true)
+}
+
+type logWriter struct{ t testing.TB }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

@@ -1,0 +1,96 @@
+package podman
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+)
+
+// BenchmarkRunTrue times create → start → wait → remove of `true` through
+// this package on the root service against `podman run --rm` of the same
+// image with the same settings, alternating the two in every iteration so
+// both see the same machine load.
+func BenchmarkRunTrue(b *testing.B) {
+	rt := connect(b, 0)
+	ctx := context.Background()
+	if ok, err := rt.HasImage(ctx, conformance.TestImage); err != nil || !ok {
+		b.Fatalf("test image not in podman (run the conformance test, or make testimage and podman load it): %v", err)
+	}
+	policy := oci.Policy{MemoryBytes: 256 << 20, CPUs: 1}.WithDefaults()
+	rlimits, err := rt.serviceRlimits(ctx, conformance.TestImage)
+	if err != nil {
+		b.Fatal(err)
+	}
+	workspace := b.TempDir()
+	if err := os.Chown(workspace, int(policy.UID), int(policy.GID)); err != nil {
+		b.Fatal(err)
+	}
+	args := []string{
+		"run", "--rm", "--network", "none", "--log-driver", "none",
+		"--user", fmt.Sprintf("%d:%d", policy.UID, policy.GID),
+		"--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only",
+		"--tmpfs", fmt.Sprintf("/tmp:rw,nosuid,nodev,mode=1777,size=%d", policy.TmpBytes),
+		"-v", workspace + ":" + oci.Workspace + ":rw,nosuid,nodev", "--workdir", oci.Workspace,
+		"--memory", strconv.FormatInt(policy.MemoryBytes, 10), "--memory-swap", strconv.FormatInt(policy.MemoryBytes, 10),
+		"--cpu-period", strconv.Itoa(cpuPeriod), "--cpu-quota", strconv.FormatInt(oci.CPUQuota(policy.CPUs), 10),
+		"--pids-limit", strconv.FormatInt(policy.Pids, 10),
+		"--ulimit", fmt.Sprintf("nofile=%d:%d", policy.NoFile, policy.NoFile),
+		"--hostname", policy.Hostname, "--cgroupns", "private", "--cgroup-parent", "/sandstorm/bench-cli",
+		"--image-volume", "ignore", "--label", oci.LabelManaged + "=bench",
+	}
+	// Without them the CLI, like the API, raises nproc beyond what root may here.
+	for _, u := range rlimits {
+		if name := rlimitName(u.Name); name != "nofile" {
+			args = append(args, "--ulimit", fmt.Sprintf("%s=%d:%d", name, u.Soft, u.Hard))
+		}
+	}
+	args = append(args, conformance.TestImage, "true")
+	b.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = removeCgroup(ctx, "/sandstorm/bench-cli")
+	})
+
+	var lib, cli time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		runLibrary(b, rt, policy)
+		lib += time.Since(start)
+
+		start = time.Now()
+		if out, err := exec.Command("podman", args...).CombinedOutput(); err != nil {
+			b.Fatalf("podman run: %v: %s", err, out)
+		}
+		cli += time.Since(start)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(lib.Milliseconds())/float64(b.N), "sandstorm-ms/op")
+	b.ReportMetric(float64(cli.Milliseconds())/float64(b.N), "podman-ms/op")
+	b.ReportMetric(float64(lib)/float64(cli), "ratio")
+}
+
+func runLibrary(b *testing.B, rt *Runtime, policy oci.Policy) {
+	ctx := context.Background()
+	sb, err := rt.Create(ctx, runtime.Spec{SessionID: "bench", Image: conformance.TestImage, Args: []string{"true"}, Policy: policy})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := sb.Start(ctx, runtime.IO{}); err != nil {
+		b.Fatal(err)
+	}
+	if st, err := sb.Wait(ctx); err != nil || st.Code != 0 {
+		b.Fatalf("wait: %+v %v", st, err)
+	}
+	if err := sb.Remove(ctx); err != nil {
+		b.Fatal(err)
+	}
+}

@@ -1,0 +1,121 @@
+package podman
+
+import (
+	"context"
+	"errors"
+	"os"
+	"testing"
+
+	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+)
+
+// services are the Podman services the conformance suite runs against.
+// "rootless" is the service as a non-root sandstorm sees it: on cgroup v1
+// it cannot enforce limits, so the suite asserts the fail-closed refusal and
+// the run with an explicit allow. "rootless-delegated" adds the limits a
+// root sandstorm sets itself.
+var services = []struct {
+	name, env, def, backend string
+	rootless, delegate      bool
+}{
+	{"root", "SANDSTORM_PODMAN_SOCKET", "unix:///run/podman/podman.sock", "podman", false, true},
+	{"rootless", "SANDSTORM_PODMAN_ROOTLESS_SOCKET", "unix:///run/user/1001/podman/podman.sock", "podman-rootless", true, false},
+	{"rootless-delegated", "SANDSTORM_PODMAN_ROOTLESS_SOCKET", "unix:///run/user/1001/podman/podman.sock", "podman-rootless", true, true},
+}
+
+func connect(t testing.TB, i int) *Runtime {
+	t.Helper()
+	svc := services[i]
+	sock := os.Getenv(svc.env)
+	if sock == "" {
+		sock = svc.def
+	}
+	rt, err := New(context.Background(), Config{Socket: sock, NoCgroupDelegation: !svc.delegate})
+	if err == nil && rt.svc.rootless != svc.rootless {
+		err = errors.New(sock + " is not a " + svc.name + " service")
+	}
+	if err != nil {
+		if tt, ok := t.(*testing.T); ok {
+			conformance.Unavailable(tt, svc.backend, err)
+		}
+		t.Skip(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	return rt
+}
+
+func TestConformance(t *testing.T) {
+	for i, svc := range services {
+		t.Run(svc.name, func(t *testing.T) {
+			conformance.Run(t, connect(t, i), conformance.Config{})
+		})
+	}
+}
+
+func TestDiscoverSocket(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		present []string
+		want    string
+	}{
+		{"CONTAINER_HOST first", map[string]string{"CONTAINER_HOST": "tcp://h:1", "XDG_RUNTIME_DIR": "/run/user/7"},
+			[]string{"/run/user/7/podman/podman.sock", "/run/podman/podman.sock"}, "tcp://h:1"},
+		{"user socket", map[string]string{"XDG_RUNTIME_DIR": "/run/user/7"},
+			[]string{"/run/user/7/podman/podman.sock", "/run/podman/podman.sock"}, "unix:///run/user/7/podman/podman.sock"},
+		{"root socket when the user has none", map[string]string{"XDG_RUNTIME_DIR": "/run/user/7"},
+			[]string{"/run/podman/podman.sock"}, "unix:///run/podman/podman.sock"},
+		{"root socket without XDG_RUNTIME_DIR", nil, []string{"/run/podman/podman.sock"}, "unix:///run/podman/podman.sock"},
+		{"none", map[string]string{"XDG_RUNTIME_DIR": "/run/user/7"}, nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			exists := func(p string) bool {
+				for _, q := range tt.present {
+					if p == q {
+						return true
+					}
+				}
+				return false
+			}
+			got, err := discoverSocket(func(k string) string { return tt.env[k] }, exists)
+			if tt.want == "" {
+				if !errors.Is(err, runtime.ErrUnavailable) {
+					t.Fatalf("got %q, %v; want ErrUnavailable", got, err)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("got %q, %v; want %q", got, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestHostID(t *testing.T) {
+	// What a rootless service reports for a user with subordinate ids 100000-165535.
+	rootless := []idRange{{container: 0, host: 1001, size: 1}, {container: 1, host: 100000, size: 65536}}
+	tests := []struct {
+		name   string
+		ranges []idRange
+		id     int
+		want   int
+		err    bool
+	}{
+		{"root service keeps ids", nil, 1000, 1000, false},
+		{"container root is the service's user", rootless, 0, 1001, false},
+		{"sandbox user", rootless, 1000, 100999, false},
+		{"first subordinate id", rootless, 1, 100000, false},
+		{"last mapped id", rootless, 65536, 165535, false},
+		{"beyond the mapping", rootless, 65537, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := hostID(tt.ranges, tt.id)
+			if (err != nil) != tt.err || got != tt.want {
+				t.Fatalf("hostID(%d) = %d, %v; want %d (error %v)", tt.id, got, err, tt.want, tt.err)
+			}
+		})
+	}
+}

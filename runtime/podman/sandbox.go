@@ -1,0 +1,377 @@
+package podman
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.podman.io/podman/v6/libpod/define"
+	"go.podman.io/podman/v6/pkg/bindings/containers"
+	"go.podman.io/podman/v6/pkg/errorhandling"
+	"go.podman.io/podman/v6/pkg/specgen"
+	"golang.org/x/sys/unix"
+
+	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+)
+
+// cleanupTimeout bounds removal, which runs even after the caller's context ended.
+const cleanupTimeout = 30 * time.Second
+
+type sandbox struct {
+	r     *Runtime
+	id    string
+	ctrID string
+	// cgroup is the container's own cgroup when the sandbox has a parent of its own.
+	cgroup string
+	// watchOOM: OOM kills are detected from the sandbox's cgroups.
+	watchOOM bool
+	// limits are written into the container's cgroup before it starts.
+	limits []limit
+
+	mu      sync.Mutex
+	stream  *attachStream
+	copied  chan struct{} // closed when all output was delivered
+	copyErr error
+	oom     *oomWatch
+	exit    *runtime.ExitStatus
+	removed bool
+}
+
+// Create implements runtime.Runtime.
+func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sandbox, err error) {
+	caps, err := r.Capabilities(ctx)
+	if err != nil {
+		return nil, err
+	}
+	prep, err := runtime.Prepare(spec, caps)
+	if err != nil {
+		return nil, err
+	}
+	id, pol := prep.ID, prep.Policy
+	root := r.delegates()
+	p := plan{
+		id: id, image: spec.Image, args: spec.Args, env: spec.Env,
+		labels: oci.Sandbox{ID: id, SessionID: spec.SessionID, Labels: spec.Labels}.AllLabels(),
+		policy: pol, mounts: pol.Mounts, nofile: pol.NoFile, swap: r.host.SwapAccounting,
+		network: r.networkMode(pol.Network), unenforced: prep.Unenforced,
+	}
+	if h := r.host.NoFileHard; h > 0 && p.nofile > h {
+		p.nofile = h
+	}
+	if p.rlimits, err = r.serviceRlimits(ctx, spec.Image); err != nil {
+		return nil, err
+	}
+	uid, err := hostID(r.svc.uidMap, int(pol.UID))
+	if err != nil {
+		return nil, fmt.Errorf("%w: user: %w", runtime.ErrInvalidSpec, err)
+	}
+	gid, err := hostID(r.svc.gidMap, int(pol.GID))
+	if err != nil {
+		return nil, fmt.Errorf("%w: group: %w", runtime.ErrInvalidSpec, err)
+	}
+
+	// The workspace belongs to the host ids the sandbox user maps to, so the
+	// sandbox sees it as its own (uid 1000 is 100999 on the host for a
+	// rootless service whose subordinate ids start at 100000). Making the
+	// scratch directory claims the id.
+	scratch := r.scratch(id)
+	p.workspace, err = runtime.MakeScratch(scratch, spec.Files, uid, gid)
+	if pe := (*fs.PathError)(nil); errors.As(err, &pe) && pe.Path == scratch && errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("%w: sandbox %s already exists", runtime.ErrInvalidSpec, id)
+	}
+	// From here on, everything made so far is undone on failure; the
+	// container only once it is ours (its name may be taken by a stranger).
+	created := false
+	defer func() {
+		if err != nil {
+			_ = r.cleanup(ctx, id, created)
+		}
+	}()
+	if err != nil {
+		return nil, fmt.Errorf("prepare workspace: %w", err)
+	}
+	if ownCgroup(r.svc, root) {
+		p.cgroupParent = cgroupParent(id)
+		if r.svc.rootless {
+			p.cgroupLimits = true
+			owner, err := hostID(r.svc.uidMap, 0)
+			if err != nil {
+				return nil, err
+			}
+			group, err := hostID(r.svc.gidMap, 0)
+			if err != nil {
+				return nil, err
+			}
+			if err := delegate(p.cgroupParent, owner, group); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if r.mediates() {
+		if p.mounts, err = r.mediate(ctx, scratch, pol.Mounts); err != nil {
+			return nil, err
+		}
+	}
+
+	cctx := r.ctx(ctx)
+	resp, err := containers.CreateWithSpec(cctx, p.specgen(), nil)
+	if err != nil {
+		return nil, r.imageErr(ctx, spec.Image, fmt.Errorf("create container %s: %w", id, err))
+	}
+	created = true
+	got, err := containers.Inspect(cctx, resp.ID, nil)
+	if err != nil {
+		return nil, fmt.Errorf("inspect container %s: %w", id, err)
+	}
+	if bad := p.verify(got); len(bad) > 0 {
+		msg := strings.Join(bad, "; ")
+		if len(resp.Warnings) > 0 {
+			msg += "; podman warned: " + strings.Join(resp.Warnings, "; ")
+		}
+		return nil, fmt.Errorf("%w: podman %s dropped or changed: %s", runtime.ErrPolicyNotApplied, r.svc.version, msg)
+	}
+	sb := &sandbox{r: r, id: id, ctrID: resp.ID}
+	if p.cgroupParent != "" {
+		sb.cgroup = containerCgroup(p.cgroupParent, resp.ID)
+		sb.watchOOM = caps.Enforced(runtime.ItemOOMDetection)
+		if p.cgroupLimits {
+			sb.limits = v1Limits(pol, p.swap)
+		}
+	}
+	return sb, nil
+}
+
+// networkMode is Podman's network mode for a policy's network.
+func (r *Runtime) networkMode(n oci.Network) string {
+	switch {
+	case n != oci.NetworkBridge:
+		return string(specgen.NoNetwork)
+	case !r.svc.rootless:
+		return string(specgen.Bridge)
+	case r.svc.pasta:
+		return string(specgen.Pasta)
+	}
+	return "slirp4netns"
+}
+
+// imageErr turns a failure into ErrNotFound when the image is missing:
+// Podman 4.3 answers a create from an unknown image with a plain 500.
+func (r *Runtime) imageErr(ctx context.Context, image string, err error) error {
+	if ok, xerr := r.HasImage(ctx, image); xerr == nil && !ok {
+		return fmt.Errorf("%w: image %s in podman (import it first)", runtime.ErrNotFound, image)
+	}
+	return err
+}
+
+// serviceRlimits returns a root service's default ulimits (containers.conf
+// default_ulimits). Podman applies them only when a container sets no
+// ulimit at all and otherwise raises nproc to 1048576, which fails on hosts
+// where root lacks CAP_SYS_RESOURCE; sandstorm sets nofile, so it keeps the
+// other defaults itself. They are read once, from a container created and
+// removed without starting it. A rootless service fits its defaults to its
+// own limits and needs none of this.
+func (r *Runtime) serviceRlimits(ctx context.Context, image string) ([]define.InspectUlimit, error) {
+	if r.svc.rootless {
+		return nil, nil
+	}
+	r.rlimitsMu.Lock()
+	defer r.rlimitsMu.Unlock()
+	if r.defaultRlimits != nil {
+		return r.defaultRlimits, nil
+	}
+	cctx := r.ctx(ctx)
+	s := specgen.NewSpecGenerator(image, false)
+	s.Name = "sandstorm-ulimits-" + runtime.NewID()
+	s.Entrypoint = []string{"true"}
+	s.NetNS = specgen.Namespace{NSMode: specgen.NoNetwork}
+	// Labelled as managed so that a crash before its removal leaves a stray Reap finds.
+	s.Labels = map[string]string{oci.LabelManaged: "true"}
+	resp, err := containers.CreateWithSpec(cctx, s, nil)
+	if err != nil {
+		return nil, r.imageErr(ctx, image, fmt.Errorf("read podman's default ulimits: %w", err))
+	}
+	got, err := containers.Inspect(cctx, resp.ID, nil)
+	if _, rerr := containers.Remove(r.ctx(context.WithoutCancel(ctx)), resp.ID, new(containers.RemoveOptions).WithForce(true)); rerr != nil {
+		err = errors.Join(err, rerr)
+	}
+	if err == nil && got.HostConfig == nil {
+		err = errors.New("inspect data has no HostConfig")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read podman's default ulimits: %w", err)
+	}
+	// Non-nil even when empty: read once.
+	r.defaultRlimits = append([]define.InspectUlimit{}, got.HostConfig.Ulimits...)
+	return r.defaultRlimits, nil
+}
+
+func (s *sandbox) ID() string { return s.id }
+
+// Start implements runtime.Sandbox.
+func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stream != nil {
+		return fmt.Errorf("sandbox %s already started", s.id)
+	}
+	stream, err := s.r.attach(ctx, s.ctrID)
+	if err != nil {
+		return err
+	}
+	// The container now exists in the kernel (its cgroup too) but has not run.
+	if err := applyLimits(s.cgroup, s.limits); err != nil {
+		stream.close()
+		return err
+	}
+	if s.watchOOM {
+		if s.oom, err = watchOOM(s.r.svc.cgroupV2, cgroupParent(s.id), s.cgroup); err != nil {
+			stream.close()
+			return err
+		}
+	}
+	if err := containers.Start(s.r.ctx(ctx), s.ctrID, nil); err != nil {
+		stream.close()
+		return fmt.Errorf("start container %s: %w", s.id, err)
+	}
+	s.stream = stream
+	s.copied = make(chan struct{})
+	go func() {
+		defer close(s.copied)
+		s.copyErr = stream.copy(io.Stdout, io.Stderr)
+	}()
+	return nil
+}
+
+// Wait implements runtime.Sandbox.
+func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
+	s.mu.Lock()
+	copied := s.copied
+	s.mu.Unlock()
+	if copied == nil {
+		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.id)
+	}
+	// The stream ends when the process has exited and its output is drained.
+	select {
+	case <-copied:
+	case <-ctx.Done():
+		return runtime.ExitStatus{}, ctx.Err()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.exit != nil {
+		return *s.exit, nil
+	}
+	if s.copyErr != nil {
+		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s output: %w", s.id, s.copyErr)
+	}
+	st, err := s.r.exited(ctx, s.ctrID)
+	if err != nil {
+		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s exit status: %w", s.id, err)
+	}
+	es := runtime.ExitStatus{Code: int(st.ExitCode), ExitedAt: st.FinishedAt, OOMKilled: st.OOMKilled}
+	if es.Code > 128 && es.Code < 128+65 {
+		es.Signal = unix.SignalName(syscall.Signal(es.Code - 128))
+	}
+	if s.oom != nil {
+		oom, err := s.oom.killed(es.Code)
+		if err != nil {
+			return runtime.ExitStatus{}, fmt.Errorf("sandbox %s: %w", s.id, err)
+		}
+		es.OOMKilled = es.OOMKilled || oom
+		s.oom.close()
+	}
+	s.exit = &es
+	return es, nil
+}
+
+// exited returns the state of a container whose output stream ended. The
+// exit file conmon writes can trail the end of the stream by a moment;
+// Podman's own wait endpoint would also wait for the cleanup process.
+func (r *Runtime) exited(ctx context.Context, ctrID string) (*define.InspectContainerState, error) {
+	delay := 2 * time.Millisecond
+	for {
+		got, err := containers.Inspect(r.ctx(ctx), ctrID, nil)
+		if err != nil {
+			return nil, err
+		}
+		if st := got.State; st != nil && (st.Status == "stopped" || st.Status == "exited") {
+			return st, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 100*time.Millisecond)
+	}
+}
+
+// Kill implements runtime.Sandbox.
+func (s *sandbox) Kill(ctx context.Context) error {
+	err := containers.Kill(s.r.ctx(ctx), s.ctrID, new(containers.KillOptions).WithSignal("SIGKILL"))
+	var em *errorhandling.ErrorModel
+	if err != nil && !(errors.As(err, &em) && (em.ResponseCode == http.StatusNotFound || em.ResponseCode == http.StatusConflict)) {
+		return fmt.Errorf("kill sandbox %s: %w", s.id, err)
+	}
+	return nil
+}
+
+// Remove implements runtime.Sandbox.
+func (s *sandbox) Remove(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.removed {
+		return nil
+	}
+	if err := s.r.cleanup(ctx, s.id, true); err != nil {
+		return err
+	}
+	if s.stream != nil {
+		// The container is gone, so the stream has ended: let the copy finish
+		// so nothing is written to the caller's writers after Remove.
+		s.stream.close()
+		<-s.copied
+	}
+	if s.oom != nil {
+		s.oom.close()
+	}
+	s.removed = true
+	return nil
+}
+
+// cleanup removes everything sandbox id owns, whatever state it is in:
+// container (unless not ours), placeholder mounts, cgroups, scratch directory.
+func (r *Runtime) cleanup(ctx context.Context, id string, container bool) error {
+	if !runtime.ValidID(id) {
+		return fmt.Errorf("%w: sandbox id %q", runtime.ErrInvalidSpec, id)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	var errs []error
+	if container {
+		_, err := containers.Remove(r.ctx(ctx), id, new(containers.RemoveOptions).WithForce(true).WithVolumes(true).WithTimeout(0))
+		if err != nil && !notFound(err) {
+			errs = append(errs, fmt.Errorf("remove container %s: %w", id, err))
+		}
+	}
+	if err := r.unmediate(ctx, r.scratch(id)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := removeCgroup(ctx, cgroupParent(id)); err != nil {
+		errs = append(errs, err)
+	}
+	// Safe even with a placeholder still mounted: that mount exists only in
+	// the service's namespace, where removing its mount point detaches it.
+	if err := os.RemoveAll(r.scratch(id)); err != nil {
+		errs = append(errs, fmt.Errorf("remove scratch directory: %w", err))
+	}
+	return errors.Join(errs...)
+}

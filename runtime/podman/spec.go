@@ -1,0 +1,258 @@
+package podman
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"go.podman.io/podman/v6/libpod/define"
+	"go.podman.io/podman/v6/pkg/specgen"
+
+	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+)
+
+// cpuPeriod is the CFS period the CPU quota is expressed in (microseconds).
+const cpuPeriod = 100000
+
+// plan is one sandbox as Podman must create it: the policy with host paths
+// resolved, from which both the specgen and the inspect check are derived.
+type plan struct {
+	id, image string
+	args      []string
+	env       []string
+	labels    map[string]string
+	policy    oci.Policy
+	// workspace is the host directory mounted at /home/user.
+	workspace string
+	// mounts are the policy's bind mounts, sources as the service sees them.
+	mounts []oci.Mount
+	// cgroupParent is empty when Podman's default parent is kept.
+	cgroupParent string
+	// network is Podman's network mode: none, bridge, slirp4netns or pasta.
+	network string
+	// nofile is the open-files limit, clamped to the host's hard limit.
+	nofile uint64
+	// swap: the host can limit memory+swap, so swap is set to the memory limit.
+	swap bool
+	// rlimits are the service's defaults the policy does not override.
+	rlimits []define.InspectUlimit
+	// cgroupLimits: the service drops resource limits (rootless, cgroup v1),
+	// so sandstorm writes them into the container's cgroup itself.
+	cgroupLimits bool
+	// unenforced are items the caller allowed to go unenforced: not verified.
+	unenforced []runtime.Item
+}
+
+// tmpOptions mounts /tmp like the containerd backend: size-bounded, sticky.
+func tmpOptions(size int64) []string {
+	return []string{"rw", "nosuid", "nodev", "mode=1777", "size=" + strconv.FormatInt(size, 10)}
+}
+
+// specgen builds the create request.
+func (p plan) specgen() *specgen.SpecGenerator {
+	pol := p.policy
+	no, yes := false, true
+	s := specgen.NewSpecGenerator(p.image, false)
+	s.Name = p.id
+	s.Labels = p.labels
+	// The command replaces the image's entrypoint and command.
+	s.Entrypoint = p.args
+	s.Env = envMap(p.env)
+	// Podman would copy its own proxy variables into the sandbox.
+	s.HTTPProxy = &no
+	s.Terminal = &no
+	s.Stdin = &no
+	// Output goes to the attached caller only; no log file on the host.
+	s.LogConfiguration = &specgen.LogConfig{Driver: "none"}
+	s.WorkDir = oci.Workspace
+	s.Hostname = pol.Hostname
+	s.UtsNS = specgen.Namespace{NSMode: specgen.Private}
+	s.CgroupNS = specgen.Namespace{NSMode: specgen.Private}
+	s.CgroupParent = p.cgroupParent
+	if p.cgroupParent != "" {
+		// conmon stays in the service's cgroup: in the sandbox's it would
+		// keep the cgroup busy until Podman's cleanup process has exited.
+		s.CgroupsMode = "no-conmon"
+	}
+	// Volumes declared by the image would be host storage outside the policy.
+	s.ImageVolumeMode = "ignore"
+
+	s.User = fmt.Sprintf("%d:%d", pol.UID, pol.GID)
+	s.CapDrop = []string{"ALL"}
+	s.CapAdd = capList(pol.Capabilities)
+	s.NoNewPrivileges = &yes
+	if pol.Seccomp == oci.SeccompUnconfined {
+		s.SeccompProfilePath = "unconfined"
+	}
+	ro := !pol.WritableRoot
+	s.ReadOnlyFilesystem = &ro
+
+	s.Mounts = []specs.Mount{
+		{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: tmpOptions(pol.TmpBytes)},
+		{Destination: oci.Workspace, Type: "bind", Source: p.workspace, Options: []string{"rbind", "rw", "nosuid", "nodev"}},
+	}
+	for _, m := range p.mounts {
+		mode := "rw"
+		if m.ReadOnly {
+			mode = "ro"
+		}
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: m.Target, Type: "bind", Source: m.Source, Options: []string{"rbind", mode, "nosuid", "nodev"}})
+	}
+
+	if !p.cgroupLimits {
+		limit, quota, period := pol.MemoryBytes, oci.CPUQuota(pol.CPUs), uint64(cpuPeriod)
+		mem := &specs.LinuxMemory{Limit: &limit}
+		if p.swap {
+			mem.Swap = &limit
+		}
+		pids := pol.Pids
+		s.ResourceLimits = &specs.LinuxResources{
+			Memory: mem,
+			CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
+			Pids:   &specs.LinuxPids{Limit: &pids},
+		}
+	}
+	s.Rlimits = []specs.POSIXRlimit{{Type: "nofile", Soft: p.nofile, Hard: p.nofile}}
+	for _, u := range p.rlimits {
+		if name := rlimitName(u.Name); name != "nofile" {
+			s.Rlimits = append(s.Rlimits, specs.POSIXRlimit{Type: name, Soft: uint64(u.Soft), Hard: uint64(u.Hard)})
+		}
+	}
+
+	s.NetNS = specgen.Namespace{NSMode: specgen.NamespaceMode(p.network)}
+	switch p.network {
+	case "slirp4netns":
+		// The sandbox reaches the host through its gateway 10.0.2.2, which
+		// slirp4netns maps to the host's loopback only when allowed.
+		s.NetworkOptions = map[string][]string{"slirp4netns": {"allow_host_loopback=true"}}
+	case "pasta":
+		s.NetworkOptions = map[string][]string{"pasta": {"--map-gw"}}
+	}
+	return s
+}
+
+// rlimitName turns "RLIMIT_NOFILE" (as inspect shows it) into "nofile".
+func rlimitName(s string) string {
+	return strings.ToLower(strings.TrimPrefix(strings.ToUpper(s), "RLIMIT_"))
+}
+
+func envMap(env []string) map[string]string {
+	m := map[string]string{}
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		m[k] = v
+	}
+	return m
+}
+
+// capList is the policy's capabilities, sorted and without duplicates.
+func capList(caps []string) []string {
+	c := slices.Clone(caps)
+	slices.Sort(c)
+	return slices.Compact(c)
+}
+
+// verify compares a created container's inspect data with the plan and
+// names every setting Podman dropped or changed.
+func (p plan) verify(got *define.InspectContainerData) []string {
+	pol := p.policy
+	var bad []string
+	fail := func(what, format string, args ...any) {
+		bad = append(bad, what+" ("+fmt.Sprintf(format, args...)+")")
+	}
+	// Limits sandstorm sets itself are checked as it writes them.
+	enforced := func(it runtime.Item) bool { return !p.cgroupLimits && !slices.Contains(p.unenforced, it) }
+	hc := got.HostConfig
+	cfg := got.Config
+	if hc == nil || cfg == nil {
+		return []string{"inspect data (no HostConfig or Config)"}
+	}
+
+	want := capList(pol.Capabilities)
+	if b := capList(got.BoundingCaps); !slices.Equal(b, want) {
+		fail(string(runtime.ItemCapabilities), "bounding set %v, want %v", b, want)
+	}
+	if e := capList(got.EffectiveCaps); !slices.Equal(e, want) {
+		fail(string(runtime.ItemGrantCapabilities), "effective set %v, want %v", e, want)
+	}
+	if !slices.Contains(hc.SecurityOpt, "no-new-privileges") {
+		fail(string(runtime.ItemNoNewPrivileges), "security options %v", hc.SecurityOpt)
+	}
+	seccomp := ""
+	for _, o := range hc.SecurityOpt {
+		if v, ok := strings.CutPrefix(o, "seccomp="); ok {
+			seccomp = v
+		}
+	}
+	if want := map[oci.Seccomp]string{oci.SeccompDefault: "", oci.SeccompUnconfined: "unconfined"}[pol.Seccomp]; seccomp != want {
+		fail(string(runtime.ItemSeccomp), "profile %q, want %q", seccomp, want)
+	}
+	if hc.ReadonlyRootfs == pol.WritableRoot {
+		fail(string(runtime.ItemReadOnlyRoot), "read-only %v", hc.ReadonlyRootfs)
+	}
+	if u := fmt.Sprintf("%d:%d", pol.UID, pol.GID); cfg.User != u {
+		fail(string(runtime.ItemUser), "%q, want %q", cfg.User, u)
+	}
+	if enforced(runtime.ItemMemoryLimit) {
+		if hc.Memory != pol.MemoryBytes {
+			fail(string(runtime.ItemMemoryLimit), "%d bytes, want %d", hc.Memory, pol.MemoryBytes)
+		}
+		if p.swap && hc.MemorySwap != pol.MemoryBytes {
+			fail("memory+swap limit", "%d bytes, want %d", hc.MemorySwap, pol.MemoryBytes)
+		}
+	}
+	if q := oci.CPUQuota(pol.CPUs); enforced(runtime.ItemCPULimit) && (hc.CpuQuota != q || hc.CpuPeriod != cpuPeriod) {
+		fail(string(runtime.ItemCPULimit), "quota %d/%d, want %d/%d", hc.CpuQuota, hc.CpuPeriod, q, cpuPeriod)
+	}
+	if enforced(runtime.ItemPidsLimit) && hc.PidsLimit != pol.Pids {
+		fail(string(runtime.ItemPidsLimit), "%d, want %d", hc.PidsLimit, pol.Pids)
+	}
+	nofile := false
+	for _, u := range hc.Ulimits {
+		if rlimitName(u.Name) == "nofile" {
+			nofile = u.Soft == int64(p.nofile) && u.Hard == int64(p.nofile)
+		}
+	}
+	if !nofile {
+		fail(string(runtime.ItemNoFileLimit), "ulimits %v, want nofile %d", hc.Ulimits, p.nofile)
+	}
+	if opts := strings.Split(hc.Tmpfs["/tmp"], ","); !slices.Contains(opts, fmt.Sprintf("size=%d", pol.TmpBytes)) || !slices.Contains(opts, "mode=1777") {
+		fail("tmpfs /tmp", "options %q", hc.Tmpfs["/tmp"])
+	}
+	binds := append([]oci.Mount{{Source: p.workspace, Target: oci.Workspace}}, p.mounts...)
+	for _, m := range binds {
+		i := slices.IndexFunc(got.Mounts, func(g define.InspectMount) bool { return g.Destination == m.Target })
+		switch {
+		case i < 0:
+			fail("mount "+m.Target, "missing")
+		case got.Mounts[i].Type != "bind" || got.Mounts[i].Source != m.Source || got.Mounts[i].RW == m.ReadOnly:
+			g := got.Mounts[i]
+			fail("mount "+m.Target, "%s %s rw=%v, want bind %s rw=%v", g.Type, g.Source, g.RW, m.Source, !m.ReadOnly)
+		}
+	}
+	if hc.NetworkMode != p.network {
+		item := runtime.ItemNetworkNone
+		if pol.Network == oci.NetworkBridge {
+			item = runtime.ItemNetworkBridge
+		}
+		fail(string(item), "mode %q, want %q", hc.NetworkMode, p.network)
+	}
+	if hc.CgroupMode != "private" {
+		fail("cgroup namespace", "%q, want private", hc.CgroupMode)
+	}
+	if cfg.Hostname != pol.Hostname {
+		fail("hostname", "%q, want %q", cfg.Hostname, pol.Hostname)
+	}
+	for k, v := range p.labels {
+		if cfg.Labels[k] != v {
+			fail("label "+k, "%q, want %q", cfg.Labels[k], v)
+		}
+	}
+	if p.cgroupParent != "" && hc.CgroupParent != p.cgroupParent {
+		fail("cgroup parent", "%q, want %q", hc.CgroupParent, p.cgroupParent)
+	}
+	return bad
+}

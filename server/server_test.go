@@ -1,0 +1,270 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sandstorm-dev/sandstorm/engine"
+	"github.com/sandstorm-dev/sandstorm/gateway"
+	"github.com/sandstorm-dev/sandstorm/internal/testenv"
+	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+)
+
+// backendsUnderTest are the backends the HTTP tests run on.
+var backendsUnderTest = []string{"containerd", "docker"}
+
+type harness struct {
+	url string
+	eng *engine.Engine
+	srv *Server
+}
+
+// start serves a real engine (real backend, scripted model) on a random port.
+func start(t *testing.T, backend, scenario, limits string) *harness {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "limits.yaml")
+	if err := os.WriteFile(cfg, []byte(limits), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eng, err := engine.New(context.Background(), engine.Options{
+		Runtime: backend, ConfigPath: cfg, ProjectDir: dir, ScriptedModel: scenario,
+		Credentials: gateway.Credentials{AnthropicKey: "sk-ant-test-not-real"},
+		GatewayDir:  filepath.Join("/run/sandstorm/servertest", backend),
+	})
+	if err != nil {
+		conformance.Unavailable(t, backend, err)
+	}
+	testenv.EnsureAgentImage(t, eng.Runtime, backend)
+	srv := New(eng, Config{})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	t.Cleanup(func() {
+		srv.Shutdown(5 * time.Second)
+		eng.Close()
+	})
+	return &harness{url: "http://" + l.Addr().String(), eng: eng, srv: srv}
+}
+
+func (h *harness) noSandboxes(t *testing.T, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		found, err := h.eng.Runtime.List(context.Background(), map[string]string{oci.LabelManaged: "true"})
+		if err == nil && len(found) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sandboxes still present after %v: %v %v", within, found, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// events reads SSE frames until the stream ends.
+func events(t *testing.T, body io.Reader, each func(ev map[string]any) bool) {
+	t.Helper()
+	sc := bufio.NewScanner(body)
+	sc.Buffer(make([]byte, 1<<20), 32<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		data, ok := strings.CutPrefix(line, "data: ")
+		if !ok {
+			if line != "" && !strings.HasPrefix(line, ":") {
+				t.Errorf("not an SSE line: %q", line)
+			}
+			continue
+		}
+		var ev map[string]any
+		if err := json.Unmarshal([]byte(data), &ev); err != nil {
+			t.Fatalf("frame is not one JSON object: %q", data)
+		}
+		if !each(ev) {
+			return
+		}
+	}
+}
+
+func post(t *testing.T, url, body string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url+"/query", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	// An oversized body is refused before it is sent, as curl does.
+	req.Header.Set("Expect", "100-continue")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func TestHTTP(t *testing.T) {
+	for _, backend := range backendsUnderTest {
+		t.Run(backend, func(t *testing.T) {
+			t.Run("streams live", func(t *testing.T) { streamsLive(t, backend) })
+			t.Run("bad input", func(t *testing.T) { badInput(t, backend) })
+			t.Run("client disconnect", func(t *testing.T) { disconnect(t, backend) })
+			t.Run("busy", func(t *testing.T) { busy(t, backend) })
+			t.Run("shutdown", func(t *testing.T) { shutdown(t, backend) })
+		})
+	}
+}
+
+func streamsLive(t *testing.T, backend string) {
+	h := start(t, backend, "slow-steps", "")
+	resp := post(t, h.url, `{"prompt":"take your time","timeout":120}`)
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" || resp.Header.Get("X-Accel-Buffering") != "no" {
+		t.Fatalf("status %d headers %v", resp.StatusCode, resp.Header)
+	}
+	var types []string
+	sawLive := false
+	events(t, resp.Body, func(ev map[string]any) bool {
+		typ, _ := ev["type"].(string)
+		types = append(types, typ)
+		// The first assistant message must arrive while the run still holds its slot.
+		if typ == "assistant" && !sawLive {
+			sawLive = true
+			if h.eng.Manager.Running() != 1 {
+				t.Errorf("first assistant message arrived after the run ended")
+			}
+		}
+		return true
+	})
+	joined := strings.Join(types, " ")
+	if !sawLive || !strings.HasPrefix(joined, "sandbox sandbox system") || !strings.Contains(joined, "result sandbox sandbox") {
+		t.Errorf("event order: %s", joined)
+	}
+	h.noSandboxes(t, 5*time.Second)
+
+	hr, err := http.Get(h.url + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var health map[string]any
+	json.NewDecoder(hr.Body).Decode(&health)
+	hr.Body.Close()
+	keys, _ := health["api_keys"].(map[string]any)
+	if health["status"] != "ok" || health["sandbox_backend"] != backend || keys["anthropic"] != true || health["runtime_version"] == "" {
+		t.Errorf("health %v", health)
+	}
+	if b, _ := json.Marshal(health); strings.Contains(string(b), "sk-ant") {
+		t.Error("health shows a key")
+	}
+}
+
+func badInput(t *testing.T, backend string) {
+	h := start(t, backend, "demo", "")
+	tests := []struct {
+		body   string
+		status int
+		field  string
+	}{
+		{`{"prompt":5}`, 400, "prompt"},
+		{`{}`, 400, "prompt"},
+		{`{"prompt":"x","timeout":4}`, 400, "timeout"},
+		{`{"prompt":"x","timeout":"ten"}`, 400, "timeout"},
+		{`{"prompt":"x","max_turns":-1}`, 400, "max_turns"},
+		{`{"prompt":"x","model":"gpt-4"}`, 400, "model"},
+		{`{"prompt":"x","files":{"/etc/passwd":"x"}}`, 400, "files"},
+		{`{"prompt":"x","files":{"a/../../b":"x"}}`, 400, "files"},
+		{`{"prompt":"x","files":["a"]}`, 400, "files"},
+		{`{"prompt":"x","output_format":{"type":"text"}}`, 400, "output_format.type"},
+		{`{"prompt":"x","surprise":true}`, 400, "surprise"},
+		{`{"prompt":"x"`, 400, "body"},
+		{`[]`, 400, "body"},
+		{``, 400, "body"},
+		{`{"prompt":"` + strings.Repeat("a", 1_000_001) + `"}`, 400, "prompt"},
+		{`{"prompt":"` + strings.Repeat("a", BodyLimit) + `"}`, 413, ""},
+	}
+	for round := 0; round < 3; round++ {
+		for _, tt := range tests {
+			resp := post(t, h.url, tt.body)
+			var body apiError
+			json.NewDecoder(resp.Body).Decode(&body)
+			resp.Body.Close()
+			if resp.StatusCode != tt.status || body.Field != tt.field {
+				t.Errorf("%.60s: status %d field %q (%s), want %d %q", tt.body, resp.StatusCode, body.Field, body.Message, tt.status, tt.field)
+			}
+		}
+	}
+	hr, err := http.Get(h.url + "/health")
+	if err != nil || hr.StatusCode != 200 {
+		t.Fatalf("server unhealthy after bad input: %v", err)
+	}
+	hr.Body.Close()
+	h.noSandboxes(t, time.Second)
+}
+
+func disconnect(t *testing.T, backend string) {
+	h := start(t, backend, "slow-steps", "")
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "POST", h.url+"/query", strings.NewReader(`{"prompt":"slow"}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	events(t, resp.Body, func(ev map[string]any) bool { return ev["type"] != "system" })
+	cancel()
+	resp.Body.Close()
+	gone := time.Now()
+	h.noSandboxes(t, 2*time.Second)
+	t.Logf("sandbox removed %v after the client went away", time.Since(gone).Round(time.Millisecond))
+}
+
+func busy(t *testing.T, backend string) {
+	h := start(t, backend, "slow-steps", "max_concurrent_agents: 1\nqueue_size: 0\n")
+	first := post(t, h.url, `{"prompt":"slow"}`)
+	defer first.Body.Close()
+	events(t, first.Body, func(ev map[string]any) bool { return ev["type"] != "system" })
+	second := post(t, h.url, `{"prompt":"second"}`)
+	var body apiError
+	json.NewDecoder(second.Body).Decode(&body)
+	second.Body.Close()
+	if second.StatusCode != 429 || body.Error != "busy" {
+		t.Errorf("second request while busy: %d %+v", second.StatusCode, body)
+	}
+	io.Copy(io.Discard, first.Body)
+}
+
+func shutdown(t *testing.T, backend string) {
+	h := start(t, backend, "slow-steps", "")
+	resp := post(t, h.url, `{"prompt":"slow"}`)
+	defer resp.Body.Close()
+	var last map[string]any
+	var codes []string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		events(t, resp.Body, func(ev map[string]any) bool {
+			last = ev
+			if ev["type"] == "error" {
+				codes = append(codes, fmt.Sprint(ev["code"]))
+			}
+			return true
+		})
+	}()
+	time.Sleep(500 * time.Millisecond)
+	if err := h.srv.Shutdown(100 * time.Millisecond); err != nil {
+		t.Logf("shutdown: %v", err)
+	}
+	<-done
+	if len(codes) == 0 || codes[0] != "cancelled" {
+		t.Errorf("stream did not say the run was cancelled: errors %v, last %v", codes, last)
+	}
+	h.noSandboxes(t, time.Second)
+}
