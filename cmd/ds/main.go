@@ -62,7 +62,7 @@ containers, one per request, streaming every step live and leaving nothing behin
 		},
 	}
 	q.register(root)
-	root.AddCommand(newQuery(), newServe(), newVersion(), newSandbox(), newImage())
+	root.AddCommand(newQuery(), newServe(), newRuntimes(), newVersion(), newSandbox(), newImage())
 	return root
 }
 

@@ -1,4 +1,5 @@
-// Package backends opens a runtime backend by name.
+// Package backends opens a runtime backend by name and discovers the ones
+// present on a host.
 package backends
 
 import (
@@ -6,26 +7,34 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
 	"github.com/sandstorm-dev/sandstorm/runtime/docker"
+	"github.com/sandstorm-dev/sandstorm/runtime/podman"
 )
 
 // Auto picks the first backend that answers.
 const Auto = "auto"
 
-// Names lists the backends this build can open, in the order auto tries
-// them: containerd first (no extra daemon in the path, fastest in our
-// benchmarks), then Docker.
-var Names = []string{containerd.Name, docker.Name}
+// Names lists the backends in the order auto tries them: containerd first
+// (no extra daemon in the path, and as root it enforces every policy item),
+// then Docker (also enforces everything as root, but listed capabilities
+// stay out of a non-root user's effective set), then Podman (which may be a
+// rootless service that cannot enforce resource limits on cgroup v1).
+var Names = []string{containerd.Name, docker.Name, podman.Name}
 
 // Options carries per-backend settings; empty values take each backend's defaults.
 type Options struct {
 	ContainerdAddress string
 	// DockerHost is the Docker daemon's address; empty means $DOCKER_HOST or the default.
 	DockerHost string
+	// PodmanSocket is the Podman service's address; empty means discovery
+	// ($CONTAINER_HOST, $XDG_RUNTIME_DIR/podman/podman.sock, /run/podman/podman.sock).
+	PodmanSocket string
 }
 
 // FromEnv reads backend settings from the environment.
@@ -33,6 +42,7 @@ func FromEnv() Options {
 	return Options{
 		ContainerdAddress: os.Getenv("SANDSTORM_CONTAINERD_SOCKET"),
 		DockerHost:        os.Getenv("SANDSTORM_DOCKER_SOCKET"),
+		PodmanSocket:      os.Getenv("SANDSTORM_PODMAN_SOCKET"),
 	}
 }
 
@@ -44,6 +54,8 @@ func Open(ctx context.Context, name string, opts Options) (runtime.Runtime, erro
 		return containerd.New(ctx, containerd.Config{Address: opts.ContainerdAddress})
 	case docker.Name:
 		return docker.New(ctx, docker.Config{Host: opts.DockerHost})
+	case podman.Name:
+		return podman.New(ctx, podman.Config{Socket: opts.PodmanSocket})
 	case Auto, "":
 		var errs []error
 		for _, n := range Names {
@@ -56,4 +68,60 @@ func Open(ctx context.Context, name string, opts Options) (runtime.Runtime, erro
 		return nil, fmt.Errorf("%w: no backend answers: %w", runtime.ErrUnavailable, errors.Join(errs...))
 	}
 	return nil, fmt.Errorf("%w: unknown runtime %q (choose one of %s, %s)", runtime.ErrInvalidSpec, name, strings.Join(Names, ", "), Auto)
+}
+
+// Found is one backend instance found on the host.
+type Found struct {
+	// Name is the backend; Socket tells instances of one backend apart.
+	Name    string
+	Socket  string
+	Runtime runtime.Runtime
+	Err     error
+}
+
+// Discover tries every backend, and every Podman service it can find: the
+// configured or discovered one, root's, and each user's rootless service.
+func Discover(ctx context.Context, opts Options) []Found {
+	var found []Found
+	try := func(name, socket string, open func() (runtime.Runtime, error)) {
+		rt, err := open()
+		found = append(found, Found{Name: name, Socket: socket, Runtime: rt, Err: err})
+	}
+	try(containerd.Name, opts.ContainerdAddress, func() (runtime.Runtime, error) {
+		return containerd.New(ctx, containerd.Config{Address: opts.ContainerdAddress})
+	})
+	try(docker.Name, opts.DockerHost, func() (runtime.Runtime, error) {
+		return docker.New(ctx, docker.Config{Host: opts.DockerHost})
+	})
+	for _, sock := range podmanSockets(opts.PodmanSocket) {
+		try(podman.Name, sock, func() (runtime.Runtime, error) {
+			return podman.New(ctx, podman.Config{Socket: sock})
+		})
+	}
+	return found
+}
+
+// podmanSockets lists Podman services to try, without duplicates.
+func podmanSockets(explicit string) []string {
+	var socks []string
+	add := func(s string) {
+		if s != "" && !slices.Contains(socks, s) {
+			socks = append(socks, s)
+		}
+	}
+	add(explicit)
+	if s, err := podman.DiscoverSocket(); err == nil {
+		add(s)
+	}
+	if _, err := os.Stat("/run/podman/podman.sock"); err == nil {
+		add("unix:///run/podman/podman.sock")
+	}
+	users, _ := filepath.Glob("/run/user/*/podman/podman.sock")
+	for _, u := range users {
+		add("unix://" + u)
+	}
+	if len(socks) == 0 {
+		socks = append(socks, "")
+	}
+	return socks
 }
