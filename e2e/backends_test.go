@@ -8,6 +8,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
 	"github.com/sandstorm-dev/sandstorm/runtime/docker"
+	"github.com/sandstorm-dev/sandstorm/runtime/podman"
 )
 
 func TestContainerd(t *testing.T) {
@@ -19,5 +20,31 @@ func TestContainerd(t *testing.T) {
 func TestDocker(t *testing.T) {
 	scenarios(t, backend{name: "docker", open: func(ctx context.Context) (runtime.Runtime, error) {
 		return docker.New(ctx, docker.Config{Host: os.Getenv("SANDSTORM_DOCKER_SOCKET")})
+	}})
+}
+
+func podmanSocket(env, def string) string {
+	if s := os.Getenv(env); s != "" {
+		return s
+	}
+	return def
+}
+
+func TestPodman(t *testing.T) {
+	scenarios(t, backend{name: "podman", open: func(ctx context.Context) (runtime.Runtime, error) {
+		return podman.New(ctx, podman.Config{Socket: podmanSocket("SANDSTORM_PODMAN_SOCKET", "unix:///run/podman/podman.sock")})
+	}})
+}
+
+// TestPodmanRootless runs as a non-root sandstorm would: on cgroup v1 the
+// service cannot enforce resource limits, so the runs allow that explicitly
+// and the stream must say which limits were not enforced.
+func TestPodmanRootless(t *testing.T) {
+	allow := []runtime.Item{runtime.ItemMemoryLimit, runtime.ItemCPULimit, runtime.ItemPidsLimit}
+	scenarios(t, backend{name: "podman-rootless", allow: allow, open: func(ctx context.Context) (runtime.Runtime, error) {
+		return podman.New(ctx, podman.Config{
+			Socket:             podmanSocket("SANDSTORM_PODMAN_ROOTLESS_SOCKET", "unix:///run/user/1001/podman/podman.sock"),
+			NoCgroupDelegation: true,
+		})
 	}})
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -76,6 +77,7 @@ func run(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map
 		t.Fatalf("run: %v", err)
 	}
 	assertGone(t, rt, events)
+	assertUnenforcedSaid(t, rt, events)
 	assertKeyStayedOut(t, srv)
 	return events, out, srv, rt
 }
@@ -99,6 +101,30 @@ func assertGone(t *testing.T, rt runtime.Runtime, events []map[string]any) {
 	}
 	if found, _ := rt.List(context.Background(), map[string]string{oci.LabelSession: session}); len(found) > 0 {
 		t.Errorf("sandbox still listed: %v", found)
+	}
+}
+
+// assertUnenforcedSaid: when the backend cannot enforce an item and the run
+// was allowed without it, the stream says so.
+func assertUnenforcedSaid(t *testing.T, rt runtime.Runtime, events []map[string]any) {
+	t.Helper()
+	caps, err := rt.Capabilities(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var said []string
+	for _, e := range find(events, "sandbox") {
+		if e["event"] == "created" {
+			list, _ := e["unenforced"].([]any)
+			for _, it := range list {
+				said = append(said, it.(string))
+			}
+		}
+	}
+	for _, it := range runtime.Required(oci.Policy{MemoryBytes: 2 << 30}.WithDefaults()) {
+		if !caps.Enforced(it) && !slices.Contains(said, string(it)) {
+			t.Errorf("%s is not enforced here but the stream did not say so (said %v)", it, said)
+		}
 	}
 }
 
