@@ -34,7 +34,7 @@ DOCKER_SOCK=/var/run/docker.sock
 PODMAN_ROOT_SOCK=/run/podman/podman.sock
 
 PACKAGES=(containerd runc podman docker.io uidmap slirp4netns fuse-overlayfs
-  catatonit containernetworking-plugins iptables busybox-static curl file)
+  catatonit containernetworking-plugins iptables busybox-static curl file python3-requests)
 
 # The host's open-files hard limit is 20000 and root lacks CAP_SYS_RESOURCE,
 # so podman's default ulimits (nofile=1048576) make every run fail.
