@@ -95,9 +95,12 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 		upstream = os.Getenv("ANTHROPIC_BASE_URL")
 	}
 	scripted := o.ScriptedModel
-	if scripted == "" && o.Credentials.Empty() {
+	switch {
+	case scripted == "" && o.Credentials.Empty():
 		scripted = DemoScenario
 		e.Notices = append(e.Notices, "no ANTHROPIC_API_KEY or OPENROUTER_API_KEY set: using sandstorm's scripted demo model (offline, canned answers; no real model is called)")
+	case scripted != "":
+		e.Notices = append(e.Notices, fmt.Sprintf("using sandstorm's scripted model %q (canned answers; no real model is called)", scripted))
 	}
 	if scripted != "" {
 		sc, err := loadScenario(scripted)
