@@ -4,7 +4,9 @@ import (
 	"context"
 	"os"
 	"testing"
+	"time"
 
+	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
 	"github.com/sandstorm-dev/sandstorm/runtime/docker"
@@ -47,4 +49,24 @@ func TestPodmanRootless(t *testing.T) {
 			NoCgroupDelegation: true,
 		})
 	}})
+}
+
+// BenchmarkFirstMessage times, on containerd, a whole agent run and the time
+// from the request to the SDK's first message (system init) in the stream.
+func BenchmarkFirstMessage(b *testing.B) {
+	ctx := context.Background()
+	rt, err := containerd.New(ctx, containerd.Config{Address: os.Getenv("SANDSTORM_CONTAINERD_SOCKET")})
+	if err != nil {
+		b.Skip(err)
+	}
+	defer rt.Close()
+	testenv.EnsureAgentImage(b, rt, "containerd")
+	var first, total time.Duration
+	for i := 0; i < b.N; i++ {
+		f, tot := timeRun(b, rt)
+		first += f
+		total += tot
+	}
+	b.ReportMetric(float64(first.Milliseconds())/float64(b.N), "first-message-ms")
+	b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "run-ms")
 }
