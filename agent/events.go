@@ -17,7 +17,6 @@ const (
 	CodeInvalidConfig      = "invalid_config"
 	CodeInvalidRequest     = "invalid_request"
 	CodeAgentFailed        = "agent_failed"
-	CodeSandboxFailed      = "sandbox_failed"
 )
 
 // SandboxEvent is sandstorm's own lifecycle event: type "sandbox".

@@ -49,6 +49,17 @@ func TestParseProject(t *testing.T) {
 	}
 }
 
+func TestSeedAgentsBecomeSDKAgents(t *testing.T) {
+	p, _, err := ParseProject([]byte(`{"agents":{"tester":{"system_prompt":"You write tests.","model":"haiku"},"doc":{"description":"writes docs","prompt":"Document."}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"doc":{"description":"writes docs","prompt":"Document."},"tester":{"description":"Subagent tester","model":"haiku","prompt":"You write tests."}}`
+	if string(p.Agents) != want {
+		t.Errorf("agents %s\nwant %s", p.Agents, want)
+	}
+}
+
 func TestLoadProjectMissingFile(t *testing.T) {
 	p, w, err := LoadProject(t.TempDir())
 	if err != nil || len(w) != 0 || p.Model != "" {

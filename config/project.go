@@ -64,7 +64,40 @@ func ParseProject(data []byte) (Project, []string, error) {
 	if err := dec.Decode(&p); err != nil {
 		return p, warnings, fmt.Errorf("%w: %s", ErrInvalid, describeJSONError(err))
 	}
-	return p, warnings, p.Validate()
+	if err := p.Validate(); err != nil {
+		return p, warnings, err
+	}
+	p.Agents = normalizeAgents(p.Agents)
+	return p, warnings, nil
+}
+
+// normalizeAgents turns the seed's subagent form ({"system_prompt", "model"})
+// into the SDK's ({"description", "prompt", "model"}): a missing description
+// names the agent.
+func normalizeAgents(raw json.RawMessage) json.RawMessage {
+	if isNull(raw) {
+		return raw
+	}
+	var agents map[string]map[string]any
+	if json.Unmarshal(raw, &agents) != nil {
+		return raw
+	}
+	for name, a := range agents {
+		if sys, ok := a["system_prompt"].(string); ok {
+			if p, _ := a["prompt"].(string); p == "" {
+				a["prompt"] = sys
+			}
+			delete(a, "system_prompt")
+		}
+		if d, _ := a["description"].(string); d == "" {
+			a["description"] = "Subagent " + name
+		}
+	}
+	out, err := json.Marshal(agents)
+	if err != nil {
+		return raw
+	}
+	return out
 }
 
 // Validate checks every value, naming the key of the first bad one.
