@@ -103,8 +103,6 @@ func post(t *testing.T, url, body string) *http.Response {
 	t.Helper()
 	req, _ := http.NewRequest("POST", url+"/query", strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
-	// An oversized body is refused before it is sent, as curl does.
-	req.Header.Set("Expect", "100-continue")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -189,7 +187,6 @@ func badInput(t *testing.T, backend string) {
 		{`[]`, 400, "body"},
 		{``, 400, "body"},
 		{`{"prompt":"` + strings.Repeat("a", 1_000_001) + `"}`, 400, "prompt"},
-		{`{"prompt":"` + strings.Repeat("a", BodyLimit) + `"}`, 413, ""},
 	}
 	for round := 0; round < 3; round++ {
 		for _, tt := range tests {
@@ -202,12 +199,34 @@ func badInput(t *testing.T, backend string) {
 			}
 		}
 	}
+	if got := oversize(t, h.url); !strings.HasPrefix(got, "HTTP/1.1 413") {
+		t.Errorf("oversized body: %q, want 413", got)
+	}
 	hr, err := http.Get(h.url + "/health")
 	if err != nil || hr.StatusCode != 200 {
 		t.Fatalf("server unhealthy after bad input: %v", err)
 	}
 	hr.Body.Close()
 	h.noSandboxes(t, time.Second)
+}
+
+// oversize announces a body over the limit and reads the status line the
+// server answers before the body is sent (a client library may instead fail
+// writing a body the server refuses to read).
+func oversize(t *testing.T, url string) string {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "POST /query HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", BodyLimit+1)
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		t.Fatalf("no answer to an oversized body: %v", err)
+	}
+	return strings.TrimSpace(line)
 }
 
 func disconnect(t *testing.T, backend string) {
