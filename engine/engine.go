@@ -41,7 +41,10 @@ type Options struct {
 	ScriptedModel string
 	// GatewayDir holds session sockets; default /run/sandstorm/sessions.
 	GatewayDir string
-	Logger     *slog.Logger
+	// SlotDir holds the host-wide concurrency slots; default
+	// session.DefaultSlotDir. Every process sharing it shares max_concurrent_agents.
+	SlotDir string
+	Logger  *slog.Logger
 }
 
 // Engine is a ready sandstorm.
@@ -124,7 +127,14 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 		return nil, err
 	}
 	runner := &agent.Runner{Runtime: e.Runtime, Gateway: e.Gateway, Image: limits.Image, Policy: limits.Policy(), Logger: log}
-	e.Manager = session.NewManager(runner, limits, project, o.Credentials)
+	slotDir := o.SlotDir
+	if slotDir == "" {
+		slotDir = session.DefaultSlotDir
+	}
+	e.Manager, err = session.NewManager(runner, limits, project, o.Credentials, slotDir)
+	if err != nil {
+		return nil, err
+	}
 	return e, nil
 }
 

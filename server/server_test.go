@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,9 +26,13 @@ import (
 var backendsUnderTest = []string{"containerd", "docker"}
 
 type harness struct {
-	url string
-	eng *engine.Engine
-	srv *Server
+	url        string
+	eng        *engine.Engine
+	srv        *Server
+	gatewayDir string
+
+	mu       sync.Mutex
+	sessions []string
 }
 
 // start serves a real engine (real backend, scripted model) on a random port.
@@ -41,7 +46,8 @@ func start(t *testing.T, backend, scenario, limits string) *harness {
 	eng, err := engine.New(context.Background(), engine.Options{
 		Runtime: backend, ConfigPath: cfg, ProjectDir: dir, ScriptedModel: scenario,
 		Credentials: gateway.Credentials{AnthropicKey: "sk-ant-test-not-real"},
-		GatewayDir:  filepath.Join("/run/sandstorm/servertest", backend),
+		GatewayDir:  filepath.Join("/run/sandstorm/servertest", filepath.Base(dir)),
+		SlotDir:     filepath.Join(dir, "slots"),
 	})
 	if err != nil {
 		conformance.Unavailable(t, backend, err)
@@ -57,26 +63,44 @@ func start(t *testing.T, backend, scenario, limits string) *harness {
 		srv.Shutdown(5 * time.Second)
 		eng.Close()
 	})
-	return &harness{url: "http://" + l.Addr().String(), eng: eng, srv: srv}
+	return &harness{url: "http://" + l.Addr().String(), eng: eng, srv: srv, gatewayDir: filepath.Join("/run/sandstorm/servertest", filepath.Base(dir))}
 }
 
+// noSandboxes waits until this harness's runs hold no slot, have closed
+// their gateway sessions, and left nothing of the sandboxes it saw. Other
+// packages' tests may run sandboxes on the same daemon meanwhile.
 func (h *harness) noSandboxes(t *testing.T, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		found, err := h.eng.Runtime.List(context.Background(), map[string]string{oci.LabelManaged: "true"})
-		if err == nil && len(found) == 0 {
+		var left []string
+		if n := h.eng.Manager.Running(); n > 0 {
+			left = append(left, fmt.Sprintf("%d runs hold slots", n))
+		}
+		if entries, _ := os.ReadDir(h.gatewayDir); len(entries) > 0 {
+			left = append(left, fmt.Sprintf("%d gateway sessions open", len(entries)))
+		}
+		h.mu.Lock()
+		sessions := append([]string(nil), h.sessions...)
+		h.mu.Unlock()
+		for _, s := range sessions {
+			found, err := h.eng.Runtime.List(context.Background(), map[string]string{oci.LabelSession: s})
+			if err != nil || len(found) > 0 {
+				left = append(left, fmt.Sprintf("session %s: %v %v", s, found, err))
+			}
+		}
+		if len(left) == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("sandboxes still present after %v: %v %v", within, found, err)
+			t.Fatalf("after %v: %s", within, strings.Join(left, "; "))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-// events reads SSE frames until the stream ends.
-func events(t *testing.T, body io.Reader, each func(ev map[string]any) bool) {
+// events reads SSE frames until the stream ends, noting sandbox sessions.
+func (h *harness) events(t *testing.T, body io.Reader, each func(ev map[string]any) bool) {
 	t.Helper()
 	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 1<<20), 32<<20)
@@ -92,6 +116,11 @@ func events(t *testing.T, body io.Reader, each func(ev map[string]any) bool) {
 		var ev map[string]any
 		if err := json.Unmarshal([]byte(data), &ev); err != nil {
 			t.Fatalf("frame is not one JSON object: %q", data)
+		}
+		if ev["type"] == "sandbox" && ev["event"] == "created" {
+			h.mu.Lock()
+			h.sessions = append(h.sessions, fmt.Sprint(ev["session_id"]))
+			h.mu.Unlock()
 		}
 		if !each(ev) {
 			return
@@ -131,7 +160,7 @@ func streamsLive(t *testing.T, backend string) {
 	}
 	var types []string
 	sawLive := false
-	events(t, resp.Body, func(ev map[string]any) bool {
+	h.events(t, resp.Body, func(ev map[string]any) bool {
 		typ, _ := ev["type"].(string)
 		types = append(types, typ)
 		// The first assistant message must arrive while the run still holds its slot.
@@ -237,7 +266,7 @@ func disconnect(t *testing.T, backend string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	events(t, resp.Body, func(ev map[string]any) bool { return ev["type"] != "system" })
+	h.events(t, resp.Body, func(ev map[string]any) bool { return ev["type"] != "system" })
 	cancel()
 	resp.Body.Close()
 	gone := time.Now()
@@ -249,7 +278,7 @@ func busy(t *testing.T, backend string) {
 	h := start(t, backend, "slow-steps", "max_concurrent_agents: 1\nqueue_size: 0\n")
 	first := post(t, h.url, `{"prompt":"slow"}`)
 	defer first.Body.Close()
-	events(t, first.Body, func(ev map[string]any) bool { return ev["type"] != "system" })
+	h.events(t, first.Body, func(ev map[string]any) bool { return ev["type"] != "system" })
 	second := post(t, h.url, `{"prompt":"second"}`)
 	var body apiError
 	json.NewDecoder(second.Body).Decode(&body)
@@ -269,7 +298,7 @@ func shutdown(t *testing.T, backend string) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		events(t, resp.Body, func(ev map[string]any) bool {
+		h.events(t, resp.Body, func(ev map[string]any) bool {
 			last = ev
 			if ev["type"] == "error" {
 				codes = append(codes, fmt.Sprint(ev["code"]))

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/agent"
@@ -35,22 +34,24 @@ type Manager struct {
 	creds   gateway.Credentials
 	env     []string
 
-	slots   chan struct{}
-	mu      sync.Mutex
-	waiting int
+	slots *Slots
 }
 
 // NewManager makes a manager. creds are the process's credentials, used
-// when a request brings none.
-func NewManager(r *agent.Runner, l config.Limits, p config.Project, creds gateway.Credentials) *Manager {
+// when a request brings none; slotDir holds the host-wide slot locks
+// (DefaultSlotDir), shared by every sandstorm process on the host.
+func NewManager(r *agent.Runner, l config.Limits, p config.Project, creds gateway.Credentials, slotDir string) (*Manager, error) {
 	var env []string
 	for _, k := range ForwardedEnv {
 		if v, ok := os.LookupEnv(k); ok {
 			env = append(env, k+"="+v)
 		}
 	}
-	return &Manager{runner: r, limits: l, project: p, creds: creds, env: env,
-		slots: make(chan struct{}, l.MaxConcurrentAgents)}
+	slots, err := NewSlots(slotDir, l.MaxConcurrentAgents, l.QueueSize, time.Duration(l.QueueWaitSeconds)*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return &Manager{runner: r, limits: l, project: p, creds: creds, env: env, slots: slots}, nil
 }
 
 // Limits returns the limits in force.
@@ -142,42 +143,11 @@ func (m *Manager) Start(ctx context.Context, job agent.Job, emit agent.Emit) (ag
 // Acquire takes a slot, waiting in the bounded queue; call release when the
 // run is over. Servers acquire before answering, so a busy host answers 429.
 func (m *Manager) Acquire(ctx context.Context, queued Queued) (release func(), err error) {
-	release = func() { <-m.slots }
-	select {
-	case m.slots <- struct{}{}:
-		return release, nil
-	default:
-	}
-	m.mu.Lock()
-	if m.waiting >= m.limits.QueueSize {
-		m.mu.Unlock()
-		return nil, fmt.Errorf("%w: %d running, %d waiting (queue_size %d)", ErrBusy, cap(m.slots), m.limits.QueueSize, m.limits.QueueSize)
-	}
-	m.waiting++
-	pos := m.waiting
-	m.mu.Unlock()
-	defer func() {
-		m.mu.Lock()
-		m.waiting--
-		m.mu.Unlock()
-	}()
-	if queued != nil {
-		queued(pos)
-	}
-	wait := time.NewTimer(time.Duration(m.limits.QueueWaitSeconds) * time.Second)
-	defer wait.Stop()
-	select {
-	case m.slots <- struct{}{}:
-		return release, nil
-	case <-wait.C:
-		return nil, fmt.Errorf("%w: no slot freed within queue_wait_seconds (%d s)", ErrBusy, m.limits.QueueWaitSeconds)
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return m.slots.Acquire(ctx, queued)
 }
 
-// Running is how many runs hold a slot.
-func (m *Manager) Running() int { return len(m.slots) }
+// Running is how many runs hold a slot on this host.
+func (m *Manager) Running() int { return m.slots.Running() }
 
 func firstNonEmpty(s ...string) string {
 	for _, v := range s {

@@ -64,7 +64,10 @@ func TestJobMerge(t *testing.T) {
 	limits.SessionTimeoutSeconds = 120
 	project := config.Project{Model: "opus", MaxTurns: 7, SystemPrompt: "Be concise",
 		OutputFormat: json.RawMessage(`{"type":"json_schema","schema":{"type":"object"}}`)}
-	m := NewManager(nil, limits, project, gateway.Credentials{AnthropicKey: "process-key"})
+	m, err := NewManager(nil, limits, project, gateway.Credentials{AnthropicKey: "process-key"}, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	j, err := m.Job(Request{Prompt: "p"})
 	if err != nil {
@@ -95,7 +98,10 @@ func TestJobMerge(t *testing.T) {
 func TestQueue(t *testing.T) {
 	limits := config.DefaultLimits()
 	limits.MaxConcurrentAgents, limits.QueueSize, limits.QueueWaitSeconds = 1, 1, 1
-	m := NewManager(nil, limits, config.Project{}, gateway.Credentials{})
+	m, err := NewManager(nil, limits, config.Project{}, gateway.Credentials{}, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 	release, err := m.Acquire(ctx, nil)
 	if err != nil {

@@ -8,9 +8,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+	"github.com/sandstorm-dev/sandstorm/session"
 )
 
 // ds builds the real binary once; the tests run it as a user would.
@@ -108,6 +110,28 @@ func TestQueryRawWithProjectConfig(t *testing.T) {
 	}
 	if !sawResult {
 		t.Errorf("no result with structured_output: %s", r.stdout)
+	}
+}
+
+// TestBusyAcrossProcesses: the slots are host-wide, so a second ds finds the
+// only slot held (here by this test process) and, with no queue, is busy.
+func TestBusyAcrossProcesses(t *testing.T) {
+	needBackend(t)
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "config"), 0o755)
+	os.WriteFile(filepath.Join(dir, "config", "limits.yaml"), []byte("max_concurrent_agents: 1\nqueue_size: 0\n"), 0o644)
+	os.MkdirAll(session.DefaultSlotDir, 0o700)
+	f, err := os.OpenFile(filepath.Join(session.DefaultSlotDir, "slot-0.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	r := ds(t, dir, "hi", "--runtime", "containerd", "--scripted-model", "demo")
+	if r.code != 75 || !strings.Contains(r.stderr, "busy") {
+		t.Errorf("exit %d, stderr %q; want 75 busy", r.code, r.stderr)
 	}
 }
 
