@@ -34,8 +34,10 @@ const (
 	DefaultImage = "localhost/sandstorm-agent:latest"
 )
 
-// RunnerCommand starts the runner inside the agent image.
-var RunnerCommand = []string{"node", "/opt/sandstorm-agent/runner.mjs"}
+// RunnerCommand starts the runner inside the agent image, under tini: as
+// PID 1 it reaps the orphans agent tools leave (they would count against the
+// pids limit) and forwards signals to the runner.
+var RunnerCommand = []string{"tini", "--", "node", "/opt/sandstorm-agent/runner.mjs"}
 
 // maxLine bounds one stdout/stderr line; longer lines arrive in pieces.
 const maxLine = 16 << 20

@@ -9,14 +9,20 @@ import (
 	"os"
 	"time"
 
+	"github.com/sandstorm-dev/sandstorm/images/imagetar"
 	"github.com/sandstorm-dev/sandstorm/progress"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
-// Ensure imports the tar at path into rt unless rt already holds every one
-// of refs (checked when the backend can tell cheaply).
-func Ensure(ctx context.Context, rt runtime.Runtime, path string, refs []string, log io.Writer) error {
+// Ensure imports the tar at path into rt unless rt already holds every
+// reference the tar carries (checked when the backend can tell cheaply): a
+// content tag among them makes a stale image with the same name import anew.
+func Ensure(ctx context.Context, rt runtime.Runtime, path string, log io.Writer) error {
 	rep := progress.Reporter{W: log}
+	refs, err := imagetar.References(path)
+	if err != nil {
+		return fmt.Errorf("%w: %w", runtime.ErrInvalidSpec, err)
+	}
 	if c, ok := rt.(runtime.ImageChecker); ok && len(refs) > 0 {
 		have := true
 		for _, ref := range refs {

@@ -53,7 +53,7 @@ rebuild takes seconds. Needs root.`,
 				return err
 			}
 			defer r.Close()
-			return imageops.Ensure(cmd.Context(), r, res.Path, res.References, cmd.ErrOrStderr())
+			return imageops.Ensure(cmd.Context(), r, res.Path, cmd.ErrOrStderr())
 		},
 	}
 	f := cmd.Flags()
@@ -70,7 +70,7 @@ func newImageImport() *cobra.Command {
 	var rt string
 	cmd := &cobra.Command{
 		Use:   "import TAR",
-		Short: "Import an image tar (OCI layout with a Docker manifest.json) into the backend",
+		Short: "Import an image tar (OCI layout with a Docker manifest.json) unless the backend already holds it",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if _, err := os.Stat(args[0]); err != nil {
@@ -81,7 +81,7 @@ func newImageImport() *cobra.Command {
 				return err
 			}
 			defer r.Close()
-			return imageops.Ensure(cmd.Context(), r, args[0], nil, cmd.ErrOrStderr())
+			return imageops.Ensure(cmd.Context(), r, args[0], cmd.ErrOrStderr())
 		},
 	}
 	cmd.Flags().StringVar(&rt, "runtime", envOr("SANDBOX_BACKEND", backends.Auto), "container backend (env SANDBOX_BACKEND)")

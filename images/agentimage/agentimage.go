@@ -73,7 +73,7 @@ const (
 )
 
 // Packages are installed into the rootfs with apt-get --no-install-recommends.
-var Packages = []string{"ca-certificates", "curl", "git", "nodejs", "python3", "ripgrep"}
+var Packages = []string{"ca-certificates", "curl", "git", "nodejs", "python3", "ripgrep", "tini"}
 
 // Config is the image configuration.
 func Config() imagetar.Config {
@@ -84,7 +84,9 @@ func Config() imagetar.Config {
 		},
 		User:       fmt.Sprintf("%d:%d", UserUID, UserGID),
 		WorkingDir: UserHome,
-		Cmd:        []string{"node", agent.InstallDir + "/runner.mjs"},
+		// tini as PID 1 reaps the orphans agent tools leave behind (they
+		// would count against the pids limit) and forwards signals.
+		Cmd: []string{"tini", "--", "node", agent.InstallDir + "/runner.mjs"},
 	}
 }
 

@@ -11,7 +11,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/sandstorm-dev/sandstorm/agent"
 	"github.com/sandstorm-dev/sandstorm/imageops"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
@@ -38,7 +37,7 @@ func EnsureAgentImage(t testing.TB, rt runtime.Runtime, key string) {
 	if _, done := imported.Load(key); done {
 		return
 	}
-	if err := imageops.Ensure(context.Background(), rt, AgentImageTar(t), []string{agent.DefaultImage}, logWriter{t}); err != nil {
+	if err := imageops.Ensure(context.Background(), rt, AgentImageTar(t), logWriter{t}); err != nil {
 		t.Fatalf("agent image: %v (build it with `make agentimage`)", err)
 	}
 	imported.Store(key, true)
