@@ -222,7 +222,7 @@ func unknownKeys(keys, known []string) []string {
 func describeJSONError(err error) string {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
-		return fmt.Sprintf("%s: must be %s, not %s", te.Field, jsonKind(te.Type.Kind().String()), te.Value)
+		return fmt.Sprintf("%s: must be %s, not %s", te.Field, JSONKind(te.Type.Kind().String()), te.Value)
 	}
 	var se *json.SyntaxError
 	if errors.As(err, &se) {
@@ -231,7 +231,8 @@ func describeJSONError(err error) string {
 	return err.Error()
 }
 
-func jsonKind(k string) string {
+// JSONKind names a Go kind as JSON users know it ("a number", "a string").
+func JSONKind(k string) string {
 	switch k {
 	case "int", "int64", "float64":
 		return "a number"
@@ -239,7 +240,7 @@ func jsonKind(k string) string {
 		return "a string"
 	case "bool":
 		return "true or false"
-	case "slice":
+	case "slice", "array":
 		return "an array"
 	}
 	return "an object"

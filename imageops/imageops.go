@@ -44,7 +44,7 @@ func Ensure(ctx context.Context, rt runtime.Runtime, path string, log io.Writer)
 	defer f.Close()
 	fi, _ := f.Stat()
 	done := rep.Phase(fmt.Sprintf("import %s (%.0f MB) into %s", path, float64(fi.Size())/1e6, rt.Name()))
-	stop := heartbeat(log, "import into "+rt.Name())
+	stop := progress.Heartbeat(log, "import into "+rt.Name(), 5*time.Second)
 	names, err := rt.ImportImage(ctx, f)
 	stop()
 	done(err)
@@ -53,23 +53,4 @@ func Ensure(ctx context.Context, rt runtime.Runtime, path string, log io.Writer)
 	}
 	fmt.Fprintf(log, "==> %s now holds %v\n", rt.Name(), names)
 	return nil
-}
-
-// heartbeat prints a line every few seconds so a long step is never silent.
-func heartbeat(w io.Writer, what string) func() {
-	done := make(chan struct{})
-	start := time.Now()
-	go func() {
-		t := time.NewTicker(5 * time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				fmt.Fprintf(w, "    %s: still running (%s)\n", what, time.Since(start).Round(time.Second))
-			}
-		}
-	}()
-	return func() { close(done) }
 }

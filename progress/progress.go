@@ -5,6 +5,7 @@ package progress
 import (
 	"fmt"
 	"io"
+	"sync"
 	"time"
 )
 
@@ -25,4 +26,27 @@ func (r Reporter) Phase(name string) func(err error) {
 		}
 		fmt.Fprintf(r.W, "==> %s done (%v)\n", name, d)
 	}
+}
+
+// Heartbeat prints a "still running" line every interval until stop is
+// called: for long work that prints nothing by itself.
+func Heartbeat(w io.Writer, label string, every time.Duration) (stop func()) {
+	start := time.Now()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				fmt.Fprintf(w, "    ... %s still running (%s)\n", label, time.Since(start).Round(time.Second))
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/gofiber/fiber/v2/middleware/cors"
 
 	"github.com/sandstorm-dev/sandstorm/agent"
+	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/engine"
 	"github.com/sandstorm-dev/sandstorm/session"
 	"github.com/sandstorm-dev/sandstorm/status"
@@ -179,7 +180,7 @@ func decode(body []byte) (session.Request, error) {
 		case errors.As(err, &te) && te.Field == "":
 			return req, &session.FieldError{Field: "body", Message: "must be a JSON object, not " + te.Value}
 		case errors.As(err, &te):
-			return req, &session.FieldError{Field: te.Field, Message: fmt.Sprintf("must be %s, not %s", kind(te.Type.Kind().String()), te.Value)}
+			return req, &session.FieldError{Field: te.Field, Message: fmt.Sprintf("must be %s, not %s", config.JSONKind(te.Type.Kind().String()), te.Value)}
 		case errors.As(err, &se):
 			return req, &session.FieldError{Field: "body", Message: fmt.Sprintf("not valid JSON at byte %d", se.Offset)}
 		case strings.HasPrefix(err.Error(), "json: unknown field "):
@@ -196,19 +197,6 @@ func decode(body []byte) (session.Request, error) {
 	return req, nil
 }
 
-func kind(k string) string {
-	switch k {
-	case "int", "int64", "float64":
-		return "a number"
-	case "string":
-		return "a string"
-	case "bool":
-		return "true or false"
-	case "map", "struct":
-		return "an object"
-	}
-	return k
-}
 
 func (s *Server) query(c *fiber.Ctx) error {
 	req, err := decode(c.Body())

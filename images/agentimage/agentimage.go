@@ -410,7 +410,7 @@ func (b *builder) build(ctx context.Context) error {
 		cfg.Labels["dev.sandstorm.agent.claude-code"] = v
 	}
 	if err := b.phase("write "+b.res.Path, func() error {
-		stop := heartbeat(b.log, "writing the image tar", b.opts.Heartbeat)
+		stop := progress.Heartbeat(b.log, "writing the image tar", b.opts.Heartbeat)
 		defer stop()
 		// A stale sidecar must never vouch for a half-replaced tar.
 		if err := os.Remove(sidecarPath(b.res.Path)); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -110,29 +110,6 @@ func (s *streamer) finish(failed bool) {
 	}
 }
 
-// heartbeat prints a "still running" line every interval until stop is
-// called: for work that prints nothing by itself.
-func heartbeat(w io.Writer, label string, every time.Duration) (stop func()) {
-	start := time.Now()
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				fmt.Fprintf(w, "    ... %s still running (%s)\n", label, time.Since(start).Round(time.Second))
-			}
-		}
-	}()
-	return func() { close(done); wg.Wait() }
-}
-
 // run starts cmd in its own process group, streams its combined output
 // through a streamer and waits for it. Cancelling ctx kills the whole
 // group. The caller may have set cmd.SysProcAttr (e.g. to unshare).

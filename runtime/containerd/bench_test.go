@@ -4,13 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 )
 
@@ -37,39 +34,7 @@ func BenchmarkRunTrue(b *testing.B) {
 		ctrArgs = append(ctrArgs, "--cap-drop", "CAP_"+c)
 	}
 	ctrArgs = append(ctrArgs, conformance.TestImage)
-	var lib, cli time.Duration
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		start := time.Now()
-		runLibrary(b, rt, policy)
-		lib += time.Since(start)
-
-		start = time.Now()
-		args := append(ctrArgs[:len(ctrArgs):len(ctrArgs)], fmt.Sprintf("bench-ctr-%d-%d", os.Getpid(), i), "true")
-		if out, err := exec.Command("ctr", args...).CombinedOutput(); err != nil {
-			b.Fatalf("ctr run: %v: %s", err, out)
-		}
-		cli += time.Since(start)
-	}
-	b.StopTimer()
-	b.ReportMetric(float64(lib.Milliseconds())/float64(b.N), "sandstorm-ms/op")
-	b.ReportMetric(float64(cli.Milliseconds())/float64(b.N), "ctr-ms/op")
-	b.ReportMetric(float64(lib)/float64(cli), "ratio")
-}
-
-func runLibrary(b *testing.B, rt *Runtime, policy oci.Policy) {
-	ctx := context.Background()
-	sb, err := rt.Create(ctx, runtime.Spec{SessionID: "bench", Image: conformance.TestImage, Args: []string{"true"}, Policy: policy})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := sb.Start(ctx, runtime.IO{}); err != nil {
-		b.Fatal(err)
-	}
-	if st, err := sb.Wait(ctx); err != nil || st.Code != 0 {
-		b.Fatalf("wait: %+v %v", st, err)
-	}
-	if err := sb.Remove(ctx); err != nil {
-		b.Fatal(err)
-	}
+	conformance.CompareRunTrue(b, rt, policy, "ctr", func(i int) []string {
+		return append(append([]string{"ctr"}, ctrArgs...), fmt.Sprintf("bench-ctr-%d-%d", os.Getpid(), i), "true")
+	})
 }

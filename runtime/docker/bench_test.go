@@ -4,14 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/cgroupfs"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 )
@@ -54,38 +51,5 @@ func BenchmarkRunTrue(b *testing.B) {
 		"--workdir", oci.Workspace, "--mount", "type=bind,source=" + workspace + ",target=" + oci.Workspace,
 		"--entrypoint", "true", conformance.TestImage,
 	}
-	var lib, cli time.Duration
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		start := time.Now()
-		runLibrary(b, rt, policy)
-		lib += time.Since(start)
-
-		start = time.Now()
-		if out, err := exec.Command("docker", args...).CombinedOutput(); err != nil {
-			b.Fatalf("docker run: %v: %s", err, out)
-		}
-		cli += time.Since(start)
-	}
-	b.StopTimer()
-	b.ReportMetric(float64(lib.Milliseconds())/float64(b.N), "sandstorm-ms/op")
-	b.ReportMetric(float64(cli.Milliseconds())/float64(b.N), "docker-ms/op")
-	b.ReportMetric(float64(lib)/float64(cli), "ratio")
-}
-
-func runLibrary(b *testing.B, rt *Runtime, policy oci.Policy) {
-	ctx := context.Background()
-	sb, err := rt.Create(ctx, runtime.Spec{SessionID: "bench", Image: conformance.TestImage, Args: []string{"true"}, Policy: policy})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := sb.Start(ctx, runtime.IO{}); err != nil {
-		b.Fatal(err)
-	}
-	if st, err := sb.Wait(ctx); err != nil || st.Code != 0 {
-		b.Fatalf("wait: %+v %v", st, err)
-	}
-	if err := sb.Remove(ctx); err != nil {
-		b.Fatal(err)
-	}
+	conformance.CompareRunTrue(b, rt, policy, "docker", func(int) []string { return append([]string{"docker"}, args...) })
 }
