@@ -197,7 +197,6 @@ func decode(body []byte) (session.Request, error) {
 	return req, nil
 }
 
-
 func (s *Server) query(c *fiber.Ctx) error {
 	req, err := decode(c.Body())
 	if err != nil {
