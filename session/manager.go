@@ -11,19 +11,17 @@ import (
 	"github.com/sandstorm-dev/sandstorm/agent"
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/gateway"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
 // ErrBusy: every slot is taken and the queue is full, or the wait ran out.
 var ErrBusy = errors.New("all agent slots are busy")
 
-// ForwardedEnv are the provider switches passed into the sandbox. Keys are
-// not among them: credentials reach the model through the gateway only.
+// ForwardedEnv is passed into the sandbox: the model aliases (OpenRouter
+// maps sonnet/opus/haiku to its model ids with them). Keys are never
+// forwarded: the model is reached through the gateway only, which is also
+// why the cloud-provider switches (Vertex, Bedrock, Foundry) are not.
 var ForwardedEnv = []string{
 	"ANTHROPIC_DEFAULT_SONNET_MODEL", "ANTHROPIC_DEFAULT_OPUS_MODEL", "ANTHROPIC_DEFAULT_HAIKU_MODEL",
-	"CLAUDE_CODE_USE_VERTEX", "CLOUD_ML_REGION", "ANTHROPIC_VERTEX_PROJECT_ID",
-	"CLAUDE_CODE_USE_BEDROCK", "AWS_REGION",
-	"CLAUDE_CODE_USE_FOUNDRY", "AZURE_FOUNDRY_RESOURCE",
 }
 
 // Manager runs requests with at most Limits.MaxConcurrentAgents at a time.
@@ -91,30 +89,8 @@ func (m *Manager) Job(req Request) (agent.Job, error) {
 	if req.AnthropicAPIKey != "" || req.OpenRouterAPIKey != "" {
 		creds = gateway.Credentials{AnthropicKey: req.AnthropicAPIKey, OpenRouterKey: req.OpenRouterAPIKey}
 	}
-	files := req.WorkspaceFiles()
-	env := append([]string(nil), m.env...)
-	if gac, extra, err := googleCredentials(); err != nil {
-		return agent.Job{}, err
-	} else if gac != nil {
-		files = append(files, *gac)
-		env = append(env, extra)
-	}
-	return agent.Job{Config: c, Files: files, Timeout: time.Duration(timeout) * time.Second, Credentials: creds, Env: env}, nil
-}
-
-// googleCredentials copies the GOOGLE_APPLICATION_CREDENTIALS file into the
-// workspace (Vertex needs the file, not just a path on the host).
-func googleCredentials() (*runtime.File, string, error) {
-	path := os.Getenv("GOOGLE_APPLICATION_CREDENTIALS")
-	if path == "" || os.Getenv("CLAUDE_CODE_USE_VERTEX") == "" {
-		return nil, "", nil
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, "", fmt.Errorf("GOOGLE_APPLICATION_CREDENTIALS: %w", err)
-	}
-	const name = ".config/gcloud/application_default_credentials.json"
-	return &runtime.File{Path: name, Content: data, Mode: 0o600}, "GOOGLE_APPLICATION_CREDENTIALS=/home/user/" + name, nil
+	return agent.Job{Config: c, Files: req.WorkspaceFiles(), Timeout: time.Duration(timeout) * time.Second,
+		Credentials: creds, Env: append([]string(nil), m.env...)}, nil
 }
 
 // Queued is told the queue position while a request waits for a slot.
