@@ -47,12 +47,24 @@ func Required(name string) bool {
 
 // Unavailable ends a backend's test when its daemon cannot be reached:
 // a failure when the backend is required, a skip otherwise.
-func Unavailable(t *testing.T, name string, err error) {
+func Unavailable(t testing.TB, name string, err error) {
 	t.Helper()
 	if Required(name) {
 		t.Fatalf("backend %s is required (SANDSTORM_REQUIRE_RUNTIMES) but unavailable: %v", name, err)
 	}
 	t.Skipf("backend %s unavailable (set SANDSTORM_REQUIRE_RUNTIMES=%s to make this a failure): %v", name, name, err)
+}
+
+// Connect opens backend name for a test with open, closing it at cleanup;
+// when it cannot be reached, see Unavailable.
+func Connect[R runtime.Runtime](t testing.TB, name string, open func() (R, error)) R {
+	t.Helper()
+	rt, err := open()
+	if err != nil {
+		Unavailable(t, name, err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	return rt
 }
 
 // ImageTarPath finds the test image archive.

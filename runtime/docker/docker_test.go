@@ -15,16 +15,9 @@ import (
 )
 
 func connect(t testing.TB) *Runtime {
-	t.Helper()
-	rt, err := New(context.Background(), Config{Host: os.Getenv("SANDSTORM_DOCKER_SOCKET")})
-	if err != nil {
-		if tt, ok := t.(*testing.T); ok {
-			conformance.Unavailable(tt, Name, err)
-		}
-		t.Skip(err)
-	}
-	t.Cleanup(func() { rt.Close() })
-	return rt
+	return conformance.Connect(t, Name, func() (*Runtime, error) {
+		return New(context.Background(), Config{Host: os.Getenv("SANDSTORM_DOCKER_SOCKET")})
+	})
 }
 
 func TestConformance(t *testing.T) {

@@ -31,18 +31,14 @@ func connect(t testing.TB, i int) *Runtime {
 	if sock == "" {
 		sock = svc.def
 	}
-	rt, err := New(context.Background(), Config{Socket: sock, NoCgroupDelegation: !svc.delegate})
-	if err == nil && rt.svc.rootless != svc.rootless {
-		err = errors.New(sock + " is not a " + svc.name + " service")
-	}
-	if err != nil {
-		if tt, ok := t.(*testing.T); ok {
-			conformance.Unavailable(tt, svc.backend, err)
+	return conformance.Connect(t, svc.backend, func() (*Runtime, error) {
+		rt, err := New(context.Background(), Config{Socket: sock, NoCgroupDelegation: !svc.delegate})
+		if err == nil && rt.svc.rootless != svc.rootless {
+			rt.Close()
+			return nil, errors.New(sock + " is not a " + svc.name + " service")
 		}
-		t.Skip(err)
-	}
-	t.Cleanup(func() { rt.Close() })
-	return rt
+		return rt, err
+	})
 }
 
 func TestConformance(t *testing.T) {
