@@ -3,6 +3,7 @@ package session
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"time"
@@ -10,17 +11,68 @@ import (
 	"github.com/sandstorm-dev/sandstorm/agent"
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/gateway"
+	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
 // ErrBusy: every slot is taken and the queue is full, or the wait ran out.
 var ErrBusy = errors.New("all agent slots are busy")
 
-// ForwardedEnv is passed into the sandbox: the model aliases (OpenRouter
-// maps sonnet/opus/haiku to its model ids with them). Keys are never
-// forwarded: the model is reached through the gateway only, which is also
-// why the cloud-provider switches (Vertex, Bedrock, Foundry) are not.
+// ForwardedEnv is always passed into the sandbox: the model aliases
+// (OpenRouter maps sonnet/opus/haiku to its model ids with them).
 var ForwardedEnv = []string{
 	"ANTHROPIC_DEFAULT_SONNET_MODEL", "ANTHROPIC_DEFAULT_OPUS_MODEL", "ANTHROPIC_DEFAULT_HAIKU_MODEL",
+}
+
+// providers are the cloud-provider modes. With a switch on, the CLI talks to
+// that provider directly, so its settings and credentials go into the
+// sandbox with it, and the sandbox needs network egress; otherwise nothing
+// of a provider is forwarded and the model is reached through the gateway.
+var providers = []struct {
+	Switch string
+	Vars   []string
+}{
+	{"CLAUDE_CODE_USE_VERTEX", []string{"CLOUD_ML_REGION", "ANTHROPIC_VERTEX_PROJECT_ID", "ANTHROPIC_VERTEX_BASE_URL"}},
+	{"CLAUDE_CODE_USE_BEDROCK", []string{"AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "ANTHROPIC_BEDROCK_BASE_URL"}},
+	{"CLAUDE_CODE_USE_FOUNDRY", []string{"AZURE_FOUNDRY_RESOURCE", "AZURE_API_KEY"}},
+}
+
+// gcloudCredentials is where the GOOGLE_APPLICATION_CREDENTIALS file lands in the workspace.
+const gcloudCredentials = ".config/gcloud/application_default_credentials.json"
+
+// forwardedEnv reads what goes into every sandbox from the environment.
+func forwardedEnv(l config.Limits) (env []string, files []runtime.File, err error) {
+	pass := func(k string) {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	for _, k := range ForwardedEnv {
+		pass(k)
+	}
+	for _, p := range providers {
+		if v := os.Getenv(p.Switch); v == "" || v == "0" {
+			continue
+		}
+		if l.NetworkMode != string(oci.NetworkBridge) {
+			return nil, nil, fmt.Errorf("%w: %s is set: the CLI then reaches the provider directly, which needs network_mode: bridge in limits.yaml", config.ErrInvalid, p.Switch)
+		}
+		pass(p.Switch)
+		for _, k := range p.Vars {
+			pass(k)
+		}
+		if p.Switch == "CLAUDE_CODE_USE_VERTEX" {
+			if path := os.Getenv("GOOGLE_APPLICATION_CREDENTIALS"); path != "" {
+				data, err := os.ReadFile(path)
+				if err != nil {
+					return nil, nil, fmt.Errorf("%w: GOOGLE_APPLICATION_CREDENTIALS: %w", config.ErrInvalid, err)
+				}
+				files = append(files, runtime.File{Path: gcloudCredentials, Content: data, Mode: 0o600})
+				env = append(env, "GOOGLE_APPLICATION_CREDENTIALS="+oci.Workspace+"/"+gcloudCredentials)
+			}
+		}
+	}
+	return env, files, nil
 }
 
 // Manager runs requests with at most Limits.MaxConcurrentAgents at a time.
@@ -30,6 +82,7 @@ type Manager struct {
 	project config.Project
 	creds   gateway.Credentials
 	env     []string
+	files   []runtime.File
 
 	slots *Slots
 }
@@ -38,17 +91,15 @@ type Manager struct {
 // when a request brings none; slotDir holds the host-wide slot locks
 // (DefaultSlotDir), shared by every sandstorm process on the host.
 func NewManager(r *agent.Runner, l config.Limits, p config.Project, creds gateway.Credentials, slotDir string) (*Manager, error) {
-	var env []string
-	for _, k := range ForwardedEnv {
-		if v, ok := os.LookupEnv(k); ok {
-			env = append(env, k+"="+v)
-		}
+	env, files, err := forwardedEnv(l)
+	if err != nil {
+		return nil, err
 	}
 	slots, err := NewSlots(slotDir, l.MaxConcurrentAgents, l.QueueSize, time.Duration(l.QueueWaitSeconds)*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	return &Manager{runner: r, limits: l, project: p, creds: creds, env: env, slots: slots}, nil
+	return &Manager{runner: r, limits: l, project: p, creds: creds, env: env, files: files, slots: slots}, nil
 }
 
 // Limits returns the limits in force.
@@ -88,7 +139,7 @@ func (m *Manager) Job(req Request) (agent.Job, error) {
 	if req.AnthropicAPIKey != "" || req.OpenRouterAPIKey != "" {
 		creds = gateway.Credentials{AnthropicKey: req.AnthropicAPIKey, OpenRouterKey: req.OpenRouterAPIKey}
 	}
-	return agent.Job{Config: c, Files: req.WorkspaceFiles(), Timeout: time.Duration(timeout) * time.Second,
+	return agent.Job{Config: c, Files: append(req.WorkspaceFiles(), m.files...), Timeout: time.Duration(timeout) * time.Second,
 		Credentials: creds, Env: append([]string(nil), m.env...)}, nil
 }
 

@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -132,5 +135,41 @@ func TestQueue(t *testing.T) {
 	defer release()
 	if _, err := m.Acquire(ctx, nil); !errors.Is(err, ErrBusy) {
 		t.Errorf("wait ran out: got %v, want ErrBusy", err)
+	}
+}
+
+func TestProviderForwarding(t *testing.T) {
+	for _, k := range []string{"CLAUDE_CODE_USE_VERTEX", "CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_FOUNDRY", "GOOGLE_APPLICATION_CREDENTIALS"} {
+		t.Setenv(k, "")
+	}
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
+	t.Setenv("ANTHROPIC_DEFAULT_SONNET_MODEL", "anthropic/claude-sonnet-4")
+	bridge := config.DefaultLimits()
+	bridge.NetworkMode = "bridge"
+
+	// No provider: only the model aliases, never a cloud secret.
+	env, files, err := forwardedEnv(bridge)
+	if err != nil || strings.Contains(strings.Join(env, " "), "aws-secret") || len(files) != 0 || !slices.Contains(env, "ANTHROPIC_DEFAULT_SONNET_MODEL=anthropic/claude-sonnet-4") {
+		t.Errorf("no provider: %v %v %v", env, files, err)
+	}
+	// Bedrock on: its settings and credentials go along, but only with egress.
+	t.Setenv("CLAUDE_CODE_USE_BEDROCK", "1")
+	if _, _, err := forwardedEnv(config.DefaultLimits()); !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), "network_mode: bridge") {
+		t.Errorf("bedrock with network none: %v", err)
+	}
+	env, _, err = forwardedEnv(bridge)
+	if err != nil || !slices.Contains(env, "CLAUDE_CODE_USE_BEDROCK=1") || !slices.Contains(env, "AWS_SECRET_ACCESS_KEY=aws-secret") {
+		t.Errorf("bedrock: %v %v", env, err)
+	}
+	// Vertex on: the credentials file is copied into the workspace.
+	t.Setenv("CLAUDE_CODE_USE_BEDROCK", "")
+	t.Setenv("CLAUDE_CODE_USE_VERTEX", "1")
+	gac := filepath.Join(t.TempDir(), "sa.json")
+	os.WriteFile(gac, []byte(`{"type":"service_account"}`), 0o600)
+	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", gac)
+	env, files, err = forwardedEnv(bridge)
+	if err != nil || len(files) != 1 || string(files[0].Content) != `{"type":"service_account"}` ||
+		!slices.Contains(env, "GOOGLE_APPLICATION_CREDENTIALS=/home/user/"+gcloudCredentials) {
+		t.Errorf("vertex: %v %v %v", env, files, err)
 	}
 }

@@ -268,20 +268,24 @@ function finish(code) {
   setTimeout(() => process.exit(code), 2000).unref();
 }
 
+// The cloud-provider switches: when sandstorm forwards one, the CLI talks to
+// that provider directly with the credentials forwarded along with it.
+const PROVIDER_SWITCHES = ['CLAUDE_CODE_USE_BEDROCK', 'CLAUDE_CODE_USE_VERTEX', 'CLAUDE_CODE_USE_FOUNDRY'];
+
+function providerMode(env) {
+  return PROVIDER_SWITCHES.some((name) => env[name] !== undefined && env[name] !== '' && env[name] !== '0');
+}
+
 function childEnv(port, token) {
   const env = { ...process.env };
   // The CLI must authenticate only with the session token, only at the
-  // forwarder: drop every other way it could pick a credential or endpoint.
-  for (const name of [
-    'SANDSTORM_MODEL_TOKEN',
-    'ANTHROPIC_AUTH_TOKEN',
-    'CLAUDE_CODE_OAUTH_TOKEN',
-    'CLAUDE_CODE_USE_BEDROCK',
-    'CLAUDE_CODE_USE_VERTEX',
-    'CLAUDE_CODE_USE_FOUNDRY',
-    'ANTHROPIC_BEDROCK_BASE_URL',
-    'ANTHROPIC_VERTEX_BASE_URL',
-  ]) {
+  // forwarder: drop every other way it could pick a credential or endpoint,
+  // unless a provider mode was asked for explicitly.
+  const strip = ['SANDSTORM_MODEL_TOKEN', 'ANTHROPIC_AUTH_TOKEN', 'CLAUDE_CODE_OAUTH_TOKEN'];
+  if (!providerMode(process.env)) {
+    strip.push(...PROVIDER_SWITCHES, 'ANTHROPIC_BEDROCK_BASE_URL', 'ANTHROPIC_VERTEX_BASE_URL');
+  }
+  for (const name of strip) {
     delete env[name];
   }
   env.ANTHROPIC_BASE_URL = `http://127.0.0.1:${port}`;

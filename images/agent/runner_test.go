@@ -41,6 +41,7 @@ export async function* query({ prompt, options }) {
     tokenVarPassed: 'SANDSTORM_MODEL_TOKEN' in env,
     nonessential: env.CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC, retries: env.CLAUDE_CODE_MAX_RETRIES,
     home: env.HOME, configDir: env.CLAUDE_CONFIG_DIR, text: 'line\u2028sep',
+    bedrock: env.CLAUDE_CODE_USE_BEDROCK ?? null, oauth: env.CLAUDE_CODE_OAUTH_TOKEN ?? null,
   };
   if (prompt === 'hang') {
     await new Promise((_, reject) => options.abortController.signal.addEventListener('abort', () => reject(new Error('aborted'))));
@@ -216,6 +217,22 @@ func TestRunnerMaxRetriesFromEnv(t *testing.T) {
 		"CLAUDE_CODE_MAX_RETRIES=7", "HOME=/elsewhere"}, nil)
 	if out.code != 0 || out.lines[0]["retries"] != "7" || out.lines[0]["home"] != "/elsewhere" {
 		t.Fatalf("exit %d, init %v", out.code, out.lines[0])
+	}
+}
+
+// A provider switch is dropped unless sandstorm forwarded one on purpose;
+// other credentials are dropped either way.
+func TestRunnerProviderMode(t *testing.T) {
+	dir, sock := setup(t)
+	cfg := writeConfig(t, dir, `{"prompt":"hi"}`)
+	base := []string{"SANDSTORM_RUNNER_CONFIG=" + cfg, "SANDSTORM_MODEL_SOCKET=" + sock, "SANDSTORM_MODEL_TOKEN=" + token, "CLAUDE_CODE_OAUTH_TOKEN=x"}
+	out := runRunner(t, dir, base, nil)
+	if out.code != 0 || out.lines[0]["bedrock"] != nil || out.lines[0]["oauth"] != nil {
+		t.Errorf("default: exit %d, init %v", out.code, out.lines[0])
+	}
+	out = runRunner(t, dir, append(base, "CLAUDE_CODE_USE_BEDROCK=1"), nil)
+	if out.code != 0 || out.lines[0]["bedrock"] != "1" || out.lines[0]["oauth"] != nil {
+		t.Errorf("bedrock: exit %d, init %v", out.code, out.lines[0])
 	}
 }
 
