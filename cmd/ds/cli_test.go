@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -11,7 +12,9 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
 	"github.com/sandstorm-dev/sandstorm/session"
 )
 
@@ -55,11 +58,13 @@ func ds(t *testing.T, dir string, args ...string) result {
 	return result{out.String(), errb.String(), code}
 }
 
-// needBackend fails (in CI) or skips when containerd is not there.
+// needBackend fails (in CI) or skips when containerd is not there, and makes
+// sure it holds the agent image.
 func needBackend(t *testing.T) {
-	if _, err := os.Stat("/run/containerd/containerd.sock"); err != nil {
-		conformance.Unavailable(t, "containerd", err)
-	}
+	rt := conformance.Connect(t, containerd.Name, func() (*containerd.Runtime, error) {
+		return containerd.New(context.Background(), containerd.Config{Address: os.Getenv("SANDSTORM_CONTAINERD_SOCKET")})
+	})
+	testenv.EnsureAgentImage(t, rt, containerd.Name)
 }
 
 func TestBadInputExitsWithUsage(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/sandstorm-dev/sandstorm/imageops"
@@ -36,6 +37,20 @@ func EnsureAgentImage(t testing.TB, rt runtime.Runtime, key string) {
 	t.Helper()
 	if _, done := imported.Load(key); done {
 		return
+	}
+	// Test binaries of several packages run at once; the first imports, the
+	// others wait and then find the image there (concurrent imports of one
+	// image can collide in the daemon).
+	if err := os.MkdirAll("/run/sandstorm", 0o711); err != nil {
+		t.Fatal(err)
+	}
+	lock, err := os.OpenFile("/run/sandstorm/test-image-import.lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
 	}
 	if err := imageops.Ensure(context.Background(), rt, AgentImageTar(t), logWriter{t}); err != nil {
 		t.Fatalf("agent image: %v (build it with `make agentimage`)", err)
