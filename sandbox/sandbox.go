@@ -10,13 +10,14 @@ import (
 	"os"
 	"time"
 
+	"github.com/sandstorm-dev/sandstorm/images/testimage"
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/progress"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
 // TestImage is the tiny busybox image `make testimage` builds.
-const TestImage = "localhost/sandstorm-test:latest"
+const TestImage = testimage.Ref
 
 // RunOptions describe one run.
 type RunOptions struct {

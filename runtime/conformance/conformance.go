@@ -19,12 +19,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandstorm-dev/sandstorm/images/testimage"
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
 // TestImage is the reference of the tiny busybox test image.
-const TestImage = "localhost/sandstorm-test:latest"
+const TestImage = testimage.Ref
 
 // Config tells the suite where its test image is.
 type Config struct {
