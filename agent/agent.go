@@ -132,14 +132,6 @@ func (r *Runner) Run(ctx context.Context, job Job, emit Emit) (out Outcome, err 
 
 	policy := r.Policy
 	policy.Mounts = append(append([]oci.Mount(nil), policy.Mounts...), oci.Mount{Source: sess.Dir, Target: MountDir, ReadOnly: true})
-	caps, err := r.Runtime.Capabilities(ctx)
-	if err != nil {
-		return out, err
-	}
-	unenforced, err := caps.Check(policy.WithDefaults(), r.AllowUnenforced)
-	if err != nil {
-		return out, err
-	}
 	start := time.Now()
 	sb, err := r.Runtime.Create(ctx, runtime.Spec{
 		SessionID:       sessionID,
@@ -157,7 +149,7 @@ func (r *Runner) Run(ctx context.Context, job Job, emit Emit) (out Outcome, err 
 		return out, err
 	}
 	ev := sandboxEvent("created", sb.ID(), sessionID, r.Runtime.Name(), time.Since(start))
-	ev.Unenforced = unenforced
+	ev.Unenforced = sb.Unenforced()
 	send(mustJSON(ev))
 	defer func() {
 		t := time.Now()

@@ -67,7 +67,8 @@ type fakeSandbox struct {
 	once sync.Once
 }
 
-func (s *fakeSandbox) ID() string { return "fake-1" }
+func (s *fakeSandbox) ID() string                 { return "fake-1" }
+func (s *fakeSandbox) Unenforced() []runtime.Item { return nil }
 func (s *fakeSandbox) Start(_ context.Context, o runtime.IO) error {
 	go func() {
 		// Written in odd chunks, as pipes deliver.

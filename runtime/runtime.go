@@ -105,6 +105,9 @@ type Runtime interface {
 // Sandbox is one created sandbox.
 type Sandbox interface {
 	ID() string
+	// Unenforced lists the policy items this sandbox runs without, because
+	// the backend cannot enforce them and the caller allowed that.
+	Unenforced() []Item
 	// Start starts the process; its output is copied to io as it is produced.
 	Start(ctx context.Context, io IO) error
 	// Wait blocks until the process exits and all its output was delivered.

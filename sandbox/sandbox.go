@@ -48,13 +48,6 @@ func Run(ctx context.Context, rt runtime.Runtime, o RunOptions) (st runtime.Exit
 			return st, err
 		}
 	}
-	unenforced, err := checkPolicy(ctx, rt, o)
-	if err != nil {
-		return st, err
-	}
-	if len(unenforced) > 0 {
-		fmt.Fprintf(rep.W, "==> warning: %s does not enforce %v here; running without them as allowed\n", rt.Name(), unenforced)
-	}
 	done := rep.Phase("create sandbox on " + rt.Name())
 	sb, err := rt.Create(ctx, runtime.Spec{
 		SessionID: newSessionID(), Image: o.Image, Args: o.Args, Env: o.Env,
@@ -63,6 +56,9 @@ func Run(ctx context.Context, rt runtime.Runtime, o RunOptions) (st runtime.Exit
 	done(err)
 	if err != nil {
 		return st, err
+	}
+	if u := sb.Unenforced(); len(u) > 0 {
+		fmt.Fprintf(rep.W, "==> warning: %s does not enforce %v here; running without them as allowed\n", rt.Name(), u)
 	}
 	defer func() {
 		done := rep.Phase("remove sandbox " + sb.ID())
@@ -94,14 +90,6 @@ func Run(ctx context.Context, rt runtime.Runtime, o RunOptions) (st runtime.Exit
 		return st, fmt.Errorf("sandbox timed out after %v and was killed: %w", o.Timeout, err)
 	}
 	return st, fmt.Errorf("sandbox cancelled: %w", err)
-}
-
-func checkPolicy(ctx context.Context, rt runtime.Runtime, o RunOptions) ([]runtime.Item, error) {
-	caps, err := rt.Capabilities(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return caps.Check(o.Policy.WithDefaults(), o.AllowUnenforced)
 }
 
 func importTar(ctx context.Context, rt runtime.Runtime, path string, rep progress.Reporter) error {

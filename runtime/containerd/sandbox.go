@@ -28,13 +28,14 @@ const labelNetNS = "sandstorm.netns"
 const cleanupTimeout = 30 * time.Second
 
 type sandbox struct {
-	r       *Runtime
-	id      string
-	cgroup  string
-	ctr     client.Container
-	task    client.Task
-	exitC   <-chan client.ExitStatus
-	removed bool
+	unenforced []runtime.Item
+	r          *Runtime
+	id         string
+	cgroup     string
+	ctr        client.Container
+	task       client.Task
+	exitC      <-chan client.ExitStatus
+	removed    bool
 }
 
 // Create implements runtime.Runtime.
@@ -97,10 +98,13 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: %w", id, err)
 	}
-	return &sandbox{r: r, id: id, cgroup: sb.CgroupPath(), ctr: ctr}, nil
+	return &sandbox{r: r, id: id, cgroup: sb.CgroupPath(), ctr: ctr, unenforced: prep.Unenforced}, nil
 }
 
 func (s *sandbox) ID() string { return s.id }
+
+// Unenforced implements runtime.Sandbox.
+func (s *sandbox) Unenforced() []runtime.Item { return s.unenforced }
 
 // Start implements runtime.Sandbox.
 func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {

@@ -24,6 +24,7 @@ import (
 const cleanupTimeout = 30 * time.Second
 
 type sandbox struct {
+	unenforced  []runtime.Item
 	r           *Runtime
 	id          string
 	containerID string
@@ -94,7 +95,7 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 		}
 		return nil, fmt.Errorf("sandbox %s: %w", id, err)
 	}
-	s := &sandbox{r: r, id: id, containerID: containerID}
+	s := &sandbox{r: r, id: id, containerID: containerID, unenforced: prep.Unenforced}
 	if r.d.CgroupDriver == "cgroupfs" {
 		s.oomCgroup = cgroupParent(r.d.CgroupDriver, id)
 	}
@@ -117,6 +118,9 @@ func (r *Runtime) undo(ctx context.Context, id, containerID string) error {
 }
 
 func (s *sandbox) ID() string { return s.id }
+
+// Unenforced implements runtime.Sandbox.
+func (s *sandbox) Unenforced() []runtime.Item { return s.unenforced }
 
 // Start implements runtime.Sandbox. Output is attached before the start, so
 // none is lost, and copied live, stdout and stderr apart.

@@ -26,9 +26,10 @@ import (
 const cleanupTimeout = 30 * time.Second
 
 type sandbox struct {
-	r     *Runtime
-	id    string
-	ctrID string
+	unenforced []runtime.Item
+	r          *Runtime
+	id         string
+	ctrID      string
 	// cgroup is the container's own cgroup when the sandbox has a parent of its own.
 	cgroup string
 	// watchOOM: OOM kills are detected from the sandbox's cgroups.
@@ -138,7 +139,7 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 		}
 		return nil, fmt.Errorf("%w: podman %s dropped or changed: %s", runtime.ErrPolicyNotApplied, r.svc.version, msg)
 	}
-	sb := &sandbox{r: r, id: id, ctrID: resp.ID}
+	sb := &sandbox{r: r, id: id, ctrID: resp.ID, unenforced: prep.Unenforced}
 	if p.cgroupParent != "" {
 		sb.cgroup = containerCgroup(p.cgroupParent, resp.ID)
 		sb.watchOOM = caps.Enforced(runtime.ItemOOMDetection)
@@ -214,6 +215,9 @@ func (r *Runtime) serviceRlimits(ctx context.Context, image string) ([]define.In
 }
 
 func (s *sandbox) ID() string { return s.id }
+
+// Unenforced implements runtime.Sandbox.
+func (s *sandbox) Unenforced() []runtime.Item { return s.unenforced }
 
 // Start implements runtime.Sandbox.
 func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
