@@ -50,7 +50,7 @@ func Run(ctx context.Context, rt runtime.Runtime, o RunOptions) (st runtime.Exit
 	}
 	done := rep.Phase("create sandbox on " + rt.Name())
 	sb, err := rt.Create(ctx, runtime.Spec{
-		SessionID: newSessionID(), Image: o.Image, Args: o.Args, Env: o.Env,
+		SessionID: runtime.NewID(), Image: o.Image, Args: o.Args, Env: o.Env,
 		Files: o.Files, Policy: o.Policy, AllowUnenforced: o.AllowUnenforced,
 	})
 	done(err)
@@ -106,8 +106,4 @@ func importTar(ctx context.Context, rt runtime.Runtime, path string, rep progres
 		fmt.Fprintf(rep.W, "==> imported %v\n", names)
 	}
 	return err
-}
-
-func newSessionID() string {
-	return fmt.Sprintf("run-%d-%d", os.Getpid(), time.Now().UnixNano())
 }
