@@ -16,43 +16,23 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sandstorm-dev/sandstorm/api"
+	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/gateway"
-	"github.com/sandstorm-dev/sandstorm/linewriter"
+	"github.com/sandstorm-dev/sandstorm/images/agentimage"
+	"github.com/sandstorm-dev/sandstorm/internal/linewriter"
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
-// Paths and names the runner inside the image expects.
-const (
-	// MountDir is where the gateway session directory appears in the sandbox.
-	MountDir = "/run/sandstorm"
-	// ConfigName is the runner's config file in the session directory.
-	ConfigName = "runner.json"
-	// TokenEnv passes the session token to the runner.
-	TokenEnv = "SANDSTORM_MODEL_TOKEN"
-	// DefaultImage is the agent image built by `ds image build`.
-	DefaultImage = "localhost/sandstorm-agent:latest"
-)
-
-// RunnerCommand starts the runner inside the agent image, under tini: as
-// PID 1 it reaps the orphans agent tools leave (they would count against the
-// pids limit) and forwards signals to the runner.
-var RunnerCommand = []string{"tini", "--", "node", "/opt/sandstorm-agent/runner.mjs"}
-
 // maxLine bounds one stdout/stderr line; longer lines arrive in pieces.
 const maxLine = 16 << 20
 
-// Config is what the runner reads: the agent's task and options.
+// Config is what the runner reads: the task, and the agent's options as
+// sandstorm.json names them (merged with the request's).
 type Config struct {
-	Prompt                 string          `json:"prompt"`
-	Model                  string          `json:"model,omitempty"`
-	MaxTurns               int             `json:"max_turns,omitempty"`
-	SystemPrompt           string          `json:"system_prompt,omitempty"`
-	OutputFormat           json.RawMessage `json:"output_format,omitempty"`
-	Agents                 json.RawMessage `json:"agents,omitempty"`
-	MCPServers             json.RawMessage `json:"mcp_servers,omitempty"`
-	AllowedTools           []string        `json:"allowed_tools,omitempty"`
-	IncludePartialMessages bool            `json:"include_partial_messages,omitempty"`
+	Prompt string `json:"prompt"`
+	config.Project
 }
 
 // Job is one run.
@@ -68,41 +48,26 @@ type Job struct {
 
 // Runner runs jobs on one backend.
 type Runner struct {
-	Runtime         runtime.Runtime
-	Gateway         *gateway.Gateway
+	Runtime runtime.Runtime
+	Gateway *gateway.Gateway
+	// Image is the agent image; default agentimage.Ref.
 	Image           string
 	Policy          oci.Policy
 	AllowUnenforced []runtime.Item
 	Logger          *slog.Logger
 }
 
-// Outcome is how a run ended.
-type Outcome struct {
-	// Result is the SDK's final result message, if one arrived.
-	Result json.RawMessage
-	Exit   runtime.ExitStatus
-	// Code is the error code when the run failed ("" on success).
-	Code string
-}
-
-// Success reports whether the agent finished with a successful result.
-func (o Outcome) Success() bool { return o.Code == "" }
-
-// Emit receives each event of the run, in order. An error from Emit (the
-// client went away) cancels the run.
-type Emit func(json.RawMessage) error
-
 // Run runs job and streams its events to emit. The returned error is
 // non-nil only when the run could not take place or the stream was cut;
 // agent failures are reported as an error event and in Outcome.Code.
-func (r *Runner) Run(ctx context.Context, job Job, emit Emit) (out Outcome, err error) {
+func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (out api.Outcome, err error) {
 	log := r.Logger
 	if log == nil {
 		log = slog.Default()
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	// Events come from the stdout and stderr copiers and from here.
+	// Events come from the stdout and stderr copiers and from the hooks.
 	var mu sync.Mutex
 	var emitErr error
 	send := func(ev json.RawMessage) {
@@ -130,38 +95,6 @@ func (r *Runner) Run(ctx context.Context, job Job, emit Emit) (out Outcome, err 
 		return out, err
 	}
 
-	policy := r.Policy
-	policy.Mounts = append(append([]oci.Mount(nil), policy.Mounts...), oci.Mount{Source: sess.Dir, Target: MountDir, ReadOnly: true})
-	start := time.Now()
-	sb, err := r.Runtime.Create(ctx, runtime.Spec{
-		SessionID:       sessionID,
-		Image:           r.Image,
-		Args:            RunnerCommand,
-		Env:             append([]string{TokenEnv + "=" + sess.Token}, job.Env...),
-		Files:           job.Files,
-		Policy:          policy,
-		AllowUnenforced: r.AllowUnenforced,
-	})
-	if errors.Is(err, runtime.ErrNotFound) {
-		return out, fmt.Errorf("%w (build and import the agent image with `ds image build`)", err)
-	}
-	if err != nil {
-		return out, err
-	}
-	ev := sandboxEvent("created", sb.ID(), sessionID, r.Runtime.Name(), time.Since(start))
-	ev.Unenforced = sb.Unenforced()
-	send(mustJSON(ev))
-	defer func() {
-		t := time.Now()
-		rerr := sb.Remove(context.WithoutCancel(ctx))
-		if rerr != nil {
-			log.Error("remove sandbox", "sandbox", sb.ID(), "err", rerr)
-			err = errors.Join(err, rerr)
-			return
-		}
-		send(mustJSON(sandboxEvent("removed", sb.ID(), sessionID, r.Runtime.Name(), time.Since(t))))
-	}()
-
 	var result json.RawMessage
 	stdout := linewriter.New(maxLine, func(line []byte, truncated bool) error {
 		if !truncated && json.Valid(line) && isObject(line) {
@@ -173,67 +106,101 @@ func (r *Runner) Run(ctx context.Context, job Job, emit Emit) (out Outcome, err 
 			}
 			send(msg)
 		} else {
-			send(mustJSON(LineEvent{Type: "stdout", Line: string(line), Truncated: truncated}))
+			send(api.Marshal(api.LineEvent{Type: api.TypeStdout, Line: string(line), Truncated: truncated}))
 		}
 		return nil
 	})
 	stderr := linewriter.New(maxLine, func(line []byte, truncated bool) error {
-		send(mustJSON(LineEvent{Type: "stderr", Line: string(line), Truncated: truncated}))
+		send(api.Marshal(api.LineEvent{Type: api.TypeStderr, Line: string(line), Truncated: truncated}))
 		return nil
 	})
-	t := time.Now()
-	if err := sb.Start(ctx, runtime.IO{Stdout: stdout, Stderr: stderr}); err != nil {
-		return out, err
-	}
-	send(mustJSON(sandboxEvent("started", sb.ID(), sessionID, r.Runtime.Name(), time.Since(t))))
 
-	wctx := ctx
-	if job.Timeout > 0 {
-		var c context.CancelFunc
-		wctx, c = context.WithTimeout(ctx, job.Timeout)
-		defer c()
+	image := r.Image
+	if image == "" {
+		image = agentimage.Ref
 	}
-	st, werr := sb.Wait(wctx)
-	if werr != nil {
-		// Timeout, cancel or a lost client: kill, then collect the exit so
-		// output already printed is still delivered.
-		if kerr := sb.Kill(context.WithoutCancel(ctx)); kerr != nil {
-			log.Error("kill sandbox", "sandbox", sb.ID(), "err", kerr)
+	policy := r.Policy
+	policy.Mounts = append(append([]oci.Mount(nil), policy.Mounts...), oci.Mount{Source: sess.Dir, Target: agentimage.MountDir, ReadOnly: true})
+	spec := runtime.Spec{
+		SessionID:       sessionID,
+		Image:           image,
+		Args:            agentimage.RunnerCommand(),
+		Env:             append([]string{agentimage.TokenEnv + "=" + sess.Token}, job.Env...),
+		Files:           job.Files,
+		Policy:          policy,
+		AllowUnenforced: r.AllowUnenforced,
+	}
+	name := r.Runtime.Name()
+	var sandboxID string
+	exited := false
+	var removeErr error
+	hooks := runtime.Hooks{
+		Created: func(sb runtime.Sandbox, d time.Duration) {
+			sandboxID = sb.ID()
+			ev := api.NewSandboxEvent(api.SandboxCreated, sandboxID, sessionID, name, d)
+			ev.Unenforced = sb.Unenforced()
+			send(api.Marshal(ev))
+		},
+		Started: func(d time.Duration) {
+			send(api.Marshal(api.NewSandboxEvent(api.SandboxStarted, sandboxID, sessionID, name, d)))
+		},
+		Exited: func(st runtime.ExitStatus, waitErr error, d time.Duration) {
+			exited = true
+			_ = stdout.Flush()
+			_ = stderr.Flush()
+			ev := api.NewSandboxEvent(api.SandboxExited, sandboxID, sessionID, name, d)
+			code := st.Code
+			ev.ExitCode, ev.Signal, ev.OOMKilled = &code, st.Signal, st.OOMKilled
+			send(api.Marshal(ev))
+			mu.Lock()
+			out = api.Outcome{Result: result, Exit: st}
+			mu.Unlock()
+			code2, msg := ending(ctx, st, waitErr, out.Result, job.Timeout)
+			if code2 != "" {
+				out.Code = code2
+				send(api.NewError(code2, msg))
+			}
+		},
+		Removed: func(d time.Duration, err error) {
+			if err != nil {
+				log.Error("remove sandbox", "sandbox", sandboxID, "err", err)
+				removeErr = err
+				return
+			}
+			send(api.Marshal(api.NewSandboxEvent(api.SandboxRemoved, sandboxID, sessionID, name, d)))
+		},
+	}
+	_, err = runtime.Run(ctx, r.Runtime, spec, runtime.IO{Stdout: stdout, Stderr: stderr}, job.Timeout, hooks)
+	if !exited {
+		if errors.Is(err, runtime.ErrNotFound) {
+			err = fmt.Errorf("%w (build and import the agent image with `ds image build`)", err)
 		}
-		kctx, c := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		st, _ = sb.Wait(kctx)
-		c()
-	}
-	_ = stdout.Flush()
-	_ = stderr.Flush()
-	exited := sandboxEvent("exited", sb.ID(), sessionID, r.Runtime.Name(), time.Since(t))
-	code := st.Code
-	exited.ExitCode, exited.Signal, exited.OOMKilled = &code, st.Signal, st.OOMKilled
-	send(mustJSON(exited))
-
-	mu.Lock()
-	out = Outcome{Result: result, Exit: st}
-	mu.Unlock()
-	switch {
-	case werr != nil && context.Cause(ctx) != nil && ctx.Err() != nil:
-		out.Code = CodeCancelled
-		send(NewError(CodeCancelled, "run cancelled: "+context.Cause(ctx).Error()))
-	case werr != nil:
-		out.Code = CodeTimeout
-		send(NewError(CodeTimeout, fmt.Sprintf("run exceeded its timeout of %v and was stopped", job.Timeout)))
-	case st.OOMKilled:
-		out.Code = CodeOOM
-		send(NewError(CodeOOM, "the sandbox ran out of memory and was killed"))
-	case st.Code != 0 || !resultSucceeded(out.Result):
-		out.Code = CodeAgentFailed
-		send(NewError(CodeAgentFailed, failureMessage(st, out.Result)))
+		return out, err
 	}
 	mu.Lock()
 	defer mu.Unlock()
 	if emitErr != nil {
-		return out, fmt.Errorf("stream to client: %w", emitErr)
+		return out, errors.Join(fmt.Errorf("stream to client: %w", emitErr), removeErr)
 	}
-	return out, nil
+	return out, removeErr
+}
+
+// ending says how a run whose process exited failed, if it did: its error
+// code and message.
+func ending(ctx context.Context, st runtime.ExitStatus, waitErr error, result json.RawMessage, timeout time.Duration) (api.Code, string) {
+	switch {
+	case waitErr != nil && ctx.Err() != nil:
+		return api.CodeCancelled, "run cancelled: " + context.Cause(ctx).Error()
+	case errors.Is(waitErr, context.DeadlineExceeded):
+		return api.CodeTimeout, fmt.Sprintf("run exceeded its timeout of %v and was stopped", timeout)
+	case waitErr != nil:
+		return api.CodeInternal, waitErr.Error()
+	case st.OOMKilled:
+		return api.CodeOOM, "the sandbox ran out of memory and was killed"
+	case st.Code != 0 || !resultSucceeded(result):
+		return api.CodeAgentFailed, failureMessage(st, result)
+	}
+	return "", ""
 }
 
 func writeConfig(dir string, c Config) error {
@@ -242,12 +209,11 @@ func writeConfig(dir string, c Config) error {
 		return fmt.Errorf("%w: runner config: %w", runtime.ErrInvalidSpec, err)
 	}
 	// Readable by the sandbox user, whatever uid it maps to.
-	if err := os.WriteFile(filepath.Join(dir, ConfigName), data, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, agentimage.ConfigName), data, 0o644); err != nil {
 		return fmt.Errorf("write runner config: %w", err)
 	}
 	return nil
 }
-
 func isObject(b []byte) bool {
 	s := strings.TrimSpace(string(b))
 	return strings.HasPrefix(s, "{")

@@ -4,15 +4,20 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/sandstorm-dev/sandstorm/api"
+	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/gateway"
+	"github.com/sandstorm-dev/sandstorm/images/agentimage"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
@@ -53,8 +58,8 @@ func (f *fakeRuntime) Create(_ context.Context, s runtime.Spec) (runtime.Sandbox
 	defer f.mu.Unlock()
 	f.created = append(f.created, s)
 	for _, m := range s.Policy.Mounts {
-		if m.Target == MountDir {
-			data, _ := os.ReadFile(filepath.Join(m.Source, ConfigName))
+		if m.Target == agentimage.MountDir {
+			data, _ := os.ReadFile(filepath.Join(m.Source, agentimage.ConfigName))
 			_ = json.Unmarshal(data, &f.configSeen)
 		}
 	}
@@ -115,7 +120,7 @@ func chunks(s string, n int) []string {
 
 const okResult = `{"type":"result","subtype":"success","is_error":false,"result":"done","total_cost_usd":0.01}`
 
-func run(t *testing.T, f *fakeRuntime, job Job) (Outcome, []map[string]any, error) {
+func run(t *testing.T, f *fakeRuntime, job Job) (api.Outcome, []map[string]any, error) {
 	t.Helper()
 	g, err := gateway.New(gateway.Config{Upstream: "http://127.0.0.1:1", Dir: t.TempDir()})
 	if err != nil {
@@ -155,31 +160,30 @@ func TestRunEvents(t *testing.T) {
 		f    *fakeRuntime
 		job  Job
 		want string
-		code string
+		code api.Code
 	}{
 		{"success", &fakeRuntime{stdout: `{"type":"system","subtype":"init"}` + "\n" + `{"type":"assistant"}` + "\n" + okResult + "\n", stderr: "diag\n"},
 			Job{}, "sandbox:created sandbox:started system assistant result stderr sandbox:exited sandbox:removed", ""},
 		{"noise on stdout becomes its own event", &fakeRuntime{stdout: "npm WARN x\n" + okResult + "\n"},
 			Job{}, "sandbox:created sandbox:started stdout result sandbox:exited sandbox:removed", ""},
 		{"error result", &fakeRuntime{stdout: `{"type":"result","subtype":"error_max_turns","is_error":true}` + "\n", code: 1},
-			Job{}, "sandbox:created sandbox:started result sandbox:exited error:agent_failed sandbox:removed", CodeAgentFailed},
+			Job{}, "sandbox:created sandbox:started result sandbox:exited error:agent_failed sandbox:removed", api.CodeAgentFailed},
 		{"exit 0 without result", &fakeRuntime{stdout: ""},
-			Job{}, "sandbox:created sandbox:started sandbox:exited error:agent_failed sandbox:removed", CodeAgentFailed},
+			Job{}, "sandbox:created sandbox:started sandbox:exited error:agent_failed sandbox:removed", api.CodeAgentFailed},
 		{"oom", &fakeRuntime{code: 137, oom: true},
-			Job{}, "sandbox:created sandbox:started sandbox:exited error:oom sandbox:removed", CodeOOM},
+			Job{}, "sandbox:created sandbox:started sandbox:exited error:oom sandbox:removed", api.CodeOOM},
 		{"timeout", &fakeRuntime{hang: true, stdout: `{"type":"system"}` + "\n"},
-			Job{Timeout: 50 * time.Millisecond}, "sandbox:created sandbox:started system sandbox:exited error:timeout sandbox:removed", CodeTimeout},
+			Job{Timeout: 50 * time.Millisecond}, "sandbox:created sandbox:started system sandbox:exited error:timeout sandbox:removed", api.CodeTimeout},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tt.job.Config = Config{Prompt: "hi", Model: "sonnet"}
+			tt.job.Config = Config{Prompt: "hi", Project: config.Project{Model: "sonnet"}}
 			out, evs, err := run(t, tt.f, tt.job)
 			if err != nil {
 				t.Fatal(err)
 			}
-			// stderr and stdout are separate streams: only order within each is fixed.
-			if got := types(evs); got != tt.want && !sameMultiset(got, tt.want) {
-				t.Errorf("events\n got %s\nwant %s", got, tt.want)
+			if err := inOrder(types(evs), tt.want); err != nil {
+				t.Errorf("events\n got %s\nwant %s\n%v", types(evs), tt.want, err)
 			}
 			if out.Code != tt.code {
 				t.Errorf("code %q, want %q", out.Code, tt.code)
@@ -191,31 +195,61 @@ func TestRunEvents(t *testing.T) {
 				t.Errorf("runner config not readable at create: %+v", tt.f.configSeen)
 			}
 			env := strings.Join(tt.f.created[0].Env, " ")
-			if !strings.Contains(env, TokenEnv+"=sandstorm-session-") {
+			if !strings.Contains(env, agentimage.TokenEnv+"=sandstorm-session-") {
 				t.Errorf("no session token in env: %s", env)
 			}
 		})
 	}
 }
 
-func sameMultiset(a, b string) bool {
-	x, y := strings.Fields(a), strings.Fields(b)
-	if len(x) != len(y) {
-		return false
+// inOrder checks got against want: every event but stderr exactly in
+// order (the lifecycle, the SDK's messages, the error before the removal),
+// and stderr lines, a stream of their own, all between started and exited.
+func inOrder(got, want string) error {
+	rest := func(s string) (events []string, stderr []int) {
+		for i, e := range strings.Fields(s) {
+			if e == "stderr" {
+				stderr = append(stderr, i)
+				continue
+			}
+			events = append(events, e)
+		}
+		return events, stderr
 	}
-	count := map[string]int{}
-	for _, s := range x {
-		count[s]++
+	g, gerr := rest(got)
+	w, werr := rest(want)
+	if strings.Join(g, " ") != strings.Join(w, " ") {
+		return errors.New("events other than stderr differ")
 	}
-	for _, s := range y {
-		count[s]--
+	if len(gerr) != len(werr) {
+		return fmt.Errorf("%d stderr events, want %d", len(gerr), len(werr))
 	}
-	for _, n := range count {
-		if n != 0 {
-			return false
+	all := strings.Fields(got)
+	started, exited := slices.Index(all, "sandbox:started"), slices.Index(all, "sandbox:exited")
+	for _, i := range gerr {
+		if i < started || i > exited {
+			return fmt.Errorf("stderr event %d is outside the run (started %d, exited %d)", i, started, exited)
 		}
 	}
-	return x[0] == y[0] && x[len(x)-1] == y[len(y)-1]
+	return nil
+}
+
+func TestInOrder(t *testing.T) {
+	want := "sandbox:created sandbox:started result stderr sandbox:exited error:timeout sandbox:removed"
+	for _, tt := range []struct {
+		got string
+		ok  bool
+	}{
+		{want, true},
+		{"sandbox:created sandbox:started stderr result sandbox:exited error:timeout sandbox:removed", true},
+		{"sandbox:created sandbox:started result stderr error:timeout sandbox:exited sandbox:removed", false},
+		{"sandbox:created sandbox:started result sandbox:exited stderr error:timeout sandbox:removed", false},
+		{"sandbox:created sandbox:started result stderr sandbox:exited sandbox:removed error:timeout", false},
+	} {
+		if err := inOrder(tt.got, want); (err == nil) != tt.ok {
+			t.Errorf("inOrder(%s) = %v, want ok %v", tt.got, err, tt.ok)
+		}
+	}
 }
 
 func TestClientGoneCancelsRun(t *testing.T) {
@@ -234,7 +268,7 @@ func TestClientGoneCancelsRun(t *testing.T) {
 	if !errors.Is(err, gone) {
 		t.Fatalf("err = %v, want client gone", err)
 	}
-	if out.Code != CodeCancelled || f.removed != 1 {
+	if out.Code != api.CodeCancelled || f.removed != 1 {
 		t.Errorf("code %q removed %d", out.Code, f.removed)
 	}
 }

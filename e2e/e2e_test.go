@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/agent"
+	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
@@ -33,7 +34,7 @@ type backend struct {
 }
 
 // run runs one scenario on rt and returns the events and what the model server saw.
-func run(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map[string]any, agent.Outcome, *modelserver.Server, runtime.Runtime) {
+func run(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map[string]any, api.Outcome, *modelserver.Server, runtime.Runtime) {
 	t.Helper()
 	ctx := context.Background()
 	rt, err := b.open(ctx)
@@ -52,7 +53,7 @@ func run(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &agent.Runner{Runtime: rt, Gateway: gw, Image: agent.DefaultImage,
+	r := &agent.Runner{Runtime: rt, Gateway: gw,
 		Policy: oci.Policy{MemoryBytes: 2 << 30}, AllowUnenforced: b.allow}
 	if job.Timeout == 0 {
 		job.Timeout = 3 * time.Minute
@@ -191,7 +192,7 @@ func timeRun(b *testing.B, rt runtime.Runtime) (first, total time.Duration) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	r := &agent.Runner{Runtime: rt, Gateway: gw, Image: agent.DefaultImage}
+	r := &agent.Runner{Runtime: rt, Gateway: gw}
 	start := time.Now()
 	out, err := r.Run(context.Background(), agent.Job{Config: agent.Config{Prompt: "go"}}, func(ev json.RawMessage) error {
 		if first == 0 && strings.Contains(string(ev), `"type":"system"`) {

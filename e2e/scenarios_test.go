@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/agent"
+	"github.com/sandstorm-dev/sandstorm/api"
+	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
 )
 
@@ -45,7 +47,7 @@ func scenarios(t *testing.T, b backend) {
 	})
 	t.Run("structured-output", func(t *testing.T) {
 		schema := `{"type":"json_schema","schema":{"type":"object","properties":{"answer":{"type":"string"},"count":{"type":"integer"}},"required":["answer","count"]}}`
-		events, out, _, _ := run(t, b, builtin(t, "structured-output"), agent.Job{Config: agent.Config{Prompt: "Count the files", OutputFormat: []byte(schema)}})
+		events, out, _, _ := run(t, b, builtin(t, "structured-output"), agent.Job{Config: agent.Config{Prompt: "Count the files", Project: config.Project{OutputFormat: []byte(schema)}}})
 		if !out.Success() {
 			t.Fatalf("run failed: %s", out.Code)
 		}
@@ -59,8 +61,8 @@ func scenarios(t *testing.T, b backend) {
 		// A 500 from the model must end the run with an error event, not
 		// a hang or minutes of retries: the timeout here is a backstop.
 		events, out, _, _ := run(t, b, builtin(t, "model-error"), agent.Job{Config: agent.Config{Prompt: "anything"}, Timeout: 2 * time.Minute})
-		if out.Code != agent.CodeAgentFailed {
-			t.Fatalf("code %q, want %q", out.Code, agent.CodeAgentFailed)
+		if out.Code != api.CodeAgentFailed {
+			t.Fatalf("code %q, want %q", out.Code, api.CodeAgentFailed)
 		}
 		errs := find(events, "error")
 		if len(errs) == 0 || !strings.Contains(errs[len(errs)-1]["message"].(string), "500") {

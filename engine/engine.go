@@ -5,6 +5,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/sandstorm-dev/sandstorm/agent"
+	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
@@ -42,12 +44,17 @@ type Options struct {
 	// GatewayDir holds session sockets; default /run/sandstorm/sessions.
 	GatewayDir string
 	// SlotDir holds the host-wide concurrency slots; default
-	// session.DefaultSlotDir. Every process sharing it shares max_concurrent_agents.
+	// $SANDSTORM_SLOT_DIR, then session.DefaultSlotDir. Every process
+	// sharing it shares max_concurrent_agents.
 	SlotDir string
 	Logger  *slog.Logger
 }
 
-// Engine is a ready sandstorm.
+// SlotDirEnv overrides where the host-wide slots are kept.
+const SlotDirEnv = "SANDSTORM_SLOT_DIR"
+
+// Engine is a ready sandstorm; it implements api.Engine for the CLI and
+// the HTTP server.
 type Engine struct {
 	Runtime  runtime.Runtime
 	Manager  *session.Manager
@@ -122,15 +129,15 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 	if err != nil {
 		return nil, err
 	}
-	e.Runtime, err = backends.Open(ctx, o.Runtime, backends.FromEnv())
+	// Assigned only on success: a failed Open's nil must not become a
+	// non-nil interface that Close would call.
+	rt, err := backends.Open(ctx, o.Runtime, backends.FromEnv())
 	if err != nil {
 		return nil, err
 	}
+	e.Runtime = rt
 	runner := &agent.Runner{Runtime: e.Runtime, Gateway: e.Gateway, Image: limits.Image, Policy: limits.Policy(), Logger: log}
-	slotDir := o.SlotDir
-	if slotDir == "" {
-		slotDir = session.DefaultSlotDir
-	}
+	slotDir := cmp.Or(o.SlotDir, os.Getenv(SlotDirEnv), session.DefaultSlotDir)
 	e.Manager, err = session.NewManager(runner, limits, project, o.Credentials, slotDir)
 	if err != nil {
 		return nil, err
@@ -143,6 +150,33 @@ func loadScenario(s string) (modelserver.Scenario, error) {
 		return modelserver.LoadScenario(s)
 	}
 	return modelserver.Builtin(s)
+}
+
+var _ api.Engine = (*Engine)(nil)
+
+// Admit implements api.Engine.
+func (e *Engine) Admit(ctx context.Context, req api.Request, queued func(position int)) (api.Run, error) {
+	return e.Manager.Admit(ctx, req, queued)
+}
+
+// Health implements api.Engine.
+func (e *Engine) Health(ctx context.Context) api.Health {
+	creds := e.Manager.Credentials()
+	h := api.Health{
+		Status:              api.HealthOK,
+		Backend:             e.Runtime.Name(),
+		APIKeys:             api.KeysSet{Anthropic: creds.AnthropicKey != "", OpenRouter: creds.OpenRouterKey != ""},
+		ScriptedModel:       e.Scripted != nil,
+		Running:             e.Manager.Running(),
+		MaxConcurrentAgents: e.Limits.MaxConcurrentAgents,
+	}
+	info, err := e.Runtime.Info(ctx)
+	if err != nil {
+		h.Status, h.Error = api.HealthDegraded, err.Error()
+		return h
+	}
+	h.RuntimeVersion, h.Rootless = info.Version, info.Rootless
+	return h
 }
 
 // Close releases the engine's resources.

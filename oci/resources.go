@@ -8,8 +8,9 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// cpuPeriod is the CFS period in microseconds (the kernel's default).
-const cpuPeriod = 100000
+// CPUPeriod is the CFS period in microseconds (the kernel's default) that
+// CPU quotas are expressed in, on every backend.
+const CPUPeriod = 100000
 
 // withMemory limits memory and, where the host can, forbids swap beyond it.
 func withMemory(limit int64, swapAccounting bool) oci.SpecOpts {
@@ -25,17 +26,22 @@ func withMemory(limit int64, swapAccounting bool) oci.SpecOpts {
 }
 
 func withCPUs(cpus float64) oci.SpecOpts {
-	return oci.WithCPUCFS(CPUQuota(cpus), cpuPeriod)
+	return oci.WithCPUCFS(CPUQuota(cpus), CPUPeriod)
 }
 
 // CPUQuota is the CFS quota in microseconds per period for a number of cores.
-func CPUQuota(cpus float64) int64 { return int64(cpus*cpuPeriod + 0.5) }
+func CPUQuota(cpus float64) int64 { return int64(cpus*CPUPeriod + 0.5) }
 
-// withNoFile sets the open-files limit, lowered to the host's hard limit: a
-// higher value would make the runtime fail to start the process.
-func withNoFile(limit, hostHard uint64) oci.SpecOpts {
-	if hostHard > 0 && limit > hostHard {
-		limit = hostHard
+// NoFile is the open-files limit a sandbox gets for limit: lowered to the
+// host's hard limit, as a higher value would make the runtime fail to start
+// the process.
+func (h Host) NoFile(limit uint64) uint64 {
+	if h.NoFileHard > 0 && limit > h.NoFileHard {
+		return h.NoFileHard
 	}
+	return limit
+}
+
+func withNoFile(limit uint64) oci.SpecOpts {
 	return oci.WithRlimit(&specs.POSIXRlimit{Type: "RLIMIT_NOFILE", Hard: limit, Soft: limit})
 }

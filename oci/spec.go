@@ -1,15 +1,11 @@
 package oci
 
 import (
-	"context"
 	"fmt"
 	"maps"
 	"path"
 
-	"github.com/containerd/containerd/v2/core/containers"
-	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // Labels every sandbox carries, so strays can be found and reaped by label.
@@ -21,9 +17,9 @@ const (
 // CgroupParent is the cgroup under which every sandbox gets its own cgroup.
 const CgroupParent = "/sandstorm"
 
-// Sandbox is what one spec runs: its identity, its process, and the host
-// resources prepared for it.
-type Sandbox struct {
+// Container is what one spec runs: a sandbox's identity, its process, and
+// the host resources prepared for it.
+type Container struct {
 	ID        string
 	SessionID string
 	Args      []string
@@ -47,7 +43,7 @@ type Host struct {
 }
 
 // AllLabels returns the sandbox's labels including the managed and session labels.
-func (sb Sandbox) AllLabels() map[string]string {
+func (sb Container) AllLabels() map[string]string {
 	l := maps.Clone(sb.Labels)
 	if l == nil {
 		l = map[string]string{}
@@ -58,12 +54,13 @@ func (sb Sandbox) AllLabels() map[string]string {
 }
 
 // CgroupPath is the sandbox's own cgroup, relative to each hierarchy's root.
-func (sb Sandbox) CgroupPath() string { return path.Join(CgroupParent, sb.ID) }
+func (sb Container) CgroupPath() string { return path.Join(CgroupParent, sb.ID) }
 
 // Options returns the spec options that enforce sb's policy, one per rule,
-// to be applied on top of containerd's default Linux spec. The policy must
-// already carry its defaults.
-func Options(sb Sandbox, host Host) ([]oci.SpecOpts, error) {
+// to be applied on top of containerd's default Linux spec (the containerd
+// backend applies the image's configuration first). The policy must already
+// carry its defaults.
+func Options(sb Container, host Host) ([]oci.SpecOpts, error) {
 	p := sb.Policy
 	if err := p.Validate(); err != nil {
 		return nil, err
@@ -99,23 +96,7 @@ func Options(sb Sandbox, host Host) ([]oci.SpecOpts, error) {
 		withMemory(p.MemoryBytes, host.SwapAccounting),
 		withCPUs(p.CPUs),
 		oci.WithPidsLimit(p.Pids),
-		withNoFile(p.NoFile, host.NoFileHard),
+		withNoFile(host.NoFile(p.NoFile)),
 	}
 	return opts, nil
-}
-
-// Build returns the complete spec for sb: containerd's default Linux spec
-// with the policy's options applied. Backends that take a spec (containerd)
-// use Options directly so image configuration can be applied first.
-func Build(ctx context.Context, sb Sandbox, host Host) (*specs.Spec, error) {
-	opts, err := Options(sb, host)
-	if err != nil {
-		return nil, err
-	}
-	ctx = namespaces.WithNamespace(ctx, "sandstorm")
-	s, err := oci.GenerateSpec(ctx, nil, &containers.Container{ID: sb.ID}, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("build spec for sandbox %s: %w", sb.ID, err)
-	}
-	return s, nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -12,6 +13,9 @@ import (
 	"testing"
 
 	"github.com/containerd/containerd/v2/contrib/seccomp"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -19,8 +23,8 @@ var update = flag.Bool("update", false, "rewrite the golden files")
 
 var testHost = Host{NoFileHard: 20000, SwapAccounting: true}
 
-func sandbox(p Policy) Sandbox {
-	return Sandbox{
+func sandbox(p Policy) Container {
+	return Container{
 		ID:        "sb-test",
 		SessionID: "sess-1",
 		Args:      []string{"/bin/sh", "-c", "true"},
@@ -33,7 +37,7 @@ func sandbox(p Policy) Sandbox {
 func TestBuildGolden(t *testing.T) {
 	tests := []struct {
 		name string
-		sb   Sandbox
+		sb   Container
 		host Host
 	}{
 		{"default", sandbox(Policy{}), testHost},
@@ -49,7 +53,7 @@ func TestBuildGolden(t *testing.T) {
 				{Source: "/srv/data", Target: "/data", ReadOnly: true},
 			},
 		}), testHost},
-		{"bridge-netns-small-host", func() Sandbox {
+		{"bridge-netns-small-host", func() Container {
 			sb := sandbox(Policy{Network: NetworkBridge, NoFile: 1 << 20})
 			sb.NetNS = "/var/run/netns/sandstorm-sb-test"
 			sb.Labels = map[string]string{"team": "infra"}
@@ -58,7 +62,7 @@ func TestBuildGolden(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s, err := Build(context.Background(), tt.sb, tt.host)
+			s, err := build(context.Background(), tt.sb, tt.host)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -127,4 +131,20 @@ func TestValidate(t *testing.T) {
 	if err := ok.WithDefaults().Validate(); err != nil {
 		t.Errorf("valid policy rejected: %v", err)
 	}
+}
+
+// build returns the complete spec for sb: containerd's default Linux spec
+// with the policy's options applied. Backends that take a spec (containerd)
+// use Options directly so image configuration can be applied first.
+func build(ctx context.Context, sb Container, host Host) (*specs.Spec, error) {
+	opts, err := Options(sb, host)
+	if err != nil {
+		return nil, err
+	}
+	ctx = namespaces.WithNamespace(ctx, "sandstorm")
+	s, err := oci.GenerateSpec(ctx, nil, &containers.Container{ID: sb.ID}, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("build spec for sandbox %s: %w", sb.ID, err)
+	}
+	return s, nil
 }

@@ -6,7 +6,7 @@ import (
 	"syscall"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime/cgroupfs"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
 )
 
 // DetectHost reads what this host allows, so specs fit it.

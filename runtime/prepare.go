@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"os"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 )
@@ -42,6 +43,12 @@ func Prepare(spec Spec, caps Capabilities) (Prepared, error) {
 	}
 	if len(spec.Args) == 0 {
 		return p, fmt.Errorf("%w: command is required", ErrInvalidSpec)
+	}
+	for _, m := range p.Policy.Mounts {
+		// Refused here, the same on every backend, rather than by a daemon or at start.
+		if _, err := os.Stat(m.Source); err != nil {
+			return p, fmt.Errorf("%w: mount source %s: %w", ErrInvalidSpec, m.Source, err)
+		}
 	}
 	if p.ID == "" {
 		p.ID = NewID()

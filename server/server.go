@@ -1,5 +1,6 @@
 // Package server is sandstorm's HTTP API (fiber): POST /query streams one
-// agent run as Server-Sent Events, GET /health reports the backend.
+// agent run as Server-Sent Events, GET /health reports the backend. It
+// runs requests through an api.Engine and knows nothing of backends.
 package server
 
 import (
@@ -17,11 +18,8 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/gofiber/fiber/v2/middleware/cors"
 
-	"github.com/sandstorm-dev/sandstorm/agent"
+	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/config"
-	"github.com/sandstorm-dev/sandstorm/engine"
-	"github.com/sandstorm-dev/sandstorm/session"
-	"github.com/sandstorm-dev/sandstorm/status"
 )
 
 // BodyLimit bounds a request body: a maximal prompt plus maximal files fit.
@@ -41,7 +39,7 @@ type Config struct {
 // Server serves one engine.
 type Server struct {
 	app *fiber.App
-	eng *engine.Engine
+	eng api.Engine
 	log *slog.Logger
 	// base is cancelled when shutdown's grace period is over: every run still
 	// going is then cancelled and cleaned up.
@@ -51,7 +49,7 @@ type Server struct {
 }
 
 // New builds the server.
-func New(eng *engine.Engine, cfg Config) *Server {
+func New(eng api.Engine, cfg Config) *Server {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -74,12 +72,6 @@ func New(eng *engine.Engine, cfg Config) *Server {
 	s.app.Post("/query", s.query)
 	return s
 }
-
-// App exposes the fiber app (for tests).
-func (s *Server) App() *fiber.App { return s.app }
-
-// Listen serves on addr until Shutdown.
-func (s *Server) Listen(addr string) error { return s.app.Listen(addr) }
 
 // Serve serves on l until Shutdown.
 func (s *Server) Serve(l net.Listener) error { return s.app.Listener(l) }
@@ -104,17 +96,17 @@ func (s *Server) Shutdown(grace time.Duration) error {
 
 // apiError is every error body: a code, the field at fault if any, a message.
 type apiError struct {
-	Error   string `json:"error"`
-	Field   string `json:"field,omitempty"`
-	Message string `json:"message"`
+	Error   api.Code `json:"error"`
+	Field   string   `json:"field,omitempty"`
+	Message string   `json:"message"`
 }
 
 func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
 	var fe *fiber.Error
 	if errors.As(err, &fe) {
-		code := "http_error"
+		code := api.CodeHTTPError
 		if fe.Code == fiber.StatusRequestEntityTooLarge {
-			code = "too_large"
+			code = api.CodeTooLarge
 		}
 		return c.Status(fe.Code).JSON(apiError{Error: code, Message: fe.Message})
 	}
@@ -123,54 +115,27 @@ func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
 
 // writeError answers err with the status the one mapping gives it.
 func writeError(c *fiber.Ctx, err error) error {
-	body := apiError{Error: errorCode(err), Message: err.Error()}
-	var fe *session.FieldError
+	body := apiError{Error: api.CodeOf(err), Message: err.Error()}
+	var fe *api.FieldError
 	if errors.As(err, &fe) {
 		body.Field = fe.Field
 	}
-	return c.Status(status.HTTP(err)).JSON(body)
-}
-
-func errorCode(err error) string {
-	switch {
-	case errors.Is(err, session.ErrBusy):
-		return agent.CodeBusy
-	case errors.Is(err, session.ErrInvalidRequest):
-		return agent.CodeInvalidRequest
-	case status.HTTP(err) == fiber.StatusServiceUnavailable:
-		return agent.CodeRuntimeUnavailable
-	case status.HTTP(err) == fiber.StatusBadRequest:
-		return agent.CodeInvalidConfig
-	}
-	return "internal"
+	return c.Status(api.HTTPStatus(err)).JSON(body)
 }
 
 func (s *Server) health(c *fiber.Ctx) error {
 	ctx, cancel := context.WithTimeout(c.UserContext(), 5*time.Second)
 	defer cancel()
-	info, err := s.eng.Runtime.Info(ctx)
-	creds := s.eng.Manager.Credentials()
-	body := fiber.Map{
-		"status":                "ok",
-		"sandbox_backend":       s.eng.Runtime.Name(),
-		"runtime_version":       info.Version,
-		"rootless":              info.Rootless,
-		"api_keys":              fiber.Map{"anthropic": creds.AnthropicKey != "", "openrouter": creds.OpenRouterKey != ""},
-		"scripted_model":        s.eng.Scripted != nil,
-		"running":               s.eng.Manager.Running(),
-		"max_concurrent_agents": s.eng.Limits.MaxConcurrentAgents,
+	h := s.eng.Health(ctx)
+	if h.Status != api.HealthOK {
+		return c.Status(fiber.StatusServiceUnavailable).JSON(h)
 	}
-	if err != nil {
-		body["status"] = "degraded"
-		body["error"] = err.Error()
-		return c.Status(fiber.StatusServiceUnavailable).JSON(body)
-	}
-	return c.JSON(body)
+	return c.JSON(h)
 }
 
 // decode reads the request body strictly, naming the field at fault.
-func decode(body []byte) (session.Request, error) {
-	var req session.Request
+func decode(body []byte) (api.Request, error) {
+	var req api.Request
 	dec := json.NewDecoder(strings.NewReader(string(body)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
@@ -178,21 +143,21 @@ func decode(body []byte) (session.Request, error) {
 		var se *json.SyntaxError
 		switch {
 		case errors.As(err, &te) && te.Field == "":
-			return req, &session.FieldError{Field: "body", Message: "must be a JSON object, not " + te.Value}
+			return req, &api.FieldError{Field: "body", Message: "must be a JSON object, not " + te.Value}
 		case errors.As(err, &te):
-			return req, &session.FieldError{Field: te.Field, Message: fmt.Sprintf("must be %s, not %s", config.JSONKind(te.Type.Kind().String()), te.Value)}
+			return req, &api.FieldError{Field: te.Field, Message: fmt.Sprintf("must be %s, not %s", config.JSONKind(te.Type.Kind().String()), te.Value)}
 		case errors.As(err, &se):
-			return req, &session.FieldError{Field: "body", Message: fmt.Sprintf("not valid JSON at byte %d", se.Offset)}
+			return req, &api.FieldError{Field: "body", Message: fmt.Sprintf("not valid JSON at byte %d", se.Offset)}
 		case strings.HasPrefix(err.Error(), "json: unknown field "):
 			f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-			return req, &session.FieldError{Field: f, Message: "is not a request field"}
+			return req, &api.FieldError{Field: f, Message: "is not a request field"}
 		case len(strings.TrimSpace(string(body))) == 0:
-			return req, &session.FieldError{Field: "body", Message: "a JSON object is required"}
+			return req, &api.FieldError{Field: "body", Message: "a JSON object is required"}
 		}
-		return req, &session.FieldError{Field: "body", Message: err.Error()}
+		return req, &api.FieldError{Field: "body", Message: err.Error()}
 	}
 	if dec.More() {
-		return req, &session.FieldError{Field: "body", Message: "must hold exactly one JSON object"}
+		return req, &api.FieldError{Field: "body", Message: "must hold exactly one JSON object"}
 	}
 	return req, nil
 }
@@ -202,12 +167,8 @@ func (s *Server) query(c *fiber.Ctx) error {
 	if err != nil {
 		return writeError(c, err)
 	}
-	job, err := s.eng.Manager.Job(req)
-	if err != nil {
-		return writeError(c, err)
-	}
 	s.runs.Add(1)
-	release, err := s.eng.Manager.Acquire(s.base, nil)
+	run, err := s.eng.Admit(s.base, req, nil)
 	if err != nil {
 		s.runs.Done()
 		return writeError(c, err)
@@ -220,15 +181,15 @@ func (s *Server) query(c *fiber.Ctx) error {
 	c.Set("Connection", "close")
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer s.runs.Done()
-		defer release()
-		s.stream(w, conn, job)
+		s.stream(w, conn, run)
 	})
 	return nil
 }
 
-// stream runs job and writes its events as SSE frames. A client that goes
-// away is noticed at once (its connection reads EOF) and cancels the run.
-func (s *Server) stream(w *bufio.Writer, conn net.Conn, job agent.Job) {
+// stream runs an admitted request and writes its events as SSE frames. A
+// client that goes away is noticed at once (its connection reads EOF) and
+// cancels the run.
+func (s *Server) stream(w *bufio.Writer, conn net.Conn, run api.Run) {
 	ctx, cancel := context.WithCancelCause(s.base)
 	defer cancel(nil)
 	go watchClient(ctx, conn, cancel)
@@ -259,12 +220,12 @@ func (s *Server) stream(w *bufio.Writer, conn net.Conn, job agent.Job) {
 			}
 		}
 	}()
-	out, err := s.eng.Manager.Start(ctx, job, func(ev json.RawMessage) error {
+	out, err := run.Start(ctx, func(ev json.RawMessage) error {
 		return write("data: " + string(ev) + "\n\n")
 	})
 	if err != nil && out.Code == "" {
 		// The run could not start: say so in the stream, which has begun.
-		_ = write("data: " + string(agent.NewError(errorCode(err), err.Error())) + "\n\n")
+		_ = write("data: " + string(api.ErrorFor(err)) + "\n\n")
 		s.log.Warn("run failed to start", "err", err)
 	}
 }

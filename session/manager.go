@@ -1,22 +1,23 @@
+// Package session turns a request into an agent run: it merges the
+// request with sandstorm.json and limits.yaml (an explicit request value
+// always wins) and takes a host-wide slot, waiting in a bounded queue when
+// all are busy.
 package session
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/agent"
+	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
-
-// ErrBusy: every slot is taken and the queue is full, or the wait ran out.
-var ErrBusy = errors.New("all agent slots are busy")
 
 // ForwardedEnv is always passed into the sandbox: the model aliases
 // (OpenRouter maps sonnet/opus/haiku to its model ids with them).
@@ -102,36 +103,26 @@ func NewManager(r *agent.Runner, l config.Limits, p config.Project, creds gatewa
 	return &Manager{runner: r, limits: l, project: p, creds: creds, env: env, files: files, slots: slots}, nil
 }
 
-// Limits returns the limits in force.
-func (m *Manager) Limits() config.Limits { return m.limits }
-
 // Credentials returns the process's default credentials.
 func (m *Manager) Credentials() gateway.Credentials { return m.creds }
 
 // Job merges req with the project config and limits. An explicit request
 // value always wins; an absent one falls back to sandstorm.json.
-func (m *Manager) Job(req Request) (agent.Job, error) {
+func (m *Manager) Job(req api.Request) (agent.Job, error) {
 	if err := req.Validate(); err != nil {
 		return agent.Job{}, err
 	}
-	c := agent.Config{
-		Prompt:       req.Prompt,
-		Model:        firstNonEmpty(req.Model, m.project.Model),
-		MaxTurns:     req.MaxTurns,
-		SystemPrompt: m.project.SystemPrompt,
-		OutputFormat: req.OutputFormat,
-		Agents:       m.project.Agents,
-		MCPServers:   m.project.MCPServers,
+	c := agent.Config{Prompt: req.Prompt, Project: m.project}
+	c.Model = firstNonEmpty(req.Model, m.project.Model)
+	if req.MaxTurns != 0 {
+		c.MaxTurns = req.MaxTurns
 	}
-	if c.MaxTurns == 0 {
-		c.MaxTurns = m.project.MaxTurns
-	}
-	if len(c.OutputFormat) == 0 {
-		c.OutputFormat = m.project.OutputFormat
+	if len(req.OutputFormat) != 0 {
+		c.OutputFormat = req.OutputFormat
 	}
 	timeout := req.Timeout
 	if timeout == 0 {
-		timeout = DefaultTimeout
+		timeout = api.DefaultTimeout
 	}
 	// The host's limit caps what a request may ask for.
 	timeout = min(timeout, m.limits.SessionTimeoutSeconds)
@@ -146,30 +137,31 @@ func (m *Manager) Job(req Request) (agent.Job, error) {
 // Queued is told the queue position while a request waits for a slot.
 type Queued func(position int)
 
-// Run validates and runs req, waiting for a slot if needed. Errors before
-// the run starts (validation, busy) are returned without any event.
-func (m *Manager) Run(ctx context.Context, req Request, queued Queued, emit agent.Emit) (agent.Outcome, error) {
+// Admit validates and merges req, then takes a slot (waiting in the bounded
+// queue). Its errors come before any event; the run it returns starts once.
+func (m *Manager) Admit(ctx context.Context, req api.Request, queued func(position int)) (api.Run, error) {
 	job, err := m.Job(req)
 	if err != nil {
-		return agent.Outcome{}, err
+		return nil, err
 	}
-	release, err := m.Acquire(ctx, queued)
+	release, err := m.slots.Acquire(ctx, queued)
 	if err != nil {
-		return agent.Outcome{}, err
+		return nil, err
 	}
-	defer release()
-	return m.Start(ctx, job, emit)
+	return &admitted{runner: m.runner, job: job, release: release}, nil
 }
 
-// Start runs a job that holds a slot (see Acquire).
-func (m *Manager) Start(ctx context.Context, job agent.Job, emit agent.Emit) (agent.Outcome, error) {
-	return m.runner.Run(ctx, job, emit)
+// admitted is a job holding a slot.
+type admitted struct {
+	runner  *agent.Runner
+	job     agent.Job
+	release func()
 }
 
-// Acquire takes a slot, waiting in the bounded queue; call release when the
-// run is over. Servers acquire before answering, so a busy host answers 429.
-func (m *Manager) Acquire(ctx context.Context, queued Queued) (release func(), err error) {
-	return m.slots.Acquire(ctx, queued)
+// Start implements api.Run.
+func (a *admitted) Start(ctx context.Context, emit api.Emit) (api.Outcome, error) {
+	defer a.release()
+	return a.runner.Run(ctx, a.job, emit)
 }
 
 // Running is how many runs hold a slot on this host.

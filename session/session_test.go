@@ -11,56 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/gateway"
 )
-
-func TestValidate(t *testing.T) {
-	long := strings.Repeat("x", MaxPromptChars+1)
-	tests := []struct {
-		name  string
-		req   Request
-		field string
-	}{
-		{"ok", Request{Prompt: "hi", Model: "sonnet", Timeout: 60, MaxTurns: 3}, ""},
-		{"claude id", Request{Prompt: "hi", Model: "claude-sonnet-4-5-20250929"}, ""},
-		{"openrouter id", Request{Prompt: "hi", Model: "deepseek/deepseek-r1"}, ""},
-		{"empty prompt", Request{Prompt: "  "}, "prompt"},
-		{"huge prompt", Request{Prompt: long}, "prompt"},
-		{"unknown model", Request{Prompt: "hi", Model: "gpt-4"}, "model"},
-		{"model injection", Request{Prompt: "hi", Model: "sonnet; rm -rf /"}, "model"},
-		{"timeout low", Request{Prompt: "hi", Timeout: 4}, "timeout"},
-		{"timeout high", Request{Prompt: "hi", Timeout: 3601}, "timeout"},
-		{"max_turns", Request{Prompt: "hi", MaxTurns: -1}, "max_turns"},
-		{"absolute file", Request{Prompt: "hi", Files: map[string]string{"/etc/passwd": "x"}}, "files"},
-		{"dotdot file", Request{Prompt: "hi", Files: map[string]string{"../x": "x"}}, "files"},
-		{"too many files", Request{Prompt: "hi", Files: manyFiles(21)}, "files"},
-		{"too large files", Request{Prompt: "hi", Files: map[string]string{"a": strings.Repeat("x", MaxFilesBytes+1)}}, "files"},
-		{"bad output format", Request{Prompt: "hi", OutputFormat: json.RawMessage(`{"type":"text"}`)}, "output_format"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			err := tt.req.Validate()
-			if tt.field == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if !errors.Is(err, ErrInvalidRequest) || !strings.Contains(err.Error(), tt.field) {
-				t.Fatalf("error %v does not name %q", err, tt.field)
-			}
-		})
-	}
-}
-
-func manyFiles(n int) map[string]string {
-	m := map[string]string{}
-	for i := 0; i < n; i++ {
-		m[string(rune('a'+i%26))+strings.Repeat("x", i)] = "x"
-	}
-	return m
-}
 
 func TestJobMerge(t *testing.T) {
 	limits := config.DefaultLimits()
@@ -72,7 +26,7 @@ func TestJobMerge(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	j, err := m.Job(Request{Prompt: "p"})
+	j, err := m.Job(api.Request{Prompt: "p"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +37,7 @@ func TestJobMerge(t *testing.T) {
 		t.Errorf("default timeout 300 not capped by limits, or creds lost: %v %v", j.Timeout, j.Credentials)
 	}
 
-	j, err = m.Job(Request{Prompt: "p", Model: "haiku", MaxTurns: 2, Timeout: 30, OpenRouterAPIKey: "req-key"})
+	j, err = m.Job(api.Request{Prompt: "p", Model: "haiku", MaxTurns: 2, Timeout: 30, OpenRouterAPIKey: "req-key"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +47,7 @@ func TestJobMerge(t *testing.T) {
 	if j.Credentials.OpenRouterKey != "req-key" || j.Credentials.AnthropicKey != "" {
 		t.Errorf("request credentials did not replace the process's: %v", j.Credentials)
 	}
-	if s := (Request{Prompt: "p", AnthropicAPIKey: "sk-ant-secret"}).String(); strings.Contains(s, "secret") {
+	if s := (api.Request{Prompt: "p", AnthropicAPIKey: "sk-ant-secret"}).String(); strings.Contains(s, "secret") {
 		t.Errorf("String shows the key: %s", s)
 	}
 }
@@ -106,7 +60,7 @@ func TestQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	release, err := m.Acquire(ctx, nil)
+	release, err := m.slots.Acquire(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +68,7 @@ func TestQueue(t *testing.T) {
 	got := make(chan error, 1)
 	queuedAt := make(chan int, 1)
 	go func() {
-		r, err := m.Acquire(ctx, func(p int) { queuedAt <- p })
+		r, err := m.slots.Acquire(ctx, func(p int) { queuedAt <- p })
 		if err == nil {
 			r()
 		}
@@ -123,18 +77,18 @@ func TestQueue(t *testing.T) {
 	if p := <-queuedAt; p != 1 {
 		t.Errorf("queue position %d", p)
 	}
-	if _, err := m.Acquire(ctx, nil); !errors.Is(err, ErrBusy) {
-		t.Errorf("full queue: got %v, want ErrBusy", err)
+	if _, err := m.slots.Acquire(ctx, nil); !errors.Is(err, api.ErrBusy) {
+		t.Errorf("full queue: got %v, want api.ErrBusy", err)
 	}
 	release()
 	if err := <-got; err != nil {
 		t.Errorf("queued request did not get the freed slot: %v", err)
 	}
 	// Waiting longer than queue_wait_seconds is busy too.
-	release, _ = m.Acquire(ctx, nil)
+	release, _ = m.slots.Acquire(ctx, nil)
 	defer release()
-	if _, err := m.Acquire(ctx, nil); !errors.Is(err, ErrBusy) {
-		t.Errorf("wait ran out: got %v, want ErrBusy", err)
+	if _, err := m.slots.Acquire(ctx, nil); !errors.Is(err, api.ErrBusy) {
+		t.Errorf("wait ran out: got %v, want api.ErrBusy", err)
 	}
 }
 

@@ -1,6 +1,8 @@
 package session
 
 import (
+	"github.com/sandstorm-dev/sandstorm/api"
+
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -44,7 +46,7 @@ func (s *Slots) Acquire(ctx context.Context, queued Queued) (release func(), err
 	}
 	waiting := s.waiting()
 	if waiting >= s.queueSize {
-		return nil, fmt.Errorf("%w: %d running, %d waiting (queue_size %d)", ErrBusy, s.n, waiting, s.queueSize)
+		return nil, fmt.Errorf("%w: %d running, %d waiting (queue_size %d)", api.ErrBusy, s.n, waiting, s.queueSize)
 	}
 	q, err := s.enqueue()
 	if err != nil {
@@ -69,7 +71,7 @@ func (s *Slots) Acquire(ctx context.Context, queued Queued) (release func(), err
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-deadline.C:
-			return nil, fmt.Errorf("%w: no slot freed within queue_wait_seconds (%v)", ErrBusy, s.wait)
+			return nil, fmt.Errorf("%w: no slot freed within queue_wait_seconds (%v)", api.ErrBusy, s.wait)
 		case <-tick.C:
 		}
 	}

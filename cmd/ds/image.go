@@ -6,8 +6,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sandstorm-dev/sandstorm/imageops"
 	"github.com/sandstorm-dev/sandstorm/images/agentimage"
+	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/backends"
 )
 
@@ -53,7 +53,7 @@ rebuild takes seconds. Needs root.`,
 				return err
 			}
 			defer r.Close()
-			return imageops.Ensure(cmd.Context(), r, res.Path, cmd.ErrOrStderr())
+			return runtime.EnsureImage(cmd.Context(), r, res.Path, cmd.ErrOrStderr())
 		},
 	}
 	f := cmd.Flags()
@@ -81,7 +81,7 @@ func newImageImport() *cobra.Command {
 				return err
 			}
 			defer r.Close()
-			return imageops.Ensure(cmd.Context(), r, args[0], cmd.ErrOrStderr())
+			return runtime.EnsureImage(cmd.Context(), r, args[0], cmd.ErrOrStderr())
 		},
 	}
 	cmd.Flags().StringVar(&rt, "runtime", envOr("SANDBOX_BACKEND", backends.Auto), "container backend (env SANDBOX_BACKEND)")

@@ -11,7 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sandstorm-dev/sandstorm/status"
+	"github.com/sandstorm-dev/sandstorm/api"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -28,17 +28,13 @@ func main() {
 	root := newRoot()
 	err := root.ExecuteContext(ctx)
 	var ee exitError
-	var rf runFailed
 	switch {
 	case err == nil:
 	case errors.As(err, &ee):
 		os.Exit(ee.code)
-	case errors.As(err, &rf):
-		fmt.Fprintln(os.Stderr, "ds:", err)
-		os.Exit(rf.exitCode())
 	default:
 		fmt.Fprintln(os.Stderr, "ds:", err)
-		os.Exit(status.ExitCode(err))
+		os.Exit(api.ExitCode(err))
 	}
 }
 

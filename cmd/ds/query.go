@@ -8,13 +8,11 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sandstorm-dev/sandstorm/agent"
+	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/engine"
 	"github.com/sandstorm-dev/sandstorm/gateway"
-	"github.com/sandstorm-dev/sandstorm/render"
+	"github.com/sandstorm-dev/sandstorm/internal/render"
 	"github.com/sandstorm-dev/sandstorm/runtime/backends"
-	"github.com/sandstorm-dev/sandstorm/session"
-	"github.com/sandstorm-dev/sandstorm/status"
 )
 
 // engineFlags are shared by query and serve.
@@ -55,7 +53,7 @@ func (q *queryFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVar(&q.model, "model", "", "model: sonnet, opus, haiku, a claude-* id, or provider/model for OpenRouter (default from sandstorm.json)")
 	fl.IntVar(&q.maxTurns, "max-turns", 0, "maximum agent turns (default from sandstorm.json, else unlimited)")
-	fl.IntVar(&q.timeout, "timeout", session.DefaultTimeout, "timeout in seconds, 5-3600, capped by session_timeout_seconds")
+	fl.IntVar(&q.timeout, "timeout", api.DefaultTimeout, "timeout in seconds, 5-3600, capped by session_timeout_seconds")
 	fl.StringArrayVarP(&q.files, "file", "f", nil, "upload a file to the workspace, keeping its path relative to the working directory (repeatable; binary files allowed)")
 	fl.BoolVar(&q.raw, "raw", false, "print one JSON event per line instead of formatted output")
 	fl.BoolVarP(&q.verbose, "verbose", "v", false, "also show the runner's stderr and sandbox lifecycle events")
@@ -82,7 +80,7 @@ answers instead of a real one (offline; it says so).`,
 }
 
 func runQuery(cmd *cobra.Command, q *queryFlags, prompt string) error {
-	req := session.Request{Prompt: prompt, Model: q.model, MaxTurns: q.maxTurns, Timeout: q.timeout}
+	req := api.Request{Prompt: prompt, Model: q.model, MaxTurns: q.maxTurns, Timeout: q.timeout}
 	for _, f := range q.files {
 		file, err := readFile(f)
 		if err != nil {
@@ -117,7 +115,11 @@ func runQuery(cmd *cobra.Command, q *queryFlags, prompt string) error {
 			eng.Limits.MaxConcurrentAgents, pos, eng.Limits.QueueWaitSeconds)
 	}
 	start := time.Now()
-	out, err := eng.Manager.Run(cmd.Context(), req, queued, emit)
+	run, err := eng.Admit(cmd.Context(), req, queued)
+	if err != nil {
+		return err
+	}
+	out, err := run.Start(cmd.Context(), emit)
 	if !q.raw {
 		human.Summary(time.Since(start))
 	}
@@ -125,27 +127,9 @@ func runQuery(cmd *cobra.Command, q *queryFlags, prompt string) error {
 		return err
 	}
 	if !out.Success() {
-		return runFailed{code: out.Code}
+		return &api.RunFailed{Code: out.Code}
 	}
 	return nil
-}
-
-// runFailed ends ds with an exit code that says how the run failed; the
-// reason was already shown as an error event.
-type runFailed struct{ code string }
-
-func (e runFailed) Error() string { return "agent run failed: " + e.code }
-
-func (e runFailed) exitCode() int {
-	switch e.code {
-	case agent.CodeTimeout:
-		return status.ExitTimeout
-	case agent.CodeCancelled:
-		return status.ExitCancelled
-	case agent.CodeOOM:
-		return 137
-	}
-	return status.ExitFailure
 }
 
 func isTerminal(f *os.File) bool {

@@ -1,16 +1,20 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/sandstorm-dev/sandstorm/images/testimage"
+	"github.com/sandstorm-dev/sandstorm/internal/progress"
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/backends"
-	"github.com/sandstorm-dev/sandstorm/sandbox"
 )
 
 func newSandbox() *cobra.Command {
@@ -24,7 +28,9 @@ func newSandbox() *cobra.Command {
 
 func newSandboxRun() *cobra.Command {
 	var (
-		opts       sandbox.RunOptions
+		spec       runtime.Spec
+		importTar  string
+		timeout    time.Duration
 		memory, rt string
 		files      []string
 		allow      []string
@@ -46,26 +52,26 @@ The sandbox and everything it owns are removed afterwards, also on Ctrl-C.`,
 			if err != nil {
 				return fmt.Errorf("%w: --memory: %w", runtime.ErrInvalidSpec, err)
 			}
-			opts.Policy.MemoryBytes = mem
-			opts.Policy.Network = oci.Network(network)
-			opts.Args = args
+			spec.Policy.MemoryBytes = mem
+			spec.Policy.Network = oci.Network(network)
+			spec.Args = args
+			spec.SessionID = runtime.NewID()
 			for _, a := range allow {
-				opts.AllowUnenforced = append(opts.AllowUnenforced, runtime.Item(a))
+				spec.AllowUnenforced = append(spec.AllowUnenforced, runtime.Item(a))
 			}
 			for _, f := range files {
 				file, err := readFile(f)
 				if err != nil {
 					return err
 				}
-				opts.Files = append(opts.Files, file)
+				spec.Files = append(spec.Files, file)
 			}
 			r, err := backends.Open(cmd.Context(), rt, backends.FromEnv())
 			if err != nil {
 				return err
 			}
 			defer r.Close()
-			opts.Stdout, opts.Stderr, opts.Progress = cmd.OutOrStdout(), cmd.ErrOrStderr(), cmd.ErrOrStderr()
-			st, err := sandbox.Run(cmd.Context(), r, opts)
+			st, err := runSandbox(cmd.Context(), r, spec, importTar, timeout, cmd.OutOrStdout(), cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -80,17 +86,44 @@ The sandbox and everything it owns are removed afterwards, also on Ctrl-C.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&rt, "runtime", envOr("SANDBOX_BACKEND", backends.Auto), "container backend: "+fmt.Sprint(backends.Names)+" or auto (env SANDBOX_BACKEND)")
-	f.StringVar(&opts.Image, "image", sandbox.TestImage, "image reference, already imported")
-	f.StringVar(&opts.ImportTar, "import", "", "import this image tar before running")
+	f.StringVar(&spec.Image, "image", testimage.Ref, "image reference, already imported")
+	f.StringVar(&importTar, "import", "", "import this image tar before running (unless the backend holds it already)")
 	f.StringVar(&memory, "memory", "512m", "memory limit (e.g. 256m, 4g)")
-	f.Float64Var(&opts.Policy.CPUs, "cpus", 1, "CPU quota in cores")
-	f.Int64Var(&opts.Policy.Pids, "pids", oci.DefaultPids, "maximum number of processes")
+	f.Float64Var(&spec.Policy.CPUs, "cpus", 1, "CPU quota in cores")
+	f.Int64Var(&spec.Policy.Pids, "pids", oci.DefaultPids, "maximum number of processes")
 	f.StringVar(&network, "network", string(oci.NetworkNone), "network mode: none (loopback only) or bridge (NAT egress)")
-	f.StringSliceVar(&opts.Policy.Capabilities, "cap", nil, "capability to keep, e.g. CAP_NET_BIND_SERVICE (repeatable); none by default")
+	f.StringSliceVar(&spec.Policy.Capabilities, "cap", nil, "capability to keep, e.g. CAP_NET_BIND_SERVICE (repeatable); none by default")
 	f.StringArrayVarP(&files, "file", "f", nil, "copy a file into the workspace, keeping its relative path (repeatable)")
 	f.StringSliceVar(&allow, "allow-unenforced", nil, "policy items to run without when the backend cannot enforce them (e.g. memory_limit)")
-	f.DurationVar(&opts.Timeout, "timeout", 0, "kill the sandbox after this long (e.g. 30s); 0 means no limit")
+	f.DurationVar(&timeout, "timeout", 0, "kill the sandbox after this long (e.g. 30s); 0 means no limit")
 	return cmd
+}
+
+// runSandbox runs one command in a fresh sandbox, importing its image first
+// if asked, with a line per phase on stderr.
+func runSandbox(ctx context.Context, rt runtime.Runtime, spec runtime.Spec, importTar string, timeout time.Duration, stdout, stderr io.Writer) (runtime.ExitStatus, error) {
+	if importTar != "" {
+		if err := runtime.EnsureImage(ctx, rt, importTar, stderr); err != nil {
+			return runtime.ExitStatus{}, err
+		}
+	}
+	rep := progress.Reporter{W: stderr}
+	created := rep.Phase("create sandbox on " + rt.Name())
+	done := false
+	st, err := runtime.Run(ctx, rt, spec, runtime.IO{Stdout: stdout, Stderr: stderr}, timeout, runtime.Hooks{
+		Created: func(sb runtime.Sandbox, _ time.Duration) {
+			done = true
+			created(nil)
+			if u := sb.Unenforced(); len(u) > 0 {
+				fmt.Fprintf(stderr, "==> warning: %s does not enforce %v here; running without them as allowed\n", rt.Name(), u)
+			}
+		},
+		Removed: func(d time.Duration, err error) { rep.Done("remove sandbox", d, err) },
+	})
+	if !done {
+		created(err)
+	}
+	return st, err
 }
 
 func newSandboxReap() *cobra.Command {

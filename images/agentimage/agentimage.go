@@ -1,5 +1,5 @@
 // Package agentimage builds sandstorm's agent image with no registry and no
-// container engine: the same image images/agent/Containerfile describes, for
+// container engine: the same image its Containerfile describes, for
 // the machines (CI, development) that cannot pull a base image.
 //
 // Stages, each cached under CacheDir and keyed by a hash of its inputs:
@@ -42,9 +42,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sandstorm-dev/sandstorm/images/agent"
 	"github.com/sandstorm-dev/sandstorm/images/imagetar"
-	"github.com/sandstorm-dev/sandstorm/progress"
+	"github.com/sandstorm-dev/sandstorm/internal/progress"
 )
 
 const (
@@ -84,9 +83,7 @@ func Config() imagetar.Config {
 		},
 		User:       fmt.Sprintf("%d:%d", UserUID, UserGID),
 		WorkingDir: UserHome,
-		// tini as PID 1 reaps the orphans agent tools leave behind (they
-		// would count against the pids limit) and forwards signals.
-		Cmd: []string{"tini", "--", "node", agent.InstallDir + "/runner.mjs"},
+		Cmd:        RunnerCommand(),
 	}
 }
 
@@ -101,7 +98,7 @@ type Options struct {
 	Mirror         string
 	SecurityMirror string
 	// Sources holds package.json, package-lock.json and runner.mjs
-	// (default: the files embedded from images/agent).
+	// (default: Files).
 	Sources fs.FS
 	// NPM is the host's npm (default: "npm" from PATH).
 	NPM string
@@ -143,15 +140,6 @@ type Result struct {
 	// SDK / Claude Code versions.
 	Versions map[string]string
 	Phases   []Phase
-}
-
-// Total is the sum of the phases' durations.
-func (r Result) Total() time.Duration {
-	var d time.Duration
-	for _, p := range r.Phases {
-		d += p.Duration
-	}
-	return d
 }
 
 type builder struct {
@@ -255,7 +243,7 @@ func Build(ctx context.Context, opts Options) (res Result, err error) {
 		opts.CacheDir = DefaultCacheDir
 	}
 	if opts.Sources == nil {
-		opts.Sources = agent.Files
+		opts.Sources = Files
 	}
 	if opts.NPM == "" {
 		opts.NPM = "npm"

@@ -12,8 +12,6 @@ import (
 	"testing"
 	"testing/fstest"
 	"time"
-
-	"github.com/sandstorm-dev/sandstorm/images/agent"
 )
 
 func TestMirrorsFrom(t *testing.T) {
@@ -110,7 +108,7 @@ func TestKeys(t *testing.T) {
 }
 
 func TestReadInputs(t *testing.T) {
-	in, err := readInputs(agent.Files)
+	in, err := readInputs(Files)
 	if err != nil {
 		t.Fatalf("the committed sources: %v", err)
 	}

@@ -14,8 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/sandstorm-dev/sandstorm/images/agent"
 )
 
 // trim removes what the image does not need at run time: apt's package
@@ -163,7 +161,7 @@ func fixModes(dir string) error {
 
 // installTree creates root/opt/sandstorm-agent with mode 0755 all the way.
 func installTree(root string) (string, error) {
-	dir := filepath.Join(root, agent.InstallDir)
+	dir := filepath.Join(root, InstallDir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
@@ -224,7 +222,7 @@ func (b *builder) ensureNPM(ctx context.Context) (string, stamp, error) {
 			return fmt.Errorf("host npm %s is too old for package-lock.json v3: npm 9 or newer is needed", ver)
 		}
 		st.Versions["npm"] = ver
-		fmt.Fprintf(b.log, "    host npm %s into %s\n", ver, agent.InstallDir)
+		fmt.Fprintf(b.log, "    host npm %s into %s\n", ver, InstallDir)
 		cmd := exec.Command(npm, "ci",
 			"--omit=peer",      // peers (@anthropic-ai/sdk, MCP SDK, zod) are not needed at run time
 			"--ignore-scripts", // the SDK has none; host code runs nothing from the registry

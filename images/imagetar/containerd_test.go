@@ -42,7 +42,7 @@ func buildImage(t *testing.T) ([]byte, string) {
 	}
 	var img, layer bytes.Buffer
 	l := imagetar.Layer{Dir: dir}
-	if err := imagetar.Write(context.Background(), &img, ref, imagetar.Config{Cmd: []string{"/bin/tool"}}, l); err != nil {
+	if err := imagetar.WriteRefs(context.Background(), &img, []string{ref}, imagetar.Config{Cmd: []string{"/bin/tool"}}, l); err != nil {
 		t.Fatal(err)
 	}
 	if err := l.WriteTar(context.Background(), &layer); err != nil {

@@ -60,22 +60,16 @@ type Config struct {
 	Created time.Time
 }
 
-// Write writes the image named ref, made of cfg and layers (lowest first),
-// to w as one tar. The same inputs give byte-identical output.
+// WriteRefs writes the image made of cfg and layers (lowest first) to w as
+// one tar, under refs, e.g. "localhost/name:latest" plus a tag naming the
+// build's inputs. The same inputs give byte-identical output.
 //
-// ref must be a full reference with a registry host and a tag, e.g.
-// "localhost/sandstorm-test:latest": a short name would be expanded
-// differently by each runtime (docker.io/library/... by Docker and
-// containerd's Docker importer, localhost/... by Podman).
+// Each ref must be a full reference with a registry host and a tag: a short
+// name would be expanded differently by each runtime (docker.io/library/...
+// by Docker and containerd's Docker importer, localhost/... by Podman).
 //
 // Layers are staged in temporary files (under os.TempDir) to compute their
-// digests, so memory use does not grow with layer size.
-func Write(ctx context.Context, w io.Writer, ref string, cfg Config, layers ...Layer) error {
-	return WriteRefs(ctx, w, []string{ref}, cfg, layers...)
-}
-
-// WriteRefs is Write for an image that carries several references, e.g.
-// "localhost/name:latest" plus a tag naming the build's inputs. The image is
+// digests, so memory use does not grow with layer size. The image is
 // stored once; index.json lists its manifest once per reference (containerd
 // and Podman create one image name per entry) and manifest.json lists every
 // reference in RepoTags (Docker). Checked with containerd 1.6, Podman 4.3

@@ -88,8 +88,8 @@ func makeTree(t *testing.T) string {
 func writeImage(t *testing.T, cfg Config, layers ...Layer) []byte {
 	t.Helper()
 	var buf bytes.Buffer
-	if err := Write(context.Background(), &buf, testRef, cfg, layers...); err != nil {
-		t.Fatalf("Write: %v", err)
+	if err := WriteRefs(context.Background(), &buf, []string{testRef}, cfg, layers...); err != nil {
+		t.Fatalf("WriteRefs: %v", err)
 	}
 	return buf.Bytes()
 }
@@ -319,22 +319,22 @@ func TestMultipleLayers(t *testing.T) {
 func TestWriteErrors(t *testing.T) {
 	ctx := context.Background()
 	dir := makeTree(t)
-	if err := Write(ctx, io.Discard, testRef, Config{}); err == nil {
+	if err := WriteRefs(ctx, io.Discard, []string{testRef}, Config{}); err == nil {
 		t.Error("no layers: want error")
 	}
-	if err := Write(ctx, io.Discard, "sandstorm-test:latest", Config{}, Layer{Dir: dir}); err == nil {
+	if err := WriteRefs(ctx, io.Discard, []string{"sandstorm-test:latest"}, Config{}, Layer{Dir: dir}); err == nil {
 		t.Error("short reference: want error")
 	}
 	missing := filepath.Join(dir, "nope")
-	if err := Write(ctx, io.Discard, testRef, Config{}, Layer{Dir: missing}); !errors.Is(err, fs.ErrNotExist) {
+	if err := WriteRefs(ctx, io.Discard, []string{testRef}, Config{}, Layer{Dir: missing}); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("missing dir: err %v, want wrapping fs.ErrNotExist", err)
 	}
-	if err := Write(ctx, io.Discard, testRef, Config{}, Layer{Dir: filepath.Join(dir, "a", "file")}); err == nil {
+	if err := WriteRefs(ctx, io.Discard, []string{testRef}, Config{}, Layer{Dir: filepath.Join(dir, "a", "file")}); err == nil {
 		t.Error("layer from a file: want error")
 	}
 	canceled, cancel := context.WithCancel(ctx)
 	cancel()
-	if err := Write(canceled, io.Discard, testRef, Config{}, Layer{Dir: dir}); !errors.Is(err, context.Canceled) {
+	if err := WriteRefs(canceled, io.Discard, []string{testRef}, Config{}, Layer{Dir: dir}); !errors.Is(err, context.Canceled) {
 		t.Errorf("canceled: err %v, want wrapping context.Canceled", err)
 	}
 }

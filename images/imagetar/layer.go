@@ -142,8 +142,8 @@ func (l Layer) stage(ctx context.Context, tmpDir string) (b blob, err error) {
 	return b, nil
 }
 
-// WriteTar writes the layer's uncompressed tar stream to w. Write uses it
-// internally; it is exported for callers that want the bare layer.
+// WriteTar writes the layer's uncompressed tar stream to w: the bare layer,
+// as the image tar stores it (tests of other packages read it back).
 func (l Layer) WriteTar(ctx context.Context, w io.Writer) error {
 	return l.writeTar(ctx, w)
 }

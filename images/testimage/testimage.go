@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"context"
 	"debug/elf"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -162,25 +161,6 @@ func Layer(dir string) imagetar.Layer {
 			}
 		},
 	}
-}
-
-// Write builds the rootfs in a temporary directory and writes the image
-// tar for Ref to w.
-func Write(ctx context.Context, w io.Writer, busybox string) (err error) {
-	dir, err := os.MkdirTemp("", "sandstorm-testimage-*")
-	if err != nil {
-		return fmt.Errorf("testimage: %w", err)
-	}
-	defer func() {
-		err = errors.Join(err, os.RemoveAll(dir))
-	}()
-	if err := BuildRootfs(ctx, dir, busybox); err != nil {
-		return fmt.Errorf("testimage: %w", err)
-	}
-	if err := imagetar.Write(ctx, w, Ref, Config(), Layer(dir)); err != nil {
-		return fmt.Errorf("testimage: %w", err)
-	}
-	return nil
 }
 
 func copyExecutable(src, dst string) error {

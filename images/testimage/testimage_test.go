@@ -6,11 +6,15 @@ import (
 	"context"
 	"debug/elf"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sandstorm-dev/sandstorm/images/imagetar"
 )
 
 // writeELF writes a minimal 64-bit ELF whose only program header has the
@@ -165,10 +169,10 @@ func TestImageLayer(t *testing.T) {
 func TestWriteDeterministic(t *testing.T) {
 	needBusybox(t)
 	var a, b bytes.Buffer
-	if err := Write(context.Background(), &a, ""); err != nil {
+	if err := writeImage(context.Background(), &a, ""); err != nil {
 		t.Fatal(err)
 	}
-	if err := Write(context.Background(), &b, ""); err != nil {
+	if err := writeImage(context.Background(), &b, ""); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(a.Bytes(), b.Bytes()) {
@@ -185,4 +189,23 @@ func TestConfig(t *testing.T) {
 		len(c.Cmd) != 1 || c.Cmd[0] != "/bin/sh" || c.WorkingDir != "/home/user" {
 		t.Errorf("Config() = %+v", c)
 	}
+}
+
+// writeImage builds the rootfs in a temporary directory and writes the image
+// tar for Ref to w.
+func writeImage(ctx context.Context, w io.Writer, busybox string) (err error) {
+	dir, err := os.MkdirTemp("", "sandstorm-testimage-*")
+	if err != nil {
+		return fmt.Errorf("testimage: %w", err)
+	}
+	defer func() {
+		err = errors.Join(err, os.RemoveAll(dir))
+	}()
+	if err := BuildRootfs(ctx, dir, busybox); err != nil {
+		return fmt.Errorf("testimage: %w", err)
+	}
+	if err := imagetar.WriteRefs(ctx, w, []string{Ref}, Config(), Layer(dir)); err != nil {
+		return fmt.Errorf("testimage: %w", err)
+	}
+	return nil
 }

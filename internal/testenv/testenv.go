@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/sandstorm-dev/sandstorm/imageops"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 )
@@ -52,7 +51,7 @@ func EnsureAgentImage(t testing.TB, rt runtime.Runtime, key string) {
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
 		t.Fatal(err)
 	}
-	if err := imageops.Ensure(context.Background(), rt, AgentImageTar(t), logWriter{t}); err != nil {
+	if err := runtime.EnsureImage(context.Background(), rt, AgentImageTar(t), logWriter{t}); err != nil {
 		t.Fatalf("agent image: %v (build it with `make agentimage`)", err)
 	}
 	imported.Store(key, true)

@@ -3,6 +3,8 @@ package conformance
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -110,5 +112,36 @@ func reap(t *testing.T, rt runtime.Runtime, caps runtime.Capabilities) {
 	}
 	if left, err := rt.Leftovers(ctx, sb.ID(), session); err != nil || len(left) > 0 {
 		t.Errorf("left after reap: %s %v", strings.Join(left, "; "), err)
+	}
+}
+
+// createFailureKeepsOthers: a Create that fails undoes what it made and
+// only that. A second Create asking for an id in use is refused and must
+// not remove the sandbox holding it, which then still runs.
+func createFailureKeepsOthers(t *testing.T, rt runtime.Runtime, caps runtime.Capabilities) {
+	ctx := context.Background()
+	spec := runtime.Spec{ID: fmt.Sprintf("conf-keep-%d", os.Getpid()), SessionID: newSession(t), Image: TestImage,
+		Args: []string{"/bin/sh", "-c", "echo still-here"}, AllowUnenforced: notEnforced(caps)}
+	sb, err := rt.Create(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer assertGone(t, rt, sb, spec.SessionID)
+	if _, err := rt.Create(ctx, spec); !errors.Is(err, runtime.ErrInvalidSpec) {
+		t.Errorf("second create with id %s = %v, want ErrInvalidSpec", spec.ID, err)
+	}
+	bad := spec
+	bad.ID += "-b"
+	bad.SessionID = newSession(t)
+	bad.Policy.Mounts = []oci.Mount{{Source: "/nonexistent/sandstorm", Target: "/mnt/x"}}
+	if _, err := rt.Create(ctx, bad); !errors.Is(err, runtime.ErrInvalidSpec) {
+		t.Errorf("create with a missing mount source = %v, want ErrInvalidSpec", err)
+	}
+	if left, err := rt.Leftovers(ctx, bad.ID, bad.SessionID); err != nil || len(left) > 0 {
+		t.Errorf("failed create left %v, %v", left, err)
+	}
+	r := startWait(t, ctx, sb)
+	if r.stdout != "still-here\n" || r.exit.Code != 0 {
+		t.Errorf("the sandbox holding the id does not run intact: stdout %q stderr %q exit %+v", r.stdout, r.stderr, r.exit)
 	}
 }

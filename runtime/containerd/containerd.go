@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/containerd/containerd/api/services/tasks/v1"
@@ -19,7 +18,8 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
-	"github.com/sandstorm-dev/sandstorm/runtime/cgroupfs"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/backend"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
 )
 
 // Name is the backend's name.
@@ -50,7 +50,7 @@ func (c Config) withDefaults() Config {
 		c.Namespace = "sandstorm"
 	}
 	if c.StateDir == "" {
-		c.StateDir = "/var/lib/sandstorm/containerd"
+		c.StateDir = string(backend.DefaultState(Name))
 	}
 	if c.Snapshotter == "" {
 		c.Snapshotter = "overlayfs"
@@ -67,6 +67,7 @@ func (c Config) withDefaults() Config {
 // Runtime is the containerd backend.
 type Runtime struct {
 	cfg    Config
+	state  backend.State
 	client *client.Client
 	net    *bridge
 	host   oci.Host
@@ -88,11 +89,12 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		c.Close()
 		return nil, fmt.Errorf("%w: containerd at %s does not answer: %w", runtime.ErrUnavailable, cfg.Address, err)
 	}
-	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
+	state := backend.State(cfg.StateDir)
+	if err := state.Make(); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("create state directory: %w", err)
+		return nil, err
 	}
-	return &Runtime{cfg: cfg, client: c, net: newBridge(cfg), host: runtime.DetectHost()}, nil
+	return &Runtime{cfg: cfg, state: state, client: c, net: newBridge(cfg), host: runtime.DetectHost()}, nil
 }
 
 func (r *Runtime) ctx(ctx context.Context) context.Context {
@@ -117,10 +119,7 @@ func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
 // Capabilities implements runtime.Runtime. As root with runc, containerd
 // enforces every item; bridge networking needs the CNI plugins.
 func (r *Runtime) Capabilities(ctx context.Context) (runtime.Capabilities, error) {
-	caps := runtime.Capabilities{}
-	for _, it := range runtime.AllItems {
-		caps[it] = runtime.Support{Enforced: true}
-	}
+	caps := backend.AllEnforced()
 	if err := r.net.available(); err != nil {
 		caps[runtime.ItemNetworkBridge] = runtime.Support{Reason: err.Error()}
 	}
@@ -161,11 +160,8 @@ func (r *Runtime) HasImage(ctx context.Context, ref string) (bool, error) {
 func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime.SandboxInfo, error) {
 	ctx = r.ctx(ctx)
 	var conds []string
-	for k, v := range labels {
+	for k, v := range backend.Selector(labels) {
 		conds = append(conds, fmt.Sprintf("labels.%q==%q", k, v))
-	}
-	if len(conds) == 0 {
-		conds = append(conds, fmt.Sprintf("labels.%q", oci.LabelManaged))
 	}
 	ctrs, err := r.client.Containers(ctx, strings.Join(conds, ","))
 	if err != nil {
@@ -211,16 +207,12 @@ func (r *Runtime) Leftovers(ctx context.Context, id, sessionID string) ([]string
 	if err != nil {
 		return nil, fmt.Errorf("walk snapshots: %w", err)
 	}
-	for _, d := range cgroupfs.Existing(oci.Sandbox{ID: id}.CgroupPath()) {
+	for _, d := range cgroupfs.Existing(oci.Container{ID: id}.CgroupPath()) {
 		left = append(left, "cgroup "+d)
 	}
-	if _, err := os.Stat(r.scratch(id)); err == nil {
-		left = append(left, "scratch directory "+r.scratch(id))
-	}
+	left = append(left, r.state.Leftovers(id)...)
 	left = append(left, r.net.leftovers(id)...)
 	return left, nil
 }
-
-func (r *Runtime) scratch(id string) string { return filepath.Join(r.cfg.StateDir, id) }
 
 func notFound(err error) bool { return errors.Is(err, errdefs.ErrNotFound) }

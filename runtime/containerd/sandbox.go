@@ -4,47 +4,36 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"syscall"
-	"time"
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
-	"golang.org/x/sys/unix"
 
 	sboci "github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
-	"github.com/sandstorm-dev/sandstorm/runtime/cgroupfs"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/backend"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
 )
 
 // labelNetNS records a sandbox's network namespace so a stray can be cleaned
 // up from its container alone.
 const labelNetNS = "sandstorm.netns"
 
-// cleanupTimeout bounds removal, which runs even after the caller's context ended.
-const cleanupTimeout = 30 * time.Second
-
 type sandbox struct {
-	unenforced []runtime.Item
-	r          *Runtime
-	id         string
-	cgroup     string
-	ctr        client.Container
-	task       client.Task
-	exitC      <-chan client.ExitStatus
-	removed    bool
+	backend.Sandbox
+	r      *Runtime
+	cgroup string
+	ctr    client.Container
+	task   client.Task
+	exitC  <-chan client.ExitStatus
 }
 
 // Create implements runtime.Runtime.
 func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sandbox, err error) {
-	caps, err := r.Capabilities(ctx)
-	if err != nil {
-		return nil, err
-	}
-	prep, err := runtime.Prepare(spec, caps)
+	prep, _, err := backend.Prepare(ctx, r, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -63,23 +52,25 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 		}
 	}
 
+	// The scratch directory claims the id: a sandbox holding it already
+	// must not be undone below.
+	workspace, err := r.state.Claim(id, spec.Files, int(policy.UID), int(policy.GID))
+	if err != nil {
+		return nil, err
+	}
 	// From here on, everything made so far is undone on failure.
 	defer func() {
 		if err != nil {
 			_ = r.cleanup(ctx, id)
 		}
 	}()
-	workspace, err := runtime.MakeScratch(r.scratch(id), spec.Files, int(policy.UID), int(policy.GID))
-	if err != nil {
-		return nil, fmt.Errorf("prepare workspace: %w", err)
-	}
-	sb := sboci.Sandbox{
+	sb := sboci.Container{
 		ID: id, SessionID: spec.SessionID, Args: spec.Args, Env: spec.Env,
 		Labels: spec.Labels, Workspace: workspace, Policy: policy,
 	}
 	labels := sb.AllLabels()
 	if policy.Network == sboci.NetworkBridge {
-		if sb.NetNS, err = r.net.setup(ctx, id, r.scratch(id)); err != nil {
+		if sb.NetNS, err = r.net.setup(ctx, id, r.state.Scratch(id)); err != nil {
 			return nil, err
 		}
 		labels[labelNetNS] = sb.NetNS
@@ -98,30 +89,25 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: %w", id, err)
 	}
-	return &sandbox{r: r, id: id, cgroup: sb.CgroupPath(), ctr: ctr, unenforced: prep.Unenforced}, nil
+	return &sandbox{Sandbox: backend.NewSandbox(prep), r: r, cgroup: sb.CgroupPath(), ctr: ctr}, nil
 }
-
-func (s *sandbox) ID() string { return s.id }
-
-// Unenforced implements runtime.Sandbox.
-func (s *sandbox) Unenforced() []runtime.Item { return s.unenforced }
 
 // Start implements runtime.Sandbox.
 func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
 	ctx = s.r.ctx(ctx)
-	task, err := s.ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, orDiscard(io.Stdout), orDiscard(io.Stderr))))
+	task, err := s.ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, backend.OrDiscard(io.Stdout), backend.OrDiscard(io.Stderr))))
 	if err != nil {
-		return fmt.Errorf("create task %s: %w", s.id, err)
+		return fmt.Errorf("create task %s: %w", s.ID(), err)
 	}
 	s.task = task
 	// Wait must be subscribed before Start, and outlive the caller's context.
 	exitC, err := task.Wait(context.WithoutCancel(ctx))
 	if err != nil {
-		return fmt.Errorf("wait task %s: %w", s.id, err)
+		return fmt.Errorf("wait task %s: %w", s.ID(), err)
 	}
 	s.exitC = exitC
 	if err := task.Start(ctx); err != nil {
-		return fmt.Errorf("start task %s: %w", s.id, err)
+		return fmt.Errorf("start task %s: %w", s.ID(), err)
 	}
 	return nil
 }
@@ -129,7 +115,7 @@ func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
 // Wait implements runtime.Sandbox.
 func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 	if s.exitC == nil {
-		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.id)
+		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.ID())
 	}
 	var st client.ExitStatus
 	select {
@@ -139,14 +125,11 @@ func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 	}
 	code, at, err := st.Result()
 	if err != nil {
-		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s exit status: %w", s.id, err)
+		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s exit status: %w", s.ID(), err)
 	}
 	// All output must be delivered before the exit is reported.
 	s.task.IO().Wait()
-	es := runtime.ExitStatus{Code: int(code), ExitedAt: at}
-	if code > 128 && code < 128+65 {
-		es.Signal = unix.SignalName(syscall.Signal(code - 128))
-	}
+	es := backend.Exit(int(code), at, false)
 	// The cgroup outlives the process until the task is deleted, so its OOM
 	// counter can still be read here.
 	if n, err := cgroupfs.OOMKills(s.cgroup); err == nil && n > 0 {
@@ -166,30 +149,23 @@ func (s *sandbox) Kill(ctx context.Context) error {
 	}
 	err := s.task.Kill(s.r.ctx(ctx), syscall.SIGKILL, client.WithKillAll)
 	if err != nil && !notFound(err) && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("kill sandbox %s: %w", s.id, err)
+		return fmt.Errorf("kill sandbox %s: %w", s.ID(), err)
 	}
 	return nil
 }
 
 // Remove implements runtime.Sandbox.
 func (s *sandbox) Remove(ctx context.Context) error {
-	if s.removed {
-		return nil
-	}
-	if err := s.r.cleanup(ctx, s.id); err != nil {
-		return err
-	}
-	s.removed = true
-	return nil
+	return s.Removal.Do(func() error { return s.r.cleanup(ctx, s.ID()) })
 }
 
 // cleanup removes everything sandbox id owns, whatever state it is in:
 // task, container, snapshot, network, scratch directory.
 func (r *Runtime) cleanup(ctx context.Context, id string) error {
-	if !runtime.ValidID(id) {
-		return fmt.Errorf("%w: sandbox id %q", runtime.ErrInvalidSpec, id)
+	if err := backend.CheckID(id); err != nil {
+		return err
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.ctx(ctx)), cleanupTimeout)
+	ctx, cancel := backend.CleanupContext(r.ctx(ctx))
 	defer cancel()
 	var errs []error
 	netns := ""
@@ -210,18 +186,11 @@ func (r *Runtime) cleanup(ctx context.Context, id string) error {
 	case !notFound(err):
 		errs = append(errs, fmt.Errorf("load container %s: %w", id, err))
 	}
-	if err := r.net.teardown(ctx, id, r.scratch(id), netns); err != nil {
+	if err := r.net.teardown(ctx, id, r.state.Scratch(id), netns); err != nil {
 		errs = append(errs, err)
 	}
-	if err := os.RemoveAll(r.scratch(id)); err != nil {
-		errs = append(errs, fmt.Errorf("remove scratch directory: %w", err))
+	if err := r.state.RemoveScratch(id); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
-}
-
-func orDiscard(w io.Writer) io.Writer {
-	if w == nil {
-		return io.Discard
-	}
-	return w
 }

@@ -9,8 +9,8 @@ import (
 	"testing"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime/cgroupfs"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
 )
 
 // BenchmarkRunTrue times create → start → wait → remove of `true` through
@@ -25,10 +25,7 @@ func BenchmarkRunTrue(b *testing.B) {
 		b.Fatalf("test image not in docker (run the conformance test or make testimage and docker load it): %v", err)
 	}
 	policy := oci.Policy{MemoryBytes: 256 << 20, CPUs: 1}.WithDefaults()
-	nofile := policy.NoFile
-	if rt.d.NoFileHard > 0 && nofile > rt.d.NoFileHard {
-		nofile = rt.d.NoFileHard
-	}
+	nofile := rt.d.Host.NoFile(policy.NoFile)
 	workspace := b.TempDir()
 	parent := path.Join(oci.CgroupParent, fmt.Sprintf("bench-docker-%d", os.Getpid()))
 	b.Cleanup(func() {
@@ -44,7 +41,7 @@ func BenchmarkRunTrue(b *testing.B) {
 		"--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only",
 		"--tmpfs", fmt.Sprintf("/tmp:rw,exec,nosuid,nodev,size=%d,mode=1777", policy.TmpBytes),
 		"--memory", mem, "--memory-swap", mem,
-		"--cpu-period", strconv.Itoa(cpuPeriod), "--cpu-quota", strconv.FormatInt(oci.CPUQuota(policy.CPUs), 10),
+		"--cpu-period", strconv.Itoa(oci.CPUPeriod), "--cpu-quota", strconv.FormatInt(oci.CPUQuota(policy.CPUs), 10),
 		"--pids-limit", strconv.FormatInt(policy.Pids, 10),
 		"--ulimit", fmt.Sprintf("nofile=%d:%d", nofile, nofile),
 		"--cgroupns", "private", "--cgroup-parent", parent, "--log-driver", "none",

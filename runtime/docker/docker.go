@@ -10,9 +10,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"os"
 	"path"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -25,7 +23,8 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
-	"github.com/sandstorm-dev/sandstorm/runtime/cgroupfs"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/backend"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
 )
 
 // Name is the backend's name.
@@ -43,17 +42,18 @@ type Config struct {
 
 func (c Config) withDefaults() Config {
 	if c.StateDir == "" {
-		c.StateDir = "/var/lib/sandstorm/docker"
+		c.StateDir = string(backend.DefaultState(Name))
 	}
 	return c
 }
 
 // Runtime is the Docker backend.
 type Runtime struct {
-	cfg  Config
-	cli  *client.Client
-	d    daemon
-	caps runtime.Capabilities
+	cfg   Config
+	state backend.State
+	cli   *client.Client
+	d     daemon
+	caps  runtime.Capabilities
 	// rootless is what the daemon reported when it was connected.
 	rootless bool
 }
@@ -90,16 +90,18 @@ func probe(ctx context.Context, cfg Config, cli *client.Client) (*Runtime, error
 		return nil, fmt.Errorf("%w: docker info: %w", runtime.ErrUnavailable, err)
 	}
 	_, bridgeErr := cli.NetworkInspect(ctx, "bridge", client.NetworkInspectOptions{})
-	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
-		return nil, fmt.Errorf("create state directory: %w", err)
+	state := backend.State(cfg.StateDir)
+	if err := state.Make(); err != nil {
+		return nil, err
 	}
 	r := &Runtime{
-		cfg: cfg,
-		cli: cli,
+		cfg:   cfg,
+		state: state,
+		cli:   cli,
 		d: daemon{
 			CgroupDriver: info.Info.CgroupDriver,
 			SwapLimit:    info.Info.SwapLimit,
-			NoFileHard:   runtime.DetectHost().NoFileHard,
+			Host:         runtime.DetectHost(),
 		},
 		caps:     capabilities(info.Info, bridgeErr),
 		rootless: slices.Contains(info.Info.SecurityOptions, "name=rootless"),
@@ -110,10 +112,7 @@ func probe(ctx context.Context, cfg Config, cli *client.Client) (*Runtime, error
 // capabilities is what a daemon enforces, from its own report. It is read
 // once: every Create also verifies the container the daemon made.
 func capabilities(info system.Info, bridgeErr error) runtime.Capabilities {
-	caps := runtime.Capabilities{}
-	for _, it := range runtime.AllItems {
-		caps[it] = runtime.Support{Enforced: true}
-	}
+	caps := backend.AllEnforced()
 	not := func(it runtime.Item, reason string) { caps[it] = runtime.Support{Reason: reason} }
 	not(runtime.ItemGrantCapabilities, "docker adds listed capabilities to a non-root user's bounding set only, never to its effective set")
 	if !slices.ContainsFunc(info.SecurityOptions, func(o string) bool { return strings.HasPrefix(o, "name=seccomp") }) {
@@ -211,11 +210,8 @@ func loadedImages(rd io.Reader) ([]string, error) {
 // List implements runtime.Runtime.
 func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime.SandboxInfo, error) {
 	f := client.Filters{}
-	for k, v := range labels {
+	for k, v := range backend.Selector(labels) {
 		f.Add("label", k+"="+v)
-	}
-	if len(labels) == 0 {
-		f.Add("label", oci.LabelManaged)
 	}
 	res, err := r.cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
 	if err != nil {
@@ -271,8 +267,8 @@ func (r *Runtime) Remove(ctx context.Context, id string) error {
 // outlives its container except what is named here, so the session is not
 // needed to find it.
 func (r *Runtime) Leftovers(ctx context.Context, id, _ string) ([]string, error) {
-	if !runtime.ValidID(id) {
-		return nil, fmt.Errorf("%w: sandbox id %q", runtime.ErrInvalidSpec, id)
+	if err := backend.CheckID(id); err != nil {
+		return nil, err
 	}
 	var left []string
 	c, err := r.find(ctx, id)
@@ -287,10 +283,7 @@ func (r *Runtime) Leftovers(ctx context.Context, id, _ string) ([]string, error)
 	for _, d := range r.cgroups(id, containerID) {
 		left = append(left, "cgroup "+d)
 	}
-	if _, err := os.Stat(r.scratch(id)); err == nil {
-		left = append(left, "scratch directory "+r.scratch(id))
-	}
-	return left, nil
+	return append(left, r.state.Leftovers(id)...), nil
 }
 
 // cgroups returns the existing directories of sandbox id's cgroups: under
@@ -306,7 +299,5 @@ func (r *Runtime) cgroups(id, containerID string) []string {
 	}
 	return nil
 }
-
-func (r *Runtime) scratch(id string) string { return filepath.Join(r.cfg.StateDir, id) }
 
 func notFound(err error) bool { return cerrdefs.IsNotFound(err) }

@@ -6,27 +6,22 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"syscall"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
-	"golang.org/x/sys/unix"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
-	"github.com/sandstorm-dev/sandstorm/runtime/cgroupfs"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/backend"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
 )
 
-// cleanupTimeout bounds removal, which runs even after the caller's context ended.
-const cleanupTimeout = 30 * time.Second
-
 type sandbox struct {
-	unenforced  []runtime.Item
+	backend.Sandbox
 	r           *Runtime
-	id          string
 	containerID string
 	// oomCgroup is the sandbox's own cgroup parent, whose OOM counter
 	// cross-checks Docker's report; empty when the parent is shared.
@@ -42,20 +37,20 @@ type sandbox struct {
 	exited  chan struct{}
 	status  runtime.ExitStatus
 	waitErr error
-	removed bool
 }
 
 // Create implements runtime.Runtime.
 func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sandbox, err error) {
-	prep, err := runtime.Prepare(spec, r.caps)
+	prep, _, err := backend.Prepare(ctx, r, spec)
 	if err != nil {
 		return nil, err
 	}
 	id, policy := prep.ID, prep.Policy
-	workspace, err := runtime.MakeScratch(r.scratch(id), spec.Files, int(policy.UID), int(policy.GID))
-	if errors.Is(err, os.ErrExist) {
-		// Another sandbox owns this id: leave its scratch directory alone.
-		return nil, fmt.Errorf("%w: sandbox id %s is in use", runtime.ErrInvalidSpec, id)
+	// The scratch directory claims the id: a sandbox holding it already
+	// must not be undone below.
+	workspace, err := r.state.Claim(id, spec.Files, int(policy.UID), int(policy.GID))
+	if err != nil {
+		return nil, err
 	}
 	containerID := ""
 	// From here on, what this call made is undone on failure, and only that:
@@ -65,10 +60,7 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 			err = errors.Join(err, r.undo(ctx, id, containerID))
 		}
 	}()
-	if err != nil {
-		return nil, fmt.Errorf("prepare workspace: %w", err)
-	}
-	sb := oci.Sandbox{
+	sb := oci.Container{
 		ID: id, SessionID: spec.SessionID, Args: spec.Args, Env: spec.Env,
 		Labels: spec.Labels, Workspace: workspace, Policy: policy,
 	}
@@ -95,7 +87,7 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 		}
 		return nil, fmt.Errorf("sandbox %s: %w", id, err)
 	}
-	s := &sandbox{r: r, id: id, containerID: containerID, unenforced: prep.Unenforced}
+	s := &sandbox{Sandbox: backend.NewSandbox(prep), r: r, containerID: containerID}
 	if r.d.CgroupDriver == "cgroupfs" {
 		s.oomCgroup = cgroupParent(r.d.CgroupDriver, id)
 	}
@@ -105,43 +97,35 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 // undo removes what a failed Create made: the container it created, if any,
 // and the scratch directory.
 func (r *Runtime) undo(ctx context.Context, id, containerID string) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	ctx, cancel := backend.CleanupContext(ctx)
 	defer cancel()
 	var errs []error
 	if containerID != "" {
 		errs = append(errs, r.removeContainer(ctx, id, containerID))
 	}
-	if err := os.RemoveAll(r.scratch(id)); err != nil {
-		errs = append(errs, fmt.Errorf("remove scratch directory: %w", err))
-	}
-	return errors.Join(errs...)
+	return errors.Join(append(errs, r.state.RemoveScratch(id))...)
 }
-
-func (s *sandbox) ID() string { return s.id }
-
-// Unenforced implements runtime.Sandbox.
-func (s *sandbox) Unenforced() []runtime.Item { return s.unenforced }
 
 // Start implements runtime.Sandbox. Output is attached before the start, so
 // none is lost, and copied live, stdout and stderr apart.
 func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
 	if s.exited != nil {
-		return fmt.Errorf("sandbox %s was already started", s.id)
+		return fmt.Errorf("sandbox %s was already started", s.ID())
 	}
 	att, err := s.r.cli.ContainerAttach(ctx, s.containerID, client.ContainerAttachOptions{Stream: true, Stdout: true, Stderr: true})
 	if err != nil {
-		return fmt.Errorf("attach to sandbox %s: %w", s.id, err)
+		return fmt.Errorf("attach to sandbox %s: %w", s.ID(), err)
 	}
 	s.attach = &att.HijackedResponse
 	copied := make(chan struct{})
 	s.copied = copied
 	go func() {
 		defer close(copied)
-		s.copyErr = copyOutput(orDiscard(io.Stdout), orDiscard(io.Stderr), att.Reader)
+		s.copyErr = copyOutput(backend.OrDiscard(io.Stdout), backend.OrDiscard(io.Stderr), att.Reader)
 	}()
 	if _, err := s.r.cli.ContainerStart(ctx, s.containerID, client.ContainerStartOptions{}); err != nil {
 		att.Close()
-		return fmt.Errorf("start sandbox %s: %w", s.id, err)
+		return fmt.Errorf("start sandbox %s: %w", s.ID(), err)
 	}
 	// The wait outlives the caller's context: a later Wait still needs it.
 	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
@@ -170,16 +154,16 @@ func (s *sandbox) wait(ctx context.Context) {
 	select {
 	case <-w.Result:
 	case err := <-w.Error:
-		s.waitErr = fmt.Errorf("wait for sandbox %s: %w", s.id, err)
+		s.waitErr = fmt.Errorf("wait for sandbox %s: %w", s.ID(), err)
 		return
 	}
 	got, err := s.r.cli.ContainerInspect(ctx, s.containerID, client.ContainerInspectOptions{})
 	if err != nil {
-		s.waitErr = fmt.Errorf("inspect sandbox %s after exit: %w", s.id, err)
+		s.waitErr = fmt.Errorf("inspect sandbox %s after exit: %w", s.ID(), err)
 		return
 	}
 	if got.Container.State == nil {
-		s.waitErr = fmt.Errorf("sandbox %s: the daemon reported no state after exit", s.id)
+		s.waitErr = fmt.Errorf("sandbox %s: the daemon reported no state after exit", s.ID())
 		return
 	}
 	s.status = exitStatus(*got.Container.State)
@@ -192,20 +176,14 @@ func (s *sandbox) wait(ctx context.Context) {
 
 // exitStatus reads a stopped container's state.
 func exitStatus(st container.State) runtime.ExitStatus {
-	es := runtime.ExitStatus{Code: st.ExitCode, OOMKilled: st.OOMKilled}
-	if at, err := time.Parse(time.RFC3339Nano, st.FinishedAt); err == nil {
-		es.ExitedAt = at
-	}
-	if st.ExitCode > 128 && st.ExitCode < 128+65 {
-		es.Signal = unix.SignalName(syscall.Signal(st.ExitCode - 128))
-	}
-	return es
+	at, _ := time.Parse(time.RFC3339Nano, st.FinishedAt)
+	return backend.Exit(st.ExitCode, at, st.OOMKilled)
 }
 
 // Wait implements runtime.Sandbox.
 func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 	if s.exited == nil {
-		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.id)
+		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.ID())
 	}
 	select {
 	case <-s.exited:
@@ -222,7 +200,7 @@ func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 		return runtime.ExitStatus{}, ctx.Err()
 	}
 	if s.copyErr != nil {
-		return s.status, fmt.Errorf("sandbox %s output: %w", s.id, s.copyErr)
+		return s.status, fmt.Errorf("sandbox %s output: %w", s.ID(), s.copyErr)
 	}
 	return s.status, nil
 }
@@ -233,38 +211,33 @@ func (s *sandbox) Kill(ctx context.Context) error {
 	_, err := s.r.cli.ContainerKill(ctx, s.containerID, client.ContainerKillOptions{Signal: "KILL"})
 	// Conflict: the container is not running, so there is nothing to kill.
 	if err != nil && !notFound(err) && !cerrdefs.IsConflict(err) {
-		return fmt.Errorf("kill sandbox %s: %w", s.id, err)
+		return fmt.Errorf("kill sandbox %s: %w", s.ID(), err)
 	}
 	return nil
 }
 
 // Remove implements runtime.Sandbox.
 func (s *sandbox) Remove(ctx context.Context) error {
-	if s.removed {
-		return nil
-	}
-	err := s.r.cleanup(ctx, s.id, s.containerID)
-	if s.attach != nil {
-		s.attach.Close()
-	}
-	if s.stopWait != nil {
-		s.stopWait()
-	}
-	if err != nil {
+	return s.Removal.Do(func() error {
+		err := s.r.cleanup(ctx, s.ID(), s.containerID)
+		if s.attach != nil {
+			s.attach.Close()
+		}
+		if s.stopWait != nil {
+			s.stopWait()
+		}
 		return err
-	}
-	s.removed = true
-	return nil
+	})
 }
 
 // cleanup removes everything sandbox id owns, whatever state it is in:
 // container, cgroup parent, scratch directory. containerID may be empty; the
 // container is then looked up by name.
 func (r *Runtime) cleanup(ctx context.Context, id, containerID string) error {
-	if !runtime.ValidID(id) {
-		return fmt.Errorf("%w: sandbox id %q", runtime.ErrInvalidSpec, id)
+	if err := backend.CheckID(id); err != nil {
+		return err
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	ctx, cancel := backend.CleanupContext(ctx)
 	defer cancel()
 	var errs []error
 	if containerID == "" {
@@ -287,10 +260,7 @@ func (r *Runtime) cleanup(ctx context.Context, id, containerID string) error {
 			errs = append(errs, fmt.Errorf("remove cgroup: %w", err))
 		}
 	}
-	if err := os.RemoveAll(r.scratch(id)); err != nil {
-		errs = append(errs, fmt.Errorf("remove scratch directory: %w", err))
-	}
-	return errors.Join(errs...)
+	return errors.Join(append(errs, r.state.RemoveScratch(id))...)
 }
 
 // removeContainer force-removes a container (killing it if it runs) with its
@@ -301,11 +271,4 @@ func (r *Runtime) removeContainer(ctx context.Context, id, containerID string) e
 		return fmt.Errorf("remove container %s: %w", id, err)
 	}
 	return nil
-}
-
-func orDiscard(w io.Writer) io.Writer {
-	if w == nil {
-		return io.Discard
-	}
-	return w
 }

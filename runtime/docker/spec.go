@@ -13,9 +13,6 @@ import (
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
-// cpuPeriod is the CFS period in microseconds, the one oci.CPUQuota assumes.
-const cpuPeriod = 100000
-
 // systemdSlice is the parent of every sandbox under the systemd cgroup
 // driver, which only accepts slice names as parents.
 const systemdSlice = "sandstorm.slice"
@@ -26,8 +23,8 @@ type daemon struct {
 	CgroupDriver string
 	// SwapLimit tells whether the daemon can limit memory+swap.
 	SwapLimit bool
-	// NoFileHard is the host's open-files hard limit (0: unknown).
-	NoFileHard uint64
+	// Host is what the daemon's host allows (it is this host).
+	Host oci.Host
 }
 
 // request is what Create sends to the daemon for one sandbox.
@@ -43,7 +40,7 @@ type request struct {
 func cgroupParent(driver, id string) string {
 	switch driver {
 	case "cgroupfs":
-		return oci.Sandbox{ID: id}.CgroupPath()
+		return oci.Container{ID: id}.CgroupPath()
 	case "systemd":
 		return systemdSlice
 	}
@@ -52,12 +49,9 @@ func cgroupParent(driver, id string) string {
 
 // buildRequest maps a sandbox with a defaulted policy to Docker's container
 // and host configuration.
-func buildRequest(sb oci.Sandbox, image string, d daemon) request {
+func buildRequest(sb oci.Container, image string, d daemon) request {
 	p := sb.Policy
-	nofile := p.NoFile
-	if d.NoFileHard > 0 && nofile > d.NoFileHard {
-		nofile = d.NoFileHard
-	}
+	nofile := d.Host.NoFile(p.NoFile)
 	securityOpt := []string{"no-new-privileges"}
 	if p.Seccomp == oci.SeccompUnconfined {
 		securityOpt = append(securityOpt, "seccomp=unconfined")
@@ -82,7 +76,7 @@ func buildRequest(sb oci.Sandbox, image string, d daemon) request {
 		Resources: container.Resources{
 			CgroupParent: cgroupParent(d.CgroupDriver, sb.ID),
 			Memory:       p.MemoryBytes,
-			CPUPeriod:    cpuPeriod,
+			CPUPeriod:    oci.CPUPeriod,
 			CPUQuota:     oci.CPUQuota(p.CPUs),
 			PidsLimit:    &pids,
 			Ulimits:      []*container.Ulimit{{Name: "nofile", Soft: int64(nofile), Hard: int64(nofile)}},

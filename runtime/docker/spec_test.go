@@ -15,10 +15,10 @@ import (
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
-var testDaemon = daemon{CgroupDriver: "cgroupfs", SwapLimit: true, NoFileHard: 20000}
+var testDaemon = daemon{CgroupDriver: "cgroupfs", SwapLimit: true, Host: oci.Host{NoFileHard: 20000}}
 
-func testSandbox(p oci.Policy) oci.Sandbox {
-	return oci.Sandbox{
+func testSandbox(p oci.Policy) oci.Container {
+	return oci.Container{
 		ID: "sb-1", SessionID: "sess", Args: []string{"/bin/sh", "-c", "echo hi"}, Env: []string{"A=b"},
 		Labels: map[string]string{"x": "y"}, Workspace: "/var/lib/sandstorm/docker/sb-1/home", Policy: p.WithDefaults(),
 	}
@@ -79,7 +79,7 @@ func TestBuildRequestPolicy(t *testing.T) {
 		CPUs: 0.5, NoFile: 1 << 20, UID: 1234, GID: 2345,
 		Mounts: []oci.Mount{{Source: "/srv/data", Target: "/mnt/data", ReadOnly: true}, {Source: "/run/x.sock", Target: "/run/x.sock"}},
 	}
-	d := daemon{CgroupDriver: "systemd", NoFileHard: 20000}
+	d := daemon{CgroupDriver: "systemd", Host: oci.Host{NoFileHard: 20000}}
 	req := buildRequest(testSandbox(p), "img", d)
 	c, h := req.Config, req.Host
 	if c.User != "1234:2345" {

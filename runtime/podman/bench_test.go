@@ -38,7 +38,7 @@ func BenchmarkRunTrue(b *testing.B) {
 		"--tmpfs", fmt.Sprintf("/tmp:rw,nosuid,nodev,mode=1777,size=%d", policy.TmpBytes),
 		"-v", workspace + ":" + oci.Workspace + ":rw,nosuid,nodev", "--workdir", oci.Workspace,
 		"--memory", strconv.FormatInt(policy.MemoryBytes, 10), "--memory-swap", strconv.FormatInt(policy.MemoryBytes, 10),
-		"--cpu-period", strconv.Itoa(cpuPeriod), "--cpu-quota", strconv.FormatInt(oci.CPUQuota(policy.CPUs), 10),
+		"--cpu-period", strconv.Itoa(oci.CPUPeriod), "--cpu-quota", strconv.FormatInt(oci.CPUQuota(policy.CPUs), 10),
 		"--pids-limit", strconv.FormatInt(policy.Pids, 10),
 		"--ulimit", fmt.Sprintf("nofile=%d:%d", policy.NoFile, policy.NoFile),
 		"--hostname", policy.Hostname, "--cgroupns", "private", "--cgroup-parent", "/sandstorm/bench-cli",

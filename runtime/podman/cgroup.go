@@ -13,14 +13,14 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
-	"github.com/sandstorm-dev/sandstorm/runtime/cgroupfs"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
 )
 
 // cgroupParent is the cgroup a sandbox's container cgroup is created under:
 // one per sandbox, so it outlives the container (Podman removes the
 // container's own cgroup as soon as the process exits) and can be found by
 // the sandbox id alone.
-func cgroupParent(id string) string { return oci.Sandbox{ID: id}.CgroupPath() }
+func cgroupParent(id string) string { return oci.Container{ID: id}.CgroupPath() }
 
 // containerCgroup is where Podman's cgroupfs manager puts the container.
 func containerCgroup(parent, ctrID string) string { return parent + "/libpod-" + ctrID }
@@ -93,7 +93,7 @@ func v1Limits(pol oci.Policy, swap bool) []limit {
 		l = append(l, limit{"memory/memory.memsw.limit_in_bytes", pol.MemoryBytes})
 	}
 	return append(l,
-		limit{"cpu/cpu.cfs_period_us", cpuPeriod},
+		limit{"cpu/cpu.cfs_period_us", oci.CPUPeriod},
 		limit{"cpu/cpu.cfs_quota_us", oci.CPUQuota(pol.CPUs)},
 		limit{"pids/pids.max", pol.Pids},
 	)

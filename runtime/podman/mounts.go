@@ -110,7 +110,7 @@ func (r *Runtime) unmediate(ctx context.Context, scratch string) error {
 
 // mediatedMounts lists the placeholder mounts of sandbox id still attached.
 func (r *Runtime) mediatedMounts(ctx context.Context, id string) ([]string, error) {
-	_, mounted, err := r.mediated(ctx, r.scratch(id))
+	_, mounted, err := r.mediated(ctx, r.state.Scratch(id))
 	return mounted, err
 }
 

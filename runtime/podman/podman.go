@@ -31,7 +31,8 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
-	"github.com/sandstorm-dev/sandstorm/runtime/cgroupfs"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/backend"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
 )
 
 // Name is the backend's name.
@@ -105,10 +106,11 @@ type service struct {
 
 // Runtime is the Podman backend.
 type Runtime struct {
-	cfg  Config
-	conn context.Context
-	svc  service
-	host oci.Host
+	cfg   Config
+	state backend.State
+	conn  context.Context
+	svc   service
+	host  oci.Host
 
 	// rlimitsMu guards defaultRlimits, the service's default ulimits, read
 	// once (see serviceRlimits).
@@ -155,14 +157,16 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		r.svc.gidMap = append(r.svc.gidMap, idRange{container: m.ContainerID, host: m.HostID, size: m.Size})
 	}
 	if r.cfg.StateDir == "" {
-		r.cfg.StateDir = "/var/lib/sandstorm/podman"
+		name := Name
 		if r.svc.rootless {
-			r.cfg.StateDir += "-rootless"
+			name += "-rootless"
 		}
+		r.cfg.StateDir = string(backend.DefaultState(name))
 	}
-	// 0711: a rootless service's user must traverse it to reach workspaces.
-	if err := os.MkdirAll(r.cfg.StateDir, 0o711); err != nil {
-		return nil, fmt.Errorf("create state directory: %w", err)
+	// A rootless service's user must traverse it to reach workspaces.
+	r.state = backend.State(r.cfg.StateDir)
+	if err := r.state.Make(); err != nil {
+		return nil, err
 	}
 	return r, nil
 }
@@ -220,10 +224,7 @@ func (r *Runtime) Capabilities(context.Context) (runtime.Capabilities, error) {
 }
 
 func capabilities(svc service, root bool) runtime.Capabilities {
-	caps := runtime.Capabilities{}
-	for _, it := range runtime.AllItems {
-		caps[it] = runtime.Support{Enforced: true}
-	}
+	caps := backend.AllEnforced()
 	if svc.rootless && !svc.cgroupV2 && !ownCgroup(svc, root) {
 		reason := "podman: " + limitsReason + " (sandstorm sets them itself when it runs as root on the service's host, with cgroup_manager cgroupfs, and cgroup delegation is on)"
 		caps[runtime.ItemMemoryLimit] = runtime.Support{Reason: reason}
@@ -265,11 +266,9 @@ func (r *Runtime) HasImage(ctx context.Context, ref string) (bool, error) {
 // List implements runtime.Runtime.
 func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime.SandboxInfo, error) {
 	var filter []string
-	for k, v := range labels {
+	sel := backend.Selector(labels)
+	for k, v := range sel {
 		filter = append(filter, k+"="+v)
-	}
-	if len(filter) == 0 {
-		filter = append(filter, oci.LabelManaged)
 	}
 	slices.Sort(filter)
 	ctrs, err := containers.List(r.ctx(ctx), new(containers.ListOptions).WithAll(true).WithFilters(map[string][]string{"label": filter}))
@@ -280,7 +279,7 @@ func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime
 	for _, c := range ctrs {
 		// Sandboxes are named by their id; skip containers someone else
 		// labelled. Every label must match, whatever the service's filter does.
-		if len(c.Names) != 1 || c.Labels[oci.LabelManaged] != "true" || !hasLabels(c.Labels, labels) {
+		if len(c.Names) != 1 || !hasLabels(c.Labels, sel) {
 			continue
 		}
 		out = append(out, runtime.SandboxInfo{ID: c.Names[0], SessionID: c.Labels[oci.LabelSession], Labels: c.Labels, Running: c.State == "running"})
@@ -322,13 +321,8 @@ func (r *Runtime) Leftovers(ctx context.Context, id, _ string) ([]string, error)
 	for _, m := range mounts {
 		left = append(left, "mount "+m)
 	}
-	if _, err := os.Stat(r.scratch(id)); err == nil {
-		left = append(left, "scratch directory "+r.scratch(id))
-	}
-	return left, nil
+	return append(left, r.state.Leftovers(id)...), nil
 }
-
-func (r *Runtime) scratch(id string) string { return filepath.Join(r.cfg.StateDir, id) }
 
 // notFound tells whether the service answered 404.
 func notFound(err error) bool {

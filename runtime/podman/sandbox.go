@@ -4,32 +4,25 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"go.podman.io/podman/v6/libpod/define"
 	"go.podman.io/podman/v6/pkg/bindings/containers"
 	"go.podman.io/podman/v6/pkg/errorhandling"
 	"go.podman.io/podman/v6/pkg/specgen"
-	"golang.org/x/sys/unix"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/backend"
 )
 
-// cleanupTimeout bounds removal, which runs even after the caller's context ended.
-const cleanupTimeout = 30 * time.Second
-
 type sandbox struct {
-	unenforced []runtime.Item
-	r          *Runtime
-	id         string
-	ctrID      string
+	backend.Sandbox
+	r     *Runtime
+	ctrID string
 	// cgroup is the container's own cgroup when the sandbox has a parent of its own.
 	cgroup string
 	// watchOOM: OOM kills are detected from the sandbox's cgroups.
@@ -43,16 +36,11 @@ type sandbox struct {
 	copyErr error
 	oom     *oomWatch
 	exit    *runtime.ExitStatus
-	removed bool
 }
 
 // Create implements runtime.Runtime.
 func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sandbox, err error) {
-	caps, err := r.Capabilities(ctx)
-	if err != nil {
-		return nil, err
-	}
-	prep, err := runtime.Prepare(spec, caps)
+	prep, caps, err := backend.Prepare(ctx, r, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -60,12 +48,9 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 	root := r.delegates()
 	p := plan{
 		id: id, image: spec.Image, args: spec.Args, env: spec.Env,
-		labels: oci.Sandbox{ID: id, SessionID: spec.SessionID, Labels: spec.Labels}.AllLabels(),
-		policy: pol, mounts: pol.Mounts, nofile: pol.NoFile, swap: r.host.SwapAccounting,
+		labels: oci.Container{ID: id, SessionID: spec.SessionID, Labels: spec.Labels}.AllLabels(),
+		policy: pol, mounts: pol.Mounts, nofile: r.host.NoFile(pol.NoFile), swap: r.host.SwapAccounting,
 		network: r.networkMode(pol.Network), unenforced: prep.Unenforced,
-	}
-	if h := r.host.NoFileHard; h > 0 && p.nofile > h {
-		p.nofile = h
 	}
 	if p.rlimits, err = r.serviceRlimits(ctx, spec.Image); err != nil {
 		return nil, err
@@ -83,10 +68,9 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 	// sandbox sees it as its own (uid 1000 is 100999 on the host for a
 	// rootless service whose subordinate ids start at 100000). Making the
 	// scratch directory claims the id.
-	scratch := r.scratch(id)
-	p.workspace, err = runtime.MakeScratch(scratch, spec.Files, uid, gid)
-	if pe := (*fs.PathError)(nil); errors.As(err, &pe) && pe.Path == scratch && errors.Is(err, fs.ErrExist) {
-		return nil, fmt.Errorf("%w: sandbox %s already exists", runtime.ErrInvalidSpec, id)
+	scratch := r.state.Scratch(id)
+	if p.workspace, err = r.state.Claim(id, spec.Files, uid, gid); err != nil {
+		return nil, err
 	}
 	// From here on, everything made so far is undone on failure; the
 	// container only once it is ours (its name may be taken by a stranger).
@@ -96,9 +80,6 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 			_ = r.cleanup(ctx, id, created)
 		}
 	}()
-	if err != nil {
-		return nil, fmt.Errorf("prepare workspace: %w", err)
-	}
 	if ownCgroup(r.svc, root) {
 		p.cgroupParent = cgroupParent(id)
 		if r.svc.rootless {
@@ -139,7 +120,7 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 		}
 		return nil, fmt.Errorf("%w: podman %s dropped or changed: %s", runtime.ErrPolicyNotApplied, r.svc.version, msg)
 	}
-	sb := &sandbox{r: r, id: id, ctrID: resp.ID, unenforced: prep.Unenforced}
+	sb := &sandbox{Sandbox: backend.NewSandbox(prep), r: r, ctrID: resp.ID}
 	if p.cgroupParent != "" {
 		sb.cgroup = containerCgroup(p.cgroupParent, resp.ID)
 		sb.watchOOM = caps.Enforced(runtime.ItemOOMDetection)
@@ -214,17 +195,12 @@ func (r *Runtime) serviceRlimits(ctx context.Context, image string) ([]define.In
 	return r.defaultRlimits, nil
 }
 
-func (s *sandbox) ID() string { return s.id }
-
-// Unenforced implements runtime.Sandbox.
-func (s *sandbox) Unenforced() []runtime.Item { return s.unenforced }
-
 // Start implements runtime.Sandbox.
 func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stream != nil {
-		return fmt.Errorf("sandbox %s already started", s.id)
+		return fmt.Errorf("sandbox %s already started", s.ID())
 	}
 	stream, err := s.r.attach(ctx, s.ctrID)
 	if err != nil {
@@ -236,14 +212,14 @@ func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
 		return err
 	}
 	if s.watchOOM {
-		if s.oom, err = watchOOM(s.r.svc.cgroupV2, cgroupParent(s.id), s.cgroup); err != nil {
+		if s.oom, err = watchOOM(s.r.svc.cgroupV2, cgroupParent(s.ID()), s.cgroup); err != nil {
 			stream.close()
 			return err
 		}
 	}
 	if err := containers.Start(s.r.ctx(ctx), s.ctrID, nil); err != nil {
 		stream.close()
-		return fmt.Errorf("start container %s: %w", s.id, err)
+		return fmt.Errorf("start container %s: %w", s.ID(), err)
 	}
 	s.stream = stream
 	s.copied = make(chan struct{})
@@ -260,7 +236,7 @@ func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 	copied := s.copied
 	s.mu.Unlock()
 	if copied == nil {
-		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.id)
+		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.ID())
 	}
 	// The stream ends when the process has exited and its output is drained.
 	select {
@@ -274,20 +250,17 @@ func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 		return *s.exit, nil
 	}
 	if s.copyErr != nil {
-		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s output: %w", s.id, s.copyErr)
+		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s output: %w", s.ID(), s.copyErr)
 	}
 	st, err := s.r.exited(ctx, s.ctrID)
 	if err != nil {
-		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s exit status: %w", s.id, err)
+		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s exit status: %w", s.ID(), err)
 	}
-	es := runtime.ExitStatus{Code: int(st.ExitCode), ExitedAt: st.FinishedAt, OOMKilled: st.OOMKilled}
-	if es.Code > 128 && es.Code < 128+65 {
-		es.Signal = unix.SignalName(syscall.Signal(es.Code - 128))
-	}
+	es := backend.Exit(int(st.ExitCode), st.FinishedAt, st.OOMKilled)
 	if s.oom != nil {
 		oom, err := s.oom.killed(es.Code)
 		if err != nil {
-			return runtime.ExitStatus{}, fmt.Errorf("sandbox %s: %w", s.id, err)
+			return runtime.ExitStatus{}, fmt.Errorf("sandbox %s: %w", s.ID(), err)
 		}
 		es.OOMKilled = es.OOMKilled || oom
 		s.oom.close()
@@ -323,7 +296,7 @@ func (s *sandbox) Kill(ctx context.Context) error {
 	err := containers.Kill(s.r.ctx(ctx), s.ctrID, new(containers.KillOptions).WithSignal("SIGKILL"))
 	var em *errorhandling.ErrorModel
 	if err != nil && !(errors.As(err, &em) && (em.ResponseCode == http.StatusNotFound || em.ResponseCode == http.StatusConflict)) {
-		return fmt.Errorf("kill sandbox %s: %w", s.id, err)
+		return fmt.Errorf("kill sandbox %s: %w", s.ID(), err)
 	}
 	return nil
 }
@@ -332,32 +305,30 @@ func (s *sandbox) Kill(ctx context.Context) error {
 func (s *sandbox) Remove(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.removed {
+	return s.Removal.Do(func() error {
+		if err := s.r.cleanup(ctx, s.ID(), true); err != nil {
+			return err
+		}
+		if s.stream != nil {
+			// The container is gone, so the stream has ended: let the copy
+			// finish so nothing is written to the caller's writers after Remove.
+			s.stream.close()
+			<-s.copied
+		}
+		if s.oom != nil {
+			s.oom.close()
+		}
 		return nil
-	}
-	if err := s.r.cleanup(ctx, s.id, true); err != nil {
-		return err
-	}
-	if s.stream != nil {
-		// The container is gone, so the stream has ended: let the copy finish
-		// so nothing is written to the caller's writers after Remove.
-		s.stream.close()
-		<-s.copied
-	}
-	if s.oom != nil {
-		s.oom.close()
-	}
-	s.removed = true
-	return nil
+	})
 }
 
 // cleanup removes everything sandbox id owns, whatever state it is in:
 // container (unless not ours), placeholder mounts, cgroups, scratch directory.
 func (r *Runtime) cleanup(ctx context.Context, id string, container bool) error {
-	if !runtime.ValidID(id) {
-		return fmt.Errorf("%w: sandbox id %q", runtime.ErrInvalidSpec, id)
+	if err := backend.CheckID(id); err != nil {
+		return err
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	ctx, cancel := backend.CleanupContext(ctx)
 	defer cancel()
 	var errs []error
 	if container {
@@ -366,7 +337,7 @@ func (r *Runtime) cleanup(ctx context.Context, id string, container bool) error 
 			errs = append(errs, fmt.Errorf("remove container %s: %w", id, err))
 		}
 	}
-	if err := r.unmediate(ctx, r.scratch(id)); err != nil {
+	if err := r.unmediate(ctx, r.state.Scratch(id)); err != nil {
 		errs = append(errs, err)
 	}
 	if err := removeCgroup(ctx, cgroupParent(id)); err != nil {
@@ -374,8 +345,5 @@ func (r *Runtime) cleanup(ctx context.Context, id string, container bool) error 
 	}
 	// Safe even with a placeholder still mounted: that mount exists only in
 	// the service's namespace, where removing its mount point detaches it.
-	if err := os.RemoveAll(r.scratch(id)); err != nil {
-		errs = append(errs, fmt.Errorf("remove scratch directory: %w", err))
-	}
-	return errors.Join(errs...)
+	return errors.Join(append(errs, r.state.RemoveScratch(id))...)
 }

@@ -14,9 +14,6 @@ import (
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
-// cpuPeriod is the CFS period the CPU quota is expressed in (microseconds).
-const cpuPeriod = 100000
-
 // plan is one sandbox as Podman must create it: the policy with host paths
 // resolved, from which both the specgen and the inspect check are derived.
 type plan struct {
@@ -103,7 +100,7 @@ func (p plan) specgen() *specgen.SpecGenerator {
 	}
 
 	if !p.cgroupLimits {
-		limit, quota, period := pol.MemoryBytes, oci.CPUQuota(pol.CPUs), uint64(cpuPeriod)
+		limit, quota, period := pol.MemoryBytes, oci.CPUQuota(pol.CPUs), uint64(oci.CPUPeriod)
 		mem := &specs.LinuxMemory{Limit: &limit}
 		if p.swap {
 			mem.Swap = &limit
@@ -204,8 +201,8 @@ func (p plan) verify(got *define.InspectContainerData) []string {
 			fail("memory+swap limit", "%d bytes, want %d", hc.MemorySwap, pol.MemoryBytes)
 		}
 	}
-	if q := oci.CPUQuota(pol.CPUs); enforced(runtime.ItemCPULimit) && (hc.CpuQuota != q || hc.CpuPeriod != cpuPeriod) {
-		fail(string(runtime.ItemCPULimit), "quota %d/%d, want %d/%d", hc.CpuQuota, hc.CpuPeriod, q, cpuPeriod)
+	if q := oci.CPUQuota(pol.CPUs); enforced(runtime.ItemCPULimit) && (hc.CpuQuota != q || hc.CpuPeriod != oci.CPUPeriod) {
+		fail(string(runtime.ItemCPULimit), "quota %d/%d, want %d/%d", hc.CpuQuota, hc.CpuPeriod, q, oci.CPUPeriod)
 	}
 	if enforced(runtime.ItemPidsLimit) && hc.PidsLimit != pol.Pids {
 		fail(string(runtime.ItemPidsLimit), "%d, want %d", hc.PidsLimit, pol.Pids)

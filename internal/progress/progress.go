@@ -18,14 +18,17 @@ type Reporter struct {
 func (r Reporter) Phase(name string) func(err error) {
 	start := time.Now()
 	fmt.Fprintf(r.W, "==> %s ...\n", name)
-	return func(err error) {
-		d := time.Since(start).Round(time.Millisecond)
-		if err != nil {
-			fmt.Fprintf(r.W, "==> %s failed after %v: %v\n", name, d, err)
-			return
-		}
-		fmt.Fprintf(r.W, "==> %s done (%v)\n", name, d)
+	return func(err error) { r.Done(name, time.Since(start), err) }
+}
+
+// Done prints how a phase that took d ended, for a phase timed elsewhere.
+func (r Reporter) Done(name string, d time.Duration, err error) {
+	d = d.Round(time.Millisecond)
+	if err != nil {
+		fmt.Fprintf(r.W, "==> %s failed after %v: %v\n", name, d, err)
+		return
 	}
+	fmt.Fprintf(r.W, "==> %s done (%v)\n", name, d)
 }
 
 // Heartbeat prints a "still running" line every interval until stop is

@@ -1,6 +1,4 @@
-// Package imageops builds the agent image and makes sure a backend holds it,
-// importing only what is missing.
-package imageops
+package runtime
 
 import (
 	"context"
@@ -10,20 +8,19 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/images/imagetar"
-	"github.com/sandstorm-dev/sandstorm/progress"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/internal/progress"
 )
 
-// Ensure imports the tar at path into rt unless rt already holds every
+// EnsureImage imports the image tar at path into rt unless rt already holds every
 // reference the tar carries (checked when the backend can tell cheaply): a
 // content tag among them makes a stale image with the same name import anew.
-func Ensure(ctx context.Context, rt runtime.Runtime, path string, log io.Writer) error {
+func EnsureImage(ctx context.Context, rt Runtime, path string, log io.Writer) error {
 	rep := progress.Reporter{W: log}
 	refs, err := imagetar.References(path)
 	if err != nil {
-		return fmt.Errorf("%w: %w", runtime.ErrInvalidSpec, err)
+		return fmt.Errorf("%w: %w", ErrInvalidSpec, err)
 	}
-	if c, ok := rt.(runtime.ImageChecker); ok && len(refs) > 0 {
+	if c, ok := rt.(ImageChecker); ok && len(refs) > 0 {
 		have := true
 		for _, ref := range refs {
 			ok, err := c.HasImage(ctx, ref)
@@ -39,7 +36,7 @@ func Ensure(ctx context.Context, rt runtime.Runtime, path string, log io.Writer)
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("%w: image tar: %w", runtime.ErrInvalidSpec, err)
+		return fmt.Errorf("%w: image tar: %w", ErrInvalidSpec, err)
 	}
 	defer f.Close()
 	fi, _ := f.Stat()

@@ -1,12 +1,7 @@
-// Package session turns a request into an agent run: it validates the
-// request, merges it with sandstorm.json and limits.yaml (an explicit
-// request value always wins), and takes a slot, waiting in a bounded queue
-// when all are busy.
-package session
+package api
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"regexp"
@@ -29,9 +24,6 @@ const (
 	MaxTurnsAllowed = 1000
 )
 
-// ErrInvalidRequest is wrapped by every validation error; messages name the field.
-var ErrInvalidRequest = errors.New("invalid request")
-
 // Request is one agent run as a client asks for it.
 type Request struct {
 	Prompt       string          `json:"prompt"`
@@ -53,22 +45,6 @@ func (r Request) String() string {
 		len(r.Prompt), r.Model, r.MaxTurns, r.Timeout, len(r.Files)+len(r.BinaryFiles))
 }
 
-// FieldError names the request field that is wrong.
-type FieldError struct {
-	Field   string
-	Message string
-}
-
-func (e *FieldError) Error() string {
-	return fmt.Sprintf("%s: %s: %s", ErrInvalidRequest, e.Field, e.Message)
-}
-
-func (e *FieldError) Unwrap() error { return ErrInvalidRequest }
-
-func invalid(field, format string, a ...any) error {
-	return &FieldError{Field: field, Message: fmt.Sprintf(format, a...)}
-}
-
 // modelAliases are the names the Claude Code CLI resolves itself.
 var modelAliases = map[string]bool{"sonnet": true, "opus": true, "haiku": true, "default": true, "opusplan": true, "sonnet[1m]": true}
 
@@ -82,7 +58,7 @@ func ValidateModel(m string) error {
 	if m == "" || modelAliases[m] || (len(m) <= 128 && modelID.MatchString(m)) {
 		return nil
 	}
-	return invalid("model", "unknown model %q (use sonnet, opus, haiku, a claude-* model id, or provider/model for OpenRouter)", m)
+	return Invalid("model", "unknown model %q (use sonnet, opus, haiku, a claude-* model id, or provider/model for OpenRouter)", m)
 }
 
 // Validate checks every field, naming the first bad one.
@@ -90,13 +66,13 @@ func (r Request) Validate() error {
 	n := utf8.RuneCountInString(r.Prompt)
 	switch {
 	case strings.TrimSpace(r.Prompt) == "":
-		return invalid("prompt", "is required")
+		return Invalid("prompt", "is required")
 	case n > MaxPromptChars:
-		return invalid("prompt", "%d characters is over the limit of %d", n, MaxPromptChars)
+		return Invalid("prompt", "%d characters is over the limit of %d", n, MaxPromptChars)
 	case r.MaxTurns < 0 || r.MaxTurns > MaxTurnsAllowed:
-		return invalid("max_turns", "%d is outside 1..%d", r.MaxTurns, MaxTurnsAllowed)
+		return Invalid("max_turns", "%d is outside 1..%d", r.MaxTurns, MaxTurnsAllowed)
 	case r.Timeout != 0 && (r.Timeout < MinTimeout || r.Timeout > MaxTimeout):
-		return invalid("timeout", "%d is outside %d..%d seconds", r.Timeout, MinTimeout, MaxTimeout)
+		return Invalid("timeout", "%d is outside %d..%d seconds", r.Timeout, MinTimeout, MaxTimeout)
 	}
 	if err := ValidateModel(r.Model); err != nil {
 		return err
@@ -104,21 +80,21 @@ func (r Request) Validate() error {
 	if err := config.ValidateOutputFormat(r.OutputFormat); err != nil {
 		// config names the key ("output_format.type: ..."): keep its naming.
 		field, msg, _ := strings.Cut(strings.TrimPrefix(err.Error(), config.ErrInvalid.Error()+": "), ": ")
-		return invalid(field, "%s", msg)
+		return Invalid(field, "%s", msg)
 	}
 	files := r.WorkspaceFiles()
 	if len(files) > MaxFiles {
-		return invalid("files", "%d files is over the limit of %d", len(files), MaxFiles)
+		return Invalid("files", "%d files is over the limit of %d", len(files), MaxFiles)
 	}
 	total := 0
 	for _, f := range files {
 		total += len(f.Content)
 	}
 	if total > MaxFilesBytes {
-		return invalid("files", "%d bytes in all is over the limit of %d", total, MaxFilesBytes)
+		return Invalid("files", "%d bytes in all is over the limit of %d", total, MaxFilesBytes)
 	}
 	if err := runtime.ValidateFiles(files); err != nil {
-		return invalid("files", "%s", strings.TrimPrefix(err.Error(), runtime.ErrInvalidSpec.Error()+": "))
+		return Invalid("files", "%s", strings.TrimPrefix(err.Error(), runtime.ErrInvalidSpec.Error()+": "))
 	}
 	return nil
 }

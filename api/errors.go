@@ -1,0 +1,164 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/sandstorm-dev/sandstorm/config"
+	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+)
+
+// Code is an error code, in error events and error bodies; clients switch on it.
+type Code string
+
+// sandstorm's codes. The runner inside the sandbox may print error events
+// with codes of its own first (see the README).
+const (
+	CodeInvalidRequest     Code = "invalid_request"
+	CodeBusy               Code = "busy"
+	CodeTooLarge           Code = "too_large"
+	CodeHTTPError          Code = "http_error"
+	CodeNotFound           Code = "not_found"
+	CodeRuntimeUnavailable Code = "runtime_unavailable"
+	CodeInvalidConfig      Code = "invalid_config"
+	CodeTimeout            Code = "timeout"
+	CodeCancelled          Code = "cancelled"
+	CodeOOM                Code = "oom"
+	CodeAgentFailed        Code = "agent_failed"
+	CodeInternal           Code = "internal"
+)
+
+// Errors of the API itself; the backends' and the configuration's are
+// defined where they arise and mapped here.
+var (
+	// ErrInvalidRequest is wrapped by every request validation error (see FieldError).
+	ErrInvalidRequest = errors.New("invalid request")
+	// ErrBusy: every slot is taken and the queue is full, or the wait ran out.
+	ErrBusy = errors.New("all agent slots are busy")
+)
+
+// FieldError names the request field that is wrong.
+type FieldError struct {
+	Field   string
+	Message string
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("%s: %s: %s", ErrInvalidRequest, e.Field, e.Message)
+}
+
+func (e *FieldError) Unwrap() error { return ErrInvalidRequest }
+
+// Invalid is a FieldError for field.
+func Invalid(field, format string, a ...any) error {
+	return &FieldError{Field: field, Message: fmt.Sprintf(format, a...)}
+}
+
+// Exit codes, after sysexits(3); 137 is what a shell reports for SIGKILL,
+// the OOM killer's signal.
+const (
+	ExitFailure     = 1
+	ExitUsage       = 64
+	ExitNotFound    = 66
+	ExitUnavailable = 69
+	ExitBusy        = 75
+	ExitConfig      = 78
+	ExitTimeout     = 124
+	ExitCancelled   = 130
+	ExitOOM         = 137
+)
+
+// StatusClientClosed is the status of a request whose client left (nginx's 499).
+const StatusClientClosed = 499
+
+type row struct {
+	err  error
+	code Code
+	http int
+	exit int
+}
+
+// table is the one mapping from an error to its code, HTTP status and exit
+// code; the first row err matches (errors.Is) wins.
+var table = []row{
+	{ErrInvalidRequest, CodeInvalidRequest, http.StatusBadRequest, ExitUsage},
+	{ErrBusy, CodeBusy, http.StatusTooManyRequests, ExitBusy},
+	{config.ErrInvalid, CodeInvalidConfig, http.StatusBadRequest, ExitConfig},
+	{runtime.ErrInvalidSpec, CodeInvalidConfig, http.StatusBadRequest, ExitUsage},
+	{oci.ErrInvalidPolicy, CodeInvalidConfig, http.StatusBadRequest, ExitUsage},
+	{runtime.ErrNotFound, CodeNotFound, http.StatusNotFound, ExitNotFound},
+	{runtime.ErrUnavailable, CodeRuntimeUnavailable, http.StatusServiceUnavailable, ExitUnavailable},
+	{runtime.ErrNotEnforceable, CodeInvalidConfig, http.StatusUnprocessableEntity, ExitConfig},
+	{runtime.ErrPolicyNotApplied, CodeInvalidConfig, http.StatusInternalServerError, ExitConfig},
+	{context.DeadlineExceeded, CodeTimeout, http.StatusGatewayTimeout, ExitTimeout},
+	{context.Canceled, CodeCancelled, StatusClientClosed, ExitCancelled},
+}
+
+// byCode maps the codes of a run's own ending (error events) to exit codes.
+var byCode = map[Code]int{
+	CodeTimeout:   ExitTimeout,
+	CodeCancelled: ExitCancelled,
+	CodeOOM:       ExitOOM,
+}
+
+func lookup(err error) (row, bool) {
+	for _, r := range table {
+		if errors.Is(err, r.err) {
+			return r, true
+		}
+	}
+	return row{}, false
+}
+
+// CodeOf is err's code; "internal" for an error the table does not know.
+func CodeOf(err error) Code {
+	if r, ok := lookup(err); ok {
+		return r.code
+	}
+	return CodeInternal
+}
+
+// HTTPStatus is err's status; 200 for nil.
+func HTTPStatus(err error) int {
+	if err == nil {
+		return http.StatusOK
+	}
+	if r, ok := lookup(err); ok {
+		return r.http
+	}
+	return http.StatusInternalServerError
+}
+
+// ExitCode is the process exit code for err; 0 for nil.
+func ExitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var rf *RunFailed
+	if errors.As(err, &rf) {
+		return ExitCodeOf(rf.Code)
+	}
+	if r, ok := lookup(err); ok {
+		return r.exit
+	}
+	return ExitFailure
+}
+
+// ExitCodeOf is the exit code of a run that ended with code.
+func ExitCodeOf(code Code) int {
+	if code == "" {
+		return 0
+	}
+	if n, ok := byCode[code]; ok {
+		return n
+	}
+	return ExitFailure
+}
+
+// RunFailed is a run that took place and failed; its error event was already sent.
+type RunFailed struct{ Code Code }
+
+func (e *RunFailed) Error() string { return "agent run failed: " + string(e.Code) }

@@ -1,0 +1,29 @@
+package agentimage
+
+import "embed"
+
+// Files holds the image's own sources: package.json and package-lock.json
+// (the SDK, pinned exactly) and runner.mjs. The Containerfile next to them
+// describes the same image for hosts that can pull a base image.
+//
+//go:embed package.json package-lock.json runner.mjs
+var Files embed.FS
+
+// What the host side and the runner inside the image agree on.
+const (
+	// InstallDir is where the image carries the SDK and the runner.
+	InstallDir = "/opt/sandstorm-agent"
+	// MountDir is where the runner finds its gateway session directory.
+	MountDir = "/run/sandstorm"
+	// ConfigName is the runner's config file in that directory.
+	ConfigName = "runner.json"
+	// TokenEnv passes the gateway session token to the runner.
+	TokenEnv = "SANDSTORM_MODEL_TOKEN"
+)
+
+// RunnerCommand starts the runner under tini: as PID 1 it reaps the orphans
+// agent tools leave behind (they would count against the pids limit) and
+// forwards signals to the runner. It is also the image's own command.
+func RunnerCommand() []string {
+	return []string{"tini", "--", "node", InstallDir + "/runner.mjs"}
+}

@@ -1,0 +1,190 @@
+// Package backend holds what every container backend (containerd, Docker,
+// Podman) does the same way: the Create prologue, the state folder with one
+// scratch directory per sandbox, cleanup that outlives the caller, exit
+// statuses, label selectors, and removing a sandbox once.
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+)
+
+// CleanupTimeout bounds a removal, which runs even after the caller's context ended.
+const CleanupTimeout = 30 * time.Second
+
+// CleanupContext is the context a removal runs in: ctx's values, not its
+// cancellation, and at most CleanupTimeout.
+func CleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), CleanupTimeout)
+}
+
+// CapabilitySource is what reports the items a backend enforces.
+type CapabilitySource interface {
+	Capabilities(ctx context.Context) (runtime.Capabilities, error)
+}
+
+// Prepare is the prologue of every Create: the backend's capabilities, then
+// runtime.Prepare (defaults, validation, fail closed).
+func Prepare(ctx context.Context, src CapabilitySource, spec runtime.Spec) (runtime.Prepared, runtime.Capabilities, error) {
+	caps, err := src.Capabilities(ctx)
+	if err != nil {
+		return runtime.Prepared{}, nil, err
+	}
+	prep, err := runtime.Prepare(spec, caps)
+	return prep, caps, err
+}
+
+// AllEnforced is a report in which every item is enforced; backends then
+// name the ones they cannot enforce here.
+func AllEnforced() runtime.Capabilities {
+	caps := runtime.Capabilities{}
+	for _, it := range runtime.AllItems {
+		caps[it] = runtime.Support{Enforced: true}
+	}
+	return caps
+}
+
+// Exit is the status of a process that ended with code (128+n when signal n killed it).
+func Exit(code int, at time.Time, oom bool) runtime.ExitStatus {
+	es := runtime.ExitStatus{Code: code, ExitedAt: at, OOMKilled: oom}
+	if code > 128 && code < 128+65 {
+		es.Signal = unix.SignalName(syscall.Signal(code - 128))
+	}
+	return es
+}
+
+// OrDiscard is w, or io.Discard for a stream nobody reads.
+func OrDiscard(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}
+
+// Selector is the label selector of List: the given labels, always on
+// sandboxes sandstorm manages.
+func Selector(labels map[string]string) map[string]string {
+	sel := maps.Clone(labels)
+	if sel == nil {
+		sel = map[string]string{}
+	}
+	sel[oci.LabelManaged] = "true"
+	return sel
+}
+
+// CheckID refuses an id that cannot name a sandbox before it becomes part of a path.
+func CheckID(id string) error {
+	if !runtime.ValidID(id) {
+		return fmt.Errorf("%w: sandbox id %q", runtime.ErrInvalidSpec, id)
+	}
+	return nil
+}
+
+// State is a backend's state folder: one scratch directory per sandbox
+// (its workspace, and whatever else the backend keeps on the host for it).
+type State string
+
+// DefaultState is the state folder of backend name.
+func DefaultState(name string) State { return State(filepath.Join("/var/lib/sandstorm", name)) }
+
+// Make creates the folder; 0711 lets a sandbox user (or a rootless
+// service's user) traverse it to its workspace without listing it.
+func (s State) Make() error {
+	if err := os.MkdirAll(string(s), 0o711); err != nil {
+		return fmt.Errorf("create state directory: %w", err)
+	}
+	return nil
+}
+
+// Scratch is sandbox id's scratch directory.
+func (s State) Scratch(id string) string { return filepath.Join(string(s), id) }
+
+// Claim creates sandbox id's scratch directory with its workspace holding
+// files, owned by uid:gid. The directory claims the id: when it exists
+// already another sandbox holds the id, and the error wraps
+// runtime.ErrInvalidSpec and ErrInUse (nothing was made, so there is
+// nothing to undo).
+func (s State) Claim(id string, files []runtime.File, uid, gid int) (workspace string, err error) {
+	dir := s.Scratch(id)
+	workspace, err = runtime.MakeScratch(dir, files, uid, gid)
+	var pe *os.PathError
+	if errors.As(err, &pe) && pe.Path == dir && errors.Is(err, os.ErrExist) {
+		return "", fmt.Errorf("%w: sandbox id %s: %w", runtime.ErrInvalidSpec, id, ErrInUse)
+	}
+	if err != nil {
+		return "", fmt.Errorf("prepare workspace: %w", err)
+	}
+	return workspace, nil
+}
+
+// ErrInUse: another sandbox holds the id.
+var ErrInUse = errors.New("in use by another sandbox")
+
+// RemoveScratch removes sandbox id's scratch directory.
+func (s State) RemoveScratch(id string) error {
+	if err := os.RemoveAll(s.Scratch(id)); err != nil {
+		return fmt.Errorf("remove scratch directory: %w", err)
+	}
+	return nil
+}
+
+// Leftovers names sandbox id's scratch directory if it is still there.
+func (s State) Leftovers(id string) []string {
+	if _, err := os.Stat(s.Scratch(id)); err == nil {
+		return []string{"scratch directory " + s.Scratch(id)}
+	}
+	return nil
+}
+
+// Once runs a sandbox's removal until it has succeeded once; later calls
+// do nothing. It is safe for concurrent use.
+type Once struct {
+	mu   sync.Mutex
+	done bool
+}
+
+// Do runs remove unless an earlier call succeeded.
+func (o *Once) Do(remove func() error) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.done {
+		return nil
+	}
+	if err := remove(); err != nil {
+		return err
+	}
+	o.done = true
+	return nil
+}
+
+// Sandbox is what every backend's sandbox holds; backends embed it.
+type Sandbox struct {
+	id         string
+	unenforced []runtime.Item
+	// Removal runs the sandbox's removal once.
+	Removal Once
+}
+
+// NewSandbox is the common part of the sandbox Create prepared.
+func NewSandbox(p runtime.Prepared) Sandbox {
+	return Sandbox{id: p.ID, unenforced: p.Unenforced}
+}
+
+// ID implements runtime.Sandbox.
+func (s *Sandbox) ID() string { return s.id }
+
+// Unenforced implements runtime.Sandbox.
+func (s *Sandbox) Unenforced() []runtime.Item { return s.unenforced }

@@ -1,0 +1,105 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// killWait bounds the wait for a killed sandbox's exit, so the output it
+// printed before the kill is still delivered.
+const killWait = 10 * time.Second
+
+// Hooks observe the steps of Run; any may be nil.
+type Hooks struct {
+	// Created: the sandbox exists (create took d).
+	Created func(sb Sandbox, d time.Duration)
+	// Started: its process runs (start took d).
+	Started func(d time.Duration)
+	// Exited: the process ended and all its output was delivered. waitErr
+	// is nil when it ended by itself; otherwise it was killed because the
+	// timeout passed (waitErr wraps context.DeadlineExceeded) or ctx was
+	// cancelled (waitErr wraps context.Canceled and ctx's cause). d is the
+	// time since the start.
+	Exited func(st ExitStatus, waitErr error, d time.Duration)
+	// Removed: the sandbox and everything it owns are gone, or err says
+	// what is left (removal took d).
+	Removed func(d time.Duration, err error)
+}
+
+// Run is the one life of a sandbox: create, start, wait (at most timeout;
+// 0 means none), kill and collect the exit when the wait ends early, and
+// remove, on every path. It returns the exit status and, joined, whatever
+// went wrong: the create or start, the early end of the wait, the removal.
+func Run(ctx context.Context, rt Runtime, spec Spec, io IO, timeout time.Duration, h Hooks) (st ExitStatus, err error) {
+	t := time.Now()
+	sb, err := rt.Create(ctx, spec)
+	if err != nil {
+		return st, err
+	}
+	if h.Created != nil {
+		h.Created(sb, time.Since(t))
+	}
+	defer func() {
+		t := time.Now()
+		rerr := sb.Remove(context.WithoutCancel(ctx))
+		if h.Removed != nil {
+			h.Removed(time.Since(t), rerr)
+		}
+		err = errors.Join(err, rerr)
+	}()
+	t = time.Now()
+	if err := sb.Start(ctx, io); err != nil {
+		return st, err
+	}
+	if h.Started != nil {
+		h.Started(time.Since(t))
+	}
+	wctx := ctx
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	st, werr := sb.Wait(wctx)
+	if werr != nil {
+		werr = stop(ctx, wctx, sb, timeout, werr, &st)
+	}
+	if h.Exited != nil {
+		h.Exited(st, werr, time.Since(t))
+	}
+	return st, werr
+}
+
+// stop kills a sandbox whose wait failed or ended early, collects its exit
+// when it can, and says why it was stopped.
+func stop(ctx, wctx context.Context, sb Sandbox, timeout time.Duration, werr error, st *ExitStatus) error {
+	why := werr
+	switch {
+	case ctx.Err() != nil:
+		why = fmt.Errorf("sandbox %s cancelled: %w", sb.ID(), cause(ctx))
+	case wctx.Err() != nil:
+		why = fmt.Errorf("sandbox %s timed out after %v and was killed: %w", sb.ID(), timeout, context.DeadlineExceeded)
+	}
+	bg := context.WithoutCancel(ctx)
+	if err := sb.Kill(bg); err != nil {
+		return errors.Join(why, err)
+	}
+	kctx, cancel := context.WithTimeout(bg, killWait)
+	defer cancel()
+	if got, err := sb.Wait(kctx); err == nil {
+		*st = got
+	}
+	return why
+}
+
+// cause is why ctx ended, always matching context.Canceled or
+// context.DeadlineExceeded.
+func cause(ctx context.Context) error {
+	c := context.Cause(ctx)
+	if errors.Is(c, context.Canceled) || errors.Is(c, context.DeadlineExceeded) {
+		return c
+	}
+	return fmt.Errorf("%w: %w", ctx.Err(), c)
+}
