@@ -8,18 +8,21 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 # Loads the daemon sockets host-setup.sh found, if it ran.
 CI_ENV := set -a; [ -r /run/sandstorm/ci.env ] && . /run/sandstorm/ci.env; set +a
+# PHASE NAME CMD...: a start line, a heartbeat every 10s, the duration.
+PHASE := ./scripts/phase.sh
 
 .PHONY: all build test unit lint bench testimage agentimage setup demo smoke clean
 
 all: build
 
-## build: compile the ds CLI into bin/ds
+## build: compile the ds CLI into bin/ds (modules first: a cold machine downloads them for minutes)
 build:
-	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ds ./cmd/ds
+	@$(PHASE) "go mod download" $(GO) mod download
+	@$(PHASE) "go build bin/ds" $(GO) build -ldflags "$(LDFLAGS)" -o bin/ds ./cmd/ds
 
 ## testimage: build the busybox test image tar (build/sandstorm-test.tar)
 testimage:
-	$(GO) run ./cmd/testimage -o build/sandstorm-test.tar
+	@$(PHASE) "build the test image" $(GO) run ./cmd/testimage -o build/sandstorm-test.tar
 
 ## agentimage: build the agent image tar offline (build/sandstorm-agent.tar), cached by its inputs
 agentimage: build
@@ -27,7 +30,7 @@ agentimage: build
 
 ## setup: install and start containerd, Docker and Podman (root and rootless) — needs root
 setup:
-	./scripts/host-setup.sh
+	@$(PHASE) "host setup" ./scripts/host-setup.sh
 
 ## demo: set up the host, build ds and the agent image, and run one agent (the README's first command).
 ## With no ANTHROPIC_API_KEY the scripted demo model answers (offline); with one, the real model.
@@ -45,15 +48,15 @@ smoke: setup build testimage
 lint:
 	@unformatted=$$(gofmt -l .); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
-	$(GO) vet ./...
+	@$(PHASE) "go vet" $(GO) vet ./...
 
-## unit: tests that need no daemon
+## unit: every test that needs no daemon (-short skips the ones that do), in every package
 unit:
-	$(GO) test -count=1 ./oci/... ./status/... ./images/... ./runtime/cgroupfs/...
+	@$(PHASE) "unit tests" $(GO) test -short -count=1 ./...
 
 ## test: the whole suite — lint, unit tests, the conformance suite and the agent end-to-end tests on every backend
 test: lint setup testimage agentimage
-	$(CI_ENV); $(GO) test -count=1 -timeout 25m ./...
+	@$(CI_ENV); $(PHASE) "go test (every package, every backend)" $(GO) test -count=1 -timeout 25m ./...
 
 ## bench: sandstorm vs `ctr run --rm`, `docker run --rm` and `podman run --rm` of the same image with the
 ## same limits, alternating in one run, printed as ratios; then time to the first SDK message on containerd

@@ -25,16 +25,9 @@ func TestDocker(t *testing.T) {
 	}})
 }
 
-func podmanSocket(env, def string) string {
-	if s := os.Getenv(env); s != "" {
-		return s
-	}
-	return def
-}
-
 func TestPodman(t *testing.T) {
 	scenarios(t, backend{name: "podman", open: func(ctx context.Context) (runtime.Runtime, error) {
-		return podman.New(ctx, podman.Config{Socket: podmanSocket("SANDSTORM_PODMAN_SOCKET", "unix:///run/podman/podman.sock")})
+		return podman.New(ctx, podman.Config{Socket: testenv.PodmanSocket(false)})
 	}})
 }
 
@@ -45,7 +38,7 @@ func TestPodmanRootless(t *testing.T) {
 	allow := []runtime.Item{runtime.ItemMemoryLimit, runtime.ItemCPULimit, runtime.ItemPidsLimit}
 	scenarios(t, backend{name: "podman-rootless", allow: allow, open: func(ctx context.Context) (runtime.Runtime, error) {
 		return podman.New(ctx, podman.Config{
-			Socket:             podmanSocket("SANDSTORM_PODMAN_ROOTLESS_SOCKET", "unix:///run/user/1001/podman/podman.sock"),
+			Socket:             testenv.PodmanSocket(true),
 			NoCgroupDelegation: true,
 		})
 	}})

@@ -36,6 +36,7 @@ type backend struct {
 // run runs one scenario on rt and returns the events and what the model server saw.
 func run(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map[string]any, api.Outcome, *modelserver.Server, runtime.Runtime) {
 	t.Helper()
+	conformance.NeedsDaemon(t, b.name)
 	ctx := context.Background()
 	rt, err := b.open(ctx)
 	if err != nil {

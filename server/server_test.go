@@ -38,6 +38,7 @@ type harness struct {
 // start serves a real engine (real backend, scripted model) on a random port.
 func start(t *testing.T, backend, scenario, limits string) *harness {
 	t.Helper()
+	conformance.NeedsDaemon(t, backend)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "limits.yaml")
 	if err := os.WriteFile(cfg, []byte(limits), 0o644); err != nil {
@@ -143,7 +144,11 @@ func TestHTTP(t *testing.T) {
 	for _, backend := range backendsUnderTest {
 		t.Run(backend, func(t *testing.T) {
 			t.Run("streams live", func(t *testing.T) { streamsLive(t, backend) })
-			t.Run("bad input", func(t *testing.T) { badInput(t, backend) })
+			t.Run("bad input", func(t *testing.T) {
+				h := start(t, backend, "demo", "")
+				badInput(t, h.url)
+				h.noSandboxes(t, time.Second)
+			})
 			t.Run("client disconnect", func(t *testing.T) { disconnect(t, backend) })
 			t.Run("busy", func(t *testing.T) { busy(t, backend) })
 			t.Run("shutdown", func(t *testing.T) { shutdown(t, backend) })
@@ -194,8 +199,9 @@ func streamsLive(t *testing.T, backend string) {
 	}
 }
 
-func badInput(t *testing.T, backend string) {
-	h := start(t, backend, "demo", "")
+// badInput sends every kind of bad request, three times over: each gets its
+// status and names its field, and the server stays healthy.
+func badInput(t *testing.T, url string) {
 	tests := []struct {
 		body   string
 		status int
@@ -219,7 +225,7 @@ func badInput(t *testing.T, backend string) {
 	}
 	for round := 0; round < 3; round++ {
 		for _, tt := range tests {
-			resp := post(t, h.url, tt.body)
+			resp := post(t, url, tt.body)
 			var body apiError
 			json.NewDecoder(resp.Body).Decode(&body)
 			resp.Body.Close()
@@ -228,15 +234,14 @@ func badInput(t *testing.T, backend string) {
 			}
 		}
 	}
-	if got := oversize(t, h.url); !strings.HasPrefix(got, "HTTP/1.1 413") {
+	if got := oversize(t, url); !strings.HasPrefix(got, "HTTP/1.1 413") {
 		t.Errorf("oversized body: %q, want 413", got)
 	}
-	hr, err := http.Get(h.url + "/health")
+	hr, err := http.Get(url + "/health")
 	if err != nil || hr.StatusCode != 200 {
 		t.Fatalf("server unhealthy after bad input: %v", err)
 	}
 	hr.Body.Close()
-	h.noSandboxes(t, time.Second)
 }
 
 // oversize announces a body over the limit and reads the status line the
@@ -296,17 +301,26 @@ func shutdown(t *testing.T, backend string) {
 	var last map[string]any
 	var codes []string
 	done := make(chan struct{})
+	running := make(chan struct{})
+	var once sync.Once
 	go func() {
 		defer close(done)
 		h.events(t, resp.Body, func(ev map[string]any) bool {
 			last = ev
+			if ev["type"] == "system" {
+				once.Do(func() { close(running) })
+			}
 			if ev["type"] == "error" {
 				codes = append(codes, fmt.Sprint(ev["code"]))
 			}
 			return true
 		})
 	}()
-	time.Sleep(500 * time.Millisecond)
+	select {
+	case <-running:
+	case <-done:
+		t.Fatalf("the stream ended before the agent ran: last event %v", last)
+	}
 	if err := h.srv.Shutdown(100 * time.Millisecond); err != nil {
 		t.Logf("shutdown: %v", err)
 	}

@@ -12,14 +12,15 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/sandstorm-dev/sandstorm/engine"
 	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
-	"github.com/sandstorm-dev/sandstorm/session"
 )
 
-// ds builds the real binary once; the tests run it as a user would.
-var dsBinary string
+// ds builds the real binary once; the tests run it as a user would, with
+// slots of their own (not the host's /run/sandstorm/slots).
+var dsBinary, slotDir string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "ds-cli-test")
@@ -27,6 +28,7 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	dsBinary = filepath.Join(dir, "ds")
+	slotDir = filepath.Join(dir, "slots")
 	if out, err := exec.Command("go", "build", "-o", dsBinary, ".").CombinedOutput(); err != nil {
 		panic(string(out))
 	}
@@ -44,7 +46,7 @@ func ds(t *testing.T, dir string, args ...string) result {
 	t.Helper()
 	cmd := exec.Command(dsBinary, args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "ANTHROPIC_API_KEY=", "OPENROUTER_API_KEY=")
+	cmd.Env = append(os.Environ(), "ANTHROPIC_API_KEY=", "OPENROUTER_API_KEY=", engine.SlotDirEnv+"="+slotDir)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -125,8 +127,8 @@ func TestBusyAcrossProcesses(t *testing.T) {
 	dir := t.TempDir()
 	os.MkdirAll(filepath.Join(dir, "config"), 0o755)
 	os.WriteFile(filepath.Join(dir, "config", "limits.yaml"), []byte("max_concurrent_agents: 1\nqueue_size: 0\n"), 0o644)
-	os.MkdirAll(session.DefaultSlotDir, 0o700)
-	f, err := os.OpenFile(filepath.Join(session.DefaultSlotDir, "slot-0.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	os.MkdirAll(slotDir, 0o700)
+	f, err := os.OpenFile(filepath.Join(slotDir, "slot-0.lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -131,19 +132,41 @@ func writeConfig(t *testing.T, dir string, cfg string) string {
 	return p
 }
 
+// firstLine closes its channel when the first complete line was written.
+type firstLine struct {
+	syncBuffer
+	once sync.Once
+	seen chan struct{}
+}
+
+func (f *firstLine) Write(p []byte) (int, error) {
+	n, err := f.syncBuffer.Write(p)
+	if bytes.IndexByte(p, '\n') >= 0 {
+		f.once.Do(func() { close(f.seen) })
+	}
+	return n, err
+}
+
+// runRunner runs the runner to its end; during, if set, runs once its
+// first line is out.
 func runRunner(t *testing.T, dir string, env []string, during func(*exec.Cmd)) runOut {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "node", filepath.Join(dir, "runner.mjs"))
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "SANDSTORM_WORKSPACE=" + filepath.Join(dir, "workspace")}, env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	stdout := &firstLine{seen: make(chan struct{})}
+	var stderr syncBuffer
+	cmd.Stdout, cmd.Stderr = stdout, &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	if during != nil {
-		during(cmd)
+		select {
+		case <-stdout.seen:
+			during(cmd)
+		case <-ctx.Done():
+		}
 	}
 	err := cmd.Wait()
 	out := runOut{stdout: stdout.String(), stderr: stderr.String()}
@@ -319,10 +342,7 @@ func TestRunnerSIGTERM(t *testing.T) {
 	cfg := writeConfig(t, dir, `{"prompt":"hang"}`)
 	start := time.Now()
 	out := runRunner(t, dir, []string{"SANDSTORM_RUNNER_CONFIG=" + cfg, "SANDSTORM_MODEL_SOCKET=" + sock, "SANDSTORM_MODEL_TOKEN=" + token},
-		func(cmd *exec.Cmd) {
-			time.Sleep(500 * time.Millisecond)
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-		})
+		func(cmd *exec.Cmd) { _ = cmd.Process.Signal(syscall.SIGTERM) })
 	if out.code != 143 {
 		t.Errorf("exit %d, want 143", out.code)
 	}

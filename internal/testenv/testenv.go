@@ -4,8 +4,10 @@
 package testenv
 
 import (
+	"cmp"
 	"context"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -62,4 +64,23 @@ type logWriter struct{ t testing.TB }
 func (w logWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// PodmanSocket is the socket of the root (rootless false) or rootless
+// Podman service the tests use: $SANDSTORM_PODMAN_SOCKET or
+// $SANDSTORM_PODMAN_ROOTLESS_SOCKET (host-setup.sh writes both), else the
+// default socket of the root service, or of the rootless user
+// ($SANDSTORM_ROOTLESS_USER, default sandstorm) as found on this host.
+func PodmanSocket(rootless bool) string {
+	if !rootless {
+		return cmp.Or(os.Getenv("SANDSTORM_PODMAN_SOCKET"), "unix:///run/podman/podman.sock")
+	}
+	if s := os.Getenv("SANDSTORM_PODMAN_ROOTLESS_SOCKET"); s != "" {
+		return s
+	}
+	u, err := user.Lookup(cmp.Or(os.Getenv("SANDSTORM_ROOTLESS_USER"), "sandstorm"))
+	if err != nil {
+		return "unix:///nonexistent/rootless-podman.sock"
+	}
+	return "unix://" + filepath.Join("/run/user", u.Uid, "podman", "podman.sock")
 }

@@ -56,10 +56,20 @@ func Unavailable(t testing.TB, name string, err error) {
 	t.Skipf("backend %s unavailable (set SANDSTORM_REQUIRE_RUNTIMES=%s to make this a failure): %v", name, name, err)
 }
 
+// NeedsDaemon marks a test that needs backend name's daemon: under -short
+// (make unit, the tests that need no daemon) it is skipped.
+func NeedsDaemon(t testing.TB, name string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("needs the %s daemon; not run with -short", name)
+	}
+}
+
 // Connect opens backend name for a test with open, closing it at cleanup;
 // when it cannot be reached, see Unavailable.
 func Connect[R runtime.Runtime](t testing.TB, name string, open func() (R, error)) R {
 	t.Helper()
+	NeedsDaemon(t, name)
 	rt, err := open()
 	if err != nil {
 		Unavailable(t, name, err)

@@ -3,9 +3,9 @@ package podman
 import (
 	"context"
 	"errors"
-	"os"
 	"testing"
 
+	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 )
@@ -16,21 +16,18 @@ import (
 // the run with an explicit allow. "rootless-delegated" adds the limits a
 // root sandstorm sets itself.
 var services = []struct {
-	name, env, def, backend string
-	rootless, delegate      bool
+	name, backend      string
+	rootless, delegate bool
 }{
-	{"root", "SANDSTORM_PODMAN_SOCKET", "unix:///run/podman/podman.sock", "podman", false, true},
-	{"rootless", "SANDSTORM_PODMAN_ROOTLESS_SOCKET", "unix:///run/user/1001/podman/podman.sock", "podman-rootless", true, false},
-	{"rootless-delegated", "SANDSTORM_PODMAN_ROOTLESS_SOCKET", "unix:///run/user/1001/podman/podman.sock", "podman-rootless", true, true},
+	{"root", "podman", false, true},
+	{"rootless", "podman-rootless", true, false},
+	{"rootless-delegated", "podman-rootless", true, true},
 }
 
 func connect(t testing.TB, i int) *Runtime {
 	t.Helper()
 	svc := services[i]
-	sock := os.Getenv(svc.env)
-	if sock == "" {
-		sock = svc.def
-	}
+	sock := testenv.PodmanSocket(svc.rootless)
 	return conformance.Connect(t, svc.backend, func() (*Runtime, error) {
 		rt, err := New(context.Background(), Config{Socket: sock, NoCgroupDelegation: !svc.delegate})
 		if err == nil && rt.svc.rootless != svc.rootless {
@@ -91,7 +88,7 @@ func TestDiscoverSocket(t *testing.T) {
 
 func TestHostID(t *testing.T) {
 	// What a rootless service reports for a user with subordinate ids 100000-165535.
-	rootless := []idRange{{container: 0, host: 1001, size: 1}, {container: 1, host: 100000, size: 65536}}
+	rootless := []idRange{{container: 0, host: 2345, size: 1}, {container: 1, host: 100000, size: 65536}}
 	tests := []struct {
 		name   string
 		ranges []idRange
@@ -100,7 +97,7 @@ func TestHostID(t *testing.T) {
 		err    bool
 	}{
 		{"root service keeps ids", nil, 1000, 1000, false},
-		{"container root is the service's user", rootless, 0, 1001, false},
+		{"container root is the service's user", rootless, 0, 2345, false},
 		{"sandbox user", rootless, 1000, 100999, false},
 		{"first subordinate id", rootless, 1, 100000, false},
 		{"last mapped id", rootless, 65536, 165535, false},
