@@ -10,6 +10,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/sandstorm-dev/sandstorm/images/agentimage"
 	"github.com/sandstorm-dev/sandstorm/oci"
 )
 
@@ -43,7 +44,7 @@ func DefaultLimits() Limits {
 		MemoryBytes:           4 << 30,
 		PidsLimit:             oci.DefaultPids,
 		SessionTimeoutSeconds: 600,
-		Image:                 "localhost/sandstorm-agent:latest",
+		Image:                 agentimage.Ref,
 		NetworkMode:           string(oci.NetworkNone),
 		QueueSize:             100,
 		QueueWaitSeconds:      60,

@@ -103,21 +103,13 @@ type Session struct {
 	// Token authenticates the sandbox; it is worthless outside this session.
 	Token string
 
-	srv      *http.Server
-	mu       sync.Mutex
-	closed   bool
-	requests int
+	srv    *http.Server
+	mu     sync.Mutex
+	closed bool
 }
 
 // SocketPath is the host path of the session's socket.
 func (s *Session) SocketPath() string { return filepath.Join(s.Dir, SocketName) }
-
-// Requests counts requests forwarded so far.
-func (s *Session) Requests() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.requests
-}
 
 // Open starts a session: a directory with a listening socket and a fresh token.
 func (g *Gateway) Open(id string, creds Credentials) (*Session, error) {
@@ -222,9 +214,6 @@ func (g *Gateway) handler(s *Session, creds Credentials) http.Handler {
 			apiError(w, http.StatusNotFound, "not_found_error", "sandstorm gateway: only the Messages API is served")
 			return
 		}
-		s.mu.Lock()
-		s.requests++
-		s.mu.Unlock()
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		proxy.ServeHTTP(w, r)
 	})

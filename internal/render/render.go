@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sandstorm-dev/sandstorm/api"
 )
 
 // maxResult bounds how much of a tool result is shown.
@@ -122,18 +124,18 @@ func (h *Human) Event(ev json.RawMessage) {
 		if json.Unmarshal(ev, &r) == nil {
 			h.result = &r
 		}
-	case "sandbox":
-		if len(m.Unenforced) > 0 && m.Event == "created" {
+	case api.TypeSandbox:
+		if len(m.Unenforced) > 0 && m.Event == api.SandboxCreated {
 			fmt.Fprintf(h.w, "! %s does not enforce %s here (allowed by configuration)\n", m.Runtime, strings.Join(m.Unenforced, ", "))
 		}
 		if h.Verbose {
 			fmt.Fprintf(h.w, "· sandbox %s %s on %s (%dms)\n", m.SandboxID, m.Event, m.Runtime, m.DurationMS)
 		}
-	case "stderr", "stdout":
+	case api.TypeStderr, api.TypeStdout:
 		if h.Verbose {
 			fmt.Fprintf(h.w, "· %s: %s\n", m.Type, m.Line)
 		}
-	case "error":
+	case api.TypeError:
 		var msg string
 		_ = json.Unmarshal(m.Message, &msg)
 		fmt.Fprintf(h.w, "✗ error (%s): %s\n", m.Code, msg)
