@@ -109,18 +109,18 @@ func runSandbox(ctx context.Context, rt runtime.Runtime, spec runtime.Spec, impo
 	}
 	rep := progress.Reporter{W: stderr}
 	created := rep.Phase("create sandbox on " + rt.Name())
-	done := false
+	id := ""
 	st, err := runtime.Run(ctx, rt, spec, runtime.IO{Stdout: stdout, Stderr: stderr}, timeout, runtime.Hooks{
 		Created: func(sb runtime.Sandbox, _ time.Duration) {
-			done = true
+			id = sb.ID()
 			created(nil)
 			if u := sb.Unenforced(); len(u) > 0 {
 				fmt.Fprintf(stderr, "==> warning: %s does not enforce %v here; running without them as allowed\n", rt.Name(), u)
 			}
 		},
-		Removed: func(d time.Duration, err error) { rep.Done("remove sandbox", d, err) },
+		Removed: func(d time.Duration, err error) { rep.Done("remove sandbox "+id, d, err) },
 	})
-	if !done {
+	if id == "" {
 		created(err)
 	}
 	return st, err
