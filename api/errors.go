@@ -38,7 +38,17 @@ var (
 	ErrInvalidRequest = errors.New("invalid request")
 	// ErrBusy: every slot is taken and the queue is full, or the wait ran out.
 	ErrBusy = errors.New("all agent slots are busy")
+	// ErrUsage: a command line that is wrong (flags, arguments); see Usage.
+	ErrUsage = errors.New("invalid usage")
 )
+
+// Usage marks err as a wrong command line, keeping its message.
+func Usage(err error) error { return usageError{err} }
+
+type usageError struct{ err error }
+
+func (e usageError) Error() string   { return e.err.Error() }
+func (e usageError) Unwrap() []error { return []error{ErrUsage, e.err} }
 
 // FieldError names the request field that is wrong.
 type FieldError struct {
@@ -85,6 +95,7 @@ type row struct {
 // code; the first row err matches (errors.Is) wins.
 var table = []row{
 	{ErrInvalidRequest, CodeInvalidRequest, http.StatusBadRequest, ExitUsage},
+	{ErrUsage, CodeInvalidRequest, http.StatusBadRequest, ExitUsage},
 	{ErrBusy, CodeBusy, http.StatusTooManyRequests, ExitBusy},
 	{config.ErrInvalid, CodeInvalidConfig, http.StatusBadRequest, ExitConfig},
 	{runtime.ErrInvalidSpec, CodeInvalidConfig, http.StatusBadRequest, ExitUsage},

@@ -29,6 +29,7 @@ func TestTable(t *testing.T) {
 		{fmt.Errorf("x: %w", ErrInvalidRequest), CodeInvalidRequest, 400, ExitUsage},
 		{Invalid("prompt", "is required"), CodeInvalidRequest, 400, ExitUsage},
 		{fmt.Errorf("x: %w", ErrBusy), CodeBusy, 429, ExitBusy},
+		{Usage(errors.New("unknown flag: --x")), CodeInvalidRequest, 400, ExitUsage},
 		{fmt.Errorf("x: %w", config.ErrInvalid), CodeInvalidConfig, 400, ExitConfig},
 		// A run cancelled before its sandbox started (client gone during create).
 		{fmt.Errorf("create container ds-1: %w", context.Canceled), CodeCancelled, StatusClientClosed, ExitCancelled},

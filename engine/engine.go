@@ -125,17 +125,15 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 		e.stop = stop
 		upstream = url
 	}
+	// The backend first: a daemon that does not answer is the likeliest failure.
+	e.Runtime, err = backends.Open(ctx, o.Runtime, backends.FromEnv())
+	if err != nil {
+		return nil, err
+	}
 	e.Gateway, err = gateway.New(gateway.Config{Upstream: upstream, Dir: o.GatewayDir, Logger: log})
 	if err != nil {
 		return nil, err
 	}
-	// Assigned only on success: a failed Open's nil must not become a
-	// non-nil interface that Close would call.
-	rt, err := backends.Open(ctx, o.Runtime, backends.FromEnv())
-	if err != nil {
-		return nil, err
-	}
-	e.Runtime = rt
 	runner := &agent.Runner{Runtime: e.Runtime, Gateway: e.Gateway, Image: limits.Image, Policy: limits.Policy(), Logger: log}
 	slotDir := cmp.Or(o.SlotDir, os.Getenv(SlotDirEnv), session.DefaultSlotDir)
 	e.Manager, err = session.NewManager(runner, limits, project, o.Credentials, slotDir)

@@ -59,7 +59,27 @@ containers, one per request, streaming every step live and leaving nothing behin
 	}
 	q.register(root)
 	root.AddCommand(newQuery(), newServe(), newRuntimes(), newVersion(), newSandbox(), newImage())
+	// A wrong command line exits 64 (usage), whichever command it is for.
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return api.Usage(fmt.Errorf("%w (see '%s --help')", err, cmd.CommandPath()))
+	})
+	markUsage(root)
 	return root
+}
+
+// markUsage makes every command's argument errors usage errors.
+func markUsage(cmd *cobra.Command) {
+	if check := cmd.Args; check != nil {
+		cmd.Args = func(c *cobra.Command, args []string) error {
+			if err := check(c, args); err != nil {
+				return api.Usage(fmt.Errorf("%w (see '%s --help')", err, c.CommandPath()))
+			}
+			return nil
+		}
+	}
+	for _, c := range cmd.Commands() {
+		markUsage(c)
+	}
 }
 
 func newVersion() *cobra.Command {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/engine"
 	"github.com/sandstorm-dev/sandstorm/server"
 )
@@ -37,7 +38,7 @@ sandboxes before exiting. CORS origins come from $CORS_ORIGINS (default *).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if port < 1 || port > 65535 {
-				return fmt.Errorf("--port: %d is outside 1..65535", port)
+				return api.Usage(fmt.Errorf("--port: %d is outside 1..65535", port))
 			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 			opts := ef.options()

@@ -51,11 +51,11 @@ func FromEnv() Options {
 func Open(ctx context.Context, name string, opts Options) (runtime.Runtime, error) {
 	switch name {
 	case containerd.Name:
-		return containerd.New(ctx, containerd.Config{Address: opts.ContainerdAddress})
+		return opened(containerd.New(ctx, containerd.Config{Address: opts.ContainerdAddress}))
 	case docker.Name:
-		return docker.New(ctx, docker.Config{Host: opts.DockerHost})
+		return opened(docker.New(ctx, docker.Config{Host: opts.DockerHost}))
 	case podman.Name:
-		return podman.New(ctx, podman.Config{Socket: opts.PodmanSocket})
+		return opened(podman.New(ctx, podman.Config{Socket: opts.PodmanSocket}))
 	case Auto, "":
 		var errs []error
 		for _, n := range Names {
@@ -88,14 +88,14 @@ func Discover(ctx context.Context, opts Options) []Found {
 		found = append(found, Found{Name: name, Socket: socket, Runtime: rt, Err: err})
 	}
 	try(containerd.Name, opts.ContainerdAddress, func() (runtime.Runtime, error) {
-		return containerd.New(ctx, containerd.Config{Address: opts.ContainerdAddress})
+		return opened(containerd.New(ctx, containerd.Config{Address: opts.ContainerdAddress}))
 	})
 	try(docker.Name, opts.DockerHost, func() (runtime.Runtime, error) {
-		return docker.New(ctx, docker.Config{Host: opts.DockerHost})
+		return opened(docker.New(ctx, docker.Config{Host: opts.DockerHost}))
 	})
 	for _, sock := range podmanSockets(opts.PodmanSocket) {
 		try(podman.Name, sock, func() (runtime.Runtime, error) {
-			return podman.New(ctx, podman.Config{Socket: sock})
+			return opened(podman.New(ctx, podman.Config{Socket: sock}))
 		})
 	}
 	return found
@@ -124,4 +124,14 @@ func podmanSockets(explicit string) []string {
 		socks = append(socks, "")
 	}
 	return socks
+}
+
+// opened turns a backend's constructor result into a runtime.Runtime that
+// is nil when it failed: a nil *containerd.Runtime returned as is would be
+// a non-nil interface, and its Close would panic.
+func opened[R runtime.Runtime](rt R, err error) (runtime.Runtime, error) {
+	if err != nil {
+		return nil, err
+	}
+	return rt, nil
 }
