@@ -57,6 +57,7 @@ type Health struct {
 	APIKeys             KeysSet `json:"api_keys"`
 	ScriptedModel       bool    `json:"scripted_model"`
 	Running             int     `json:"running"`
+	Queued              int     `json:"queued"`
 	MaxConcurrentAgents int     `json:"max_concurrent_agents"`
 	Error               string  `json:"error,omitempty"`
 }

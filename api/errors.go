@@ -38,6 +38,9 @@ var (
 	ErrInvalidRequest = errors.New("invalid request")
 	// ErrBusy: every slot is taken and the queue is full, or the wait ran out.
 	ErrBusy = errors.New("all agent slots are busy")
+	// ErrShuttingDown: the server is shutting down; what still runs or
+	// waits is cancelled.
+	ErrShuttingDown = errors.New("server shutting down")
 	// ErrUsage: a command line that is wrong (flags, arguments); see Usage.
 	ErrUsage = errors.New("invalid usage")
 )
@@ -105,6 +108,7 @@ var table = []row{
 	{runtime.ErrNotEnforceable, CodeInvalidConfig, http.StatusUnprocessableEntity, ExitConfig},
 	{runtime.ErrPolicyNotApplied, CodeInvalidConfig, http.StatusInternalServerError, ExitConfig},
 	{context.DeadlineExceeded, CodeTimeout, http.StatusGatewayTimeout, ExitTimeout},
+	{ErrShuttingDown, CodeCancelled, http.StatusServiceUnavailable, ExitCancelled},
 	{context.Canceled, CodeCancelled, StatusClientClosed, ExitCancelled},
 }
 

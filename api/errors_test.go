@@ -33,6 +33,8 @@ func TestTable(t *testing.T) {
 		{fmt.Errorf("x: %w", config.ErrInvalid), CodeInvalidConfig, 400, ExitConfig},
 		// A run cancelled before its sandbox started (client gone during create).
 		{fmt.Errorf("create container ds-1: %w", context.Canceled), CodeCancelled, StatusClientClosed, ExitCancelled},
+		// A request still queued when the server shuts down.
+		{fmt.Errorf("left the queue: %w: %w", context.Canceled, ErrShuttingDown), CodeCancelled, 503, ExitCancelled},
 		{&RunFailed{Code: CodeTimeout}, CodeInternal, 500, ExitTimeout},
 		{&RunFailed{Code: CodeOOM}, CodeInternal, 500, ExitOOM},
 		{&RunFailed{Code: CodeCancelled}, CodeInternal, 500, ExitCancelled},

@@ -166,6 +166,7 @@ func (e *Engine) Health(ctx context.Context) api.Health {
 		APIKeys:             api.KeysSet{Anthropic: creds.AnthropicKey != "", OpenRouter: creds.OpenRouterKey != ""},
 		ScriptedModel:       e.Scripted != nil,
 		Running:             e.Manager.Running(),
+		Queued:              e.Manager.Queued(),
 		MaxConcurrentAgents: e.Limits.MaxConcurrentAgents,
 	}
 	info, err := e.Runtime.Info(ctx)

@@ -78,7 +78,7 @@ func stop(ctx, wctx context.Context, sb Sandbox, timeout time.Duration, werr err
 	why := werr
 	switch {
 	case ctx.Err() != nil:
-		why = fmt.Errorf("sandbox %s cancelled: %w", sb.ID(), cause(ctx))
+		why = fmt.Errorf("sandbox %s cancelled: %w", sb.ID(), Cause(ctx))
 	case wctx.Err() != nil:
 		why = fmt.Errorf("sandbox %s timed out after %v and was killed: %w", sb.ID(), timeout, context.DeadlineExceeded)
 	}
@@ -94,11 +94,11 @@ func stop(ctx, wctx context.Context, sb Sandbox, timeout time.Duration, werr err
 	return why
 }
 
-// cause is why ctx ended, always matching context.Canceled or
-// context.DeadlineExceeded.
-func cause(ctx context.Context) error {
+// Cause is why ctx ended: its cause, always matching ctx.Err() (context.Canceled
+// or context.DeadlineExceeded) with errors.Is.
+func Cause(ctx context.Context) error {
 	c := context.Cause(ctx)
-	if errors.Is(c, context.Canceled) || errors.Is(c, context.DeadlineExceeded) {
+	if errors.Is(c, ctx.Err()) {
 		return c
 	}
 	return fmt.Errorf("%w: %w", ctx.Err(), c)

@@ -20,6 +20,9 @@ type fakeEngine struct {
 	admitErr error
 	startErr error
 	health   api.Health
+	// endless runs emit until emit fails, then report it on ended.
+	endless bool
+	ended   chan error
 }
 
 func (f *fakeEngine) Admit(_ context.Context, req api.Request, _ func(int)) (api.Run, error) {
@@ -40,6 +43,15 @@ func (r fakeRun) Start(_ context.Context, emit api.Emit) (api.Outcome, error) {
 	if r.f.startErr != nil {
 		return api.Outcome{}, r.f.startErr
 	}
+	if r.f.endless {
+		frame := json.RawMessage(`{"type":"stdout","line":"` + strings.Repeat("x", 64<<10) + `"}`)
+		for {
+			if err := emit(frame); err != nil {
+				r.f.ended <- err
+				return api.Outcome{}, err
+			}
+		}
+	}
 	if err := emit(json.RawMessage(`{"type":"result","subtype":"success","is_error":false}`)); err != nil {
 		return api.Outcome{}, err
 	}
@@ -51,7 +63,7 @@ func serveFake(t *testing.T, f *fakeEngine) string {
 	if f.health.Status == "" {
 		f.health = api.Health{Status: api.HealthOK, Backend: "fake"}
 	}
-	srv := New(f, Config{})
+	srv := New(f, Config{WriteTimeout: 300 * time.Millisecond})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -108,6 +120,19 @@ func TestRequests(t *testing.T) {
 		(&harness{}).events(t, resp.Body, func(ev map[string]any) bool { types = append(types, fmt.Sprint(ev["type"])); return true })
 		if strings.Join(types, " ") != "result" {
 			t.Errorf("events %v", types)
+		}
+	})
+
+	// A client that stops reading is cut after the write timeout: the run
+	// sees its emit fail and ends.
+	t.Run("stalled reader", func(t *testing.T) {
+		f := &fakeEngine{endless: true, ended: make(chan error, 1)}
+		dialStalled(t, serveFake(t, f), `{"prompt":"x"}`)
+		select {
+		case err := <-f.ended:
+			t.Logf("emit failed: %v", err)
+		case <-time.After(10 * time.Second):
+			t.Error("a client that stopped reading was not cut")
 		}
 	})
 

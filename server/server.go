@@ -29,11 +29,19 @@ const BodyLimit = 24 << 20
 // clients keep the connection open.
 const KeepAlive = 15 * time.Second
 
+// DefaultWriteTimeout is how long a stream may wait for a client that
+// stopped reading before the client is cut.
+const DefaultWriteTimeout = 30 * time.Second
+
 // Config configures a Server.
 type Config struct {
 	// CORSOrigins is a comma-separated list of allowed origins; "*" by default.
 	CORSOrigins string
-	Logger      *slog.Logger
+	// WriteTimeout cuts a client that accepts no stream data for this long
+	// (its run is cancelled and removed, as on a disconnect); default
+	// DefaultWriteTimeout.
+	WriteTimeout time.Duration
+	Logger       *slog.Logger
 }
 
 // Server serves one engine.
@@ -43,9 +51,10 @@ type Server struct {
 	log *slog.Logger
 	// base is cancelled when shutdown's grace period is over: every run still
 	// going is then cancelled and cleaned up.
-	base   context.Context
-	cancel context.CancelFunc
-	runs   sync.WaitGroup
+	base         context.Context
+	cancel       context.CancelCauseFunc
+	runs         sync.WaitGroup
+	writeTimeout time.Duration
 }
 
 // New builds the server.
@@ -54,8 +63,11 @@ func New(eng api.Engine, cfg Config) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{eng: eng, log: log}
-	s.base, s.cancel = context.WithCancel(context.Background())
+	s := &Server{eng: eng, log: log, writeTimeout: cfg.WriteTimeout}
+	if s.writeTimeout <= 0 {
+		s.writeTimeout = DefaultWriteTimeout
+	}
+	s.base, s.cancel = context.WithCancelCause(context.Background())
 	s.app = fiber.New(fiber.Config{
 		BodyLimit:             BodyLimit,
 		DisableStartupMessage: true,
@@ -86,11 +98,11 @@ func (s *Server) Shutdown(grace time.Duration) error {
 	select {
 	case <-done:
 	case <-time.After(grace):
-		s.log.Warn("shutdown: grace period over, cancelling runs still going")
-		s.cancel()
+		s.log.Warn("shutdown: grace period over, cancelling runs still going and requests still queued")
+		s.cancel(api.ErrShuttingDown)
 		<-done
 	}
-	s.cancel()
+	s.cancel(api.ErrShuttingDown)
 	return <-errc
 }
 
@@ -167,37 +179,42 @@ func (s *Server) query(c *fiber.Ctx) error {
 	if err != nil {
 		return writeError(c, err)
 	}
+	// The request lives from here on: a client that leaves while it waits
+	// for a slot leaves the queue, one that leaves during the run cancels
+	// it. Its connection is not reused: the stream ends with the run.
+	ctx, cancel := context.WithCancelCause(s.base)
+	conn := c.Context().Conn()
+	go watchClient(ctx, conn, cancel)
+	c.Set("Connection", "close")
 	s.runs.Add(1)
-	run, err := s.eng.Admit(s.base, req, nil)
+	run, err := s.eng.Admit(ctx, req, nil)
 	if err != nil {
 		s.runs.Done()
+		cancel(nil)
 		return writeError(c, err)
 	}
-	conn := c.Context().Conn()
 	c.Set("Content-Type", "text/event-stream")
 	c.Set("Cache-Control", "no-cache, no-transform")
 	c.Set("X-Accel-Buffering", "no")
-	// The stream ends with the run; the connection is not reused after it.
-	c.Set("Connection", "close")
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer s.runs.Done()
-		s.stream(w, conn, run)
+		defer cancel(nil)
+		s.stream(ctx, cancel, w, conn, run)
 	})
 	return nil
 }
 
 // stream runs an admitted request and writes its events as SSE frames. A
-// client that goes away is noticed at once (its connection reads EOF) and
-// cancels the run.
-func (s *Server) stream(w *bufio.Writer, conn net.Conn, run api.Run) {
-	ctx, cancel := context.WithCancelCause(s.base)
-	defer cancel(nil)
-	go watchClient(ctx, conn, cancel)
-
+// client that goes away is noticed at once (its connection reads EOF), and
+// one that stops reading within the write timeout; either cancels the run.
+func (s *Server) stream(ctx context.Context, cancel context.CancelCauseFunc, w *bufio.Writer, conn net.Conn, run api.Run) {
 	var mu sync.Mutex
 	write := func(frame string) error {
 		mu.Lock()
 		defer mu.Unlock()
+		if conn != nil {
+			_ = conn.SetWriteDeadline(time.Now().Add(s.writeTimeout))
+		}
 		if _, err := w.WriteString(frame); err != nil {
 			return err
 		}

@@ -38,6 +38,12 @@ type harness struct {
 // start serves a real engine (real backend, scripted model) on a random port.
 func start(t *testing.T, backend, scenario, limits string) *harness {
 	t.Helper()
+	return startWith(t, backend, scenario, limits, Config{}, net.Listen)
+}
+
+// startWith is start with a server config and a listener of the test's.
+func startWith(t *testing.T, backend, scenario, limits string, scfg Config, listen func(network, addr string) (net.Listener, error)) *harness {
+	t.Helper()
 	conformance.NeedsDaemon(t, backend)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "limits.yaml")
@@ -54,8 +60,8 @@ func start(t *testing.T, backend, scenario, limits string) *harness {
 		conformance.Unavailable(t, backend, err)
 	}
 	testenv.EnsureAgentImage(t, eng.Runtime, backend)
-	srv := New(eng, Config{})
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	srv := New(eng, scfg)
+	l, err := listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,6 +158,9 @@ func TestHTTP(t *testing.T) {
 			t.Run("client disconnect", func(t *testing.T) { disconnect(t, backend) })
 			t.Run("busy", func(t *testing.T) { busy(t, backend) })
 			t.Run("shutdown", func(t *testing.T) { shutdown(t, backend) })
+			t.Run("queued client leaves", func(t *testing.T) { queuedLeaves(t, backend) })
+			t.Run("shutdown while queued", func(t *testing.T) { shutdownQueued(t, backend) })
+			t.Run("stalled reader", func(t *testing.T) { stalledReader(t, backend) })
 		})
 	}
 }

@@ -167,6 +167,9 @@ func (a *admitted) Start(ctx context.Context, emit api.Emit) (api.Outcome, error
 // Running is how many runs hold a slot on this host.
 func (m *Manager) Running() int { return m.slots.Running() }
 
+// Queued is how many requests wait for a slot on this host.
+func (m *Manager) Queued() int { return m.slots.Waiting() }
+
 func firstNonEmpty(s ...string) string {
 	for _, v := range s {
 		if strings.TrimSpace(v) != "" {

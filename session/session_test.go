@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -125,5 +126,96 @@ func TestProviderForwarding(t *testing.T) {
 	if err != nil || len(files) != 1 || string(files[0].Content) != `{"type":"service_account"}` ||
 		!slices.Contains(env, "GOOGLE_APPLICATION_CREDENTIALS=/home/user/"+gcloudCredentials) {
 		t.Errorf("vertex: %v %v %v", env, files, err)
+	}
+}
+
+// TestQueueIsABound: many requests arriving at once never get more than
+// the slots plus the queue; every other one is busy at once.
+func TestQueueIsABound(t *testing.T) {
+	const n, queue, arrivals = 2, 3, 40
+	for round := 0; round < 5; round++ {
+		s, err := NewSlots(t.TempDir(), n, queue, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		var mu sync.Mutex
+		acquired, queued, busy := 0, 0, 0
+		var releases []func()
+		var wg, decided sync.WaitGroup
+		start := make(chan struct{})
+		for i := 0; i < arrivals; i++ {
+			wg.Add(1)
+			decided.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				once := sync.OnceFunc(decided.Done)
+				rel, err := s.Acquire(ctx, func(int) {
+					mu.Lock()
+					queued++
+					mu.Unlock()
+					once()
+				})
+				mu.Lock()
+				switch {
+				case err == nil:
+					acquired++
+					releases = append(releases, rel)
+				case errors.Is(err, api.ErrBusy):
+					busy++
+				}
+				mu.Unlock()
+				once()
+			}()
+		}
+		close(start)
+		decided.Wait()
+		mu.Lock()
+		got := [3]int{acquired, queued, busy}
+		mu.Unlock()
+		if got != [3]int{n, queue, arrivals - n - queue} {
+			t.Errorf("round %d: acquired %d, queued %d, busy %d; want %d, %d, %d", round, got[0], got[1], got[2], n, queue, arrivals-n-queue)
+		}
+		cancel()
+		wg.Wait()
+		for _, r := range releases {
+			r()
+		}
+	}
+}
+
+// A request that leaves the queue frees its place at once.
+func TestQueueLeave(t *testing.T) {
+	s, err := NewSlots(t.TempDir(), 1, 1, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, err := s.Acquire(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	ctx, leave := context.WithCancelCause(context.Background())
+	inQueue := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Acquire(ctx, func(int) { close(inQueue) })
+		done <- err
+	}()
+	<-inQueue
+	leave(errors.New("client disconnected"))
+	if err := <-done; !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "client disconnected") {
+		t.Errorf("leaving the queue: %v", err)
+	}
+	// The place is free again: the next request waits instead of being busy.
+	ctx2, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	again := make(chan struct{})
+	go s.Acquire(ctx2, func(int) { close(again) })
+	select {
+	case <-again:
+	case <-time.After(10 * time.Second):
+		t.Error("the queue place of a request that left was not freed")
 	}
 }

@@ -1,8 +1,6 @@
 package session
 
 import (
-	"github.com/sandstorm-dev/sandstorm/api"
-
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -12,6 +10,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sandstorm-dev/sandstorm/api"
+	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
 // DefaultSlotDir holds the host-wide slot locks.
@@ -41,16 +42,9 @@ func NewSlots(dir string, n, queueSize int, wait time.Duration) (*Slots, error) 
 
 // Acquire takes a free slot, waiting in the queue when all are held.
 func (s *Slots) Acquire(ctx context.Context, queued Queued) (release func(), err error) {
-	if rel := s.try(); rel != nil {
-		return rel, nil
-	}
-	waiting := s.waiting()
-	if waiting >= s.queueSize {
-		return nil, fmt.Errorf("%w: %d running, %d waiting (queue_size %d)", api.ErrBusy, s.n, waiting, s.queueSize)
-	}
-	q, err := s.enqueue()
-	if err != nil {
-		return nil, err
+	rel, q, waiting, err := s.admit()
+	if err != nil || rel != nil {
+		return rel, err
 	}
 	defer func() {
 		os.Remove(q.Name())
@@ -69,12 +63,35 @@ func (s *Slots) Acquire(ctx context.Context, queued Queued) (release func(), err
 		}
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, fmt.Errorf("left the queue for a slot: %w", runtime.Cause(ctx))
 		case <-deadline.C:
 			return nil, fmt.Errorf("%w: no slot freed within queue_wait_seconds (%v)", api.ErrBusy, s.wait)
 		case <-tick.C:
 		}
 	}
+}
+
+// admit takes a free slot, or a place in the queue when there is room, or
+// answers busy: in one step across every process, under the admission
+// lock, so that running plus waiting never exceed the slots plus the queue.
+func (s *Slots) admit() (release func(), q *os.File, waiting int, err error) {
+	lock, err := os.OpenFile(filepath.Join(s.dir, "admit.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("slots: %w", err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return nil, nil, 0, fmt.Errorf("slots: %w", err)
+	}
+	if rel := s.try(); rel != nil {
+		return rel, nil, 0, nil
+	}
+	waiting = s.Waiting()
+	if waiting >= s.queueSize {
+		return nil, nil, waiting, fmt.Errorf("%w: %d running, %d waiting (queue_size %d)", api.ErrBusy, s.Running(), waiting, s.queueSize)
+	}
+	q, err = s.enqueue()
+	return nil, q, waiting, err
 }
 
 // try locks the first free slot.
@@ -104,7 +121,8 @@ func (s *Slots) Running() int {
 }
 
 // waiting counts live queue entries and removes those of dead processes.
-func (s *Slots) waiting() int {
+// Waiting is how many requests wait in the queue, across the host.
+func (s *Slots) Waiting() int {
 	entries, _ := os.ReadDir(s.dir)
 	n := 0
 	for _, e := range entries {

@@ -22,6 +22,7 @@ func newServe() *cobra.Command {
 		host  string
 		port  int
 		grace time.Duration
+		write time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -30,10 +31,14 @@ func newServe() *cobra.Command {
 
   POST /query   run one agent; the response is a Server-Sent Events stream,
                 one "data: <json>" frame per event
-  GET  /health  status, backend, runtime version, which API keys are set
+  GET  /health  status, backend, runtime version, which API keys are set,
+                runs holding a slot and requests queued for one
 
+A client that disconnects, or accepts no stream data for --write-timeout,
+cancels its run (or leaves the queue); its sandbox is removed at once.
 On SIGTERM or Ctrl-C the server stops accepting requests, lets running agents
-finish for up to --shutdown-grace, then cancels the rest and removes their
+finish for up to --shutdown-grace, then cancels the rest (their streams end
+with a cancelled error; requests still queued get 503) and removes their
 sandboxes before exiting. CORS origins come from $CORS_ORIGINS (default *).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -51,7 +56,7 @@ sandboxes before exiting. CORS origins come from $CORS_ORIGINS (default *).`,
 			for _, n := range eng.Notices {
 				log.Warn(n)
 			}
-			srv := server.New(eng, server.Config{CORSOrigins: os.Getenv("CORS_ORIGINS"), Logger: log})
+			srv := server.New(eng, server.Config{CORSOrigins: os.Getenv("CORS_ORIGINS"), WriteTimeout: write, Logger: log})
 			addr := net.JoinHostPort(host, strconv.Itoa(port))
 			l, err := net.Listen("tcp", addr)
 			if err != nil {
@@ -78,5 +83,6 @@ sandboxes before exiting. CORS origins come from $CORS_ORIGINS (default *).`,
 	cmd.Flags().StringVar(&host, "host", "127.0.0.1", "address to listen on (0.0.0.0 for every interface)")
 	cmd.Flags().IntVar(&port, "port", 8000, "port to listen on")
 	cmd.Flags().DurationVar(&grace, "shutdown-grace", 30*time.Second, "on SIGTERM, how long running agents may finish before they are cancelled")
+	cmd.Flags().DurationVar(&write, "write-timeout", server.DefaultWriteTimeout, "cut a client that accepts no stream data for this long; its run is cancelled and removed")
 	return cmd
 }
