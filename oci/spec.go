@@ -12,6 +12,9 @@ import (
 const (
 	LabelManaged = "sandstorm.managed"
 	LabelSession = "sandstorm.session"
+	// LabelOwner names the sandstorm process that made the sandbox (see
+	// runtime.Owner), so objects of a crashed process can be told apart.
+	LabelOwner = "sandstorm.owner"
 )
 
 // CgroupParent is the cgroup under which every sandbox gets its own cgroup.

@@ -1,7 +1,6 @@
 package runtime
 
 import (
-	"os"
 	"path/filepath"
 	"syscall"
 
@@ -23,26 +22,4 @@ func DetectHost() oci.Host {
 		}
 	}
 	return h
-}
-
-// scratchMode lets the sandbox user traverse, but not list, scratch parents.
-const scratchMode = 0o711
-
-// MakeScratch creates dir (the sandbox's host scratch directory) and its
-// workspace subdirectory home/, owned by uid:gid, holding files.
-func MakeScratch(dir string, files []File, uid, gid int) (workspace string, err error) {
-	if err := os.MkdirAll(filepath.Dir(dir), scratchMode); err != nil {
-		return "", err
-	}
-	if err := os.Mkdir(dir, scratchMode); err != nil {
-		return "", err
-	}
-	workspace = filepath.Join(dir, "home")
-	if err := os.Mkdir(workspace, 0o755); err != nil {
-		return "", err
-	}
-	if err := os.Lchown(workspace, uid, gid); err != nil {
-		return "", err
-	}
-	return workspace, WriteWorkspace(workspace, files, uid, gid)
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"os"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
@@ -20,6 +21,9 @@ func NewID() string {
 type Prepared struct {
 	ID     string
 	Policy oci.Policy
+	// Labels are the spec's labels and the owner label (this process);
+	// oci.Container adds the managed and session labels.
+	Labels map[string]string
 	// Unenforced lists the items the caller allowed the backend to skip.
 	Unenforced []Item
 }
@@ -53,10 +57,18 @@ func Prepare(spec Spec, caps Capabilities) (Prepared, error) {
 	if p.ID == "" {
 		p.ID = NewID()
 	}
+	owner, err := Self()
+	if err != nil {
+		return p, fmt.Errorf("sandbox owner: %w", err)
+	}
+	p.Labels = maps.Clone(spec.Labels)
+	if p.Labels == nil {
+		p.Labels = map[string]string{}
+	}
+	p.Labels[oci.LabelOwner] = owner.String()
 	if !ValidID(p.ID) {
 		return p, fmt.Errorf("%w: sandbox id %q", ErrInvalidSpec, p.ID)
 	}
-	var err error
 	p.Unenforced, err = caps.Check(p.Policy, spec.AllowUnenforced)
 	return p, err
 }

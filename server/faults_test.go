@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -174,4 +176,29 @@ func stalledReader(t *testing.T, backend string) {
 	if strings.Contains(string(got), `"event":"removed"`) {
 		t.Errorf("the stream was not cut: the stalled client got the whole run (%d bytes)", len(got))
 	}
+}
+
+// leaveDuringStartup: clients that disconnect at any moment of their run's
+// start-up (queued, creating, starting, running) leave nothing behind.
+func leaveDuringStartup(t *testing.T, backend string) {
+	h := start(t, backend, "slow-steps", "max_concurrent_agents: 4\nqueue_size: 20\n")
+	const clients = 12
+	var wg sync.WaitGroup
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rand.IntN(1500))*time.Millisecond)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, "POST", h.url+"/query", strings.NewReader(`{"prompt":"slow"}`))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return
+			}
+			defer resp.Body.Close()
+			h.events(t, resp.Body, func(map[string]any) bool { return ctx.Err() == nil })
+		}()
+	}
+	wg.Wait()
+	h.noSandboxes(t, 30*time.Second)
 }

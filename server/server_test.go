@@ -19,6 +19,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 )
 
@@ -73,6 +74,8 @@ func startWith(t *testing.T, backend, scenario, limits string, scfg Config, list
 	return &harness{url: "http://" + l.Addr().String(), eng: eng, srv: srv, gatewayDir: filepath.Join("/run/sandstorm/servertest", filepath.Base(dir))}
 }
 
+var self, _ = runtime.Self()
+
 // noSandboxes waits until this harness's runs hold no slot, have closed
 // their gateway sessions, and left nothing of the sandboxes it saw. Other
 // packages' tests may run sandboxes on the same daemon meanwhile.
@@ -95,6 +98,11 @@ func (h *harness) noSandboxes(t *testing.T, within time.Duration) {
 			if err != nil || len(found) > 0 {
 				left = append(left, fmt.Sprintf("session %s: %v %v", s, found, err))
 			}
+		}
+		// Also what no event named: every object this process owns.
+		found, err := h.eng.Runtime.List(context.Background(), map[string]string{oci.LabelOwner: self.String()})
+		if err != nil || len(found) > 0 {
+			left = append(left, fmt.Sprintf("owned by this process: %v %v", found, err))
 		}
 		if len(left) == 0 {
 			return
@@ -161,6 +169,7 @@ func TestHTTP(t *testing.T) {
 			t.Run("queued client leaves", func(t *testing.T) { queuedLeaves(t, backend) })
 			t.Run("shutdown while queued", func(t *testing.T) { shutdownQueued(t, backend) })
 			t.Run("stalled reader", func(t *testing.T) { stalledReader(t, backend) })
+			t.Run("clients leave during start-up", func(t *testing.T) { leaveDuringStartup(t, backend) })
 		})
 	}
 }

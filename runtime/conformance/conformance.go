@@ -170,6 +170,7 @@ func Run(t *testing.T, rt runtime.Runtime, cfg Config) {
 	t.Run("invalid requests", func(t *testing.T) { invalidRequests(t, rt, caps) })
 	t.Run("reap strays by label", func(t *testing.T) { reap(t, rt, caps) })
 	t.Run("a failed create keeps others", func(t *testing.T) { createFailureKeepsOthers(t, rt, caps) })
+	t.Run("cancel at every step", func(t *testing.T) { cancelAtEveryStep(t, rt, caps) })
 }
 
 // unexercised lists the items a check's policy needs that the backend does

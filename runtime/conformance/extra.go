@@ -8,9 +8,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/backend"
 )
 
 // failClosed: every item the backend cannot enforce makes Create fail with an
@@ -143,5 +145,47 @@ func createFailureKeepsOthers(t *testing.T, rt runtime.Runtime, caps runtime.Cap
 	r := startWait(t, ctx, sb)
 	if r.stdout != "still-here\n" || r.exit.Code != 0 {
 		t.Errorf("the sandbox holding the id does not run intact: stdout %q stderr %q exit %+v", r.stdout, r.stderr, r.exit)
+	}
+}
+
+// cancelAtEveryStep: a run cancelled at any step of its create or start
+// (before and after each daemon call) ends with a cancellation and leaves
+// nothing of any kind, found by Leftovers and by List.
+func cancelAtEveryStep(t *testing.T, rt runtime.Runtime, caps runtime.Capabilities) {
+	networks := []oci.Network{oci.NetworkNone}
+	if caps.Enforced(runtime.ItemNetworkBridge) {
+		networks = append(networks, oci.NetworkBridge)
+	}
+	for _, network := range networks {
+		for k := 0; ; k++ {
+			ctx, cancel := context.WithCancel(context.Background())
+			reached := []string{}
+			ctx = backend.WithCheckpoints(ctx, func(step string) {
+				if len(reached) == k {
+					cancel()
+				}
+				reached = append(reached, step)
+			})
+			spec := runtime.Spec{ID: fmt.Sprintf("conf-cancel-%d-%s-%d", os.Getpid(), network, k), SessionID: newSession(t),
+				Image: TestImage, Args: []string{"true"}, Policy: oci.Policy{Network: network}, AllowUnenforced: notEnforced(caps)}
+			_, err := runtime.Run(ctx, rt, spec, runtime.IO{}, time.Minute, runtime.Hooks{})
+			cancel()
+			through := len(reached) <= k
+			switch {
+			case through && err != nil:
+				t.Errorf("%s: uncancelled run: %v", network, err)
+			case !through && !errors.Is(err, context.Canceled):
+				t.Errorf("%s: cancelled at step %d (%s): got %v, want a cancellation", network, k, reached[k], err)
+			}
+			left, lerr := rt.Leftovers(context.Background(), spec.ID, spec.SessionID)
+			found, ferr := rt.List(context.Background(), map[string]string{oci.LabelSession: spec.SessionID})
+			if lerr != nil || ferr != nil || len(left) > 0 || len(found) > 0 {
+				t.Errorf("%s: cancelled at step %d of %v: left %v %v, listed %v %v", network, k, reached, left, lerr, found, ferr)
+			}
+			if through {
+				t.Logf("%s: %d steps, each cancelled in turn: nothing left", network, k)
+				break
+			}
+		}
 	}
 }

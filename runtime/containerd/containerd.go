@@ -181,7 +181,23 @@ func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime
 		}
 		out = append(out, runtime.SandboxInfo{ID: c.ID(), SessionID: l[oci.LabelSession], Labels: l, Running: running})
 	}
-	return out, nil
+	// A create cut short leaves a snapshot or a scratch directory with no
+	// container: those are sandboxes too, for reaping.
+	var snaps []runtime.SandboxInfo
+	err = r.client.SnapshotService(r.cfg.Snapshotter).Walk(ctx, func(_ context.Context, i snapshots.Info) error {
+		if runtime.ValidID(i.Name) {
+			snaps = append(snaps, runtime.SandboxInfo{ID: i.Name, SessionID: i.Labels[oci.LabelSession], Labels: i.Labels})
+		}
+		return nil
+	}, strings.Join(conds, ","))
+	if err != nil {
+		return nil, fmt.Errorf("walk snapshots: %w", err)
+	}
+	dirs, err := r.state.List(backend.Selector(labels))
+	if err != nil {
+		return nil, err
+	}
+	return backend.Merge(backend.Merge(out, snaps), dirs), nil
 }
 
 // Remove implements runtime.Runtime.

@@ -52,25 +52,33 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 		}
 	}
 
-	// The scratch directory claims the id: a sandbox holding it already
-	// must not be undone below.
-	workspace, err := r.state.Claim(id, spec.Files, int(policy.UID), int(policy.GID))
-	if err != nil {
+	sb := sboci.Container{
+		ID: id, SessionID: spec.SessionID, Args: spec.Args, Env: spec.Env,
+		Labels: prep.Labels, Policy: policy,
+	}
+	if err := backend.Checkpoint(ctx, "create sandbox "+id); err != nil {
 		return nil, err
 	}
-	// From here on, everything made so far is undone on failure.
+	// The scratch directory claims the id: a sandbox holding it already
+	// must not be undone below.
+	if sb.Workspace, err = r.state.Claim(id, sb.AllLabels(), spec.Files, int(policy.UID), int(policy.GID)); err != nil {
+		return nil, err
+	}
+	// From here on, everything made so far is undone on failure, and the
+	// daemon calls that make objects are not cut half-way (see backend.Detached).
 	defer func() {
 		if err != nil {
 			_ = r.cleanup(ctx, id)
 		}
 	}()
-	sb := sboci.Container{
-		ID: id, SessionID: spec.SessionID, Args: spec.Args, Env: spec.Env,
-		Labels: spec.Labels, Workspace: workspace, Policy: policy,
-	}
+	dctx, cancel := backend.Detached(ctx)
+	defer cancel()
 	labels := sb.AllLabels()
 	if policy.Network == sboci.NetworkBridge {
-		if sb.NetNS, err = r.net.setup(ctx, id, r.state.Scratch(id)); err != nil {
+		if err := backend.Checkpoint(ctx, "create sandbox "+id); err != nil {
+			return nil, err
+		}
+		if sb.NetNS, err = r.net.setup(dctx, id, r.state.Scratch(id)); err != nil {
 			return nil, err
 		}
 		labels[labelNetNS] = sb.NetNS
@@ -79,7 +87,10 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", runtime.ErrInvalidSpec, err)
 	}
-	ctr, err := r.client.NewContainer(ctx, id,
+	if err := backend.Checkpoint(ctx, "create sandbox "+id); err != nil {
+		return nil, err
+	}
+	ctr, err := r.client.NewContainer(dctx, id,
 		client.WithImage(img),
 		client.WithSnapshotter(r.cfg.Snapshotter),
 		client.WithNewSnapshot(id, img, snapshots.WithLabels(sb.AllLabels())),
@@ -89,13 +100,22 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 	if err != nil {
 		return nil, fmt.Errorf("create container %s: %w", id, err)
 	}
+	if err := backend.Checkpoint(ctx, "create sandbox "+id); err != nil {
+		return nil, err
+	}
 	return &sandbox{Sandbox: backend.NewSandbox(prep), r: r, cgroup: sb.CgroupPath(), ctr: ctr}, nil
 }
 
 // Start implements runtime.Sandbox.
 func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
 	ctx = s.r.ctx(ctx)
-	task, err := s.ctr.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, backend.OrDiscard(io.Stdout), backend.OrDiscard(io.Stderr))))
+	step := "start sandbox " + s.ID()
+	if err := backend.Checkpoint(ctx, step); err != nil {
+		return err
+	}
+	dctx, cancel := backend.Detached(ctx)
+	defer cancel()
+	task, err := s.ctr.NewTask(dctx, cio.NewCreator(cio.WithStreams(nil, backend.OrDiscard(io.Stdout), backend.OrDiscard(io.Stderr))))
 	if err != nil {
 		return fmt.Errorf("create task %s: %w", s.ID(), err)
 	}
@@ -106,7 +126,10 @@ func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
 		return fmt.Errorf("wait task %s: %w", s.ID(), err)
 	}
 	s.exitC = exitC
-	if err := task.Start(ctx); err != nil {
+	if err := backend.Checkpoint(ctx, step); err != nil {
+		return err
+	}
+	if err := task.Start(dctx); err != nil {
 		return fmt.Errorf("start task %s: %w", s.ID(), err)
 	}
 	return nil
@@ -185,6 +208,11 @@ func (r *Runtime) cleanup(ctx context.Context, id string) error {
 		}
 	case !notFound(err):
 		errs = append(errs, fmt.Errorf("load container %s: %w", id, err))
+	}
+	// The snapshot goes with its container, except when the container was
+	// never made (or not wholly): it is removed by its key, the id.
+	if err := r.client.SnapshotService(r.cfg.Snapshotter).Remove(ctx, id); err != nil && !notFound(err) {
+		errs = append(errs, fmt.Errorf("remove snapshot %s: %w", id, err))
 	}
 	if err := r.net.teardown(ctx, id, r.state.Scratch(id), netns); err != nil {
 		errs = append(errs, err)

@@ -226,7 +226,12 @@ func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime
 			Running:   c.State == container.StateRunning,
 		})
 	}
-	return out, nil
+	// A create cut short leaves a scratch directory with no container.
+	dirs, err := r.state.List(backend.Selector(labels))
+	if err != nil {
+		return nil, err
+	}
+	return backend.Merge(out, dirs), nil
 }
 
 // sandboxID is the container's own name: the sandbox id. Docker also lists

@@ -46,10 +46,17 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 		return nil, err
 	}
 	id, policy := prep.ID, prep.Policy
+	sb := oci.Container{
+		ID: id, SessionID: spec.SessionID, Args: spec.Args, Env: spec.Env,
+		Labels: prep.Labels, Policy: policy,
+	}
+	step := "create sandbox " + id
+	if err := backend.Checkpoint(ctx, step); err != nil {
+		return nil, err
+	}
 	// The scratch directory claims the id: a sandbox holding it already
 	// must not be undone below.
-	workspace, err := r.state.Claim(id, spec.Files, int(policy.UID), int(policy.GID))
-	if err != nil {
+	if sb.Workspace, err = r.state.Claim(id, sb.AllLabels(), spec.Files, int(policy.UID), int(policy.GID)); err != nil {
 		return nil, err
 	}
 	containerID := ""
@@ -60,12 +67,15 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 			err = errors.Join(err, r.undo(ctx, id, containerID))
 		}
 	}()
-	sb := oci.Container{
-		ID: id, SessionID: spec.SessionID, Args: spec.Args, Env: spec.Env,
-		Labels: spec.Labels, Workspace: workspace, Policy: policy,
-	}
 	req := buildRequest(sb, spec.Image, r.d)
-	created, err := r.cli.ContainerCreate(ctx, client.ContainerCreateOptions{Name: id, Config: req.Config, HostConfig: req.Host})
+	if err := backend.Checkpoint(ctx, step); err != nil {
+		return nil, err
+	}
+	// Not cut half-way: a create cancelled in flight can complete on the
+	// daemon after the undo ran.
+	dctx, cancel := backend.Detached(ctx)
+	defer cancel()
+	created, err := r.cli.ContainerCreate(dctx, client.ContainerCreateOptions{Name: id, Config: req.Config, HostConfig: req.Host})
 	switch {
 	case notFound(err):
 		return nil, fmt.Errorf("%w: image %s in docker (import it first): %w", runtime.ErrNotFound, spec.Image, err)
@@ -77,6 +87,9 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 		return nil, fmt.Errorf("create container %s: %w", id, err)
 	}
 	containerID = created.ID
+	if err := backend.Checkpoint(ctx, step); err != nil {
+		return nil, err
+	}
 	got, err := r.cli.ContainerInspect(ctx, containerID, client.ContainerInspectOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("inspect container %s: %w", id, err)
@@ -112,6 +125,10 @@ func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
 	if s.exited != nil {
 		return fmt.Errorf("sandbox %s was already started", s.ID())
 	}
+	step := "start sandbox " + s.ID()
+	if err := backend.Checkpoint(ctx, step); err != nil {
+		return err
+	}
 	att, err := s.r.cli.ContainerAttach(ctx, s.containerID, client.ContainerAttachOptions{Stream: true, Stdout: true, Stderr: true})
 	if err != nil {
 		return fmt.Errorf("attach to sandbox %s: %w", s.ID(), err)
@@ -123,7 +140,13 @@ func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
 		defer close(copied)
 		s.copyErr = copyOutput(backend.OrDiscard(io.Stdout), backend.OrDiscard(io.Stderr), att.Reader)
 	}()
-	if _, err := s.r.cli.ContainerStart(ctx, s.containerID, client.ContainerStartOptions{}); err != nil {
+	if err := backend.Checkpoint(ctx, step); err != nil {
+		att.Close()
+		return err
+	}
+	dctx, cancel := backend.Detached(ctx)
+	defer cancel()
+	if _, err := s.r.cli.ContainerStart(dctx, s.containerID, client.ContainerStartOptions{}); err != nil {
 		att.Close()
 		return fmt.Errorf("start sandbox %s: %w", s.ID(), err)
 	}

@@ -279,21 +279,17 @@ func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime
 	for _, c := range ctrs {
 		// Sandboxes are named by their id; skip containers someone else
 		// labelled. Every label must match, whatever the service's filter does.
-		if len(c.Names) != 1 || !hasLabels(c.Labels, sel) {
+		if len(c.Names) != 1 || !backend.Matches(c.Labels, sel) {
 			continue
 		}
 		out = append(out, runtime.SandboxInfo{ID: c.Names[0], SessionID: c.Labels[oci.LabelSession], Labels: c.Labels, Running: c.State == "running"})
 	}
-	return out, nil
-}
-
-func hasLabels(have, want map[string]string) bool {
-	for k, v := range want {
-		if w, ok := have[k]; !ok || w != v {
-			return false
-		}
+	// A create cut short leaves a scratch directory with no container.
+	dirs, err := r.state.List(sel)
+	if err != nil {
+		return nil, err
 	}
-	return true
+	return backend.Merge(out, dirs), nil
 }
 
 // Remove implements runtime.Runtime.

@@ -48,7 +48,7 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 	root := r.delegates()
 	p := plan{
 		id: id, image: spec.Image, args: spec.Args, env: spec.Env,
-		labels: oci.Container{ID: id, SessionID: spec.SessionID, Labels: spec.Labels}.AllLabels(),
+		labels: oci.Container{ID: id, SessionID: spec.SessionID, Labels: prep.Labels}.AllLabels(),
 		policy: pol, mounts: pol.Mounts, nofile: r.host.NoFile(pol.NoFile), swap: r.host.SwapAccounting,
 		network: r.networkMode(pol.Network), unenforced: prep.Unenforced,
 	}
@@ -68,8 +68,12 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 	// sandbox sees it as its own (uid 1000 is 100999 on the host for a
 	// rootless service whose subordinate ids start at 100000). Making the
 	// scratch directory claims the id.
+	step := "create sandbox " + id
+	if err := backend.Checkpoint(ctx, step); err != nil {
+		return nil, err
+	}
 	scratch := r.state.Scratch(id)
-	if p.workspace, err = r.state.Claim(id, spec.Files, uid, gid); err != nil {
+	if p.workspace, err = r.state.Claim(id, p.labels, spec.Files, uid, gid); err != nil {
 		return nil, err
 	}
 	// From here on, everything made so far is undone on failure; the
@@ -98,17 +102,29 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 		}
 	}
 	if r.mediates() {
+		if err := backend.Checkpoint(ctx, step); err != nil {
+			return nil, err
+		}
 		if p.mounts, err = r.mediate(ctx, scratch, pol.Mounts); err != nil {
 			return nil, err
 		}
 	}
-
-	cctx := r.ctx(ctx)
-	resp, err := containers.CreateWithSpec(cctx, p.specgen(), nil)
+	if err := backend.Checkpoint(ctx, step); err != nil {
+		return nil, err
+	}
+	// Not cut half-way: a create cancelled in flight can complete in the
+	// service after the undo ran.
+	dctx, cancel := backend.Detached(ctx)
+	defer cancel()
+	resp, err := containers.CreateWithSpec(r.ctx(dctx), p.specgen(), nil)
 	if err != nil {
 		return nil, r.imageErr(ctx, spec.Image, fmt.Errorf("create container %s: %w", id, err))
 	}
 	created = true
+	if err := backend.Checkpoint(ctx, step); err != nil {
+		return nil, err
+	}
+	cctx := r.ctx(ctx)
 	got, err := containers.Inspect(cctx, resp.ID, nil)
 	if err != nil {
 		return nil, fmt.Errorf("inspect container %s: %w", id, err)
@@ -202,6 +218,10 @@ func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
 	if s.stream != nil {
 		return fmt.Errorf("sandbox %s already started", s.ID())
 	}
+	step := "start sandbox " + s.ID()
+	if err := backend.Checkpoint(ctx, step); err != nil {
+		return err
+	}
 	stream, err := s.r.attach(ctx, s.ctrID)
 	if err != nil {
 		return err
@@ -217,7 +237,13 @@ func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
 			return err
 		}
 	}
-	if err := containers.Start(s.r.ctx(ctx), s.ctrID, nil); err != nil {
+	if err := backend.Checkpoint(ctx, step); err != nil {
+		stream.close()
+		return err
+	}
+	dctx, cancel := backend.Detached(ctx)
+	defer cancel()
+	if err := containers.Start(s.r.ctx(dctx), s.ctrID, nil); err != nil {
 		stream.close()
 		return fmt.Errorf("start container %s: %w", s.ID(), err)
 	}

@@ -6,6 +6,7 @@ package backend
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -100,10 +101,10 @@ type State string
 // DefaultState is the state folder of backend name.
 func DefaultState(name string) State { return State(filepath.Join("/var/lib/sandstorm", name)) }
 
-// Make creates the folder; 0711 lets a sandbox user (or a rootless
-// service's user) traverse it to its workspace without listing it.
+// Make creates the folder, which a sandbox user (or a rootless service's
+// user) may traverse to its workspace without listing it.
 func (s State) Make() error {
-	if err := os.MkdirAll(string(s), 0o711); err != nil {
+	if err := os.MkdirAll(string(s), scratchMode); err != nil {
 		return fmt.Errorf("create state directory: %w", err)
 	}
 	return nil
@@ -112,22 +113,94 @@ func (s State) Make() error {
 // Scratch is sandbox id's scratch directory.
 func (s State) Scratch(id string) string { return filepath.Join(string(s), id) }
 
-// Claim creates sandbox id's scratch directory with its workspace holding
-// files, owned by uid:gid. The directory claims the id: when it exists
-// already another sandbox holds the id, and the error wraps
-// runtime.ErrInvalidSpec and ErrInUse (nothing was made, so there is
-// nothing to undo).
-func (s State) Claim(id string, files []runtime.File, uid, gid int) (workspace string, err error) {
+// Claim creates sandbox id's scratch directory, records its labels there
+// (so a sandbox whose other objects are gone can still be found and
+// swept), and makes its workspace holding files, owned by uid:gid. The
+// directory claims the id: when it exists already another sandbox holds
+// the id, and the error wraps runtime.ErrInvalidSpec and ErrInUse (nothing
+// was made, so there is nothing to undo).
+func (s State) Claim(id string, labels map[string]string, files []runtime.File, uid, gid int) (workspace string, err error) {
 	dir := s.Scratch(id)
-	workspace, err = runtime.MakeScratch(dir, files, uid, gid)
-	var pe *os.PathError
-	if errors.As(err, &pe) && pe.Path == dir && errors.Is(err, os.ErrExist) {
+	if err := os.Mkdir(dir, scratchMode); errors.Is(err, os.ErrExist) {
 		return "", fmt.Errorf("%w: sandbox id %s: %w", runtime.ErrInvalidSpec, id, ErrInUse)
+	} else if err != nil {
+		return "", fmt.Errorf("prepare workspace: %w", err)
 	}
+	data, err := json.Marshal(labels)
 	if err != nil {
 		return "", fmt.Errorf("prepare workspace: %w", err)
 	}
+	if err := os.WriteFile(filepath.Join(dir, labelsFile), data, 0o600); err != nil {
+		return "", fmt.Errorf("prepare workspace: %w", err)
+	}
+	workspace = filepath.Join(dir, "home")
+	if err := os.Mkdir(workspace, 0o755); err != nil {
+		return "", fmt.Errorf("prepare workspace: %w", err)
+	}
+	if err := os.Lchown(workspace, uid, gid); err != nil {
+		return "", fmt.Errorf("prepare workspace: %w", err)
+	}
+	if err := runtime.WriteWorkspace(workspace, files, uid, gid); err != nil {
+		return "", fmt.Errorf("prepare workspace: %w", err)
+	}
 	return workspace, nil
+}
+
+// scratchMode lets the sandbox user (or a rootless service's user)
+// traverse, but not list, a scratch directory.
+const scratchMode = 0o711
+
+// labelsFile records a sandbox's labels in its scratch directory.
+const labelsFile = "labels.json"
+
+// List returns the sandboxes whose scratch directories carry all of sel's
+// labels. A directory without readable labels (a create that stopped
+// right after claiming the id) counts as a managed sandbox of no session.
+func (s State) List(sel map[string]string) ([]runtime.SandboxInfo, error) {
+	entries, err := os.ReadDir(string(s))
+	if err != nil {
+		return nil, fmt.Errorf("list state directory: %w", err)
+	}
+	var out []runtime.SandboxInfo
+	for _, e := range entries {
+		if !e.IsDir() || !runtime.ValidID(e.Name()) {
+			continue
+		}
+		labels := map[string]string{oci.LabelManaged: "true"}
+		if data, err := os.ReadFile(filepath.Join(s.Scratch(e.Name()), labelsFile)); err == nil {
+			_ = json.Unmarshal(data, &labels)
+		}
+		if Matches(labels, sel) {
+			out = append(out, runtime.SandboxInfo{ID: e.Name(), SessionID: labels[oci.LabelSession], Labels: labels})
+		}
+	}
+	return out, nil
+}
+
+// Matches reports whether have carries every label of want.
+func Matches(have, want map[string]string) bool {
+	for k, v := range want {
+		if w, ok := have[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Merge adds to found the sandboxes of more it does not hold yet (by id):
+// a sandbox is listed once whichever of its objects were found.
+func Merge(found, more []runtime.SandboxInfo) []runtime.SandboxInfo {
+	seen := map[string]bool{}
+	for _, f := range found {
+		seen[f.ID] = true
+	}
+	for _, m := range more {
+		if !seen[m.ID] {
+			seen[m.ID] = true
+			found = append(found, m)
+		}
+	}
+	return found
 }
 
 // ErrInUse: another sandbox holds the id.
@@ -188,3 +261,32 @@ func (s *Sandbox) ID() string { return s.id }
 
 // Unenforced implements runtime.Sandbox.
 func (s *Sandbox) Unenforced() []runtime.Item { return s.unenforced }
+
+// Detached is the context of a daemon call that makes an object of a
+// sandbox: it is not cut by the caller's cancellation (a call cancelled
+// half-way can still complete on the daemon, after the undo has run, and
+// leave an object behind), only bounded by CleanupTimeout. Create and Start
+// call Checkpoint between such calls to honour a cancellation.
+func Detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	return CleanupContext(ctx)
+}
+
+type checkpointKey struct{}
+
+// Checkpoint returns an error wrapping ctx's cause when ctx has ended; the
+// point a Create or Start reaches between two daemon calls.
+func Checkpoint(ctx context.Context, step string) error {
+	if f, ok := ctx.Value(checkpointKey{}).(func(string)); ok {
+		f(step)
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s: %w", step, runtime.Cause(ctx))
+	}
+	return nil
+}
+
+// WithCheckpoints calls f at every Checkpoint reached with ctx: tests
+// cancel there, at each step in turn.
+func WithCheckpoints(ctx context.Context, f func(step string)) context.Context {
+	return context.WithValue(ctx, checkpointKey{}, f)
+}
