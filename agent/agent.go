@@ -10,8 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -81,8 +79,16 @@ func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (out api.Outco
 		}
 	}
 
+	config, err := json.Marshal(job.Config)
+	if err != nil {
+		return out, fmt.Errorf("%w: runner config: %w", runtime.ErrInvalidSpec, err)
+	}
+	owner, err := runtime.Self()
+	if err != nil {
+		return out, fmt.Errorf("session owner: %w", err)
+	}
 	sessionID := runtime.NewID()
-	sess, err := r.Gateway.Open(sessionID, job.Credentials)
+	sess, err := r.Gateway.Open(sessionID, gateway.SessionOptions{Credentials: job.Credentials, RunnerConfig: config, Owner: owner.String()})
 	if err != nil {
 		return out, fmt.Errorf("open model gateway session: %w", err)
 	}
@@ -91,12 +97,16 @@ func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (out api.Outco
 			log.Warn("close gateway session", "session", sessionID, "err", cerr)
 		}
 	}()
-	if err := writeConfig(sess.Dir, job.Config); err != nil {
-		return out, err
-	}
 
+	// Output waits for the "started" event: a process can print before its
+	// Start has returned, and the stream must say it started first. There
+	// is no output without a successful Start, which opens the gate.
+	started := make(chan struct{})
+	openGate := sync.OnceFunc(func() { close(started) })
+	defer openGate()
 	var result json.RawMessage
 	stdout := linewriter.New(maxLine, func(line []byte, truncated bool) error {
+		<-started
 		if !truncated && json.Valid(line) && isObject(line) {
 			msg := json.RawMessage(append([]byte(nil), line...))
 			if messageType(msg) == "result" {
@@ -111,6 +121,7 @@ func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (out api.Outco
 		return nil
 	})
 	stderr := linewriter.New(maxLine, func(line []byte, truncated bool) error {
+		<-started
 		send(api.Marshal(api.LineEvent{Type: api.TypeStderr, Line: string(line), Truncated: truncated}))
 		return nil
 	})
@@ -143,6 +154,7 @@ func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (out api.Outco
 		},
 		Started: func(d time.Duration) {
 			send(api.Marshal(api.NewSandboxEvent(api.SandboxStarted, sandboxID, sessionID, name, d)))
+			openGate()
 		},
 		Exited: func(st runtime.ExitStatus, waitErr error, d time.Duration) {
 			exited = true
@@ -203,17 +215,6 @@ func ending(ctx context.Context, st runtime.ExitStatus, waitErr error, result js
 	return "", ""
 }
 
-func writeConfig(dir string, c Config) error {
-	data, err := json.Marshal(c)
-	if err != nil {
-		return fmt.Errorf("%w: runner config: %w", runtime.ErrInvalidSpec, err)
-	}
-	// Readable by the sandbox user, whatever uid it maps to.
-	if err := os.WriteFile(filepath.Join(dir, agentimage.ConfigName), data, 0o644); err != nil {
-		return fmt.Errorf("write runner config: %w", err)
-	}
-	return nil
-}
 func isObject(b []byte) bool {
 	s := strings.TrimSpace(string(b))
 	return strings.HasPrefix(s, "{")

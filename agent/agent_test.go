@@ -6,7 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
+	"net"
+	"net/http"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -57,10 +58,25 @@ func (f *fakeRuntime) Create(_ context.Context, s runtime.Spec) (runtime.Sandbox
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.created = append(f.created, s)
+	// Read the runner's config as the runner does: from the gateway socket
+	// mounted at MountDir, with the session token.
+	token := ""
+	for _, e := range s.Env {
+		if v, ok := strings.CutPrefix(e, agentimage.TokenEnv+"="); ok {
+			token = v
+		}
+	}
 	for _, m := range s.Policy.Mounts {
 		if m.Target == agentimage.MountDir {
-			data, _ := os.ReadFile(filepath.Join(m.Source, agentimage.ConfigName))
-			_ = json.Unmarshal(data, &f.configSeen)
+			c := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(m.Source, gateway.SocketName))
+			}}}
+			req, _ := http.NewRequest("GET", "http://sandbox"+gateway.ConfigPath, nil)
+			req.Header.Set("x-api-key", token)
+			if resp, err := c.Do(req); err == nil {
+				_ = json.NewDecoder(resp.Body).Decode(&f.configSeen)
+				resp.Body.Close()
+			}
 		}
 	}
 	return &fakeSandbox{f: f, done: make(chan struct{})}, nil

@@ -7,10 +7,12 @@ package engine
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/sandstorm-dev/sandstorm/agent"
 	"github.com/sandstorm-dev/sandstorm/api"
@@ -65,6 +67,7 @@ type Engine struct {
 	// config warnings).
 	Notices []string
 	stop    func()
+	log     *slog.Logger
 }
 
 // CredentialsFromEnv reads the provider keys from the environment.
@@ -78,7 +81,7 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	e := &Engine{stop: func() {}}
+	e := &Engine{stop: func() {}, log: log}
 	defer func() {
 		if err != nil {
 			e.Close()
@@ -140,7 +143,75 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 	if err != nil {
 		return nil, err
 	}
+	swept, err := e.Sweep(ctx, false)
+	if err != nil {
+		log.Warn("sweep of what crashed sandstorm processes left", "err", err)
+	}
+	if n := swept.Count(); n > 0 {
+		e.Notices = append(e.Notices, fmt.Sprintf("removed %s left by sandstorm processes that are gone", swept))
+	}
 	return e, nil
+}
+
+// Swept is what a sweep removed.
+type Swept struct {
+	Sandboxes []string
+	Sessions  []string
+}
+
+// Count is how many objects were removed.
+func (s Swept) Count() int { return len(s.Sandboxes) + len(s.Sessions) }
+
+func (s Swept) String() string {
+	return fmt.Sprintf("%d sandbox(es) and %d gateway session(s)", len(s.Sandboxes), len(s.Sessions))
+}
+
+// SweepEvery sweeps every backend on the host now and then every period
+// until ctx ends, logging what it removed: a long-running server also
+// cleans up after processes that crash while it runs.
+func (e *Engine) SweepEvery(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		swept, err := e.Sweep(ctx, true)
+		if err != nil {
+			e.log.Warn("sweep of what crashed sandstorm processes left", "err", err)
+		}
+		if swept.Count() > 0 {
+			e.log.Info("removed what crashed sandstorm processes left", "sandboxes", swept.Sandboxes, "sessions", len(swept.Sessions))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Sweep removes what sandstorm processes that are gone left behind: their
+// sandboxes on this engine's backend (with others, on every backend found
+// on the host too) and their gateway session directories. Whatever a live
+// process owns is left alone.
+func (e *Engine) Sweep(ctx context.Context, others bool) (Swept, error) {
+	var s Swept
+	var errs []error
+	rts := []runtime.Runtime{e.Runtime}
+	if others {
+		for _, f := range backends.Discover(ctx, backends.FromEnv()) {
+			if f.Runtime != nil {
+				defer f.Runtime.Close()
+				rts = append(rts, f.Runtime)
+			}
+		}
+	}
+	for _, rt := range rts {
+		ids, err := runtime.Sweep(ctx, rt)
+		s.Sandboxes = append(s.Sandboxes, ids...)
+		errs = append(errs, err)
+	}
+	dirs, err := gateway.Sweep(e.Gateway.Dir(), runtime.Orphaned)
+	s.Sessions = dirs
+	return s, errors.Join(append(errs, err)...)
 }
 
 func loadScenario(s string) (modelserver.Scenario, error) {

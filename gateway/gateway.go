@@ -1,7 +1,8 @@
 // Package gateway serves the model API to sandboxes. Each session gets its
 // own Unix socket (mounted into its sandbox) and a token; the gateway checks
 // the token, swaps in the real credentials and forwards to the upstream,
-// streaming. The real key never enters a sandbox.
+// streaming. The real key never enters a sandbox. The same socket serves
+// the runner its config, so no file holds the prompt at rest.
 package gateway
 
 import (
@@ -28,6 +29,15 @@ const DefaultUpstream = "https://api.anthropic.com"
 // SocketName is the socket's file name inside a session directory.
 const SocketName = "model.sock"
 
+// DefaultDir holds the session directories.
+const DefaultDir = "/run/sandstorm/sessions"
+
+// ConfigPath is where the socket serves the runner's config.
+const ConfigPath = "/sandstorm/runner.json"
+
+// ownerFile names the process a session directory belongs to (see Sweep).
+const ownerFile = "owner"
+
 // maxBody bounds one request from a sandbox.
 const maxBody = 32 << 20
 
@@ -51,7 +61,7 @@ func (c Credentials) String() string {
 type Config struct {
 	// Upstream is the model API base URL; default DefaultUpstream.
 	Upstream string
-	// Dir holds one directory per session; default /run/sandstorm/sessions.
+	// Dir holds one directory per session; default DefaultDir.
 	Dir string
 	// Transport reaches the upstream; default http.DefaultTransport.
 	Transport http.RoundTripper
@@ -70,7 +80,7 @@ func New(cfg Config) (*Gateway, error) {
 		cfg.Upstream = DefaultUpstream
 	}
 	if cfg.Dir == "" {
-		cfg.Dir = "/run/sandstorm/sessions"
+		cfg.Dir = DefaultDir
 	}
 	if cfg.Transport == nil {
 		cfg.Transport = http.DefaultTransport
@@ -92,8 +102,8 @@ func New(cfg Config) (*Gateway, error) {
 	return &Gateway{cfg: cfg, upstream: u}, nil
 }
 
-// Upstream is where requests go.
-func (g *Gateway) Upstream() string { return g.upstream.String() }
+// Dir holds the session directories.
+func (g *Gateway) Dir() string { return g.cfg.Dir }
 
 // Session is one sandbox's access to the model.
 type Session struct {
@@ -111,8 +121,19 @@ type Session struct {
 // SocketPath is the host path of the session's socket.
 func (s *Session) SocketPath() string { return filepath.Join(s.Dir, SocketName) }
 
-// Open starts a session: a directory with a listening socket and a fresh token.
-func (g *Gateway) Open(id string, creds Credentials) (*Session, error) {
+// SessionOptions are what a session serves and who it belongs to.
+type SessionOptions struct {
+	Credentials Credentials
+	// RunnerConfig is served at ConfigPath to a request with the token.
+	RunnerConfig []byte
+	// Owner names the process the session belongs to; Sweep removes the
+	// directories of owners that are gone.
+	Owner string
+}
+
+// Open starts a session: a directory with a listening socket, its owner,
+// and a fresh token.
+func (g *Gateway) Open(id string, o SessionOptions) (*Session, error) {
 	if id == "" || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." {
 		return nil, fmt.Errorf("gateway: bad session id %q", id)
 	}
@@ -121,6 +142,11 @@ func (g *Gateway) Open(id string, creds Credentials) (*Session, error) {
 		return nil, fmt.Errorf("gateway: session directory: %w", err)
 	}
 	if err := os.Chmod(dir, 0o711); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("gateway: session directory: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(o.Owner), 0o600); err != nil {
+		os.RemoveAll(dir)
 		return nil, fmt.Errorf("gateway: session directory: %w", err)
 	}
 	tok := make([]byte, 32)
@@ -141,7 +167,7 @@ func (g *Gateway) Open(id string, creds Credentials) (*Session, error) {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	s.srv = &http.Server{
-		Handler:           g.handler(s, creds),
+		Handler:           g.handler(s, o),
 		ReadHeaderTimeout: 30 * time.Second,
 		ErrorLog:          slog.NewLogLogger(g.cfg.Logger.Handler(), slog.LevelWarn),
 	}
@@ -183,7 +209,8 @@ func allowedPath(p string) bool {
 	return p == "/v1/messages" || p == "/v1/messages/count_tokens" || p == "/api/hello"
 }
 
-func (g *Gateway) handler(s *Session, creds Credentials) http.Handler {
+func (g *Gateway) handler(s *Session, o SessionOptions) http.Handler {
+	creds := o.Credentials
 	proxy := &httputil.ReverseProxy{
 		Transport:     g.cfg.Transport,
 		FlushInterval: -1, // stream every chunk as it comes
@@ -210,6 +237,11 @@ func (g *Gateway) handler(s *Session, creds Credentials) http.Handler {
 			apiError(w, http.StatusUnauthorized, "authentication_error", "sandstorm gateway: invalid session token")
 			return
 		}
+		if r.URL.Path == ConfigPath && r.Method == http.MethodGet && o.RunnerConfig != nil {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(o.RunnerConfig)
+			return
+		}
 		if !allowedPath(r.URL.Path) {
 			apiError(w, http.StatusNotFound, "not_found_error", "sandstorm gateway: only the Messages API is served")
 			return
@@ -233,4 +265,31 @@ func redact(s string, c Credentials) string {
 		}
 	}
 	return s
+}
+
+// Sweep removes the session directories under dir whose owner is gone
+// (orphaned says so of an owner): what a crashed process left. A directory
+// without an owner is left alone; it may be one being opened right now.
+func Sweep(dir string, orphaned func(owner string) bool) (removed []string, err error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("gateway: sweep: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		dir := filepath.Join(dir, e.Name())
+		owner, err := os.ReadFile(filepath.Join(dir, ownerFile))
+		if !e.IsDir() || err != nil || !orphaned(string(owner)) {
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, fmt.Errorf("gateway: sweep: %w", err))
+			continue
+		}
+		removed = append(removed, dir)
+	}
+	return removed, errors.Join(errs...)
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -48,7 +49,7 @@ func open(t *testing.T, upstream string, creds Credentials, logs io.Writer) *Ses
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := g.Open("sess-1", creds)
+	s, err := g.Open("sess-1", SessionOptions{Credentials: creds, RunnerConfig: []byte(`{"prompt":"p"}`), Owner: "me"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,8 +202,70 @@ func TestBadConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"", "..", "a/b"} {
-		if _, err := g.Open(id, Credentials{}); err == nil {
+		if _, err := g.Open(id, SessionOptions{}); err == nil {
 			t.Errorf("session id %q accepted", id)
+		}
+	}
+}
+
+// The runner's config is served over the socket to the token only; no file
+// of the session directory holds it, and nothing in it is world-readable.
+func TestRunnerConfig(t *testing.T) {
+	s := open(t, "http://127.0.0.1:1", Credentials{}, nil)
+	get := func(token string) (int, string) {
+		req, _ := http.NewRequest("GET", "http://sandbox"+ConfigPath, nil)
+		if token != "" {
+			req.Header.Set("x-api-key", token)
+		}
+		resp, err := client(s).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get(s.Token); code != 200 || body != `{"prompt":"p"}` {
+		t.Errorf("with the token: %d %q", code, body)
+	}
+	if code, _ := get("sandstorm-session-guess"); code != 401 {
+		t.Errorf("without the token: %d", code)
+	}
+	entries, _ := os.ReadDir(s.Dir)
+	for _, e := range entries {
+		fi, _ := os.Lstat(filepath.Join(s.Dir, e.Name()))
+		if e.Name() != SocketName && fi.Mode().Perm()&0o044 != 0 {
+			t.Errorf("%s is readable by others: %v", e.Name(), fi.Mode())
+		}
+		if data, _ := os.ReadFile(filepath.Join(s.Dir, e.Name())); strings.Contains(string(data), "prompt") {
+			t.Errorf("%s holds the prompt", e.Name())
+		}
+	}
+}
+
+// Sweep removes the directories of owners that are gone, and only those.
+func TestSweep(t *testing.T) {
+	g, err := New(Config{Upstream: "http://127.0.0.1:1", Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err := g.Open("live", SessionOptions{Owner: "alive"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	dead, err := g.Open("dead", SessionOptions{Owner: "gone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Mkdir(filepath.Join(g.cfg.Dir, "opening"), 0o711)
+	removed, err := Sweep(g.Dir(), func(owner string) bool { return owner == "gone" })
+	if err != nil || len(removed) != 1 || removed[0] != dead.Dir {
+		t.Errorf("sweep removed %v, %v; want only %s", removed, err, dead.Dir)
+	}
+	for _, d := range []string{live.Dir, filepath.Join(g.cfg.Dir, "opening")} {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s was removed", d)
 		}
 	}
 }

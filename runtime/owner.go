@@ -1,12 +1,15 @@
 package runtime
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/sandstorm-dev/sandstorm/oci"
 )
 
 // Owner is the sandstorm process that made a sandbox: every object of the
@@ -93,4 +96,37 @@ func startTime(pid int) (uint64, error) {
 		return 0, errors.New("malformed /proc stat")
 	}
 	return strconv.ParseUint(fields[19], 10, 64)
+}
+
+// Sweep removes the sandboxes whose owner is gone, of every kind of object
+// List finds: what crashed sandstorm processes left behind. Sandboxes of
+// owners that still run, and those with no owner label, are left alone.
+// It returns the ids it removed.
+func Sweep(ctx context.Context, rt Runtime) (removed []string, err error) {
+	found, err := rt.List(ctx, map[string]string{oci.LabelManaged: "true"})
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, s := range found {
+		if !Orphaned(s.Labels[oci.LabelOwner]) {
+			continue
+		}
+		if err := rt.Remove(ctx, s.ID); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, s.ID)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// Orphaned reports whether owner (a label's value) names a process that is
+// gone; "" (no owner known) is not orphaned.
+func Orphaned(owner string) bool {
+	if owner == "" {
+		return false
+	}
+	o, err := ParseOwner(owner)
+	return err == nil && !o.Alive()
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/images/testimage"
 	"github.com/sandstorm-dev/sandstorm/internal/progress"
 	"github.com/sandstorm-dev/sandstorm/oci"
@@ -127,23 +129,43 @@ func runSandbox(ctx context.Context, rt runtime.Runtime, spec runtime.Spec, impo
 }
 
 func newSandboxReap() *cobra.Command {
-	var rt string
+	var (
+		rt  string
+		all bool
+	)
 	cmd := &cobra.Command{
 		Use:   "reap",
-		Short: "Remove every sandbox left behind by a crashed ds (by its sandstorm.managed label)",
-		Args:  cobra.NoArgs,
+		Short: "Remove what crashed sandstorm processes left behind (sandboxes of every kind of object, gateway sessions)",
+		Long: `Remove what sandstorm processes that are gone left behind: their sandboxes
+(containers, tasks, snapshots, network namespaces, scratch directories: every
+object sandstorm makes, found by its labels) and their gateway session
+directories. Sandboxes of sandstorm processes still running on this host are
+left alone, unless --all. ds and ds serve do the same at start-up, and ds
+serve every --sweep-interval.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			r, err := backends.Open(cmd.Context(), rt, backends.FromEnv())
 			if err != nil {
 				return err
 			}
 			defer r.Close()
-			n, err := runtime.Reap(cmd.Context(), r, map[string]string{oci.LabelManaged: "true"})
-			fmt.Fprintf(cmd.OutOrStdout(), "removed %d sandbox(es) from %s\n", n, r.Name())
-			return err
+			orphaned := runtime.Orphaned
+			var n int
+			if all {
+				orphaned = func(string) bool { return true }
+				n, err = runtime.Reap(cmd.Context(), r, map[string]string{oci.LabelManaged: "true"})
+			} else {
+				var ids []string
+				ids, err = runtime.Sweep(cmd.Context(), r)
+				n = len(ids)
+			}
+			dirs, gerr := gateway.Sweep(gateway.DefaultDir, orphaned)
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %d sandbox(es) from %s and %d gateway session(s)\n", n, r.Name(), len(dirs))
+			return errors.Join(err, gerr)
 		},
 	}
 	cmd.Flags().StringVar(&rt, "runtime", envOr("SANDBOX_BACKEND", backends.Auto), "container backend (env SANDBOX_BACKEND)")
+	cmd.Flags().BoolVar(&all, "all", false, "remove every sandbox sandstorm made on this backend, also those of processes still running")
 	return cmd
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +24,7 @@ func newServe() *cobra.Command {
 		port  int
 		grace time.Duration
 		write time.Duration
+		sweep time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -45,6 +47,9 @@ sandboxes before exiting. CORS origins come from $CORS_ORIGINS (default *).`,
 			if port < 1 || port > 65535 {
 				return api.Usage(fmt.Errorf("--port: %d is outside 1..65535", port))
 			}
+			if sweep < time.Second {
+				return api.Usage(fmt.Errorf("--sweep-interval: %v is below 1s", sweep))
+			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 			opts := ef.options()
 			opts.Logger = log
@@ -56,6 +61,9 @@ sandboxes before exiting. CORS origins come from $CORS_ORIGINS (default *).`,
 			for _, n := range eng.Notices {
 				log.Warn(n)
 			}
+			sweepCtx, stopSweep := context.WithCancel(context.WithoutCancel(cmd.Context()))
+			defer stopSweep()
+			go eng.SweepEvery(sweepCtx, sweep)
 			srv := server.New(eng, server.Config{CORSOrigins: os.Getenv("CORS_ORIGINS"), WriteTimeout: write, Logger: log})
 			addr := net.JoinHostPort(host, strconv.Itoa(port))
 			l, err := net.Listen("tcp", addr)
@@ -84,5 +92,6 @@ sandboxes before exiting. CORS origins come from $CORS_ORIGINS (default *).`,
 	cmd.Flags().IntVar(&port, "port", 8000, "port to listen on")
 	cmd.Flags().DurationVar(&grace, "shutdown-grace", 30*time.Second, "on SIGTERM, how long running agents may finish before they are cancelled")
 	cmd.Flags().DurationVar(&write, "write-timeout", server.DefaultWriteTimeout, "cut a client that accepts no stream data for this long; its run is cancelled and removed")
+	cmd.Flags().DurationVar(&sweep, "sweep-interval", time.Minute, "how often to remove, on every backend of the host, what crashed sandstorm processes left behind")
 	return cmd
 }

@@ -13,10 +13,9 @@ var Files embed.FS
 const (
 	// InstallDir is where the image carries the SDK and the runner.
 	InstallDir = "/opt/sandstorm-agent"
-	// MountDir is where the runner finds its gateway session directory.
+	// MountDir is where the runner finds its gateway session directory
+	// (the socket that serves the model and the run's config).
 	MountDir = "/run/sandstorm"
-	// ConfigName is the runner's config file in that directory.
-	ConfigName = "runner.json"
 	// TokenEnv passes the gateway session token to the runner.
 	TokenEnv = "SANDSTORM_MODEL_TOKEN"
 )

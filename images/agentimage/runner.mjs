@@ -1,8 +1,9 @@
 // sandstorm agent runner: runs one Claude Agent SDK query inside a sandbox.
 //
-// Input: a JSON config file (SANDSTORM_RUNNER_CONFIG, default
-// /run/sandstorm/runner.json) and the model gateway's Unix socket
-// (SANDSTORM_MODEL_SOCKET, default /run/sandstorm/model.sock). The sandbox has
+// Input: the model gateway's Unix socket (SANDSTORM_MODEL_SOCKET, default
+// /run/sandstorm/model.sock), which also serves the run's JSON config
+// (GET /sandstorm/runner.json with the session token: no file holds it at
+// rest), or a config file named by SANDSTORM_RUNNER_CONFIG. The sandbox has
 // no network but loopback: a tiny TCP -> Unix forwarder on 127.0.0.1 gives the
 // Claude Code CLI an HTTP base URL that reaches the gateway. The CLI
 // authenticates with the per-session token SANDSTORM_MODEL_TOKEN, which the
@@ -19,10 +20,13 @@
 // Only Node's standard library and the SDK are used.
 
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import process from 'node:process';
 
-const DEFAULT_CONFIG = '/run/sandstorm/runner.json';
+const CONFIG_PATH = '/sandstorm/runner.json';
+// The config must arrive well before anything else can happen.
+const CONFIG_TIMEOUT_MS = 10000;
 const DEFAULT_SOCKET = '/run/sandstorm/model.sock';
 const DEFAULT_WORKSPACE = '/home/user';
 const DEFAULT_MAX_RETRIES = '2';
@@ -180,6 +184,35 @@ function readConfig(path) {
     const why = err.code === 'ENOENT' ? 'no such file' : err.code === 'EACCES' ? 'permission denied' : errorText(err);
     throw new ConfigError(`config ${path}: ${why} (set SANDSTORM_RUNNER_CONFIG or mount it)`);
   }
+  return parseConfig(text, path);
+}
+
+// fetchConfig asks the gateway for the run's config over its socket.
+function fetchConfig(socketPath, token) {
+  const source = `gateway ${socketPath}${CONFIG_PATH}`;
+  return new Promise((resolve, reject) => {
+    const req = http.get({ socketPath, path: CONFIG_PATH, headers: { 'x-api-key': token }, timeout: CONFIG_TIMEOUT_MS }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('error', (err) => reject(new ConfigError(`config from ${source}: ${errorText(err)}`)));
+      res.on('end', () => {
+        if (res.statusCode !== 200) {
+          reject(new ConfigError(`config from ${source}: HTTP ${res.statusCode}`));
+          return;
+        }
+        try {
+          resolve(parseConfig(Buffer.concat(chunks).toString('utf8'), source));
+        } catch (err) {
+          reject(err);
+        }
+      });
+    });
+    req.on('timeout', () => req.destroy(new Error(`no answer within ${CONFIG_TIMEOUT_MS} ms`)));
+    req.on('error', (err) => reject(new ConfigError(`config from ${source}: ${errorText(err)}`)));
+  });
+}
+
+function parseConfig(text, path) {
   let cfg;
   try {
     cfg = JSON.parse(text);
@@ -313,14 +346,14 @@ function childEnv(port, token) {
 }
 
 async function main() {
-  const configPath = process.env.SANDSTORM_RUNNER_CONFIG || DEFAULT_CONFIG;
+  const configPath = process.env.SANDSTORM_RUNNER_CONFIG || '';
   const socketPath = process.env.SANDSTORM_MODEL_SOCKET || DEFAULT_SOCKET;
   const cwd = process.env.SANDSTORM_WORKSPACE || DEFAULT_WORKSPACE;
   const token = process.env.SANDSTORM_MODEL_TOKEN || '';
 
   let cfg;
   try {
-    cfg = readConfig(configPath);
+    if (configPath !== '') cfg = readConfig(configPath);
     if (token === '') throw new ConfigError('SANDSTORM_MODEL_TOKEN is not set: the model gateway needs the session token');
     let st;
     try {
@@ -344,6 +377,17 @@ async function main() {
     logErr(msg);
     emitError('model_unreachable', msg);
     return finish(1);
+  }
+
+  if (cfg === undefined) {
+    try {
+      cfg = await fetchConfig(socketPath, token);
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      logErr(err.message);
+      emitError('invalid_config', err.message);
+      return finish(1);
+    }
   }
 
   try {

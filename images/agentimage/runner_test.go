@@ -112,6 +112,11 @@ func setup(t *testing.T) (dir, sock string) {
 			http.Error(w, "bad key", http.StatusUnauthorized)
 			return
 		}
+		// The gateway serves the run's config from dir/gateway-config.json.
+		if r.URL.Path == "/sandstorm/runner.json" {
+			http.ServeFile(w, r, filepath.Join(dir, "gateway-config.json"))
+			return
+		}
 		w.Header().Set("Content-Type", "text/event-stream")
 		for _, ev := range []string{"message_start", "content_block_delta", "message_stop"} {
 			fmt.Fprintf(w, "event: %s\n\n", ev)
@@ -374,5 +379,27 @@ func TestFilesPinSDK(t *testing.T) {
 	lock, _ := io.ReadAll(f)
 	if !bytes.Contains(lock, []byte(`"node_modules/@anthropic-ai/claude-agent-sdk-linux-x64"`)) {
 		t.Error("lockfile lacks the linux-x64 CLI package")
+	}
+}
+
+// Without SANDSTORM_RUNNER_CONFIG the runner asks the gateway for its
+// config over the session socket, with the session token.
+func TestRunnerConfigFromGateway(t *testing.T) {
+	dir, sock := setup(t)
+	env := []string{"SANDSTORM_MODEL_SOCKET=" + sock, "SANDSTORM_MODEL_TOKEN=" + token}
+	out := runRunner(t, dir, env, nil)
+	if out.code != 1 || len(out.lines) == 0 || out.lines[0]["code"] != "invalid_config" || !strings.Contains(fmt.Sprint(out.lines[0]["message"]), "HTTP 404") {
+		t.Errorf("no config at the gateway: exit %d, %v", out.code, out.lines)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "gateway-config.json"), []byte(`{"prompt":"hi","max_turns":3}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out = runRunner(t, dir, env, nil)
+	if out.code != 0 || out.lines[0]["maxTurns"] != float64(3) {
+		t.Errorf("config from the gateway: exit %d, %v", out.code, out.lines)
+	}
+	out = runRunner(t, dir, []string{"SANDSTORM_MODEL_SOCKET=" + sock, "SANDSTORM_MODEL_TOKEN=wrong-token-0000"}, nil)
+	if out.code != 1 || out.lines[0]["code"] != "invalid_config" || !strings.Contains(fmt.Sprint(out.lines[0]["message"]), "HTTP 401") {
+		t.Errorf("wrong token: exit %d, %v", out.code, out.lines)
 	}
 }

@@ -1,0 +1,193 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sandstorm-dev/sandstorm/api"
+	"github.com/sandstorm-dev/sandstorm/gateway"
+	"github.com/sandstorm-dev/sandstorm/internal/testenv"
+	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/backends"
+	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+)
+
+// dsServe is a `ds serve` the test started as a user would.
+type dsServe struct {
+	cmd *exec.Cmd
+	url string
+}
+
+// serve starts `ds serve` on a free port and waits until it answers.
+func serve(t *testing.T, dir, backend string, args ...string) *dsServe {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cmd := exec.Command(dsBinary, append([]string{"serve", "--runtime", backend, "--port", fmt.Sprint(port)}, args...)...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "ANTHROPIC_API_KEY=", "OPENROUTER_API_KEY=", "SANDSTORM_SLOT_DIR="+slotDir)
+	logs, err := os.Create(filepath.Join(dir, fmt.Sprintf("serve-%d.log", port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s := &dsServe{cmd: cmd, url: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Wait()
+		}
+		logs.Close()
+		if t.Failed() {
+			data, _ := os.ReadFile(logs.Name())
+			t.Logf("ds serve %v:\n%s", cmd.Args[1:], data)
+		}
+	})
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if resp, err := http.Get(s.url + "/health"); err == nil {
+			resp.Body.Close()
+			return s
+		}
+		if time.Now().After(deadline) {
+			data, _ := os.ReadFile(logs.Name())
+			t.Fatalf("ds serve does not answer: %s", data)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (s *dsServe) health(t *testing.T) api.Health {
+	t.Helper()
+	resp, err := http.Get(s.url + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var h api.Health
+	json.NewDecoder(resp.Body).Decode(&h)
+	return h
+}
+
+// startRun posts a query and returns once its sandbox has started.
+func (s *dsServe) startRun(t *testing.T) {
+	t.Helper()
+	resp, err := http.Post(s.url+"/query", "application/json", strings.NewReader(`{"prompt":"wait","timeout":300}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 32<<20)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), `"event":"started"`) {
+			return
+		}
+	}
+	t.Fatalf("the run did not start (status %d)", resp.StatusCode)
+}
+
+// owned lists what pid owns: sandboxes on rt, gateway session directories.
+func owned(t *testing.T, rt runtime.Runtime, pid int) (sandboxes, sessions []string) {
+	t.Helper()
+	found, err := rt.List(context.Background(), map[string]string{oci.LabelManaged: "true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	of := func(label string) bool {
+		o, err := runtime.ParseOwner(label)
+		return err == nil && o.PID == pid
+	}
+	for _, s := range found {
+		if of(s.Labels[oci.LabelOwner]) {
+			sandboxes = append(sandboxes, s.ID)
+		}
+	}
+	entries, _ := os.ReadDir(gateway.DefaultDir)
+	for _, e := range entries {
+		if owner, err := os.ReadFile(filepath.Join(gateway.DefaultDir, e.Name(), "owner")); err == nil && of(string(owner)) {
+			sessions = append(sessions, e.Name())
+		}
+	}
+	return sandboxes, sessions
+}
+
+// TestServeCrash: `kill -9` of a ds serve with runs in flight leaves its
+// sandboxes and sessions; another ds serve on the host leaves them alone
+// while their owner lives, and removes every object of them once it is gone.
+func TestServeCrash(t *testing.T) {
+	for _, backend := range []string{"containerd", "docker"} {
+		t.Run(backend, func(t *testing.T) {
+			conformance.NeedsDaemon(t, backend)
+			rt, err := backends.Open(context.Background(), backend, backends.FromEnv())
+			if err != nil {
+				conformance.Unavailable(t, backend, err)
+			}
+			defer rt.Close()
+			testenv.EnsureAgentImage(t, rt, backend)
+			dir := t.TempDir()
+			// The model takes its time (each of its answers, whichever run asks):
+			// the runs are in flight when the server dies.
+			turn := `{"delay_ms":120000,"text":"late"}`
+			scenario := filepath.Join(dir, "wait.json")
+			os.WriteFile(scenario, []byte(`{"name":"wait","turns":[`+strings.Repeat(turn+",", 9)+turn+`]}`), 0o644)
+
+			crashing := serve(t, dir, backend, "--scripted-model", scenario)
+			const runs = 3
+			for i := 0; i < runs; i++ {
+				crashing.startRun(t)
+			}
+			pid := crashing.cmd.Process.Pid
+			if sb, ss := owned(t, rt, pid); len(sb) != runs || len(ss) != runs {
+				t.Fatalf("%d runs in flight own %v and %v", runs, sb, ss)
+			}
+
+			// A second server on the host: its start-up and periodic sweeps
+			// leave the live server's sandboxes alone.
+			other := serve(t, dir, backend, "--scripted-model", "demo", "--sweep-interval", "1s")
+			time.Sleep(2500 * time.Millisecond) // two sweeps of the other server
+			if sb, ss := owned(t, rt, pid); len(sb) != runs || len(ss) != runs {
+				t.Errorf("a live server's objects were swept: left %v and %v", sb, ss)
+			}
+			if h := crashing.health(t); h.Running != runs {
+				t.Errorf("the live server runs %d, want %d", h.Running, runs)
+			}
+
+			crashing.cmd.Process.Kill()
+			crashing.cmd.Wait()
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				sb, ss := owned(t, rt, pid)
+				if len(sb) == 0 && len(ss) == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("30s after kill -9: %v and %v still there", sb, ss)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if h := other.health(t); h.Status != api.HealthOK {
+				t.Errorf("the other server: %+v", h)
+			}
+		})
+	}
+}
