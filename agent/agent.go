@@ -161,8 +161,10 @@ func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (out api.Outco
 			_ = stdout.Flush()
 			_ = stderr.Flush()
 			ev := api.NewSandboxEvent(api.SandboxExited, sandboxID, sessionID, name, d)
-			code := st.Code
-			ev.ExitCode, ev.Signal, ev.OOMKilled = &code, st.Signal, st.OOMKilled
+			if st.Known {
+				code := st.Code
+				ev.ExitCode, ev.Signal, ev.OOMKilled = &code, st.Signal, st.OOMKilled
+			}
 			send(api.Marshal(ev))
 			mu.Lock()
 			out = api.Outcome{Result: result, Exit: st}
@@ -203,10 +205,14 @@ func ending(ctx context.Context, st runtime.ExitStatus, waitErr error, result js
 	switch {
 	case waitErr != nil && ctx.Err() != nil:
 		return api.CodeCancelled, "run cancelled: " + context.Cause(ctx).Error()
+	case errors.Is(waitErr, runtime.ErrUnavailable):
+		// The daemon went away: how the process ended is unknown, and what
+		// is left of the sandbox is removed once it is back.
+		return api.CodeRuntimeUnavailable, "lost the sandbox: " + waitErr.Error()
 	case errors.Is(waitErr, context.DeadlineExceeded):
 		return api.CodeTimeout, fmt.Sprintf("run exceeded its timeout of %v and was stopped", timeout)
 	case waitErr != nil:
-		return api.CodeInternal, waitErr.Error()
+		return api.CodeOf(waitErr), waitErr.Error()
 	case st.OOMKilled:
 		return api.CodeOOM, "the sandbox ran out of memory and was killed"
 	case st.Code != 0 || !resultSucceeded(result):

@@ -29,10 +29,12 @@ type fakeRuntime struct {
 	code           int
 	oom            bool
 	hang           bool
-	mu             sync.Mutex
-	created        []runtime.Spec
-	removed        int
-	configSeen     Config
+	// lost: the daemon goes away; the exit is unknown.
+	lost       bool
+	mu         sync.Mutex
+	created    []runtime.Spec
+	removed    int
+	configSeen Config
 }
 
 func (f *fakeRuntime) Name() string                                             { return "fake" }
@@ -107,9 +109,12 @@ func (s *fakeSandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 	select {
 	case <-s.done:
 		if s.f.hang {
-			return runtime.ExitStatus{Code: 137, Signal: "SIGKILL"}, nil
+			return runtime.ExitStatus{Known: true, Code: 137, Signal: "SIGKILL"}, nil
 		}
-		return runtime.ExitStatus{Code: s.f.code, OOMKilled: s.f.oom}, nil
+		if s.f.lost {
+			return runtime.ExitStatus{}, fmt.Errorf("%w: sandbox fake-1: lost its exit status: connection refused", runtime.ErrUnavailable)
+		}
+		return runtime.ExitStatus{Known: true, Code: s.f.code, OOMKilled: s.f.oom}, nil
 	case <-ctx.Done():
 		return runtime.ExitStatus{}, ctx.Err()
 	}
@@ -188,6 +193,8 @@ func TestRunEvents(t *testing.T) {
 			Job{}, "sandbox:created sandbox:started sandbox:exited error:agent_failed sandbox:removed", api.CodeAgentFailed},
 		{"oom", &fakeRuntime{code: 137, oom: true},
 			Job{}, "sandbox:created sandbox:started sandbox:exited error:oom sandbox:removed", api.CodeOOM},
+		{"daemon lost", &fakeRuntime{lost: true, stdout: `{"type":"system"}` + "\n"},
+			Job{}, "sandbox:created sandbox:started system sandbox:exited error:runtime_unavailable sandbox:removed", api.CodeRuntimeUnavailable},
 		{"timeout", &fakeRuntime{hang: true, stdout: `{"type":"system"}` + "\n"},
 			Job{Timeout: 50 * time.Millisecond}, "sandbox:created sandbox:started system sandbox:exited error:timeout sandbox:removed", api.CodeTimeout},
 	}
@@ -203,6 +210,14 @@ func TestRunEvents(t *testing.T) {
 			}
 			if out.Code != tt.code {
 				t.Errorf("code %q, want %q", out.Code, tt.code)
+			}
+			// An exit nobody saw has no exit code (not a fake 0).
+			for _, ev := range evs {
+				if ev["event"] == "exited" {
+					if _, has := ev["exit_code"]; has == tt.f.lost {
+						t.Errorf("exited event %v (daemon lost: %v)", ev, tt.f.lost)
+					}
+				}
 			}
 			if tt.f.removed != 1 {
 				t.Errorf("removed %d times", tt.f.removed)

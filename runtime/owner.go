@@ -99,15 +99,17 @@ func startTime(pid int) (uint64, error) {
 }
 
 // Sweep removes the sandboxes whose owner is gone, of every kind of object
-// List finds: what crashed sandstorm processes left behind. Sandboxes of
-// owners that still run, and those with no owner label, are left alone.
-// It returns the ids it removed.
+// List finds: what crashed sandstorm processes left behind; and the
+// sandboxes of this process whose removal failed (their daemon was away).
+// Sandboxes of owners that still run, and those with no owner label, are
+// left alone. It returns the ids it removed.
 func Sweep(ctx context.Context, rt Runtime) (removed []string, err error) {
+	removed, rerr := retryRemovals(ctx, rt)
 	found, err := rt.List(ctx, map[string]string{oci.LabelManaged: "true"})
 	if err != nil {
-		return nil, err
+		return removed, errors.Join(rerr, err)
 	}
-	var errs []error
+	errs := []error{rerr}
 	for _, s := range found {
 		if !Orphaned(s.Labels[oci.LabelOwner]) {
 			continue

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -44,6 +45,9 @@ func Run(ctx context.Context, rt Runtime, spec Spec, io IO, timeout time.Duratio
 	defer func() {
 		t := time.Now()
 		rerr := sb.Remove(context.WithoutCancel(ctx))
+		if rerr != nil {
+			remember(rt, sb.ID())
+		}
 		if h.Removed != nil {
 			h.Removed(time.Since(t), rerr)
 		}
@@ -102,4 +106,39 @@ func Cause(ctx context.Context) error {
 		return c
 	}
 	return fmt.Errorf("%w: %w", ctx.Err(), c)
+}
+
+// unremoved holds the sandboxes of this process whose removal failed (their
+// daemon was away): Sweep retries them, though their owner still runs.
+var unremoved struct {
+	sync.Mutex
+	ids map[Runtime]map[string]bool
+}
+
+func remember(rt Runtime, id string) {
+	unremoved.Lock()
+	defer unremoved.Unlock()
+	if unremoved.ids == nil {
+		unremoved.ids = map[Runtime]map[string]bool{}
+	}
+	if unremoved.ids[rt] == nil {
+		unremoved.ids[rt] = map[string]bool{}
+	}
+	unremoved.ids[rt][id] = true
+}
+
+// retryRemovals removes again what Run could not remove on rt.
+func retryRemovals(ctx context.Context, rt Runtime) (removed []string, err error) {
+	unremoved.Lock()
+	defer unremoved.Unlock()
+	var errs []error
+	for id := range unremoved.ids[rt] {
+		if err := rt.Remove(ctx, id); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		delete(unremoved.ids[rt], id)
+		removed = append(removed, id)
+	}
+	return removed, errors.Join(errs...)
 }

@@ -66,9 +66,12 @@ type IO struct {
 	Stderr io.Writer
 }
 
-// ExitStatus is how a sandbox's process ended.
+// ExitStatus is how a sandbox's process ended. Its zero value is an exit
+// nobody saw: Known is false when the backend lost track of the process
+// (its daemon went away), and Code then means nothing.
 type ExitStatus struct {
-	Code int
+	Known bool
+	Code  int
 	// Signal is set when the process was killed by a signal (Code is then 128+n).
 	Signal string
 	// OOMKilled is true when the kernel's OOM killer ended the process.

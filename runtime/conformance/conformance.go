@@ -235,6 +235,9 @@ func startWait(t *testing.T, ctx context.Context, sb runtime.Sandbox) result {
 	if err != nil {
 		t.Fatalf("wait: %v", err)
 	}
+	if !st.Known {
+		t.Errorf("a wait that succeeded reports an unknown exit: %+v", st)
+	}
 	return result{stdout: out.String(), stderr: errb.String(), exit: st}
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 
 	"github.com/containerd/containerd/api/services/tasks/v1"
 	"github.com/containerd/containerd/v2/client"
@@ -232,3 +233,8 @@ func (r *Runtime) Leftovers(ctx context.Context, id, sessionID string) ([]string
 }
 
 func notFound(err error) bool { return errors.Is(err, errdefs.ErrNotFound) }
+
+// gone tells whether err says containerd cannot be reached.
+func gone(err error) bool {
+	return errdefs.IsUnavailable(err) || errors.Is(err, syscall.ECONNREFUSED)
+}

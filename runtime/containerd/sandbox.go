@@ -29,6 +29,8 @@ type sandbox struct {
 	ctr    client.Container
 	task   client.Task
 	exitC  <-chan client.ExitStatus
+	// lost is why the exit status is unknown, once it is.
+	lost error
 }
 
 // Create implements runtime.Runtime.
@@ -140,18 +142,35 @@ func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 	if s.exitC == nil {
 		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.ID())
 	}
+	if s.lost != nil {
+		return runtime.ExitStatus{}, s.lost
+	}
 	var st client.ExitStatus
+	var ok bool
 	select {
-	case st = <-s.exitC:
+	case st, ok = <-s.exitC:
 	case <-ctx.Done():
 		return runtime.ExitStatus{}, ctx.Err()
 	}
 	code, at, err := st.Result()
-	if err != nil {
-		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s exit status: %w", s.ID(), err)
+	if !ok {
+		err = errors.New("the exit channel closed without a status")
 	}
-	// All output must be delivered before the exit is reported.
-	s.task.IO().Wait()
+	if err != nil {
+		// The daemon went away (or the wait broke): the exit is unknown, and
+		// stays so; the client's channel is closed now and would read as 0.
+		s.lost = fmt.Errorf("%w: sandbox %s: lost its exit status: %w", runtime.ErrUnavailable, s.ID(), err)
+		return runtime.ExitStatus{}, s.lost
+	}
+	// All output must be delivered before the exit is reported, within ctx:
+	// a process's output can stay open after it (a child holding it).
+	ioDone := make(chan struct{})
+	go func() { s.task.IO().Wait(); close(ioDone) }()
+	select {
+	case <-ioDone:
+	case <-ctx.Done():
+		return runtime.ExitStatus{}, ctx.Err()
+	}
 	es := backend.Exit(int(code), at, false)
 	// The cgroup outlives the process until the task is deleted, so its OOM
 	// counter can still be read here.
@@ -172,7 +191,7 @@ func (s *sandbox) Kill(ctx context.Context) error {
 	}
 	err := s.task.Kill(s.r.ctx(ctx), syscall.SIGKILL, client.WithKillAll)
 	if err != nil && !notFound(err) && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("kill sandbox %s: %w", s.ID(), err)
+		return backend.Lost(fmt.Errorf("kill sandbox %s: %w", s.ID(), err), gone)
 	}
 	return nil
 }

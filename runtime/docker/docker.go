@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/container"
@@ -306,3 +307,8 @@ func (r *Runtime) cgroups(id, containerID string) []string {
 }
 
 func notFound(err error) bool { return cerrdefs.IsNotFound(err) }
+
+// gone tells whether err says the daemon cannot be reached.
+func gone(err error) bool {
+	return client.IsErrConnectionFailed(err) || cerrdefs.IsUnavailable(err) || errors.Is(err, syscall.ECONNREFUSED)
+}

@@ -177,12 +177,13 @@ func (s *sandbox) wait(ctx context.Context) {
 	select {
 	case <-w.Result:
 	case err := <-w.Error:
-		s.waitErr = fmt.Errorf("wait for sandbox %s: %w", s.ID(), err)
+		// The daemon's wait broke (it went away): the exit is unknown.
+		s.waitErr = fmt.Errorf("%w: wait for sandbox %s: %w", runtime.ErrUnavailable, s.ID(), err)
 		return
 	}
 	got, err := s.r.cli.ContainerInspect(ctx, s.containerID, client.ContainerInspectOptions{})
 	if err != nil {
-		s.waitErr = fmt.Errorf("inspect sandbox %s after exit: %w", s.ID(), err)
+		s.waitErr = backend.Lost(fmt.Errorf("inspect sandbox %s after exit: %w", s.ID(), err), gone)
 		return
 	}
 	if got.Container.State == nil {
@@ -234,7 +235,7 @@ func (s *sandbox) Kill(ctx context.Context) error {
 	_, err := s.r.cli.ContainerKill(ctx, s.containerID, client.ContainerKillOptions{Signal: "KILL"})
 	// Conflict: the container is not running, so there is nothing to kill.
 	if err != nil && !notFound(err) && !cerrdefs.IsConflict(err) {
-		return fmt.Errorf("kill sandbox %s: %w", s.ID(), err)
+		return backend.Lost(fmt.Errorf("kill sandbox %s: %w", s.ID(), err), gone)
 	}
 	return nil
 }

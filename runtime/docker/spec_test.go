@@ -270,11 +270,11 @@ func TestExitStatus(t *testing.T) {
 		state container.State
 		want  runtime.ExitStatus
 	}{
-		{container.State{ExitCode: 0, FinishedAt: at.Format(time.RFC3339Nano)}, runtime.ExitStatus{ExitedAt: at}},
-		{container.State{ExitCode: 3}, runtime.ExitStatus{Code: 3}},
-		{container.State{ExitCode: 137, OOMKilled: true}, runtime.ExitStatus{Code: 137, Signal: "SIGKILL", OOMKilled: true}},
-		{container.State{ExitCode: 143}, runtime.ExitStatus{Code: 143, Signal: "SIGTERM"}},
-		{container.State{ExitCode: 255}, runtime.ExitStatus{Code: 255}},
+		{container.State{ExitCode: 0, FinishedAt: at.Format(time.RFC3339Nano)}, runtime.ExitStatus{Known: true, ExitedAt: at}},
+		{container.State{ExitCode: 3}, runtime.ExitStatus{Known: true, Code: 3}},
+		{container.State{ExitCode: 137, OOMKilled: true}, runtime.ExitStatus{Known: true, Code: 137, Signal: "SIGKILL", OOMKilled: true}},
+		{container.State{ExitCode: 143}, runtime.ExitStatus{Known: true, Code: 143, Signal: "SIGTERM"}},
+		{container.State{ExitCode: 255}, runtime.ExitStatus{Known: true, Code: 255}},
 	}
 	for _, tt := range tests {
 		if got := exitStatus(tt.state); got != tt.want {

@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 
 	"go.podman.io/podman/v6/libpod/define"
 	"go.podman.io/podman/v6/pkg/bindings"
@@ -318,6 +319,11 @@ func (r *Runtime) Leftovers(ctx context.Context, id, _ string) ([]string, error)
 		left = append(left, "mount "+m)
 	}
 	return append(left, r.state.Leftovers(id)...), nil
+}
+
+// gone tells whether err says the service cannot be reached.
+func gone(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // notFound tells whether the service answered 404.

@@ -276,11 +276,11 @@ func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 		return *s.exit, nil
 	}
 	if s.copyErr != nil {
-		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s output: %w", s.ID(), s.copyErr)
+		return runtime.ExitStatus{}, backend.Lost(fmt.Errorf("sandbox %s output: %w", s.ID(), s.copyErr), gone)
 	}
 	st, err := s.r.exited(ctx, s.ctrID)
 	if err != nil {
-		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s exit status: %w", s.ID(), err)
+		return runtime.ExitStatus{}, backend.Lost(fmt.Errorf("sandbox %s exit status: %w", s.ID(), err), gone)
 	}
 	es := backend.Exit(int(st.ExitCode), st.FinishedAt, st.OOMKilled)
 	if s.oom != nil {
@@ -322,7 +322,7 @@ func (s *sandbox) Kill(ctx context.Context) error {
 	err := containers.Kill(s.r.ctx(ctx), s.ctrID, new(containers.KillOptions).WithSignal("SIGKILL"))
 	var em *errorhandling.ErrorModel
 	if err != nil && !(errors.As(err, &em) && (em.ResponseCode == http.StatusNotFound || em.ResponseCode == http.StatusConflict)) {
-		return fmt.Errorf("kill sandbox %s: %w", s.ID(), err)
+		return backend.Lost(fmt.Errorf("kill sandbox %s: %w", s.ID(), err), gone)
 	}
 	return nil
 }

@@ -60,11 +60,22 @@ func AllEnforced() runtime.Capabilities {
 
 // Exit is the status of a process that ended with code (128+n when signal n killed it).
 func Exit(code int, at time.Time, oom bool) runtime.ExitStatus {
-	es := runtime.ExitStatus{Code: code, ExitedAt: at, OOMKilled: oom}
+	es := runtime.ExitStatus{Known: true, Code: code, ExitedAt: at, OOMKilled: oom}
 	if code > 128 && code < 128+65 {
 		es.Signal = unix.SignalName(syscall.Signal(code - 128))
 	}
 	return es
+}
+
+// Lost wraps err, the failure of a call about sandbox id, as
+// runtime.ErrUnavailable when it says the daemon cannot be reached
+// (isGone, the backend's test of its client's errors): the sandbox's
+// state is then unknown, not an exit or a refusal.
+func Lost(err error, isGone func(error) bool) error {
+	if err == nil || errors.Is(err, runtime.ErrUnavailable) || !isGone(err) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", runtime.ErrUnavailable, err)
 }
 
 // OrDiscard is w, or io.Discard for a stream nobody reads.
