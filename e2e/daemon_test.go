@@ -15,25 +15,42 @@ import (
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
+	"github.com/sandstorm-dev/sandstorm/runtime/podman"
 )
 
 // lostBound is how long after its daemon died a run may take to end.
 const lostBound = 15 * time.Second
 
-// TestContainerdDies: containerd is killed while an agent runs. The stream
+// TestDaemonDies: the daemon is killed while an agent runs. The stream
 // ends at once, well within the run's timeout, with runtime_unavailable
 // and no made-up exit status; once the daemon is back, the sweep removes
 // everything the run left.
-func TestContainerdDies(t *testing.T) {
-	conformance.NeedsDaemon(t, containerd.Name)
-	d := testenv.StartContainerd(t)
+func TestDaemonDies(t *testing.T) {
+	t.Run("containerd", func(t *testing.T) {
+		conformance.NeedsDaemon(t, containerd.Name)
+		d := testenv.StartContainerd(t)
+		rt, err := containerd.New(context.Background(), containerd.Config{Address: d.Address, StateDir: "/var/lib/sandstorm/test-containerd-scratch"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rt.Close()
+		daemonDies(t, d, rt)
+	})
+	t.Run("podman", func(t *testing.T) {
+		conformance.NeedsDaemon(t, podman.Name)
+		d := testenv.StartPodman(t)
+		rt, err := podman.New(context.Background(), podman.Config{Socket: d.Address, StateDir: "/var/lib/sandstorm/test-podman-scratch"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rt.Close()
+		daemonDies(t, d, rt)
+	})
+}
+
+func daemonDies(t *testing.T, d *testenv.Daemon, rt runtime.Runtime) {
 	ctx := context.Background()
-	rt, err := containerd.New(ctx, containerd.Config{Address: d.Address, StateDir: "/var/lib/sandstorm/test-containerd-scratch"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rt.Close()
-	testenv.EnsureAgentImage(t, rt, "test-containerd")
+	testenv.EnsureAgentImage(t, rt, "test-"+rt.Name())
 
 	// The model answers after a minute: the run is waiting on it when the daemon dies.
 	srv := modelserver.NewServer(modelserver.Scenario{Name: "slow", Turns: []modelserver.Turn{{DelayMS: 60000, Text: "late"}}})
@@ -42,7 +59,7 @@ func TestContainerdDies(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stop()
-	gw, err := gateway.New(gateway.Config{Upstream: url, Dir: "/run/sandstorm/e2e/test-containerd"})
+	gw, err := gateway.New(gateway.Config{Upstream: url, Dir: "/run/sandstorm/e2e/test-" + rt.Name()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +100,8 @@ func TestContainerdDies(t *testing.T) {
 	select {
 	case e = <-done:
 	case <-time.After(lostBound):
-		t.Fatalf("the run went on %v after its daemon died", lostBound)
+		mu.Lock()
+		t.Fatalf("the run went on %v after its daemon died; events %v", lostBound, events)
 	}
 	t.Logf("the run ended %v after the daemon died (%v after it started); err: %v", e.at.Sub(killed).Round(time.Millisecond), e.at.Sub(start).Round(time.Millisecond), e.err)
 	if e.out.Code != api.CodeRuntimeUnavailable {

@@ -3,6 +3,8 @@ package testenv
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,43 +15,78 @@ import (
 	"github.com/containerd/containerd/v2/client"
 )
 
-// Containerd is a containerd daemon of a test's own, which the test may
-// kill and start again: the host's containerd also serves Docker and every
-// other test. Its root (images, snapshots) persists under /var/lib so the
-// agent image is imported once; its state lives under /run.
-type Containerd struct {
+// Daemon is a container daemon of a test's own, which the test may kill
+// and start again: the host's daemons serve every other test (and the
+// host's containerd serves Docker too).
+type Daemon struct {
+	// Address is where the daemon listens.
 	Address string
-	root    string
-	state   string
-	config  string
+	args    []string
+	ready   func() error
 	log     string
 	cmd     *exec.Cmd
 	t       testing.TB
 }
 
-// StartContainerd starts the test's own containerd and stops it at cleanup.
-func StartContainerd(t testing.TB) *Containerd {
+// StartContainerd starts a containerd of the test's own. Its root (images,
+// snapshots) persists under /var/lib so the agent image is imported once;
+// its state lives under /run.
+func StartContainerd(t testing.TB) *Daemon {
 	t.Helper()
-	if _, err := exec.LookPath("containerd"); err != nil {
-		t.Fatalf("containerd is not installed: %v", err)
-	}
 	state := "/run/sandstorm/test-containerd"
-	d := &Containerd{
-		Address: filepath.Join(state, "containerd.sock"),
-		root:    "/var/lib/sandstorm/test-containerd",
-		state:   state,
-		config:  filepath.Join(state, "config.toml"),
-		log:     filepath.Join(state, "containerd.log"),
-		t:       t,
-	}
-	if err := os.MkdirAll(d.state, 0o711); err != nil {
+	if err := os.MkdirAll(state, 0o711); err != nil {
 		t.Fatal(err)
 	}
+	addr := filepath.Join(state, "containerd.sock")
 	// CRI is not needed (and would want CNI configuration of its own).
-	config := fmt.Sprintf("version = 2\nroot = %q\nstate = %q\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = %q\n", d.root, d.state, d.Address)
-	if err := os.WriteFile(d.config, []byte(config), 0o600); err != nil {
+	config := fmt.Sprintf("version = 2\nroot = %q\nstate = %q\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = %q\n",
+		"/var/lib/sandstorm/test-containerd", state, addr)
+	if err := os.WriteFile(filepath.Join(state, "config.toml"), []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return start(t, &Daemon{Address: addr, args: []string{"containerd", "--config", filepath.Join(state, "config.toml")},
+		log: filepath.Join(state, "containerd.log"), ready: func() error {
+			c, err := client.New(addr)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_, err = c.Version(context.Background())
+			return err
+		}})
+}
+
+// StartPodman starts a Podman API service of the test's own, as root, on
+// the host's root storage (the containers it runs outlive it, as they do
+// the host's service).
+func StartPodman(t testing.TB) *Daemon {
+	t.Helper()
+	dir := "/run/sandstorm/test-podman"
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "podman.sock")
+	return start(t, &Daemon{Address: "unix://" + sock, args: []string{"podman", "system", "service", "--time=0", "unix://" + sock},
+		log: filepath.Join(dir, "podman.log"), ready: func() error {
+			c := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+			}}}
+			resp, err := c.Get("http://d/_ping")
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			return nil
+		}})
+}
+
+// start starts d and stops it at the test's cleanup.
+func start(t testing.TB, d *Daemon) *Daemon {
+	t.Helper()
+	if _, err := exec.LookPath(d.args[0]); err != nil {
+		t.Fatalf("%s is not installed: %v", d.args[0], err)
+	}
+	d.t = t
 	d.Start()
 	t.Cleanup(func() {
 		if d.cmd != nil {
@@ -61,14 +98,14 @@ func StartContainerd(t testing.TB) *Containerd {
 }
 
 // Start starts the daemon and waits until it answers.
-func (d *Containerd) Start() {
+func (d *Daemon) Start() {
 	d.t.Helper()
 	logf, err := os.OpenFile(d.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		d.t.Fatal(err)
 	}
 	defer logf.Close()
-	d.cmd = exec.Command("containerd", "--config", d.config)
+	d.cmd = exec.Command(d.args[0], d.args[1:]...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	// Its own process group: signals to the test do not reach it.
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -77,24 +114,21 @@ func (d *Containerd) Start() {
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if c, err := client.New(d.Address); err == nil {
-			_, verr := c.Version(context.Background())
-			c.Close()
-			if verr == nil {
-				return
-			}
+		err := d.ready()
+		if err == nil {
+			return
 		}
 		if time.Now().After(deadline) {
 			data, _ := os.ReadFile(d.log)
-			d.t.Fatalf("the test's containerd does not answer: %s", data)
+			d.t.Fatalf("the test's %s does not answer (%v): %s", d.args[0], err, data)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-// Kill kills the daemon as a crash would (its shims, and the sandboxes,
-// go on running).
-func (d *Containerd) Kill() {
+// Kill kills the daemon as a crash would (containerd's shims and Podman's
+// conmon, and so the sandboxes, go on running).
+func (d *Daemon) Kill() {
 	d.t.Helper()
 	if err := d.cmd.Process.Kill(); err != nil {
 		d.t.Fatal(err)

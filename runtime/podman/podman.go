@@ -117,6 +117,8 @@ type Runtime struct {
 	// once (see serviceRlimits).
 	rlimitsMu      sync.Mutex
 	defaultRlimits []define.InspectUlimit
+
+	watch *watch
 }
 
 var (
@@ -169,6 +171,7 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	if err := r.state.Make(); err != nil {
 		return nil, err
 	}
+	r.startWatch()
 	return r, nil
 }
 
@@ -196,6 +199,7 @@ func (r *Runtime) Name() string { return Name }
 // Close implements runtime.Runtime. The bindings hold no open connection
 // beyond idle keep-alives.
 func (r *Runtime) Close() error {
+	r.watch.stop()
 	if c, err := bindings.GetClient(r.conn); err == nil {
 		c.Client.CloseIdleConnections()
 	}

@@ -269,6 +269,8 @@ func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 	case <-copied:
 	case <-ctx.Done():
 		return runtime.ExitStatus{}, ctx.Err()
+	case <-s.r.watch.lost():
+		return runtime.ExitStatus{}, fmt.Errorf("%w: sandbox %s: the podman service at %s stopped answering", runtime.ErrUnavailable, s.ID(), s.r.cfg.Socket)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -360,7 +362,9 @@ func (r *Runtime) cleanup(ctx context.Context, id string, container bool) error 
 	if container {
 		_, err := containers.Remove(r.ctx(ctx), id, new(containers.RemoveOptions).WithForce(true).WithVolumes(true).WithTimeout(0))
 		if err != nil && !notFound(err) {
-			errs = append(errs, fmt.Errorf("remove container %s: %w", id, err))
+			// Its process may still run (the service is away): its cgroup
+			// and workspace stay for a later removal, which finds it again.
+			return backend.Lost(fmt.Errorf("remove container %s: %w", id, err), gone)
 		}
 	}
 	if err := r.unmediate(ctx, r.state.Scratch(id)); err != nil {
