@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
@@ -96,6 +97,10 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 		client.WithImage(img),
 		client.WithSnapshotter(r.cfg.Snapshotter),
 		client.WithNewSnapshot(id, img, snapshots.WithLabels(sb.AllLabels())),
+		// A step inside NewContainer: the snapshot exists, the container not yet.
+		func(context.Context, *client.Client, *containers.Container) error {
+			return backend.Checkpoint(ctx, "create sandbox "+id)
+		},
 		client.WithContainerLabels(labels),
 		client.WithNewSpec(append([]oci.SpecOpts{oci.WithImageConfig(img)}, opts...)...),
 	)
