@@ -194,11 +194,30 @@ func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime
 	if err != nil {
 		return nil, fmt.Errorf("walk snapshots: %w", err)
 	}
+	ls, err := r.client.LeasesService().List(ctx, strings.Join(conds, ","))
+	if err != nil {
+		return nil, fmt.Errorf("list leases: %w", err)
+	}
+	var held []runtime.SandboxInfo
+	for _, l := range ls {
+		if id, ok := strings.CutPrefix(l.ID, leaseID("")); ok && runtime.ValidID(id) {
+			held = append(held, runtime.SandboxInfo{ID: id, SessionID: l.Labels[oci.LabelSession], Labels: l.Labels})
+		}
+	}
 	dirs, err := r.state.List(backend.Selector(labels))
 	if err != nil {
 		return nil, err
 	}
-	return backend.Merge(backend.Merge(out, snaps), dirs), nil
+	// An IP allocation carries no labels: it counts as a managed sandbox of
+	// no session and no owner (reap --all removes it; a sweep leaves it).
+	var ips []runtime.SandboxInfo
+	for _, id := range r.net.allocated() {
+		l := map[string]string{oci.LabelManaged: "true"}
+		if backend.Matches(l, backend.Selector(labels)) {
+			ips = append(ips, runtime.SandboxInfo{ID: id, Labels: l})
+		}
+	}
+	return backend.Merge(backend.Merge(backend.Merge(backend.Merge(out, snaps), held), dirs), ips), nil
 }
 
 // Remove implements runtime.Runtime.
@@ -223,6 +242,9 @@ func (r *Runtime) Leftovers(ctx context.Context, id, sessionID string) ([]string
 	}, filter)
 	if err != nil {
 		return nil, fmt.Errorf("walk snapshots: %w", err)
+	}
+	if ls, err := r.client.LeasesService().List(ctx, fmt.Sprintf("id==%q", leaseID(id))); err == nil && len(ls) > 0 {
+		left = append(left, "lease "+leaseID(id))
 	}
 	for _, d := range cgroupfs.Existing(oci.Container{ID: id}.CgroupPath()) {
 		left = append(left, "cgroup "+d)

@@ -113,6 +113,15 @@ func (b *bridge) teardown(ctx context.Context, id, dir, path string) error {
 	if path != "" && !slices.Contains(paths, path) {
 		paths = append(paths, path)
 	}
+	if len(paths) == 0 && len(b.leftovers(id)) > 0 {
+		// An allocation whose namespace is gone: CNI DEL releases it all the same.
+		if c, err := b.cni(); err == nil {
+			if err := c.Remove(ctx, id, ""); err != nil {
+				return fmt.Errorf("CNI teardown of sandbox %s: %w", id, err)
+			}
+		}
+		return nil
+	}
 	for _, p := range paths {
 		if c, err := b.cni(); err == nil {
 			if err := c.Remove(ctx, id, p); err != nil {
@@ -130,6 +139,23 @@ func (b *bridge) teardown(ctx context.Context, id, dir, path string) error {
 func (b *bridge) namespaces(dir string) []string {
 	m, _ := filepath.Glob(filepath.Join(dir, "cni-*"))
 	return m
+}
+
+// allocated lists the sandboxes holding an IP allocation.
+func (b *bridge) allocated() []string {
+	entries, err := os.ReadDir(ipamDir)
+	if err != nil {
+		return nil
+	}
+	var ids []string
+	for _, e := range entries {
+		data, err := os.ReadFile(filepath.Join(ipamDir, e.Name()))
+		first, _, _ := strings.Cut(strings.ReplaceAll(string(data), "\r", ""), "\n")
+		if err == nil && runtime.ValidID(first) && !slices.Contains(ids, first) {
+			ids = append(ids, first)
+		}
+	}
+	return ids
 }
 
 // leftovers names IP allocations still held by sandbox id.

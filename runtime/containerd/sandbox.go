@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"os"
 	"syscall"
+	"time"
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
@@ -22,6 +24,12 @@ import (
 // labelNetNS records a sandbox's network namespace so a stray can be cleaned
 // up from its container alone.
 const labelNetNS = "sandstorm.netns"
+
+// leaseTTL bounds a lease a crashed create left, should no sweep find it.
+const leaseTTL = time.Hour
+
+// leaseID names the lease of sandbox id's create.
+func leaseID(id string) string { return "sandstorm-" + id }
 
 type sandbox struct {
 	backend.Sandbox
@@ -93,7 +101,14 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 	if err := backend.Checkpoint(ctx, "create sandbox "+id); err != nil {
 		return nil, err
 	}
-	ctr, err := r.client.NewContainer(dctx, id,
+	// The lease holds the snapshot until the container does; it carries the
+	// sandbox's labels, so one a crash left behind is found and removed.
+	lctx, release, err := r.client.WithLease(dctx, leases.WithID(leaseID(id)), leases.WithLabels(sb.AllLabels()), leases.WithExpiration(leaseTTL))
+	if err != nil {
+		return nil, fmt.Errorf("lease for sandbox %s: %w", id, err)
+	}
+	defer release(context.WithoutCancel(dctx))
+	ctr, err := r.client.NewContainer(lctx, id,
 		client.WithImage(img),
 		client.WithSnapshotter(r.cfg.Snapshotter),
 		client.WithNewSnapshot(id, img, snapshots.WithLabels(sb.AllLabels())),
@@ -234,9 +249,13 @@ func (r *Runtime) cleanup(ctx context.Context, id string) error {
 		errs = append(errs, fmt.Errorf("load container %s: %w", id, err))
 	}
 	// The snapshot goes with its container, except when the container was
-	// never made (or not wholly): it is removed by its key, the id.
+	// never made (or not wholly): it is removed by its key, the id; and the
+	// lease a create cut short left.
 	if err := r.client.SnapshotService(r.cfg.Snapshotter).Remove(ctx, id); err != nil && !notFound(err) {
 		errs = append(errs, fmt.Errorf("remove snapshot %s: %w", id, err))
+	}
+	if err := r.client.LeasesService().Delete(ctx, leases.Lease{ID: leaseID(id)}); err != nil && !notFound(err) {
+		errs = append(errs, fmt.Errorf("remove lease %s: %w", leaseID(id), err))
 	}
 	if err := r.net.teardown(ctx, id, r.state.Scratch(id), netns); err != nil {
 		errs = append(errs, err)
