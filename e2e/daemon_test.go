@@ -53,7 +53,7 @@ func daemonDies(t *testing.T, d *testenv.Daemon, rt runtime.Runtime) {
 	testenv.EnsureAgentImage(t, rt, "test-"+rt.Name())
 
 	// The model answers after a minute: the run is waiting on it when the daemon dies.
-	srv := modelserver.NewServer(modelserver.Scenario{Name: "slow", Turns: []modelserver.Turn{{DelayMS: 60000, Text: "late"}}})
+	srv := modelserver.NewServer(testenv.SlowModel(time.Minute, 1))
 	url, stop, err := srv.Listen(ctx, "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -8,8 +8,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/api"
+	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 )
 
 // health reads GET /health.
@@ -153,13 +152,7 @@ func dialStalled(t *testing.T, url, body string) net.Conn {
 // open) is cut after the write timeout; its run is cancelled and removed
 // and its slot freed, as on a disconnect.
 func stalledReader(t *testing.T, backend string) {
-	// A long answer, then a pause: far more than the buffers hold, long
-	// before the run would end by itself.
-	scenario := filepath.Join(t.TempDir(), "long-answer.json")
-	turns := fmt.Sprintf(`{"name":"long-answer","turns":[{"text":%q},{"delay_ms":30000,"text":"done"}]}`, strings.Repeat("lorem ipsum ", 40000))
-	if err := os.WriteFile(scenario, []byte(turns), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	scenario := testenv.ScenarioFile(t, testenv.LongAnswer(480_000))
 	h := startWith(t, backend, scenario, "", Config{WriteTimeout: time.Second}, smallBuffers)
 	conn := dialStalled(t, h.url, `{"prompt":"slow","timeout":300}`)
 	deadline := time.Now().Add(10 * time.Second)

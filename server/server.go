@@ -209,17 +209,22 @@ func (s *Server) query(c *fiber.Ctx) error {
 // one that stops reading within the write timeout; either cancels the run.
 func (s *Server) stream(ctx context.Context, cancel context.CancelCauseFunc, w *bufio.Writer, conn net.Conn, run api.Run) {
 	var mu sync.Mutex
-	write := func(frame string) error {
+	// write sends the parts of one frame: written apart, a large event is
+	// not copied into a frame first.
+	write := func(parts ...[]byte) error {
 		mu.Lock()
 		defer mu.Unlock()
 		if conn != nil {
 			_ = conn.SetWriteDeadline(time.Now().Add(s.writeTimeout))
 		}
-		if _, err := w.WriteString(frame); err != nil {
-			return err
+		for _, p := range parts {
+			if _, err := w.Write(p); err != nil {
+				return err
+			}
 		}
 		return w.Flush()
 	}
+	dataPrefix, frameEnd := []byte("data: "), []byte("\n\n")
 	stopKeepAlive := make(chan struct{})
 	defer close(stopKeepAlive)
 	go func() {
@@ -230,7 +235,7 @@ func (s *Server) stream(ctx context.Context, cancel context.CancelCauseFunc, w *
 			case <-stopKeepAlive:
 				return
 			case <-t.C:
-				if err := write(": keep-alive\n\n"); err != nil {
+				if err := write([]byte(": keep-alive\n\n")); err != nil {
 					cancel(fmt.Errorf("%w: client gone: %w", context.Canceled, err))
 					return
 				}
@@ -238,11 +243,11 @@ func (s *Server) stream(ctx context.Context, cancel context.CancelCauseFunc, w *
 		}
 	}()
 	out, err := run.Start(ctx, func(ev json.RawMessage) error {
-		return write("data: " + string(ev) + "\n\n")
+		return write(dataPrefix, ev, frameEnd)
 	})
 	if err != nil && out.Code == "" {
 		// The run could not start: say so in the stream, which has begun.
-		_ = write("data: " + string(api.ErrorFor(err)) + "\n\n")
+		_ = write(dataPrefix, api.ErrorFor(err), frameEnd)
 		s.log.Warn("run failed to start", "err", err)
 	}
 }

@@ -145,11 +145,8 @@ func TestServeCrash(t *testing.T) {
 			defer rt.Close()
 			testenv.EnsureAgentImage(t, rt, backend)
 			dir := t.TempDir()
-			// The model takes its time (each of its answers, whichever run asks):
-			// the runs are in flight when the server dies.
-			turn := `{"delay_ms":120000,"text":"late"}`
-			scenario := filepath.Join(dir, "wait.json")
-			os.WriteFile(scenario, []byte(`{"name":"wait","turns":[`+strings.Repeat(turn+",", 9)+turn+`]}`), 0o644)
+			// The model hangs: the runs are in flight when the server dies.
+			scenario := testenv.ScenarioFile(t, testenv.HangingModel(10))
 
 			crashing := serve(t, dir, backend, "--scripted-model", scenario)
 			const runs = 3
