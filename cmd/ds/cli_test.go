@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,7 +10,6 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/sandstorm-dev/sandstorm/engine"
 	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
@@ -44,20 +41,7 @@ type result struct {
 
 func ds(t *testing.T, dir string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(dsBinary, args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "ANTHROPIC_API_KEY=", "OPENROUTER_API_KEY=", engine.SlotDirEnv+"="+slotDir)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	var ee *exec.ExitError
-	code := 0
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return result{out.String(), errb.String(), code}
+	return dsEnv(t, dir, nil, args...)
 }
 
 // needBackend fails (in CI) or skips when containerd is not there, and makes

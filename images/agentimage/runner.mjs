@@ -345,6 +345,13 @@ function childEnv(port, token) {
   return env;
 }
 
+// failWith reports why the runner cannot run and ends it.
+function failWith(code, msg) {
+  logErr(msg);
+  emitError(code, msg);
+  return finish(1);
+}
+
 async function main() {
   const configPath = process.env.SANDSTORM_RUNNER_CONFIG || '';
   const socketPath = process.env.SANDSTORM_MODEL_SOCKET || DEFAULT_SOCKET;
@@ -364,19 +371,14 @@ async function main() {
     if (!st.isDirectory()) throw new ConfigError(`workspace ${cwd} is not a directory (SANDSTORM_WORKSPACE)`);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
-    logErr(err.message);
-    emitError('invalid_config', err.message);
-    return finish(1);
+    return failWith('invalid_config', err.message);
   }
 
   try {
     if (!fs.statSync(socketPath).isSocket()) throw new Error('not a socket');
   } catch (err) {
     const why = err.code === 'ENOENT' ? 'no such file' : errorText(err);
-    const msg = `model socket ${socketPath}: ${why} (SANDSTORM_MODEL_SOCKET; the host's gateway serves it)`;
-    logErr(msg);
-    emitError('model_unreachable', msg);
-    return finish(1);
+    return failWith('model_unreachable', `model socket ${socketPath}: ${why} (SANDSTORM_MODEL_SOCKET; the host's gateway serves it)`);
   }
 
   if (cfg === undefined) {
@@ -384,9 +386,7 @@ async function main() {
       cfg = await fetchConfig(socketPath, token);
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err;
-      logErr(err.message);
-      emitError('invalid_config', err.message);
-      return finish(1);
+      return failWith('invalid_config', err.message);
     }
   }
 
@@ -394,9 +394,7 @@ async function main() {
     forwarder = await startForwarder(socketPath);
   } catch (err) {
     const msg = `cannot listen on 127.0.0.1 for the model forwarder: ${errorText(err)} (is the loopback interface up?)`;
-    logErr(msg);
-    emitError('forwarder_failed', msg);
-    return finish(1);
+    return failWith('forwarder_failed', msg);
   }
 
   let query;
@@ -404,9 +402,7 @@ async function main() {
     ({ query } = await import('@anthropic-ai/claude-agent-sdk'));
   } catch (err) {
     const msg = `cannot load @anthropic-ai/claude-agent-sdk: ${errorText(err)}`;
-    logErr(msg);
-    emitError('sdk_missing', msg);
-    return finish(1);
+    return failWith('sdk_missing', msg);
   }
 
   const abortController = new AbortController();
@@ -464,15 +460,11 @@ async function main() {
   }
   if (failure) {
     const msg = `agent failed: ${errorText(failure)}`;
-    logErr(msg);
-    emitError('sdk_error', msg);
-    return finish(1);
+    return failWith('sdk_error', msg);
   }
   if (!last) {
     const msg = 'the query ended without a result message';
-    logErr(msg);
-    emitError('no_result', msg);
-    return finish(1);
+    return failWith('no_result', msg);
   }
   if (last.subtype === 'success' && last.is_error === false) return finish(0);
   logErr(`result: subtype ${last.subtype}, is_error ${last.is_error}`);

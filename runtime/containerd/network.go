@@ -141,18 +141,30 @@ func (b *bridge) namespaces(dir string) []string {
 	return m
 }
 
-// allocated lists the sandboxes holding an IP allocation.
-func (b *bridge) allocated() []string {
+// allocations maps each host-local IP allocation file to the sandbox
+// holding it (the file's first line is the container id).
+func (b *bridge) allocations() map[string]string {
 	entries, err := os.ReadDir(ipamDir)
 	if err != nil {
 		return nil
 	}
-	var ids []string
+	held := map[string]string{}
 	for _, e := range entries {
 		data, err := os.ReadFile(filepath.Join(ipamDir, e.Name()))
 		first, _, _ := strings.Cut(strings.ReplaceAll(string(data), "\r", ""), "\n")
-		if err == nil && runtime.ValidID(first) && !slices.Contains(ids, first) {
-			ids = append(ids, first)
+		if err == nil && runtime.ValidID(first) {
+			held[e.Name()] = first
+		}
+	}
+	return held
+}
+
+// allocated lists the sandboxes holding an IP allocation.
+func (b *bridge) allocated() []string {
+	var ids []string
+	for _, id := range b.allocations() {
+		if !slices.Contains(ids, id) {
+			ids = append(ids, id)
 		}
 	}
 	return ids
@@ -160,17 +172,10 @@ func (b *bridge) allocated() []string {
 
 // leftovers names IP allocations still held by sandbox id.
 func (b *bridge) leftovers(id string) []string {
-	entries, err := os.ReadDir(ipamDir)
-	if err != nil {
-		return nil
-	}
 	var left []string
-	for _, e := range entries {
-		data, err := os.ReadFile(filepath.Join(ipamDir, e.Name()))
-		// The first line of an allocation file is the container id.
-		first, _, _ := strings.Cut(strings.ReplaceAll(string(data), "\r", ""), "\n")
-		if err == nil && first == id {
-			left = append(left, "IP allocation "+e.Name())
+	for file, holder := range b.allocations() {
+		if holder == id {
+			left = append(left, "IP allocation "+file)
 		}
 	}
 	return left
