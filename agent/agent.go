@@ -5,6 +5,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -222,8 +223,7 @@ func ending(ctx context.Context, st runtime.ExitStatus, waitErr error, result js
 }
 
 func isObject(b []byte) bool {
-	s := strings.TrimSpace(string(b))
-	return strings.HasPrefix(s, "{")
+	return bytes.HasPrefix(bytes.TrimSpace(b), []byte("{"))
 }
 
 func messageType(msg json.RawMessage) string {

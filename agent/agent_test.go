@@ -30,7 +30,9 @@ type fakeRuntime struct {
 	oom            bool
 	hang           bool
 	// lost: the daemon goes away; the exit is unknown.
-	lost       bool
+	lost bool
+	// chunk is the size of the writes stdout arrives in; default 7.
+	chunk      int
 	mu         sync.Mutex
 	created    []runtime.Spec
 	removed    int
@@ -95,7 +97,11 @@ func (s *fakeSandbox) Unenforced() []runtime.Item { return nil }
 func (s *fakeSandbox) Start(_ context.Context, o runtime.IO) error {
 	go func() {
 		// Written in odd chunks, as pipes deliver.
-		for _, part := range chunks(s.f.stdout, 7) {
+		n := s.f.chunk
+		if n == 0 {
+			n = 7
+		}
+		for _, part := range chunks(s.f.stdout, n) {
 			o.Stdout.Write([]byte(part))
 		}
 		o.Stderr.Write([]byte(s.f.stderr))

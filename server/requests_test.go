@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -133,6 +134,21 @@ func TestRequests(t *testing.T) {
 			t.Logf("emit failed: %v", err)
 		case <-time.After(10 * time.Second):
 			t.Error("a client that stopped reading was not cut")
+		}
+	})
+
+	// A body over the limit gets its 413 in Python's requests too (which
+	// is still sending when the server answers), not a broken pipe.
+	t.Run("oversize body from python requests", func(t *testing.T) {
+		if exec.Command("python3", "-c", "import requests").Run() != nil {
+			t.Skip("python3 with requests is not installed")
+		}
+		script := `import sys, requests
+r = requests.post(sys.argv[1] + "/query", data=b'{"prompt":"' + b"a" * (60 << 20) + b'"}', headers={"Content-Type": "application/json"})
+print(r.status_code, r.json()["error"])`
+		out, err := exec.Command("python3", "-c", script, serveFake(t, &fakeEngine{})).CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "413 too_large" {
+			t.Errorf("python requests with a 60 MB body: %v: %s", err, out)
 		}
 	})
 
