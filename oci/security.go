@@ -4,7 +4,6 @@ import (
 	"context"
 	"slices"
 
-	"github.com/containerd/containerd/v2/contrib/seccomp"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -41,11 +40,23 @@ func withCapabilities(caps []string) oci.SpecOpts {
 	}
 }
 
+// withSeccomp applies sandstorm's own profile (the same on every backend),
+// whatever the capabilities.
 func withSeccomp(mode Seccomp) oci.SpecOpts {
 	if mode == SeccompUnconfined {
 		return oci.WithSeccompUnconfined
 	}
-	return seccomp.WithDefaultProfile()
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *specs.Spec) error {
+		p, err := SeccompProfile()
+		if err != nil {
+			return err
+		}
+		if s.Linux == nil {
+			s.Linux = &specs.Linux{}
+		}
+		s.Linux.Seccomp = p
+		return nil
+	}
 }
 
 func withRootFS(writable bool) oci.SpecOpts {

@@ -84,7 +84,6 @@ func Options(sb Container, host Host) ([]oci.SpecOpts, error) {
 		withUser(p.UID, p.GID),
 		withCapabilities(p.Capabilities),
 		oci.WithNoNewPrivileges,
-		// The default seccomp profile depends on the capabilities: keep it after them.
 		withSeccomp(p.Seccomp),
 		withRootFS(p.WritableRoot),
 		withMaskedPaths,

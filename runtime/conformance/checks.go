@@ -47,6 +47,24 @@ var blob = func() []byte {
 func checks() []check {
 	return []check{
 		{
+			// sandstorm's seccomp profile, the same on every backend: no new
+			// namespaces (a user namespace is a large kernel attack surface),
+			// even where a backend's own profile allows them.
+			name:  "sandstorm's seccomp profile denies namespaces",
+			needs: []runtime.Item{runtime.ItemSeccomp},
+			script: `for ns in U m n p i u C; do
+  if unshare -$ns true 2>/dev/null; then echo "unshare-$ns=allowed"; else echo "unshare-$ns=denied"; fi
+done
+if unshare -U -r id -u 2>/dev/null; then echo "userns-root=allowed"; else echo "userns-root=denied"; fi
+if nsenter -t 1 -m true 2>/dev/null; then echo "setns=allowed"; else echo "setns=denied"; fi`,
+			verify: func(t *testing.T, r result) {
+				got := kv(r.stdout)
+				for _, k := range []string{"unshare-U", "unshare-m", "unshare-n", "unshare-p", "unshare-i", "unshare-u", "unshare-C", "userns-root", "setns"} {
+					expect(t, got, k, "denied")
+				}
+			},
+		},
+		{
 			name:   "no capabilities, no new privileges, seccomp filter",
 			needs:  []runtime.Item{runtime.ItemCapabilities, runtime.ItemNoNewPrivileges, runtime.ItemSeccomp},
 			script: statusScript,

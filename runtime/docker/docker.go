@@ -4,6 +4,7 @@
 package docker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -95,6 +96,10 @@ func probe(ctx context.Context, cfg Config, cli *client.Client) (*Runtime, error
 	if err := state.Make(); err != nil {
 		return nil, err
 	}
+	seccomp, err := compactSeccomp()
+	if err != nil {
+		return nil, err
+	}
 	r := &Runtime{
 		cfg:   cfg,
 		state: state,
@@ -103,6 +108,7 @@ func probe(ctx context.Context, cfg Config, cli *client.Client) (*Runtime, error
 			CgroupDriver: info.Info.CgroupDriver,
 			SwapLimit:    info.Info.SwapLimit,
 			Host:         runtime.DetectHost(),
+			Seccomp:      seccomp,
 		},
 		caps:     capabilities(info.Info, bridgeErr),
 		rootless: slices.Contains(info.Info.SecurityOptions, "name=rootless"),
@@ -307,6 +313,15 @@ func (r *Runtime) cgroups(id, containerID string) []string {
 }
 
 func notFound(err error) bool { return cerrdefs.IsNotFound(err) }
+
+// compactSeccomp is sandstorm's profile on one line, as Docker takes it.
+func compactSeccomp() ([]byte, error) {
+	var b bytes.Buffer
+	if err := json.Compact(&b, oci.SeccompJSON()); err != nil {
+		return nil, fmt.Errorf("seccomp profile: %w", err)
+	}
+	return b.Bytes(), nil
+}
 
 // gone tells whether err says the daemon cannot be reached.
 func gone(err error) bool {

@@ -25,6 +25,8 @@ type daemon struct {
 	SwapLimit bool
 	// Host is what the daemon's host allows (it is this host).
 	Host oci.Host
+	// Seccomp is sandstorm's seccomp profile as compact JSON.
+	Seccomp []byte
 }
 
 // request is what Create sends to the daemon for one sandbox.
@@ -52,10 +54,13 @@ func cgroupParent(driver, id string) string {
 func buildRequest(sb oci.Container, image string, d daemon) request {
 	p := sb.Policy
 	nofile := d.Host.NoFile(p.NoFile)
-	securityOpt := []string{"no-new-privileges"}
-	if p.Seccomp == oci.SeccompUnconfined {
-		securityOpt = append(securityOpt, "seccomp=unconfined")
+	// sandstorm's own seccomp profile, sent as JSON (the daemon's default
+	// would differ from the other backends').
+	seccomp := "unconfined"
+	if p.Seccomp != oci.SeccompUnconfined {
+		seccomp = string(d.Seccomp)
 	}
+	securityOpt := []string{"no-new-privileges", "seccomp=" + seccomp}
 	mounts := []mount.Mount{{Type: mount.TypeBind, Source: sb.Workspace, Target: oci.Workspace}}
 	for _, m := range p.Mounts {
 		mounts = append(mounts, mount.Mount{Type: mount.TypeBind, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})

@@ -15,7 +15,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
-var testDaemon = daemon{CgroupDriver: "cgroupfs", SwapLimit: true, Host: oci.Host{NoFileHard: 20000}}
+var testDaemon = daemon{CgroupDriver: "cgroupfs", SwapLimit: true, Host: oci.Host{NoFileHard: 20000}, Seccomp: []byte(`{"defaultAction":"SCMP_ACT_ERRNO"}`)}
 
 func testSandbox(p oci.Policy) oci.Container {
 	return oci.Container{
@@ -39,8 +39,8 @@ func TestBuildRequestDefaults(t *testing.T) {
 	if !slices.Equal(h.CapDrop, []string{"ALL"}) || len(h.CapAdd) != 0 {
 		t.Errorf("caps drop %v add %v", h.CapDrop, h.CapAdd)
 	}
-	if !slices.Equal(h.SecurityOpt, []string{"no-new-privileges"}) {
-		t.Errorf("security options %v: want no-new-privileges and the default seccomp profile", h.SecurityOpt)
+	if !slices.Equal(h.SecurityOpt, []string{"no-new-privileges", `seccomp={"defaultAction":"SCMP_ACT_ERRNO"}`}) {
+		t.Errorf("security options %v: want no-new-privileges and sandstorm's seccomp profile", h.SecurityOpt)
 	}
 	if !h.ReadonlyRootfs || h.NetworkMode != "none" || h.CgroupnsMode != container.CgroupnsModePrivate || h.Privileged {
 		t.Errorf("readonly %v network %q cgroupns %q privileged %v", h.ReadonlyRootfs, h.NetworkMode, h.CgroupnsMode, h.Privileged)

@@ -119,6 +119,8 @@ type Runtime struct {
 	defaultRlimits []define.InspectUlimit
 
 	watch *watch
+	// seccomp is the path of sandstorm's seccomp profile for the service.
+	seccomp string
 }
 
 var (
@@ -170,6 +172,11 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	r.state = backend.State(r.cfg.StateDir)
 	if err := r.state.Make(); err != nil {
 		return nil, err
+	}
+	// sandstorm's seccomp profile, where the service (rootless too) reads it.
+	r.seccomp = filepath.Join(r.cfg.StateDir, "seccomp.json")
+	if err := os.WriteFile(r.seccomp, oci.SeccompJSON(), 0o644); err != nil {
+		return nil, fmt.Errorf("write seccomp profile: %w", err)
 	}
 	r.startWatch()
 	return r, nil

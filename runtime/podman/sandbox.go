@@ -50,7 +50,10 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 		id: id, image: spec.Image, args: spec.Args, env: spec.Env,
 		labels: oci.Container{ID: id, SessionID: spec.SessionID, Labels: prep.Labels}.AllLabels(),
 		policy: pol, mounts: pol.Mounts, nofile: r.host.NoFile(pol.NoFile), swap: r.host.SwapAccounting,
-		network: r.networkMode(pol.Network), unenforced: prep.Unenforced,
+		network: r.networkMode(pol.Network), unenforced: prep.Unenforced, seccomp: r.seccomp,
+	}
+	if pol.Seccomp == oci.SeccompUnconfined {
+		p.seccomp = "unconfined"
 	}
 	if p.rlimits, err = r.serviceRlimits(ctx, spec.Image); err != nil {
 		return nil, err

@@ -39,6 +39,9 @@ type plan struct {
 	// cgroupLimits: the service drops resource limits (rootless, cgroup v1),
 	// so sandstorm writes them into the container's cgroup itself.
 	cgroupLimits bool
+	// seccomp is the profile's path on the service's host (sandstorm's own),
+	// or "unconfined".
+	seccomp string
 	// unenforced are items the caller allowed to go unenforced: not verified.
 	unenforced []runtime.Item
 }
@@ -81,9 +84,7 @@ func (p plan) specgen() *specgen.SpecGenerator {
 	s.CapDrop = []string{"ALL"}
 	s.CapAdd = capList(pol.Capabilities)
 	s.NoNewPrivileges = &yes
-	if pol.Seccomp == oci.SeccompUnconfined {
-		s.SeccompProfilePath = "unconfined"
-	}
+	s.SeccompProfilePath = p.seccomp
 	ro := !pol.WritableRoot
 	s.ReadOnlyFilesystem = &ro
 
@@ -184,8 +185,11 @@ func (p plan) verify(got *define.InspectContainerData) []string {
 			seccomp = v
 		}
 	}
-	if want := map[oci.Seccomp]string{oci.SeccompDefault: "", oci.SeccompUnconfined: "unconfined"}[pol.Seccomp]; seccomp != want {
-		fail(string(runtime.ItemSeccomp), "profile %q, want %q", seccomp, want)
+	// Podman 4.3 does not report a profile given through the API (its CLI
+	// records one in an annotation): "" is what sandstorm's profile reads
+	// as; the conformance suite proves from inside that it applies.
+	if seccomp != p.seccomp && !(seccomp == "" && p.seccomp != "unconfined") {
+		fail(string(runtime.ItemSeccomp), "profile %q, want %q", seccomp, p.seccomp)
 	}
 	if hc.ReadonlyRootfs == pol.WritableRoot {
 		fail(string(runtime.ItemReadOnlyRoot), "read-only %v", hc.ReadonlyRootfs)

@@ -11,6 +11,9 @@ import (
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
+// testSeccomp is where the test plan's seccomp profile lives.
+const testSeccomp = "/var/lib/sandstorm/podman/seccomp.json"
+
 func testPlan() plan {
 	pol := oci.Policy{
 		Capabilities: []string{"CAP_NET_BIND_SERVICE", "CAP_CHOWN"},
@@ -23,6 +26,7 @@ func testPlan() plan {
 		policy: pol, workspace: "/var/lib/sandstorm/podman/sb-1/home", mounts: pol.Mounts,
 		cgroupParent: "/sandstorm/sb-1", network: "none", nofile: 1500, swap: true,
 		rlimits: []define.InspectUlimit{{Name: "RLIMIT_NOFILE", Soft: 20000, Hard: 20000}, {Name: "RLIMIT_NPROC", Soft: 32768, Hard: 32768}},
+		seccomp: testSeccomp,
 	}
 }
 
@@ -58,6 +62,8 @@ func inspectOf(p plan) *define.InspectContainerData {
 	}
 }
 
+func unconfined(p *plan) { p.policy.Seccomp, p.seccomp = oci.SeccompUnconfined, "unconfined" }
+
 func TestVerify(t *testing.T) {
 	tests := []struct {
 		name string
@@ -78,10 +84,13 @@ func TestVerify(t *testing.T) {
 		{"seccomp unconfined though default asked", nil, func(d *define.InspectContainerData) {
 			d.HostConfig.SecurityOpt = append(d.HostConfig.SecurityOpt, "seccomp=unconfined")
 		}, []string{"seccomp"}},
-		{"unconfined asked and applied", func(p *plan) { p.policy.Seccomp = oci.SeccompUnconfined }, func(d *define.InspectContainerData) {
+		{"another profile", nil, func(d *define.InspectContainerData) {
+			d.HostConfig.SecurityOpt = append(d.HostConfig.SecurityOpt, "seccomp=/etc/containers/seccomp.json")
+		}, []string{"seccomp"}},
+		{"unconfined asked and applied", unconfined, func(d *define.InspectContainerData) {
 			d.HostConfig.SecurityOpt = append(d.HostConfig.SecurityOpt, "seccomp=unconfined")
 		}, nil},
-		{"unconfined asked, default kept", func(p *plan) { p.policy.Seccomp = oci.SeccompUnconfined }, nil, []string{"seccomp"}},
+		{"unconfined asked, sandstorm's profile kept", unconfined, nil, []string{"seccomp"}},
 		{"root filesystem writable", nil, func(d *define.InspectContainerData) { d.HostConfig.ReadonlyRootfs = false }, []string{"read_only_root"}},
 		{"writable root asked", func(p *plan) { p.policy.WritableRoot = true }, func(d *define.InspectContainerData) { d.HostConfig.ReadonlyRootfs = false }, nil},
 		{"user from the image", nil, func(d *define.InspectContainerData) { d.Config.User = "" }, []string{"user"}},

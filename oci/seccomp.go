@@ -1,0 +1,52 @@
+package oci
+
+import (
+	_ "embed"
+	"encoding/json"
+	"fmt"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// seccompJSON is sandstorm's seccomp profile, the same on every backend:
+// the runtime-default allow-list for a process with no capabilities
+// (containerd's, the one Docker and Podman started from), with ptrace and
+// process_vm_* removed, and, denied by name so that reading the file says
+// so, what an agent never needs and exploits love (see DeniedSyscalls).
+// TestSeccompProfile regenerates it (go test ./oci -run Seccomp -update).
+//
+//go:embed seccomp.json
+var seccompJSON []byte
+
+// DeniedSyscalls are refused with EPERM whatever the capabilities:
+// namespaces and mounts (a sandbox must stay in its own), keyrings, BPF,
+// perf, userfaultfd, tracing, kernel modules and kexec. Creating
+// namespaces through clone's flags is refused by an argument filter, and
+// clone3 and the io_uring calls answer ENOSYS (NosysSyscalls), so that
+// libc and runtimes fall back to what is allowed.
+var DeniedSyscalls = []string{
+	"unshare", "setns",
+	"mount", "umount", "umount2", "pivot_root", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+	"keyctl", "add_key", "request_key",
+	"bpf", "perf_event_open", "userfaultfd",
+	"ptrace", "process_vm_readv", "process_vm_writev", "kcmp",
+	"init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
+}
+
+// NosysSyscalls answer ENOSYS: callers fall back (glibc from clone3 to
+// clone, runtimes from io_uring to plain calls).
+var NosysSyscalls = []string{"clone3", "io_uring_setup", "io_uring_enter", "io_uring_register"}
+
+// SeccompProfile returns sandstorm's seccomp profile, a copy of its own
+// for each caller.
+func SeccompProfile() (*specs.LinuxSeccomp, error) {
+	var p specs.LinuxSeccomp
+	if err := json.Unmarshal(seccompJSON, &p); err != nil {
+		return nil, fmt.Errorf("sandstorm seccomp profile: %w", err)
+	}
+	return &p, nil
+}
+
+// SeccompJSON is the profile as JSON, for backends that take it so
+// (Docker's seccomp= security option, a file for Podman).
+func SeccompJSON() []byte { return append([]byte(nil), seccompJSON...) }
