@@ -42,7 +42,7 @@ func newSandboxRun() *cobra.Command {
 		Use:   "run [flags] -- COMMAND [ARG...]",
 		Short: "Run one command in a fresh hardened sandbox, then remove it",
 		Long: `Run one command in a fresh hardened sandbox: no capabilities, no-new-privileges,
-the runtime's default seccomp profile, read-only root with a writable /tmp and
+sandstorm's seccomp profile, read-only root with a writable /tmp and
 workspace (/home/user), uid/gid 1000, memory/CPU/pids limits. Output streams
 live (stdout and stderr separately); the exit code is the command's own.
 The sandbox and everything it owns are removed afterwards, also on Ctrl-C.`,
