@@ -69,9 +69,11 @@ func withRootFS(writable bool) oci.SpecOpts {
 	}
 }
 
-// The list is fixed here rather than taken from containerd's default, which
-// varies with the host's CPU count and would make specs host-dependent.
-var withMaskedPaths = oci.WithMaskedPaths([]string{
+// MaskedPaths are hidden from the sandbox, and ReadonlyPaths read-only, on
+// every backend: the lists are given to each explicitly. They are fixed
+// here rather than taken from containerd's default, which varies with the
+// host's CPU count and would make specs host-dependent.
+var MaskedPaths = []string{
 	"/proc/acpi",
 	"/proc/asound",
 	"/proc/interrupts",
@@ -84,15 +86,21 @@ var withMaskedPaths = oci.WithMaskedPaths([]string{
 	"/proc/timer_stats",
 	"/sys/devices/virtual/powercap",
 	"/sys/firmware",
-})
+}
 
-var withReadonlyPaths = oci.WithReadonlyPaths([]string{
+// ReadonlyPaths: see MaskedPaths.
+var ReadonlyPaths = []string{
 	"/proc/bus",
 	"/proc/fs",
 	"/proc/irq",
 	"/proc/sys",
 	"/proc/sysrq-trigger",
-})
+}
+
+var (
+	withMaskedPaths   = oci.WithMaskedPaths(MaskedPaths)
+	withReadonlyPaths = oci.WithReadonlyPaths(ReadonlyPaths)
+)
 
 // withCgroupNamespace hides the host's cgroup tree: the sandbox sees its own
 // cgroup as the root.

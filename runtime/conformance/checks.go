@@ -47,6 +47,32 @@ var blob = func() []byte {
 func checks() []check {
 	return []check{
 		{
+			// One list of mounts and paths on every backend: the workspace
+			// and /tmp nosuid,nodev; the masked paths hidden, the read-only
+			// ones read-only.
+			name:   "workspace and /tmp nosuid,nodev; masked and read-only paths",
+			script: mountsScript(),
+			verify: func(t *testing.T, r result) {
+				got := kv(r.stdout)
+				for _, m := range []string{"/home/user", "/tmp"} {
+					opts := strings.Split(got["mount"+m], ",")
+					if !slices.Contains(opts, "nosuid") || !slices.Contains(opts, "nodev") {
+						t.Errorf("%s is mounted %q, want nosuid,nodev", m, got["mount"+m])
+					}
+				}
+				for _, p := range oci.MaskedPaths {
+					if v, ok := got["masked"+p]; ok && v != "0" {
+						t.Errorf("%s is not masked: %s bytes or entries visible", p, v)
+					}
+				}
+				for _, p := range oci.ReadonlyPaths {
+					if v, ok := got["mount"+p]; ok && !slices.Contains(strings.Split(v, ","), "ro") {
+						t.Errorf("%s is mounted %q, want read-only", p, v)
+					}
+				}
+			},
+		},
+		{
 			// sandstorm's seccomp profile, the same on every backend: no new
 			// namespaces (a user namespace is a large kernel attack surface),
 			// even where a backend's own profile allows them.
@@ -339,6 +365,18 @@ echo "hello.txt" >> hello.txt && echo edit=ok`,
 
 // bindMountCheck mounts a host directory read-only and a host Unix socket:
 // the only host paths a sandbox may see are those its policy names.
+// mountsScript prints the options of the workspace, /tmp and read-only
+// path mounts and, for each masked path present, what can be read of it.
+func mountsScript() string {
+	s := `for m in /home/user /tmp ` + strings.Join(oci.ReadonlyPaths, " ") + `; do awk -v m="$m" '$5 == m { print "mount" m "=" $6; exit }' /proc/self/mountinfo; done
+`
+	for _, p := range oci.MaskedPaths {
+		s += fmt.Sprintf(`if [ -d %[1]s ]; then echo "masked%[1]s=$(ls -A %[1]s 2>/dev/null | wc -l)"; elif [ -e %[1]s ]; then echo "masked%[1]s=$(head -c 1 %[1]s 2>/dev/null | wc -c)"; fi
+`, p)
+	}
+	return s
+}
+
 func bindMountCheck() check {
 	c := check{
 		name:  "host directory and Unix socket mounted as the policy names",

@@ -67,6 +67,15 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 			err = errors.Join(err, r.undo(ctx, id, containerID))
 		}
 	}()
+	// Docker's API cannot make a bind mount nosuid,nodev: the workspace is
+	// sealed so beforehand, and the daemon's mount of it inherits that. It
+	// takes root; a non-root sandstorm's workspace is not sealed
+	// (no-new-privileges still keeps setuid files from granting anything).
+	if os.Geteuid() == 0 {
+		if err := r.state.Seal(sb.Workspace); err != nil {
+			return nil, err
+		}
+	}
 	req := buildRequest(sb, spec.Image, r.d)
 	if err := backend.Checkpoint(ctx, step); err != nil {
 		return nil, err

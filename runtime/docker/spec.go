@@ -87,6 +87,9 @@ func buildRequest(sb oci.Container, image string, d daemon) request {
 			Ulimits:      []*container.Ulimit{{Name: "nofile", Soft: int64(nofile), Hard: int64(nofile)}},
 		},
 		Mounts: mounts,
+		// The same lists as every backend (Docker's own miss some).
+		MaskedPaths:   slices.Clone(oci.MaskedPaths),
+		ReadonlyPaths: slices.Clone(oci.ReadonlyPaths),
 	}
 	if d.SwapLimit {
 		host.MemorySwap = p.MemoryBytes
@@ -141,7 +144,7 @@ func verify(want request, got container.InspectResponse) error {
 		slices.Equal(normalizeCaps(h.CapAdd), normalizeCaps(wh.CapAdd)))
 	check("security options (no-new-privileges, seccomp)", sameSet(h.SecurityOpt, wh.SecurityOpt))
 	check("read-only root", h.ReadonlyRootfs == wh.ReadonlyRootfs)
-	check("masked and read-only /proc, /sys paths", slices.Contains(h.MaskedPaths, "/proc/kcore") && slices.Contains(h.ReadonlyPaths, "/proc/sys"))
+	check("masked and read-only /proc, /sys paths", slices.Equal(h.MaskedPaths, wh.MaskedPaths) && slices.Equal(h.ReadonlyPaths, wh.ReadonlyPaths))
 	check("memory limit", h.Memory == wh.Memory && h.MemorySwap == wh.MemorySwap)
 	check("cpu limit", h.CPUQuota == wh.CPUQuota && h.CPUPeriod == wh.CPUPeriod && h.NanoCPUs == wh.NanoCPUs)
 	check("pids limit", h.PidsLimit != nil && wh.PidsLimit != nil && *h.PidsLimit == *wh.PidsLimit)

@@ -114,11 +114,9 @@ func TestBuildRequestPolicy(t *testing.T) {
 }
 
 // echo is the inspect result of a daemon that applied req exactly, as Docker
-// 20.10 reports it: default masked paths filled in, mounts as mount points.
+// 20.10 reports it: mounts as mount points.
 func echo(req request) container.InspectResponse {
 	c, h := *req.Config, *req.Host
-	h.MaskedPaths = []string{"/proc/acpi", "/proc/kcore", "/proc/keys", "/sys/firmware"}
-	h.ReadonlyPaths = []string{"/proc/bus", "/proc/sys", "/proc/sysrq-trigger"}
 	h.Ulimits = nil
 	for _, u := range req.Host.Ulimits {
 		cp := *u
@@ -161,6 +159,9 @@ func TestVerify(t *testing.T) {
 		{"writable root", func(g *container.InspectResponse) { g.HostConfig.ReadonlyRootfs = false }, "read-only root"},
 		{"no masked paths", func(g *container.InspectResponse) { g.HostConfig.MaskedPaths = []string{} }, "masked"},
 		{"no read-only paths", func(g *container.InspectResponse) { g.HostConfig.ReadonlyPaths = nil }, "masked"},
+		{"the daemon's own masked paths", func(g *container.InspectResponse) {
+			g.HostConfig.MaskedPaths = []string{"/proc/acpi", "/proc/kcore", "/proc/keys", "/sys/firmware"}
+		}, "masked"},
 		{"memory dropped", func(g *container.InspectResponse) { g.HostConfig.Memory = 0 }, "memory limit"},
 		{"swap unlimited", func(g *container.InspectResponse) { g.HostConfig.MemorySwap = -1 }, "memory limit"},
 		{"cpu quota dropped", func(g *container.InspectResponse) { g.HostConfig.CPUQuota = 0 }, "cpu limit"},

@@ -85,6 +85,8 @@ func (p plan) specgen() *specgen.SpecGenerator {
 	s.CapAdd = capList(pol.Capabilities)
 	s.NoNewPrivileges = &yes
 	s.SeccompProfilePath = p.seccomp
+	// sandstorm's masked paths, added to Podman's own (which miss some).
+	s.Mask = slices.Clone(oci.MaskedPaths)
 	ro := !pol.WritableRoot
 	s.ReadOnlyFilesystem = &ro
 

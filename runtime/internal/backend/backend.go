@@ -13,10 +13,12 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
@@ -217,20 +219,66 @@ func Merge(found, more []runtime.SandboxInfo) []runtime.SandboxInfo {
 // ErrInUse: another sandbox holds the id.
 var ErrInUse = errors.New("in use by another sandbox")
 
-// RemoveScratch removes sandbox id's scratch directory.
+// Seal bind-mounts a workspace onto itself, nosuid and nodev, for a
+// backend whose mounts cannot carry those flags (Docker's API): the bind
+// mount the daemon makes of it inherits them.
+func (s State) Seal(workspace string) error {
+	if err := unix.Mount(workspace, workspace, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("seal workspace: %w", err)
+	}
+	if err := unix.Mount("", workspace, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+		_ = unix.Unmount(workspace, unix.MNT_DETACH)
+		return fmt.Errorf("seal workspace: %w", err)
+	}
+	return nil
+}
+
+// mounts lists the mount points under sandbox id's scratch directory,
+// deepest first.
+func (s State) mounts(id string) ([]string, error) {
+	found, err := mountinfo.GetMounts(mountinfo.PrefixFilter(s.Scratch(id)))
+	if err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	var points []string
+	for _, m := range found {
+		points = append(points, m.Mountpoint)
+	}
+	slices.SortFunc(points, func(a, b string) int { return len(b) - len(a) })
+	return points, nil
+}
+
+// RemoveScratch removes sandbox id's scratch directory, detaching what is
+// mounted in it first.
 func (s State) RemoveScratch(id string) error {
+	points, err := s.mounts(id)
+	if err != nil {
+		return err
+	}
+	for _, p := range points {
+		if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("unmount %s: %w", p, err)
+		}
+	}
 	if err := os.RemoveAll(s.Scratch(id)); err != nil {
 		return fmt.Errorf("remove scratch directory: %w", err)
 	}
 	return nil
 }
 
-// Leftovers names sandbox id's scratch directory if it is still there.
+// Leftovers names sandbox id's scratch directory and what is mounted in
+// it, if they are still there.
 func (s State) Leftovers(id string) []string {
-	if _, err := os.Stat(s.Scratch(id)); err == nil {
-		return []string{"scratch directory " + s.Scratch(id)}
+	var left []string
+	if points, err := s.mounts(id); err == nil {
+		for _, p := range points {
+			left = append(left, "mount "+p)
+		}
 	}
-	return nil
+	if _, err := os.Stat(s.Scratch(id)); err == nil {
+		left = append(left, "scratch directory "+s.Scratch(id))
+	}
+	return left
 }
 
 // Once runs a sandbox's removal until it has succeeded once; later calls
