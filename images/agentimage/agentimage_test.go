@@ -7,8 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -210,24 +212,34 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func TestUnescapeMountinfo(t *testing.T) {
-	for in, want := range map[string]string{
-		`/a/b`:             "/a/b",
-		`/with\040space`:   "/with space",
-		`/tab\011x\134y`:   "/tab\tx\\y",
-		`/trailing\`:       `/trailing\`,
-		`/not\09octal\040`: "/not\\09octal ",
-	} {
-		if got := unescapeMountinfo(in); got != want {
-			t.Errorf("%q: got %q, want %q", in, got, want)
-		}
-	}
+func TestMountsUnder(t *testing.T) {
 	mps, err := mountsUnder("/proc")
 	if err != nil || len(mps) == 0 || mps[len(mps)-1] != "/proc" {
 		t.Errorf("mounts under /proc: %v %v", mps, err)
 	}
 	if mps, _ := mountsUnder(t.TempDir()); len(mps) != 0 {
 		t.Errorf("a fresh directory has mounts %v", mps)
+	}
+	// The mount table escapes spaces, tabs and backslashes (\040, ...):
+	// the paths come back as they are, the deepest first.
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a test tmpfs needs root")
+	}
+	dir := t.TempDir()
+	outer := filepath.Join(dir, "with space")
+	inner := filepath.Join(outer, "tab\tand\\slash")
+	os.Mkdir(outer, 0o755)
+	if err := syscall.Mount("tmpfs", outer, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Unmount(outer, syscall.MNT_DETACH)
+	os.Mkdir(inner, 0o755)
+	if err := syscall.Mount("tmpfs", inner, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Unmount(inner, syscall.MNT_DETACH)
+	if mps, err := mountsUnder(dir); err != nil || !slices.Equal(mps, []string{inner, outer}) {
+		t.Errorf("mounts under %s: %q %v, want %q", dir, mps, err, []string{inner, outer})
 	}
 }
 

@@ -1,7 +1,6 @@
 package podman
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
@@ -128,18 +128,17 @@ func (r *Runtime) mediated(ctx context.Context, scratch string) (int, []string, 
 	}
 	defer f.Close()
 	prefix := mediatedDir(scratch) + "/"
-	unescape := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
-	var found []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 {
-			if p := unescape.Replace(fields[4]); strings.HasPrefix(p, prefix) {
-				found = append(found, p)
-			}
-		}
+	mounts, err := mountinfo.GetMountsFromReader(f, func(m *mountinfo.Info) (skip, stop bool) {
+		return !strings.HasPrefix(m.Mountpoint, prefix), false
+	})
+	if err != nil {
+		return 0, nil, fmt.Errorf("read the service's mounts: %w", err)
 	}
-	return pid, found, sc.Err()
+	found := make([]string, 0, len(mounts))
+	for _, m := range mounts {
+		found = append(found, m.Mountpoint)
+	}
+	return pid, found, nil
 }
 
 // mediates tells whether policy mounts go through placeholders: for a
