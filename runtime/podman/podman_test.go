@@ -3,6 +3,10 @@ package podman
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
 	"testing"
 
 	"github.com/sandstorm-dev/sandstorm/internal/testenv"
@@ -110,5 +114,39 @@ func TestHostID(t *testing.T) {
 				t.Fatalf("hostID(%d) = %d, %v; want %d (error %v)", tt.id, got, err, tt.want, tt.err)
 			}
 		})
+	}
+}
+
+// A service that is gone ends the waits on it; a slow one does not.
+func TestGone(t *testing.T) {
+	refused := &net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	missing := &net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.ENOENT)}
+	for _, tt := range []struct {
+		err  error
+		gone bool
+	}{
+		{refused, true},
+		{missing, true},
+		{fmt.Errorf("ping: %w", refused), true},
+		{context.DeadlineExceeded, false},
+		{errors.New("500 internal server error"), false},
+	} {
+		if got := gone(tt.err); got != tt.gone {
+			t.Errorf("gone(%v) = %v, want %v", tt.err, got, tt.gone)
+		}
+	}
+	w := &watch{gone: make(chan struct{})}
+	w.set(false)
+	lost := w.lost()
+	select {
+	case <-lost:
+	default:
+		t.Error("a service that stopped answering is not lost")
+	}
+	w.set(true)
+	select {
+	case <-w.lost():
+		t.Error("a service answering again is still lost")
+	default:
 	}
 }

@@ -34,7 +34,10 @@ func (r *Runtime) startWatch() {
 				return
 			case <-t.C:
 			}
-			r.watch.set(r.ping(ctx) == nil)
+			// Only a service that is gone counts, not a slow one: a ping
+			// that times out on a loaded host must not end every run.
+			err := r.ping(ctx)
+			r.watch.set(err == nil || !gone(err))
 		}
 	}()
 }
