@@ -197,9 +197,15 @@ func (e *Engine) Sweep(ctx context.Context, others bool) (Swept, error) {
 	var errs []error
 	rts := []runtime.Runtime{e.Runtime}
 	if others {
+		// The engine's own backend is found again: sweep it once, through
+		// e.Runtime, which also retries the removals its runs could not do.
+		own, _ := e.Runtime.Info(ctx)
 		for _, f := range backends.Discover(ctx, backends.FromEnv()) {
-			if f.Runtime != nil {
-				defer f.Runtime.Close()
+			if f.Runtime == nil {
+				continue
+			}
+			defer f.Runtime.Close()
+			if info, err := f.Runtime.Info(ctx); err != nil || info != own {
 				rts = append(rts, f.Runtime)
 			}
 		}
