@@ -160,11 +160,13 @@ func (r *Runtime) HasImage(ctx context.Context, ref string) (bool, error) {
 // List implements runtime.Runtime.
 func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime.SandboxInfo, error) {
 	ctx = r.ctx(ctx)
+	sel := backend.Selector(labels)
 	var conds []string
-	for k, v := range backend.Selector(labels) {
+	for k, v := range sel {
 		conds = append(conds, fmt.Sprintf("labels.%q==%q", k, v))
 	}
-	ctrs, err := r.client.Containers(ctx, strings.Join(conds, ","))
+	filter := strings.Join(conds, ",")
+	ctrs, err := r.client.Containers(ctx, filter)
 	if err != nil {
 		return nil, fmt.Errorf("list containers: %w", err)
 	}
@@ -190,11 +192,11 @@ func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime
 			snaps = append(snaps, runtime.SandboxInfo{ID: i.Name, SessionID: i.Labels[oci.LabelSession], Labels: i.Labels})
 		}
 		return nil
-	}, strings.Join(conds, ","))
+	}, filter)
 	if err != nil {
 		return nil, fmt.Errorf("walk snapshots: %w", err)
 	}
-	ls, err := r.client.LeasesService().List(ctx, strings.Join(conds, ","))
+	ls, err := r.client.LeasesService().List(ctx, filter)
 	if err != nil {
 		return nil, fmt.Errorf("list leases: %w", err)
 	}
@@ -204,7 +206,7 @@ func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime
 			held = append(held, runtime.SandboxInfo{ID: id, SessionID: l.Labels[oci.LabelSession], Labels: l.Labels})
 		}
 	}
-	dirs, err := r.state.List(backend.Selector(labels))
+	dirs, err := r.state.List(sel)
 	if err != nil {
 		return nil, err
 	}
@@ -213,11 +215,11 @@ func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime
 	var ips []runtime.SandboxInfo
 	for _, id := range r.net.allocated() {
 		l := map[string]string{oci.LabelManaged: "true"}
-		if backend.Matches(l, backend.Selector(labels)) {
+		if backend.Matches(l, sel) {
 			ips = append(ips, runtime.SandboxInfo{ID: id, Labels: l})
 		}
 	}
-	return backend.Merge(backend.Merge(backend.Merge(backend.Merge(out, snaps), held), dirs), ips), nil
+	return backend.Merge(out, snaps, held, dirs, ips), nil
 }
 
 // Remove implements runtime.Runtime.

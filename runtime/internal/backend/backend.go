@@ -200,20 +200,21 @@ func Matches(have, want map[string]string) bool {
 	return true
 }
 
-// Merge adds to found the sandboxes of more it does not hold yet (by id):
-// a sandbox is listed once whichever of its objects were found.
-func Merge(found, more []runtime.SandboxInfo) []runtime.SandboxInfo {
+// Merge lists each sandbox of the lists once, by id, as the first list
+// holding it has it: a sandbox is listed once whichever of its objects
+// were found.
+func Merge(lists ...[]runtime.SandboxInfo) []runtime.SandboxInfo {
+	var out []runtime.SandboxInfo
 	seen := map[string]bool{}
-	for _, f := range found {
-		seen[f.ID] = true
-	}
-	for _, m := range more {
-		if !seen[m.ID] {
-			seen[m.ID] = true
-			found = append(found, m)
+	for _, list := range lists {
+		for _, s := range list {
+			if !seen[s.ID] {
+				seen[s.ID] = true
+				out = append(out, s)
+			}
 		}
 	}
-	return found
+	return out
 }
 
 // ErrInUse: another sandbox holds the id.
