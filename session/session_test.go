@@ -130,7 +130,8 @@ func TestProviderForwarding(t *testing.T) {
 }
 
 // TestQueueIsABound: many requests arriving at once never get more than
-// the slots plus the queue; every other one is busy at once.
+// the slots plus the queue; every other one is busy at once, also while the
+// slots and the queue are being counted.
 func TestQueueIsABound(t *testing.T) {
 	const n, queue, arrivals = 2, 3, 40
 	for round := 0; round < 5; round++ {
@@ -169,8 +170,22 @@ func TestQueueIsABound(t *testing.T) {
 				once()
 			}()
 		}
+		// Counting (as /health does) meanwhile must not disturb admission.
+		counting := make(chan struct{})
+		go func() {
+			for {
+				select {
+				case <-counting:
+					return
+				default:
+					s.Running()
+					s.Waiting()
+				}
+			}
+		}()
 		close(start)
 		decided.Wait()
+		close(counting)
 		mu.Lock()
 		got := [3]int{acquired, queued, busy}
 		mu.Unlock()

@@ -75,23 +75,43 @@ func (s *Slots) Acquire(ctx context.Context, queued Queued) (release func(), err
 // answers busy: in one step across every process, under the admission
 // lock, so that running plus waiting never exceed the slots plus the queue.
 func (s *Slots) admit() (release func(), q *os.File, waiting int, err error) {
-	lock, err := os.OpenFile(filepath.Join(s.dir, "admit.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	unlock, err := s.lock(syscall.LOCK_EX)
 	if err != nil {
-		return nil, nil, 0, fmt.Errorf("slots: %w", err)
+		return nil, nil, 0, err
 	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return nil, nil, 0, fmt.Errorf("slots: %w", err)
-	}
+	defer unlock()
 	if rel := s.try(); rel != nil {
 		return rel, nil, 0, nil
 	}
-	waiting = s.Waiting()
+	waiting = s.waiting()
 	if waiting >= s.queueSize {
-		return nil, nil, waiting, fmt.Errorf("%w: %d running, %d waiting (queue_size %d)", api.ErrBusy, s.Running(), waiting, s.queueSize)
+		return nil, nil, waiting, fmt.Errorf("%w: %d running, %d waiting (queue_size %d)", api.ErrBusy, s.running(), waiting, s.queueSize)
 	}
 	q, err = s.enqueue()
 	return nil, q, waiting, err
+}
+
+// lock takes the admission lock: exclusive to admit, shared to count. A
+// count probes the slot and queue locks, which must not make an admission
+// miss a free slot, nor remove a queue entry being made.
+func (s *Slots) lock(how int) (unlock func(), err error) {
+	f, err := os.OpenFile(filepath.Join(s.dir, "admit.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("slots: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), how); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("slots: %w", err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// counted runs count under the shared admission lock.
+func (s *Slots) counted(count func() int) int {
+	if unlock, err := s.lock(syscall.LOCK_SH); err == nil {
+		defer unlock()
+	}
+	return count()
 }
 
 // try locks the first free slot.
@@ -109,8 +129,14 @@ func (s *Slots) try() func() {
 	return nil
 }
 
-// Running counts the held slots.
-func (s *Slots) Running() int {
+// Running is how many runs hold a slot, across the host.
+func (s *Slots) Running() int { return s.counted(s.running) }
+
+// Waiting is how many requests wait in the queue, across the host.
+func (s *Slots) Waiting() int { return s.counted(s.waiting) }
+
+// running counts the held slots.
+func (s *Slots) running() int {
 	n := 0
 	for i := 0; i < s.n; i++ {
 		if held(filepath.Join(s.dir, fmt.Sprintf("slot-%d.lock", i))) {
@@ -121,8 +147,7 @@ func (s *Slots) Running() int {
 }
 
 // waiting counts live queue entries and removes those of dead processes.
-// Waiting is how many requests wait in the queue, across the host.
-func (s *Slots) Waiting() int {
+func (s *Slots) waiting() int {
 	entries, _ := os.ReadDir(s.dir)
 	n := 0
 	for _, e := range entries {
