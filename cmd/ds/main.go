@@ -60,11 +60,14 @@ containers, one per request, streaming every step live and leaving nothing behin
 	q.register(root)
 	root.AddCommand(newQuery(), newServe(), newRuntimes(), newVersion(), newSandbox(), newImage())
 	// A wrong command line exits 64 (usage), whichever command it is for.
-	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
-		return api.Usage(fmt.Errorf("%w (see '%s --help')", err, cmd.CommandPath()))
-	})
+	root.SetFlagErrorFunc(usageError)
 	markUsage(root)
 	return root
+}
+
+// usageError is a wrong command line for cmd: exit 64, and where to look.
+func usageError(cmd *cobra.Command, err error) error {
+	return api.Usage(fmt.Errorf("%w (see '%s --help')", err, cmd.CommandPath()))
 }
 
 // markUsage makes every command's argument errors usage errors.
@@ -72,7 +75,7 @@ func markUsage(cmd *cobra.Command) {
 	if check := cmd.Args; check != nil {
 		cmd.Args = func(c *cobra.Command, args []string) error {
 			if err := check(c, args); err != nil {
-				return api.Usage(fmt.Errorf("%w (see '%s --help')", err, c.CommandPath()))
+				return usageError(c, err)
 			}
 			return nil
 		}

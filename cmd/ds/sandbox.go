@@ -149,17 +149,17 @@ serve every --sweep-interval.`,
 				return err
 			}
 			defer r.Close()
-			orphaned := runtime.Orphaned
 			var n int
 			if all {
-				orphaned = func(string) bool { return true }
 				n, err = runtime.Reap(cmd.Context(), r, map[string]string{oci.LabelManaged: "true"})
 			} else {
 				var ids []string
 				ids, err = runtime.Sweep(cmd.Context(), r)
 				n = len(ids)
 			}
-			dirs, gerr := gateway.Sweep(gateway.DefaultDir, orphaned)
+			// Session directories are not a backend's: only those of owners
+			// that are gone go, also with --all (a live process closes its own).
+			dirs, gerr := gateway.Sweep(gateway.DefaultDir, runtime.Orphaned)
 			fmt.Fprintf(cmd.OutOrStdout(), "removed %d sandbox(es) from %s and %d gateway session(s)\n", n, r.Name(), len(dirs))
 			return errors.Join(err, gerr)
 		},
