@@ -18,27 +18,12 @@ import (
 	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 )
 
-// health reads GET /health.
-func (h *harness) health(t *testing.T) api.Health {
-	t.Helper()
-	resp, err := http.Get(h.url + "/health")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var got api.Health
-	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
-		t.Fatal(err)
-	}
-	return got
-}
-
 // waitQueued waits until the host's queue holds n requests.
 func (h *harness) waitQueued(t *testing.T, n int, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		got := h.health(t).Queued
+		got := testenv.Health(t, h.url).Queued
 		if got == n {
 			return
 		}

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -74,18 +73,6 @@ func serve(t *testing.T, dir, backend string, args ...string) *dsServe {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-func (s *dsServe) health(t *testing.T) api.Health {
-	t.Helper()
-	resp, err := http.Get(s.url + "/health")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var h api.Health
-	json.NewDecoder(resp.Body).Decode(&h)
-	return h
 }
 
 // startRun posts a query and returns once its sandbox has started.
@@ -165,7 +152,7 @@ func TestServeCrash(t *testing.T) {
 			if sb, ss := owned(t, rt, pid); len(sb) != runs || len(ss) != runs {
 				t.Errorf("a live server's objects were swept: left %v and %v", sb, ss)
 			}
-			if h := crashing.health(t); h.Running != runs {
+			if h := testenv.Health(t, crashing.url); h.Running != runs {
 				t.Errorf("the live server runs %d, want %d", h.Running, runs)
 			}
 
@@ -182,7 +169,7 @@ func TestServeCrash(t *testing.T) {
 				}
 				time.Sleep(100 * time.Millisecond)
 			}
-			if h := other.health(t); h.Status != api.HealthOK {
+			if h := testenv.Health(t, other.url); h.Status != api.HealthOK {
 				t.Errorf("the other server: %+v", h)
 			}
 		})

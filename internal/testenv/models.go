@@ -2,16 +2,18 @@ package testenv
 
 import (
 	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
 )
 
-// Scripted models for fault tests. Every answer of a scenario is one turn,
+// Scripted models and server probes for fault tests. Every answer of a scenario is one turn,
 // whichever run asks: a server's runs share it.
 
 // SlowModel answers each of its first turns requests after delay: runs
@@ -53,4 +55,19 @@ func ScenarioFile(t testing.TB, sc modelserver.Scenario) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// Health reads GET /health of the sandstorm server at url.
+func Health(t testing.TB, url string) api.Health {
+	t.Helper()
+	resp, err := http.Get(url + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var h api.Health
+	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
