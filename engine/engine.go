@@ -205,7 +205,7 @@ func (e *Engine) Sweep(ctx context.Context, others bool) (Swept, error) {
 				continue
 			}
 			defer f.Runtime.Close()
-			if info, err := f.Runtime.Info(ctx); err != nil || info != own {
+			if info, err := f.Runtime.Info(ctx); err != nil || !info.SameDaemon(own) {
 				rts = append(rts, f.Runtime)
 			}
 		}

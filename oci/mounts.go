@@ -3,6 +3,7 @@ package oci
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/oci"
@@ -18,6 +19,16 @@ func withTmp(size int64) oci.SpecOpts {
 		Source:      "tmpfs",
 		Options:     []string{"nosuid", "nodev", "mode=1777", fmt.Sprintf("size=%d", size)},
 	}})
+}
+
+// withDevNoexec: nothing in /dev is a program (Podman's /dev is so too).
+func withDevNoexec(_ context.Context, _ oci.Client, _ *containers.Container, s *specs.Spec) error {
+	for i, m := range s.Mounts {
+		if m.Destination == "/dev" && !slices.Contains(m.Options, "noexec") {
+			s.Mounts[i].Options = append(slices.Clone(m.Options), "noexec")
+		}
+	}
+	return nil
 }
 
 func withWorkspace(hostDir string) oci.SpecOpts {

@@ -32,16 +32,34 @@ func withCPUs(cpus float64) oci.SpecOpts {
 // CPUQuota is the CFS quota in microseconds per period for a number of cores.
 func CPUQuota(cpus float64) int64 { return int64(cpus*CPUPeriod + 0.5) }
 
-// NoFile is the open-files limit a sandbox gets for limit: lowered to the
-// host's hard limit, as a higher value would make the runtime fail to start
-// the process.
-func (h Host) NoFile(limit uint64) uint64 {
-	if h.NoFileHard > 0 && limit > h.NoFileHard {
-		return h.NoFileHard
+// DefaultNProc bounds the processes of the sandbox user: RLIMIT_NPROC counts
+// them per host uid, across sandboxes, so it is a backstop; the pids cgroup
+// limit bounds each sandbox.
+const DefaultNProc = 32768
+
+// Rlimits are the resource limits of a sandbox's process, set explicitly on
+// every backend (each would otherwise pass on its daemon's own): open files
+// as the policy says, processes DefaultNProc, and no core dumps (a dump is
+// the agent's memory, secrets included, written where the host's
+// core_pattern says). Each is lowered to the host's hard limit, as a higher
+// one would make the runtime fail to start the process.
+func (h Host) Rlimits(p Policy) []specs.POSIXRlimit {
+	limit := func(typ string, v, hard uint64) specs.POSIXRlimit {
+		if hard > 0 && v > hard {
+			v = hard
+		}
+		return specs.POSIXRlimit{Type: typ, Hard: v, Soft: v}
 	}
-	return limit
+	return []specs.POSIXRlimit{
+		limit("RLIMIT_CORE", 0, 0),
+		limit("RLIMIT_NOFILE", p.NoFile, h.NoFileHard),
+		limit("RLIMIT_NPROC", DefaultNProc, h.NProcHard),
+	}
 }
 
-func withNoFile(limit uint64) oci.SpecOpts {
-	return oci.WithRlimit(&specs.POSIXRlimit{Type: "RLIMIT_NOFILE", Hard: limit, Soft: limit})
+func withRlimits(limits []specs.POSIXRlimit) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *specs.Spec) error {
+		s.Process.Rlimits = limits
+		return nil
+	}
 }

@@ -12,7 +12,9 @@ import (
 // withUser runs the process as uid:gid with no supplementary groups.
 func withUser(uid, gid uint32) oci.SpecOpts {
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *specs.Spec) error {
-		s.Process.User = specs.User{UID: uid, GID: gid}
+		// The primary group is also the one supplementary group, as Docker
+		// and Podman set it: the same ids on every backend.
+		s.Process.User = specs.User{UID: uid, GID: gid, AdditionalGids: []uint32{gid}}
 		return nil
 	}
 }

@@ -41,6 +41,8 @@ type Container struct {
 type Host struct {
 	// NoFileHard is the host's open-files hard limit: a sandbox cannot get more.
 	NoFileHard uint64
+	// NProcHard is the host's processes hard limit.
+	NProcHard uint64
 	// SwapAccounting tells whether memory+swap can be limited (cgroup v1 memsw or v2 swap.max).
 	SwapAccounting bool
 }
@@ -91,6 +93,7 @@ func Options(sb Container, host Host) ([]oci.SpecOpts, error) {
 		withCgroupNamespace,
 		oci.WithDefaultUnixDevices,
 		withNetwork(sb.NetNS),
+		withDevNoexec,
 		withTmp(p.TmpBytes),
 		withWorkspace(sb.Workspace),
 		withCgroupfsReadOnly,
@@ -98,7 +101,7 @@ func Options(sb Container, host Host) ([]oci.SpecOpts, error) {
 		withMemory(p.MemoryBytes, host.SwapAccounting),
 		withCPUs(p.CPUs),
 		oci.WithPidsLimit(p.Pids),
-		withNoFile(host.NoFile(p.NoFile)),
+		withRlimits(host.Rlimits(p)),
 	}
 	return opts, nil
 }

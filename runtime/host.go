@@ -2,7 +2,8 @@ package runtime
 
 import (
 	"path/filepath"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
@@ -11,9 +12,12 @@ import (
 // DetectHost reads what this host allows, so specs fit it.
 func DetectHost() oci.Host {
 	var h oci.Host
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil {
 		h.NoFileHard = rl.Max
+	}
+	if err := unix.Getrlimit(unix.RLIMIT_NPROC, &rl); err == nil {
+		h.NProcHard = rl.Max
 	}
 	// v1 memsw accounting, or v2's swap.max on any child cgroup.
 	for _, pattern := range []string{"memory/memory.memsw.limit_in_bytes", "*/memory.swap.max"} {

@@ -142,6 +142,39 @@ type Info struct {
 	Version  string
 	Socket   string
 	Rootless bool
+	// Isolation is the isolation this instance runs sandboxes with.
+	Isolation Isolation
+	// Differences are where this backend's sandboxes differ, seen from the
+	// inside, from the one fingerprint every backend's must have (see
+	// runtime/conformance/probe), because it cannot do otherwise.
+	Differences []Difference
+}
+
+// Label names the instance in reports: "podman-rootless" for a rootless
+// one, "docker+gvisor" for one running gVisor.
+func (i Info) Label() string {
+	l := i.Name
+	if i.Rootless {
+		l += "-rootless"
+	}
+	if i.Isolation != "" && i.Isolation != IsolationRunc {
+		l += "+" + string(i.Isolation)
+	}
+	return l
+}
+
+// SameDaemon reports whether two instances talk to one daemon (whatever
+// isolation each runs): they hold the same sandboxes.
+func (i Info) SameDaemon(o Info) bool {
+	return i.Name == o.Name && i.Socket == o.Socket && i.Rootless == o.Rootless
+}
+
+// Difference is one line of the sandbox fingerprint that a backend cannot
+// make as the golden one says, with what it shows instead and why.
+type Difference struct {
+	// Line is the fingerprint line's key ("mount /dev"); Value what the backend's sandboxes show.
+	Line, Value string
+	Reason      string
 }
 
 // Reap removes every sandbox carrying the given labels (strays after a

@@ -26,6 +26,7 @@ rootless, and a table of the sandbox policy items it really enforces here.
 			fmt.Fprintln(w, "BACKEND\tVERSION\tMODE\tSOCKET\tSTATUS")
 			var labels []string
 			var caps []runtime.Capabilities
+			var diffs []string
 			for _, f := range found {
 				if f.Err != nil {
 					fmt.Fprintf(w, "%s\t-\t-\t%s\tunavailable: %s\n", f.Name, orDash(f.Socket), firstLine(f.Err.Error()))
@@ -46,12 +47,11 @@ rootless, and a table of the sandbox policy items it really enforces here.
 					mode = "rootless"
 				}
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\tok\n", f.Name, info.Version, mode, info.Socket)
-				label := f.Name
-				if info.Rootless {
-					label += "-rootless"
-				}
-				labels = append(labels, label)
+				labels = append(labels, info.Label())
 				caps = append(caps, c)
+				for _, d := range info.Differences {
+					diffs = append(diffs, fmt.Sprintf("%s %s: %s (%s)", info.Label(), d.Line, d.Value, d.Reason))
+				}
 			}
 			w.Flush()
 			if len(labels) == 0 {
@@ -80,6 +80,12 @@ rootless, and a table of the sandbox policy items it really enforces here.
 			w.Flush()
 			for _, n := range notes {
 				fmt.Fprintln(cmd.OutOrStdout(), "  "+n)
+			}
+			if len(diffs) > 0 {
+				fmt.Fprintln(cmd.OutOrStdout(), "\nDifferences from the one sandbox fingerprint (what each cannot do otherwise):")
+				for _, d := range diffs {
+					fmt.Fprintln(cmd.OutOrStdout(), "  "+d)
+				}
 			}
 			return nil
 		},

@@ -9,8 +9,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	goruntime "runtime"
 	"syscall"
 	"time"
 
@@ -54,6 +56,9 @@ func run(ctx context.Context, out, busybox string) (err error) {
 	if err := phase("rootfs", func() error { return testimage.BuildRootfs(ctx, dir, busybox) }); err != nil {
 		return err
 	}
+	if err := phase("probe", func() error { return buildProbe(ctx, dir) }); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return err
 	}
@@ -64,4 +69,22 @@ func run(ctx context.Context, out, busybox string) (err error) {
 	}
 	fmt.Printf("wrote %s as %s\n", out, testimage.Ref)
 	return nil
+}
+
+// buildProbe compiles cmd/sandstorm-probe as a static binary into the
+// rootfs at dir, with the go command running this one.
+func buildProbe(ctx context.Context, dir string) error {
+	bin := filepath.Join(dir, "probe.bin")
+	goCmd := filepath.Join(goruntime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(goCmd); err != nil {
+		goCmd = "go"
+	}
+	cmd := exec.CommandContext(ctx, goCmd, "build", "-trimpath", "-o", bin, "github.com/sandstorm-dev/sandstorm/cmd/sandstorm-probe")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("build the probe: %w", err)
+	}
+	defer os.Remove(bin)
+	return testimage.AddProbe(dir, bin)
 }

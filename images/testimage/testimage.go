@@ -25,6 +25,9 @@ const (
 	// DefaultBusybox is where Debian's busybox-static installs the binary.
 	DefaultBusybox = "/bin/busybox"
 
+	// Probe is where the image holds the sandbox probe (cmd/sandstorm-probe).
+	Probe = "/bin/sandstorm-probe"
+
 	// UserUID and UserGID identify the unprivileged "user" account.
 	UserUID = 1000
 	UserGID = 1000
@@ -45,13 +48,13 @@ func Config() imagetar.Config {
 func CheckStatic(path string) error {
 	f, err := elf.Open(path)
 	if err != nil {
-		return fmt.Errorf("busybox %s: not a readable ELF executable (install Debian's busybox-static): %w", path, err)
+		return fmt.Errorf("%s: not a readable ELF executable (for busybox, install Debian's busybox-static): %w", path, err)
 	}
 	defer f.Close()
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_INTERP {
 			interp, _ := io.ReadAll(io.LimitReader(p.Open(), 4096))
-			return fmt.Errorf("busybox %s is dynamically linked (interpreter %s) but the test image has no libc: install Debian's busybox-static (apt-get install busybox-static) or pass a static busybox",
+			return fmt.Errorf("%s is dynamically linked (interpreter %s) but the test image has no libc: for busybox install Debian's busybox-static (apt-get install busybox-static) or pass a static one; build the probe with CGO_ENABLED=0",
 				path, strings.TrimRight(string(interp), "\x00"))
 		}
 	}
@@ -145,6 +148,18 @@ func BuildRootfs(ctx context.Context, dir, busybox string) error {
 		if err := os.Chmod(p, 0o644); err != nil {
 			return fmt.Errorf("rootfs: %w", err)
 		}
+	}
+	return nil
+}
+
+// AddProbe copies the static probe binary at probe (built from
+// cmd/sandstorm-probe) into a rootfs made by BuildRootfs, at Probe.
+func AddProbe(dir, probe string) error {
+	if err := CheckStatic(probe); err != nil {
+		return fmt.Errorf("probe: %w", err)
+	}
+	if err := copyExecutable(probe, filepath.Join(dir, Probe)); err != nil {
+		return fmt.Errorf("rootfs: %w", err)
 	}
 	return nil
 }

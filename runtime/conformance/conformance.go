@@ -166,6 +166,7 @@ func Run(t *testing.T, rt runtime.Runtime, cfg Config) {
 			c.verify(t, r)
 		})
 	}
+	t.Run("the fingerprint from the inside is the golden one", func(t *testing.T) { fingerprint(t, rt, caps) })
 	t.Run("fail closed on unenforceable items", func(t *testing.T) { failClosed(t, rt, caps) })
 	t.Run("invalid requests", func(t *testing.T) { invalidRequests(t, rt, caps) })
 	t.Run("reap strays by label", func(t *testing.T) { reap(t, rt, caps) })

@@ -41,6 +41,9 @@ type Config struct {
 	CNIPluginDirs []string
 	// BridgeSubnet is the bridge network's IPv4 subnet; default 10.213.0.0/16.
 	BridgeSubnet string
+	// Isolation: runc (default), or gvisor, run as runc would be by the
+	// runc v2 shim (its BinaryName option names runsc).
+	Isolation runtime.Isolation
 }
 
 func (c Config) withDefaults() Config {
@@ -62,6 +65,9 @@ func (c Config) withDefaults() Config {
 	if c.BridgeSubnet == "" {
 		c.BridgeSubnet = "10.213.0.0/16"
 	}
+	if c.Isolation == "" {
+		c.Isolation = runtime.IsolationRunc
+	}
 	return c
 }
 
@@ -72,6 +78,8 @@ type Runtime struct {
 	client *client.Client
 	net    *bridge
 	host   oci.Host
+	// runsc is the OCI runtime binary for gVisor; empty for runc.
+	runsc string
 }
 
 var _ runtime.Runtime = (*Runtime)(nil)
@@ -79,6 +87,13 @@ var _ runtime.Runtime = (*Runtime)(nil)
 // New connects to containerd and checks that it answers.
 func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	cfg = cfg.withDefaults()
+	var runsc string
+	if cfg.Isolation == runtime.IsolationGVisor {
+		var err error
+		if runsc, err = runtime.Runsc(); err != nil {
+			return nil, err
+		}
+	}
 	if _, err := os.Stat(cfg.Address); err != nil {
 		return nil, fmt.Errorf("%w: containerd socket %s: %w", runtime.ErrUnavailable, cfg.Address, err)
 	}
@@ -95,7 +110,7 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		c.Close()
 		return nil, err
 	}
-	return &Runtime{cfg: cfg, state: state, client: c, net: newBridge(cfg), host: runtime.DetectHost()}, nil
+	return &Runtime{cfg: cfg, state: state, client: c, net: newBridge(cfg), host: runtime.DetectHost(), runsc: runsc}, nil
 }
 
 func (r *Runtime) ctx(ctx context.Context) context.Context {
@@ -114,7 +129,7 @@ func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
 	if err != nil {
 		return runtime.Info{}, fmt.Errorf("%w: containerd version: %w", runtime.ErrUnavailable, err)
 	}
-	return runtime.Info{Name: Name, Version: v.Version, Socket: r.cfg.Address, Rootless: os.Geteuid() != 0}, nil
+	return runtime.Info{Name: Name, Version: v.Version, Socket: r.cfg.Address, Rootless: os.Geteuid() != 0, Isolation: r.cfg.Isolation}, nil
 }
 
 // Capabilities implements runtime.Runtime. As root with runc, containerd

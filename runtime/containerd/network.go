@@ -106,6 +106,16 @@ func (b *bridge) setup(ctx context.Context, id, dir string) (string, error) {
 	return ns.GetPath(), nil
 }
 
+// empty makes a network namespace with only loopback, in dir, where
+// teardown finds it.
+func (b *bridge) empty(dir string) (string, error) {
+	ns, err := netns.NewNetNS(dir)
+	if err != nil {
+		return "", fmt.Errorf("create network namespace: %w", err)
+	}
+	return ns.GetPath(), nil
+}
+
 // teardown detaches the sandbox and removes its namespace. Namespaces live in
 // the sandbox's scratch dir, so strays are found there even without a label.
 func (b *bridge) teardown(ctx context.Context, id, dir, path string) error {

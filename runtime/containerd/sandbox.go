@@ -8,12 +8,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/containerd/v2/plugins"
 
 	sboci "github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
@@ -93,6 +95,13 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 			return nil, err
 		}
 		labels[labelNetNS] = sb.NetNS
+	} else if r.runsc != "" {
+		// runsc refuses a fresh namespace of its own making ("network
+		// enabled in root network namespace"): it is given an empty one.
+		if sb.NetNS, err = r.net.empty(r.state.Scratch(id)); err != nil {
+			return nil, err
+		}
+		labels[labelNetNS] = sb.NetNS
 	}
 	opts, err := sboci.Options(sb, r.host)
 	if err != nil {
@@ -109,6 +118,7 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 	}
 	defer release(context.WithoutCancel(dctx))
 	ctr, err := r.client.NewContainer(lctx, id,
+		r.withRuntime(),
 		client.WithImage(img),
 		client.WithSnapshotter(r.cfg.Snapshotter),
 		client.WithNewSnapshot(id, img, snapshots.WithLabels(sb.AllLabels())),
@@ -126,6 +136,15 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 		return nil, err
 	}
 	return &sandbox{Sandbox: backend.NewSandbox(prep), r: r, cgroup: sb.CgroupPath(), ctr: ctr}, nil
+}
+
+// withRuntime: gVisor is runsc run by the runc v2 shim; runc is
+// containerd's default runtime, left as the host configured it.
+func (r *Runtime) withRuntime() client.NewContainerOpts {
+	if r.runsc == "" {
+		return func(context.Context, *client.Client, *containers.Container) error { return nil }
+	}
+	return client.WithRuntime(plugins.RuntimeRuncV2, &options.Options{BinaryName: r.runsc})
 }
 
 // Start implements runtime.Sandbox.
@@ -238,7 +257,13 @@ func (r *Runtime) cleanup(ctx context.Context, id string) error {
 			netns = l[labelNetNS]
 		}
 		if task, err := ctr.Task(ctx, nil); err == nil {
-			if _, err := task.Delete(ctx, client.WithProcessKill); err != nil && !notFound(err) {
+			_, err := task.Delete(ctx, client.WithProcessKill)
+			if err != nil && !notFound(err) {
+				// runsc cannot signal a task that was created but never
+				// started; deleting it without the kill removes it.
+				_, err = task.Delete(ctx)
+			}
+			if err != nil && !notFound(err) {
 				errs = append(errs, fmt.Errorf("delete task %s: %w", id, err))
 			}
 		}

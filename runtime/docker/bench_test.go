@@ -25,7 +25,6 @@ func BenchmarkRunTrue(b *testing.B) {
 		b.Fatalf("test image not in docker (run the conformance test or make testimage and docker load it): %v", err)
 	}
 	policy := oci.Policy{MemoryBytes: 256 << 20, CPUs: 1}.WithDefaults()
-	nofile := rt.d.Host.NoFile(policy.NoFile)
 	workspace := b.TempDir()
 	parent := path.Join(oci.CgroupParent, fmt.Sprintf("bench-docker-%d", os.Getpid()))
 	b.Cleanup(func() {
@@ -43,10 +42,12 @@ func BenchmarkRunTrue(b *testing.B) {
 		"--memory", mem, "--memory-swap", mem,
 		"--cpu-period", strconv.Itoa(oci.CPUPeriod), "--cpu-quota", strconv.FormatInt(oci.CPUQuota(policy.CPUs), 10),
 		"--pids-limit", strconv.FormatInt(policy.Pids, 10),
-		"--ulimit", fmt.Sprintf("nofile=%d:%d", nofile, nofile),
 		"--cgroupns", "private", "--cgroup-parent", parent, "--log-driver", "none",
 		"--workdir", oci.Workspace, "--mount", "type=bind,source=" + workspace + ",target=" + oci.Workspace,
-		"--entrypoint", "true", conformance.TestImage,
 	}
+	for _, u := range ulimits(rt.d.Host.Rlimits(policy)) {
+		args = append(args, "--ulimit", fmt.Sprintf("%s=%d:%d", u.Name, u.Soft, u.Hard))
+	}
+	args = append(args, "--entrypoint", "true", conformance.TestImage)
 	conformance.CompareRunTrue(b, rt, policy, "docker", func(int) []string { return append([]string{"docker"}, args...) })
 }

@@ -154,8 +154,15 @@ func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
 	if err != nil {
 		return runtime.Info{}, fmt.Errorf("%w: docker version: %w", runtime.ErrUnavailable, err)
 	}
-	return runtime.Info{Name: Name, Version: v.Version, Socket: r.cli.DaemonHost(), Rootless: r.rootless}, nil
+	return runtime.Info{Name: Name, Version: v.Version, Socket: r.cli.DaemonHost(), Rootless: r.rootless, Differences: differences}, nil
 }
+
+// differences: see runtime.Info.
+var differences = []runtime.Difference{{
+	Line: "mount /dev", Value: "tmpfs rw,nosuid",
+	Reason: "Docker's API cannot add noexec to /dev: a tmpfs in its place drops /dev/pts, /dev/shm and /dev/mqueue. " +
+		"The sandbox user cannot write to /dev (root's, mode 755), so nothing there can be run either way",
+}}
 
 // Capabilities implements runtime.Runtime.
 func (r *Runtime) Capabilities(context.Context) (runtime.Capabilities, error) {

@@ -67,12 +67,16 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 			err = errors.Join(err, r.undo(ctx, id, containerID))
 		}
 	}()
-	// Docker's API cannot make a bind mount nosuid,nodev: the workspace is
-	// sealed so beforehand, and the daemon's mount of it inherits that. It
-	// takes root; a non-root sandstorm's workspace is not sealed
-	// (no-new-privileges still keeps setuid files from granting anything).
+	// Docker's API cannot make a bind mount nosuid,nodev: the workspace and
+	// the policy's host paths are sealed so beforehand, and the daemon's
+	// mounts of them inherit that. It takes root; a non-root sandstorm's
+	// are not sealed (no-new-privileges still keeps setuid files from
+	// granting anything).
 	if os.Geteuid() == 0 {
 		if err := r.state.Seal(sb.Workspace); err != nil {
+			return nil, err
+		}
+		if sb.Policy.Mounts, err = r.state.SealMounts(id, sb.Policy.Mounts); err != nil {
 			return nil, err
 		}
 	}

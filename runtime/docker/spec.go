@@ -8,6 +8,7 @@ import (
 
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/mount"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
@@ -49,11 +50,19 @@ func cgroupParent(driver, id string) string {
 	return ""
 }
 
+// ulimits are rlimits as Docker names them ("nofile" for RLIMIT_NOFILE).
+func ulimits(limits []specs.POSIXRlimit) []*container.Ulimit {
+	out := make([]*container.Ulimit, len(limits))
+	for i, l := range limits {
+		out[i] = &container.Ulimit{Name: strings.ToLower(strings.TrimPrefix(l.Type, "RLIMIT_")), Soft: int64(l.Soft), Hard: int64(l.Hard)}
+	}
+	return out
+}
+
 // buildRequest maps a sandbox with a defaulted policy to Docker's container
 // and host configuration.
 func buildRequest(sb oci.Container, image string, d daemon) request {
 	p := sb.Policy
-	nofile := d.Host.NoFile(p.NoFile)
 	// sandstorm's own seccomp profile, sent as JSON (the daemon's default
 	// would differ from the other backends').
 	seccomp := "unconfined"
@@ -84,7 +93,7 @@ func buildRequest(sb oci.Container, image string, d daemon) request {
 			CPUPeriod:    oci.CPUPeriod,
 			CPUQuota:     oci.CPUQuota(p.CPUs),
 			PidsLimit:    &pids,
-			Ulimits:      []*container.Ulimit{{Name: "nofile", Soft: int64(nofile), Hard: int64(nofile)}},
+			Ulimits:      ulimits(d.Host.Rlimits(p)),
 		},
 		Mounts: mounts,
 		// The same lists as every backend (Docker's own miss some).

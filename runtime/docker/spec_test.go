@@ -57,7 +57,8 @@ func TestBuildRequestDefaults(t *testing.T) {
 	if h.PidsLimit == nil || *h.PidsLimit != oci.DefaultPids {
 		t.Errorf("pids %v", h.PidsLimit)
 	}
-	if len(h.Ulimits) != 1 || *h.Ulimits[0] != (container.Ulimit{Name: "nofile", Soft: 4096, Hard: 4096}) {
+	if len(h.Ulimits) != 3 || *h.Ulimits[0] != (container.Ulimit{Name: "core"}) || *h.Ulimits[1] != (container.Ulimit{Name: "nofile", Soft: 4096, Hard: 4096}) ||
+		*h.Ulimits[2] != (container.Ulimit{Name: "nproc", Soft: oci.DefaultNProc, Hard: oci.DefaultNProc}) {
 		t.Errorf("ulimits %v", h.Ulimits)
 	}
 	if h.CgroupParent != "/sandstorm/sb-1" {
@@ -97,8 +98,8 @@ func TestBuildRequestPolicy(t *testing.T) {
 	if h.MemorySwap != 0 {
 		t.Errorf("memory swap %d set on a daemon without swap limit support", h.MemorySwap)
 	}
-	if h.Ulimits[0].Soft != 20000 || h.Ulimits[0].Hard != 20000 {
-		t.Errorf("nofile %+v not clamped to the host's hard limit", h.Ulimits[0])
+	if h.Ulimits[1].Soft != 20000 || h.Ulimits[1].Hard != 20000 {
+		t.Errorf("nofile %+v not clamped to the host's hard limit", h.Ulimits[1])
 	}
 	if h.CgroupParent != "sandstorm.slice" {
 		t.Errorf("systemd cgroup parent %q", h.CgroupParent)
@@ -169,7 +170,7 @@ func TestVerify(t *testing.T) {
 		{"pids dropped", func(g *container.InspectResponse) { g.HostConfig.PidsLimit = nil }, "pids limit"},
 		{"pids changed", func(g *container.InspectResponse) { *g.HostConfig.PidsLimit = 0 }, "pids limit"},
 		{"ulimits dropped", func(g *container.InspectResponse) { g.HostConfig.Ulimits = nil }, "ulimits"},
-		{"nofile changed", func(g *container.InspectResponse) { g.HostConfig.Ulimits[0].Hard = 1 << 20 }, "ulimits"},
+		{"nofile changed", func(g *container.InspectResponse) { g.HostConfig.Ulimits[1].Hard = 1 << 20 }, "ulimits"},
 		{"tmpfs dropped", func(g *container.InspectResponse) { g.HostConfig.Tmpfs = nil }, "tmpfs"},
 		{"tmpfs size changed", func(g *container.InspectResponse) {
 			g.HostConfig.Tmpfs = map[string]string{"/tmp": "rw,exec,nosuid,nodev,mode=1777"}

@@ -20,10 +20,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 
-	"go.podman.io/podman/v6/libpod/define"
 	"go.podman.io/podman/v6/pkg/bindings"
 	"go.podman.io/podman/v6/pkg/bindings/containers"
 	"go.podman.io/podman/v6/pkg/bindings/images"
@@ -112,11 +110,6 @@ type Runtime struct {
 	conn  context.Context
 	svc   service
 	host  oci.Host
-
-	// rlimitsMu guards defaultRlimits, the service's default ulimits, read
-	// once (see serviceRlimits).
-	rlimitsMu      sync.Mutex
-	defaultRlimits []define.InspectUlimit
 
 	watch *watch
 	// seccomp is the path of sandstorm's seccomp profile for the service.

@@ -49,14 +49,11 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 	p := plan{
 		id: id, image: spec.Image, args: spec.Args, env: spec.Env,
 		labels: oci.Container{ID: id, SessionID: spec.SessionID, Labels: prep.Labels}.AllLabels(),
-		policy: pol, mounts: pol.Mounts, nofile: r.host.NoFile(pol.NoFile), swap: r.host.SwapAccounting,
+		policy: pol, mounts: pol.Mounts, rlimits: r.host.Rlimits(pol), swap: r.host.SwapAccounting,
 		network: r.networkMode(pol.Network), unenforced: prep.Unenforced, seccomp: r.seccomp,
 	}
 	if pol.Seccomp == oci.SeccompUnconfined {
 		p.seccomp = "unconfined"
-	}
-	if p.rlimits, err = r.serviceRlimits(ctx, spec.Image); err != nil {
-		return nil, err
 	}
 	uid, err := hostID(r.svc.uidMap, int(pol.UID))
 	if err != nil {
@@ -170,48 +167,6 @@ func (r *Runtime) imageErr(ctx context.Context, image string, err error) error {
 		return fmt.Errorf("%w: image %s in podman (import it first)", runtime.ErrNotFound, image)
 	}
 	return err
-}
-
-// serviceRlimits returns a root service's default ulimits (containers.conf
-// default_ulimits). Podman applies them only when a container sets no
-// ulimit at all and otherwise raises nproc to 1048576, which fails on hosts
-// where root lacks CAP_SYS_RESOURCE; sandstorm sets nofile, so it keeps the
-// other defaults itself. They are read once, from a container created and
-// removed without starting it. A rootless service fits its defaults to its
-// own limits and needs none of this.
-func (r *Runtime) serviceRlimits(ctx context.Context, image string) ([]define.InspectUlimit, error) {
-	if r.svc.rootless {
-		return nil, nil
-	}
-	r.rlimitsMu.Lock()
-	defer r.rlimitsMu.Unlock()
-	if r.defaultRlimits != nil {
-		return r.defaultRlimits, nil
-	}
-	cctx := r.ctx(ctx)
-	s := specgen.NewSpecGenerator(image, false)
-	s.Name = "sandstorm-ulimits-" + runtime.NewID()
-	s.Entrypoint = []string{"true"}
-	s.NetNS = specgen.Namespace{NSMode: specgen.NoNetwork}
-	// Labelled as managed so that a crash before its removal leaves a stray Reap finds.
-	s.Labels = map[string]string{oci.LabelManaged: "true"}
-	resp, err := containers.CreateWithSpec(cctx, s, nil)
-	if err != nil {
-		return nil, r.imageErr(ctx, image, fmt.Errorf("read podman's default ulimits: %w", err))
-	}
-	got, err := containers.Inspect(cctx, resp.ID, nil)
-	if _, rerr := containers.Remove(r.ctx(context.WithoutCancel(ctx)), resp.ID, new(containers.RemoveOptions).WithForce(true)); rerr != nil {
-		err = errors.Join(err, rerr)
-	}
-	if err == nil && got.HostConfig == nil {
-		err = errors.New("inspect data has no HostConfig")
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read podman's default ulimits: %w", err)
-	}
-	// Non-nil even when empty: read once.
-	r.defaultRlimits = append([]define.InspectUlimit{}, got.HostConfig.Ulimits...)
-	return r.defaultRlimits, nil
 }
 
 // Start implements runtime.Sandbox.

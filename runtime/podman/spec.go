@@ -30,12 +30,12 @@ type plan struct {
 	cgroupParent string
 	// network is Podman's network mode: none, bridge, slirp4netns or pasta.
 	network string
-	// nofile is the open-files limit, clamped to the host's hard limit.
-	nofile uint64
 	// swap: the host can limit memory+swap, so swap is set to the memory limit.
 	swap bool
-	// rlimits are the service's defaults the policy does not override.
-	rlimits []define.InspectUlimit
+	// rlimits are sandstorm's, fitted to the host (oci.Host.Rlimits). Set
+	// explicitly, nproc among them, they also keep Podman from raising nproc
+	// to 1048576, which fails where root lacks CAP_SYS_RESOURCE.
+	rlimits []specs.POSIXRlimit
 	// cgroupLimits: the service drops resource limits (rootless, cgroup v1),
 	// so sandstorm writes them into the container's cgroup itself.
 	cgroupLimits bool
@@ -115,11 +115,8 @@ func (p plan) specgen() *specgen.SpecGenerator {
 			Pids:   &specs.LinuxPids{Limit: &pids},
 		}
 	}
-	s.Rlimits = []specs.POSIXRlimit{{Type: "nofile", Soft: p.nofile, Hard: p.nofile}}
-	for _, u := range p.rlimits {
-		if name := rlimitName(u.Name); name != "nofile" {
-			s.Rlimits = append(s.Rlimits, specs.POSIXRlimit{Type: name, Soft: uint64(u.Soft), Hard: uint64(u.Hard)})
-		}
+	for _, l := range p.rlimits {
+		s.Rlimits = append(s.Rlimits, specs.POSIXRlimit{Type: rlimitName(l.Type), Soft: l.Soft, Hard: l.Hard})
 	}
 
 	s.NetNS = specgen.Namespace{NSMode: specgen.NamespaceMode(p.network)}
@@ -213,14 +210,16 @@ func (p plan) verify(got *define.InspectContainerData) []string {
 	if enforced(runtime.ItemPidsLimit) && hc.PidsLimit != pol.Pids {
 		fail(string(runtime.ItemPidsLimit), "%d, want %d", hc.PidsLimit, pol.Pids)
 	}
-	nofile := false
-	for _, u := range hc.Ulimits {
-		if rlimitName(u.Name) == "nofile" {
-			nofile = u.Soft == int64(p.nofile) && u.Hard == int64(p.nofile)
+	for _, l := range p.rlimits {
+		if !slices.ContainsFunc(hc.Ulimits, func(u define.InspectUlimit) bool {
+			return rlimitName(u.Name) == rlimitName(l.Type) && u.Soft == int64(l.Soft) && u.Hard == int64(l.Hard)
+		}) {
+			item := "rlimit " + rlimitName(l.Type)
+			if l.Type == "RLIMIT_NOFILE" {
+				item = string(runtime.ItemNoFileLimit)
+			}
+			fail(item, "ulimits %v, want %d:%d", hc.Ulimits, l.Soft, l.Hard)
 		}
-	}
-	if !nofile {
-		fail(string(runtime.ItemNoFileLimit), "ulimits %v, want nofile %d", hc.Ulimits, p.nofile)
 	}
 	if opts := strings.Split(hc.Tmpfs["/tmp"], ","); !slices.Contains(opts, fmt.Sprintf("size=%d", pol.TmpBytes)) || !slices.Contains(opts, "mode=1777") {
 		fail("tmpfs /tmp", "options %q", hc.Tmpfs["/tmp"])

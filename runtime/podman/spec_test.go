@@ -24,8 +24,8 @@ func testPlan() plan {
 		id: "sb-1", image: "localhost/img:latest", args: []string{"sh", "-c", "true"},
 		labels: map[string]string{oci.LabelManaged: "true", oci.LabelSession: "s1"},
 		policy: pol, workspace: "/var/lib/sandstorm/podman/sb-1/home", mounts: pol.Mounts,
-		cgroupParent: "/sandstorm/sb-1", network: "none", nofile: 1500, swap: true,
-		rlimits: []define.InspectUlimit{{Name: "RLIMIT_NOFILE", Soft: 20000, Hard: 20000}, {Name: "RLIMIT_NPROC", Soft: 32768, Hard: 32768}},
+		cgroupParent: "/sandstorm/sb-1", network: "none", swap: true,
+		rlimits: oci.Host{}.Rlimits(pol),
 		seccomp: testSeccomp,
 	}
 }
@@ -46,6 +46,7 @@ func inspectOf(p plan) *define.InspectContainerData {
 			CpuQuota: 50000, CpuPeriod: 100000,
 			PidsLimit: 77,
 			Ulimits: []define.InspectUlimit{
+				{Name: "RLIMIT_CORE", Soft: 0, Hard: 0},
 				{Name: "RLIMIT_NOFILE", Soft: 1500, Hard: 1500},
 				{Name: "RLIMIT_NPROC", Soft: 32768, Hard: 32768},
 			},
@@ -100,7 +101,7 @@ func TestVerify(t *testing.T) {
 		{"cpu quota dropped", nil, func(d *define.InspectContainerData) { d.HostConfig.CpuQuota = 0 }, []string{"cpu_limit"}},
 		{"pids limit changed", nil, func(d *define.InspectContainerData) { d.HostConfig.PidsLimit = 2048 }, []string{"pids_limit"}},
 		{"nofile from the service's defaults", nil, func(d *define.InspectContainerData) {
-			d.HostConfig.Ulimits[0] = define.InspectUlimit{Name: "RLIMIT_NOFILE", Soft: 20000, Hard: 20000}
+			d.HostConfig.Ulimits[1] = define.InspectUlimit{Name: "RLIMIT_NOFILE", Soft: 20000, Hard: 20000}
 		}, []string{"nofile_limit"}},
 		{"tmpfs without size", nil, func(d *define.InspectContainerData) { d.HostConfig.Tmpfs["/tmp"] = "rw,nosuid,nodev,mode=1777" }, []string{"tmpfs /tmp"}},
 		{"tmpfs missing", nil, func(d *define.InspectContainerData) { d.HostConfig.Tmpfs = nil }, []string{"tmpfs /tmp"}},
@@ -126,7 +127,7 @@ func TestVerify(t *testing.T) {
 		}, nil},
 		{"several at once", nil, func(d *define.InspectContainerData) {
 			d.HostConfig.SecurityOpt, d.HostConfig.ReadonlyRootfs, d.HostConfig.Ulimits = nil, false, nil
-		}, []string{"no_new_privileges", "read_only_root", "nofile_limit"}},
+		}, []string{"no_new_privileges", "read_only_root", "rlimit core", "nofile_limit", "rlimit nproc"}},
 		{"no host config at all", nil, func(d *define.InspectContainerData) { d.HostConfig = nil }, []string{"inspect data"}},
 	}
 	for _, tt := range tests {
@@ -167,11 +168,11 @@ func TestSpecgen(t *testing.T) {
 	for _, r := range s.Rlimits {
 		rl = append(rl, r.Type)
 		if r.Type == "nofile" && (r.Soft != 1500 || r.Hard != 1500) {
-			t.Errorf("nofile %+v, want the policy's 1500 over the service's default", r)
+			t.Errorf("nofile %+v, want the policy's 1500", r)
 		}
 	}
-	if !slices.Equal(rl, []string{"nofile", "nproc"}) {
-		t.Errorf("rlimits %v, want nofile and the service's nproc", rl)
+	if !slices.Equal(rl, []string{"core", "nofile", "nproc"}) {
+		t.Errorf("rlimits %v, want sandstorm's core, nofile and nproc", rl)
 	}
 	if r := s.ResourceLimits; r == nil || *r.Memory.Limit != 96<<20 || *r.Memory.Swap != 96<<20 || *r.CPU.Quota != 50000 || *r.CPU.Period != 100000 || *r.Pids.Limit != 77 {
 		t.Errorf("resource limits %+v", r)

@@ -224,12 +224,66 @@ var ErrInUse = errors.New("in use by another sandbox")
 // backend whose mounts cannot carry those flags (Docker's API): the bind
 // mount the daemon makes of it inherits them.
 func (s State) Seal(workspace string) error {
-	if err := unix.Mount(workspace, workspace, "", unix.MS_BIND, ""); err != nil {
+	if err := sealAt(workspace, workspace, 0); err != nil {
 		return fmt.Errorf("seal workspace: %w", err)
 	}
-	if err := unix.Mount("", workspace, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
-		_ = unix.Unmount(workspace, unix.MNT_DETACH)
-		return fmt.Errorf("seal workspace: %w", err)
+	return nil
+}
+
+// SealMounts does for a policy's host paths what Seal does for the
+// workspace, without touching the host's own mounts: each source is bound,
+// nosuid and nodev (and read-only if so asked), at a point in sandbox id's
+// scratch directory, and the returned mounts name those points. They are
+// not marked read-only: a daemon making its bind mount read-only remounts
+// it with that flag alone, which clears nosuid and nodev, while a plain
+// bind mount of a read-only mount is read-only. RemoveScratch detaches them.
+func (s State) SealMounts(id string, mounts []oci.Mount) ([]oci.Mount, error) {
+	if len(mounts) == 0 {
+		return nil, nil
+	}
+	dir := filepath.Join(s.Scratch(id), "mounts")
+	if err := os.Mkdir(dir, scratchMode); err != nil {
+		return nil, fmt.Errorf("seal mounts: %w", err)
+	}
+	out := make([]oci.Mount, len(mounts))
+	for i, m := range mounts {
+		st, err := os.Stat(m.Source)
+		if err != nil {
+			return nil, fmt.Errorf("seal mount %s: %w", m.Target, err)
+		}
+		point := filepath.Join(dir, fmt.Sprint(i))
+		// A bind mount needs a point of its source's kind: a directory, or
+		// a file for anything else (a Unix socket, a regular file).
+		if st.IsDir() {
+			err = os.Mkdir(point, 0o700)
+		} else {
+			err = os.WriteFile(point, nil, 0o600)
+		}
+		var ro uintptr
+		if m.ReadOnly {
+			ro = unix.MS_RDONLY
+		}
+		if err == nil {
+			err = sealAt(m.Source, point, ro)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("seal mount %s: %w", m.Target, err)
+		}
+		out[i] = m
+		out[i].Source, out[i].ReadOnly = point, false
+	}
+	return out, nil
+}
+
+// sealAt binds source at point, then makes that mount nosuid and nodev,
+// with the extra flags.
+func sealAt(source, point string, flags uintptr) error {
+	if err := unix.Mount(source, point, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return err
+	}
+	if err := unix.Mount("", point, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV|flags, ""); err != nil {
+		_ = unix.Unmount(point, unix.MNT_DETACH)
+		return err
 	}
 	return nil
 }
