@@ -59,12 +59,13 @@ test: lint setup testimage agentimage
 	@$(CI_ENV); $(PHASE) "go test (every package, every backend)" $(GO) test -count=1 -timeout 25m ./...
 
 ## bench: sandstorm vs `ctr run --rm`, `docker run --rm` and `podman run --rm` of the same image with the
-## same limits, alternating in one run, printed as ratios; then time to the first SDK message on containerd
+## same limits, alternating in one run, printed as ratios; gVisor vs runc cold start on containerd and Docker;
+## then time to the first SDK message on containerd
 bench: setup build testimage agentimage
 	$(CI_ENV); for rt in containerd docker podman; do ./bin/ds image import --runtime $$rt build/sandstorm-test.tar || exit 1; done
-	$(CI_ENV); $(GO) test -count=1 -run '^$$' -bench RunTrue -benchtime 30x ./runtime/containerd/ ./runtime/docker/ ./runtime/podman/ | tee build/bench.txt
+	$(CI_ENV); $(GO) test -count=1 -run '^$$' -bench 'RunTrue|GVisor' -benchtime 30x ./runtime/containerd/ ./runtime/docker/ ./runtime/podman/ | tee build/bench.txt
 	$(CI_ENV); $(GO) test -count=1 -run '^$$' -bench FirstMessage -benchtime 10x ./e2e/ | tee -a build/bench.txt
-	@awk '/^pkg:/ { pkg = $$2 } /^BenchmarkRunTrue/ { for (i = 1; i < NF; i++) if ($$(i+1) == "ratio") { n = split(pkg, p, "/"); printf "ratio sandstorm/%s run: %s (target <= 1.0)\n", p[n], $$i } }' build/bench.txt
+	@awk '/^pkg:/ { pkg = $$2 } /^BenchmarkRunTrue/ { for (i = 1; i < NF; i++) if ($$(i+1) == "ratio") { n = split(pkg, p, "/"); printf "ratio sandstorm/%s run: %s (target <= 1.0)\n", p[n], $$i } } /^BenchmarkGVisor/ { for (i = 1; i < NF; i++) if ($$(i+1) == "gvisor-ratio") { n = split(pkg, p, "/"); printf "ratio gvisor/runc cold start on %s: %s\n", p[n], $$i } }' build/bench.txt
 
 clean:
 	rm -rf bin build

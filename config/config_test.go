@@ -4,6 +4,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -88,10 +90,18 @@ func TestParseLimits(t *testing.T) {
 			}
 		}},
 		{"empty file gives defaults", "", "", func(t *testing.T, l Limits) {
-			if l != DefaultLimits() {
+			if !reflect.DeepEqual(l, DefaultLimits()) {
 				t.Errorf("%+v", l)
 			}
 		}},
+		{"gvisor, allowing what it cannot enforce", "isolation: gvisor\nallow_unenforced: [pids_limit, nosuid_mounts]\n", "", func(t *testing.T, l Limits) {
+			if l.Isolation != "gvisor" || !slices.Equal(l.AllowUnenforced, []string{"pids_limit", "nosuid_mounts"}) {
+				t.Errorf("%+v", l)
+			}
+		}},
+		{"bad isolation", "isolation: kata\n", "isolation", nil},
+		{"unknown item", "allow_unenforced: [everything]\n", "allow_unenforced", nil},
+		{"items type", "allow_unenforced: pids_limit\n", "allow_unenforced", nil},
 		{"bad memory", "memory_limit: lots\n", "memory_limit", nil},
 		{"tiny memory", "memory_limit: 1m\n", "memory_limit", nil},
 		{"bad cpu", "cpu_limit: many\n", "cpu_limit", nil},

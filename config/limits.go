@@ -12,6 +12,7 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/images/agentimage"
 	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
 // LimitsEnv names the limits file when no flag does.
@@ -32,6 +33,12 @@ type Limits struct {
 	// QueueSize requests may wait for a free slot, each at most QueueWaitSeconds.
 	QueueSize        int `json:"queue_size"`
 	QueueWaitSeconds int `json:"queue_wait_seconds"`
+	// Isolation is runc (default) or gvisor (see runtime.Isolation).
+	Isolation string `json:"isolation"`
+	// AllowUnenforced lists the policy items runs may go without where the
+	// backend cannot enforce them (each run's stream says so); any other
+	// missing item fails the run closed.
+	AllowUnenforced []string `json:"allow_unenforced"`
 	// Source is the file these came from, or "" for built-in defaults.
 	Source string `json:"-"`
 }
@@ -48,11 +55,13 @@ func DefaultLimits() Limits {
 		NetworkMode:           string(oci.NetworkNone),
 		QueueSize:             100,
 		QueueWaitSeconds:      60,
+		Isolation:             string(runtime.IsolationRunc),
 	}
 }
 
 var limitsKeys = []string{"max_concurrent_agents", "cpu_limit", "memory_limit", "pids_limit",
-	"session_timeout_seconds", "image", "docker_image", "network_mode", "queue_size", "queue_wait_seconds"}
+	"session_timeout_seconds", "image", "docker_image", "network_mode", "queue_size", "queue_wait_seconds",
+	"isolation", "allow_unenforced"}
 
 // FindLimits returns the limits file to read: the flag's value, then
 // $SANDSTORM_CONFIG, then ./config/limits.yaml if it exists; "" means defaults.
@@ -169,6 +178,12 @@ func (l Limits) Validate() error {
 		return bad("queue_size", "%d is outside 0..100000", l.QueueSize)
 	case l.QueueWaitSeconds < 0 || l.QueueWaitSeconds > 3600:
 		return bad("queue_wait_seconds", "%d is outside 0..3600", l.QueueWaitSeconds)
+	}
+	if _, err := runtime.ParseIsolation(l.Isolation); err != nil {
+		return bad("isolation", "%q: choose %s or %s", l.Isolation, runtime.IsolationRunc, runtime.IsolationGVisor)
+	}
+	if _, err := runtime.ParseItems(l.AllowUnenforced); err != nil {
+		return bad("allow_unenforced", "%v", err)
 	}
 	return nil
 }

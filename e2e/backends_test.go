@@ -44,6 +44,25 @@ func TestPodmanRootless(t *testing.T) {
 	}})
 }
 
+// gvisorAllow are the items gVisor cannot enforce that a default policy
+// needs (runtime.GVisorUnenforced): the runs allow them, and the stream says so.
+var gvisorAllow = []runtime.Item{runtime.ItemPidsLimit, runtime.ItemNosuidMounts}
+
+// TestContainerdGVisor runs the same agent under gVisor (runsc through the
+// runc v2 shim).
+func TestContainerdGVisor(t *testing.T) {
+	scenarios(t, backend{name: "containerd+gvisor", allow: gvisorAllow, open: func(ctx context.Context) (runtime.Runtime, error) {
+		return containerd.New(ctx, containerd.Config{Address: os.Getenv("SANDSTORM_CONTAINERD_SOCKET"), Isolation: runtime.IsolationGVisor})
+	}})
+}
+
+// TestDockerGVisor runs the same agent under gVisor (Docker's runtime sandstorm-runsc).
+func TestDockerGVisor(t *testing.T) {
+	scenarios(t, backend{name: "docker+gvisor", allow: gvisorAllow, open: func(ctx context.Context) (runtime.Runtime, error) {
+		return docker.New(ctx, docker.Config{Host: os.Getenv("SANDSTORM_DOCKER_SOCKET"), Isolation: runtime.IsolationGVisor})
+	}})
+}
+
 // BenchmarkFirstMessage times, on containerd, a whole agent run and the time
 // from the request to the SDK's first message (system init) in the stream.
 func BenchmarkFirstMessage(b *testing.B) {

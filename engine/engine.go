@@ -31,6 +31,10 @@ const DemoScenario = "demo"
 type Options struct {
 	// Runtime names the backend ("auto" or "" tries each).
 	Runtime string
+	// Isolation, if set, overrides the limits file's (runc or gvisor).
+	Isolation string
+	// AllowUnenforced adds to the limits file's allow_unenforced.
+	AllowUnenforced []string
 	// ConfigPath is the limits file flag (see config.FindLimits).
 	ConfigPath string
 	// ProjectDir holds sandstorm.json; default the working directory.
@@ -91,6 +95,15 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.Isolation != "" {
+		limits.Isolation = o.Isolation
+	}
+	limits.AllowUnenforced = append(limits.AllowUnenforced, o.AllowUnenforced...)
+	if err := limits.Validate(); err != nil {
+		return nil, err
+	}
+	isolation, _ := runtime.ParseIsolation(limits.Isolation)
+	allow, _ := runtime.ParseItems(limits.AllowUnenforced)
 	e.Limits = limits
 	e.Notices = append(e.Notices, warnings...)
 	dir := o.ProjectDir
@@ -129,7 +142,9 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 		upstream = url
 	}
 	// The backend first: a daemon that does not answer is the likeliest failure.
-	e.Runtime, err = backends.Open(ctx, o.Runtime, backends.FromEnv())
+	bopts := backends.FromEnv()
+	bopts.Isolation = isolation
+	e.Runtime, err = backends.Open(ctx, o.Runtime, bopts)
 	if err != nil {
 		return nil, err
 	}
@@ -137,7 +152,7 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 	if err != nil {
 		return nil, err
 	}
-	runner := &agent.Runner{Runtime: e.Runtime, Gateway: e.Gateway, Image: limits.Image, Policy: limits.Policy(), Logger: log}
+	runner := &agent.Runner{Runtime: e.Runtime, Gateway: e.Gateway, Image: limits.Image, Policy: limits.Policy(), AllowUnenforced: allow, Logger: log}
 	slotDir := cmp.Or(o.SlotDir, os.Getenv(SlotDirEnv), session.DefaultSlotDir)
 	e.Manager, err = session.NewManager(runner, limits, project, o.Credentials, slotDir)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	_ "embed"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -46,6 +47,24 @@ func SeccompProfile() (*specs.LinuxSeccomp, error) {
 		return nil, fmt.Errorf("sandstorm seccomp profile: %w", err)
 	}
 	return &p, nil
+}
+
+// GVisorSeccompProfile is the profile for a sandbox under gVisor. runsc
+// (--oci-seccomp) answers every errno rule with EPERM, which for clone3
+// would keep libc from falling back to clone: no thread could start.
+// gVisor has no clone3 and answers ENOSYS itself (its fingerprint shows
+// it), so the NosysSyscalls rule lets them through to it instead.
+func GVisorSeccompProfile() (*specs.LinuxSeccomp, error) {
+	p, err := SeccompProfile()
+	if err != nil {
+		return nil, err
+	}
+	for i, s := range p.Syscalls {
+		if slices.ContainsFunc(s.Names, func(n string) bool { return slices.Contains(NosysSyscalls, n) }) {
+			p.Syscalls[i].Action, p.Syscalls[i].ErrnoRet = specs.ActAllow, nil
+		}
+	}
+	return p, nil
 }
 
 // SeccompJSON is the profile as JSON, for backends that take it so

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -65,5 +66,28 @@ func TestSeccompProfile(t *testing.T) {
 	}
 	if p.DefaultAction != specs.ActErrno {
 		t.Errorf("default action %s", p.DefaultAction)
+	}
+}
+
+func TestGVisorSeccompProfile(t *testing.T) {
+	base, err := SeccompProfile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := GVisorSeccompProfile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(g.Syscalls) != len(base.Syscalls) || g.DefaultAction != base.DefaultAction {
+		t.Fatalf("gVisor profile has %d rules (default %s), base %d (%s)", len(g.Syscalls), g.DefaultAction, len(base.Syscalls), base.DefaultAction)
+	}
+	for i, s := range g.Syscalls {
+		nosys := slices.Contains(s.Names, "clone3")
+		switch {
+		case nosys && (s.Action != specs.ActAllow || s.ErrnoRet != nil):
+			t.Errorf("clone3 under gVisor: %+v, want allowed (gVisor answers ENOSYS)", s)
+		case !nosys && !reflect.DeepEqual(s, base.Syscalls[i]):
+			t.Errorf("rule %v changed for gVisor: %+v, was %+v", s.Names, s, base.Syscalls[i])
+		}
 	}
 }

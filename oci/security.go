@@ -44,12 +44,16 @@ func withCapabilities(caps []string) oci.SpecOpts {
 
 // withSeccomp applies sandstorm's own profile (the same on every backend),
 // whatever the capabilities.
-func withSeccomp(mode Seccomp) oci.SpecOpts {
+func withSeccomp(mode Seccomp, gvisor bool) oci.SpecOpts {
 	if mode == SeccompUnconfined {
 		return oci.WithSeccompUnconfined
 	}
+	profile := SeccompProfile
+	if gvisor {
+		profile = GVisorSeccompProfile
+	}
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *specs.Spec) error {
-		p, err := SeccompProfile()
+		p, err := profile()
 		if err != nil {
 			return err
 		}

@@ -35,6 +35,8 @@ type Container struct {
 	// means a fresh namespace with only loopback.
 	NetNS  string
 	Policy Policy
+	// GVisor: the sandbox runs under gVisor (see GVisorSeccompProfile).
+	GVisor bool
 }
 
 // Host is what the host allows; the spec is fitted to it.
@@ -86,7 +88,7 @@ func Options(sb Container, host Host) ([]oci.SpecOpts, error) {
 		withUser(p.UID, p.GID),
 		withCapabilities(p.Capabilities),
 		oci.WithNoNewPrivileges,
-		withSeccomp(p.Seccomp),
+		withSeccomp(p.Seccomp, sb.GVisor),
 		withRootFS(p.WritableRoot),
 		withMaskedPaths,
 		withReadonlyPaths,

@@ -29,14 +29,33 @@ const (
 	ItemNetworkNone       Item = "network_none"
 	ItemNetworkBridge     Item = "network_bridge"
 	ItemBindMounts        Item = "bind_mounts"
-	ItemOOMDetection      Item = "oom_detection"
+	// ItemNosuidMounts: the workspace, /tmp and bind mounts are nosuid,nodev.
+	ItemNosuidMounts Item = "nosuid_mounts"
+	ItemOOMDetection Item = "oom_detection"
 )
 
 // AllItems lists every item in report order.
 var AllItems = []Item{
 	ItemCapabilities, ItemGrantCapabilities, ItemNoNewPrivileges, ItemSeccomp, ItemReadOnlyRoot, ItemUser,
 	ItemMemoryLimit, ItemCPULimit, ItemPidsLimit, ItemNoFileLimit,
-	ItemNetworkNone, ItemNetworkBridge, ItemBindMounts, ItemOOMDetection,
+	ItemNetworkNone, ItemNetworkBridge, ItemBindMounts, ItemNosuidMounts, ItemOOMDetection,
+}
+
+// ParseItems checks that each name is a policy item.
+func ParseItems(names []string) ([]Item, error) {
+	items := make([]Item, 0, len(names))
+	for _, n := range names {
+		it := Item(strings.TrimSpace(n))
+		if !slices.Contains(AllItems, it) {
+			known := make([]string, len(AllItems))
+			for i, a := range AllItems {
+				known[i] = string(a)
+			}
+			return nil, fmt.Errorf("%w: unknown policy item %q (known: %s)", ErrInvalidSpec, n, strings.Join(known, ", "))
+		}
+		items = append(items, it)
+	}
+	return items, nil
 }
 
 // Support says whether one item is enforced, and why not when it is not.
@@ -55,7 +74,7 @@ func (c Capabilities) Enforced(item Item) bool { return c[item].Enforced }
 func Required(p oci.Policy) []Item {
 	items := []Item{
 		ItemCapabilities, ItemNoNewPrivileges, ItemUser,
-		ItemMemoryLimit, ItemCPULimit, ItemPidsLimit, ItemNoFileLimit,
+		ItemMemoryLimit, ItemCPULimit, ItemPidsLimit, ItemNoFileLimit, ItemNosuidMounts,
 	}
 	if len(p.Capabilities) > 0 {
 		items = append(items, ItemGrantCapabilities)

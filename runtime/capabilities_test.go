@@ -71,3 +71,33 @@ func TestCheckFailsClosed(t *testing.T) {
 		})
 	}
 }
+
+func TestParseItemsAndIsolation(t *testing.T) {
+	if items, err := ParseItems([]string{"pids_limit", " nosuid_mounts"}); err != nil || !slices.Equal(items, []Item{ItemPidsLimit, ItemNosuidMounts}) {
+		t.Errorf("ParseItems = %v, %v", items, err)
+	}
+	if _, err := ParseItems([]string{"pids"}); !errors.Is(err, ErrInvalidSpec) || !strings.Contains(err.Error(), "pids_limit") {
+		t.Errorf("unknown item: %v, want ErrInvalidSpec listing the known ones", err)
+	}
+	for in, want := range map[string]Isolation{"": IsolationRunc, "runc": IsolationRunc, "gvisor": IsolationGVisor} {
+		if got, err := ParseIsolation(in); err != nil || got != want {
+			t.Errorf("ParseIsolation(%q) = %v, %v", in, got, err)
+		}
+	}
+	if _, err := ParseIsolation("kata"); !errors.Is(err, ErrInvalidSpec) {
+		t.Errorf("kata: %v", err)
+	}
+	labels := []struct {
+		info Info
+		want string
+	}{
+		{Info{Name: "podman", Rootless: true}, "podman-rootless"},
+		{Info{Name: "docker", Isolation: IsolationGVisor}, "docker+gvisor"},
+		{Info{Name: "containerd", Isolation: IsolationRunc}, "containerd"},
+	}
+	for _, l := range labels {
+		if got := l.info.Label(); got != l.want {
+			t.Errorf("%+v: label %q, want %q", l.info, got, l.want)
+		}
+	}
+}

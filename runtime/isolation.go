@@ -30,15 +30,32 @@ func ParseIsolation(s string) (Isolation, error) {
 	return "", fmt.Errorf("%w: isolation %q: choose runc or gvisor", ErrInvalidSpec, s)
 }
 
+// GVisorUnenforced are the policy items runsc does not enforce here, on any
+// backend, each with the reason; a backend running gVisor reports them so,
+// and a policy needing one fails closed unless the caller allows it.
+func GVisorUnenforced() map[Item]string {
+	return map[Item]string{
+		ItemGrantCapabilities: "gVisor (runsc 20221219) gives a non-root user no ambient capabilities: listed ones stay out of its effective set",
+		ItemPidsLimit: "gVisor's processes are not host processes: the pids cgroup bounds runsc's own threads, " +
+			"not the sandbox's processes (the memory limit still bounds a fork bomb)",
+		ItemNosuidMounts: "gVisor (runsc 20221219) has no nosuid or nodev mount flags",
+		ItemNetworkBridge: "runsc 20221219 takes any network namespace for the host's on kernels that " +
+			"namespace net.core.rmem_default (6.x) and refuses it, so it runs with --network=none: loopback only",
+	}
+}
+
 // DefaultRunsc is the runsc sandstorm runs for gVisor: scripts/host-setup.sh
 // installs it, a wrapper of Debian's /usr/bin/runsc that adds
-// --platform=ptrace (no KVM here) and --oci-seccomp (without it runsc
-// ignores the spec's seccomp profile), so every backend runs the same one.
+// --platform=ptrace (no KVM here), --oci-seccomp (without it runsc ignores
+// the spec's seccomp profile), --network=none (see GVisorUnenforced) and
+// --host-uds=open (the agent reaches its gateway through a mounted Unix
+// socket), so every backend runs the same one.
 const DefaultRunsc = "/usr/local/lib/sandstorm/runsc"
 
-// DockerGVisorRuntime is the name Docker knows DefaultRunsc by
-// (dockerd --add-runtime sandstorm-runsc=/usr/local/lib/sandstorm/runsc).
-const DockerGVisorRuntime = "sandstorm-runsc"
+// GVisorRuntime is the name Docker and Podman know DefaultRunsc by
+// (dockerd --add-runtime sandstorm-runsc=/usr/local/lib/sandstorm/runsc;
+// [engine.runtimes] in containers.conf). Both take a runtime by name only.
+const GVisorRuntime = "sandstorm-runsc"
 
 // Runsc is the runsc to run: $SANDSTORM_RUNSC, or DefaultRunsc. It must
 // exist: a sandbox asked for gVisor must not silently run under runc.

@@ -19,11 +19,15 @@ import (
 type engineFlags struct {
 	runtime, config, scripted string
 	anthropicKey, openrouter  string
+	isolation                 string
+	allow                     []string
 }
 
 func (f *engineFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.runtime, "runtime", envOr("SANDBOX_BACKEND", backends.Auto), "container backend: "+fmt.Sprint(backends.Names)+" or auto (env SANDBOX_BACKEND)")
+	fl.StringVar(&f.isolation, "isolation", "", isolationHelp+" (default: the limits file's isolation, runc)")
+	fl.StringSliceVar(&f.allow, "allow-unenforced", nil, allowHelp+" (adds to the limits file's allow_unenforced)")
 	fl.StringVar(&f.config, "config", "", "limits file (default $SANDSTORM_CONFIG, then ./config/limits.yaml, then built-in defaults)")
 	fl.StringVar(&f.anthropicKey, "anthropic-key", "", "Anthropic API key (default $ANTHROPIC_API_KEY)")
 	fl.StringVar(&f.openrouter, "openrouter-key", "", "OpenRouter API key (default $OPENROUTER_API_KEY)")
@@ -35,7 +39,7 @@ func (f *engineFlags) options() engine.Options {
 	if f.anthropicKey != "" || f.openrouter != "" {
 		creds = gateway.Credentials{AnthropicKey: f.anthropicKey, OpenRouterKey: f.openrouter}
 	}
-	return engine.Options{Runtime: f.runtime, ConfigPath: f.config, Credentials: creds, ScriptedModel: f.scripted}
+	return engine.Options{Runtime: f.runtime, Isolation: f.isolation, AllowUnenforced: f.allow, ConfigPath: f.config, Credentials: creds, ScriptedModel: f.scripted}
 }
 
 type queryFlags struct {

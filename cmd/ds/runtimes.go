@@ -16,26 +16,37 @@ func newRuntimes() *cobra.Command {
 		Use:   "runtimes",
 		Short: "List the container backends found on this host and what each enforces",
 		Long: `List every backend found on this host (containerd, Docker, and each Podman
-service: root's and every user's rootless one) with its version, socket, root or
-rootless, and a table of the sandbox policy items it really enforces here.
+service: root's and every user's rootless one), with each isolation (runc, and
+gVisor where it is set up), its version, socket, root or rootless, and a table
+of the sandbox policy items it really enforces here; then where a backend's
+sandbox differs, seen from the inside, from the one fingerprint all share.
 "auto" picks the first that answers, in the order: ` + strings.Join(backends.Names, ", ") + `.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			found := backends.Discover(cmd.Context(), backends.FromEnv())
+			var found []backends.Found
+			var isolations []runtime.Isolation
+			for _, iso := range runtime.Isolations {
+				opts := backends.FromEnv()
+				opts.Isolation = iso
+				for _, f := range backends.Discover(cmd.Context(), opts) {
+					found = append(found, f)
+					isolations = append(isolations, iso)
+				}
+			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "BACKEND\tVERSION\tMODE\tSOCKET\tSTATUS")
+			fmt.Fprintln(w, "BACKEND\tISOLATION\tVERSION\tMODE\tSOCKET\tSTATUS")
 			var labels []string
 			var caps []runtime.Capabilities
 			var diffs []string
-			for _, f := range found {
+			for i, f := range found {
 				if f.Err != nil {
-					fmt.Fprintf(w, "%s\t-\t-\t%s\tunavailable: %s\n", f.Name, orDash(f.Socket), firstLine(f.Err.Error()))
+					fmt.Fprintf(w, "%s\t%s\t-\t-\t%s\tunavailable: %s\n", f.Name, isolations[i], orDash(f.Socket), firstLine(f.Err.Error()))
 					continue
 				}
 				defer f.Runtime.Close()
 				info, err := f.Runtime.Info(cmd.Context())
 				if err != nil {
-					fmt.Fprintf(w, "%s\t-\t-\t%s\tunavailable: %s\n", f.Name, orDash(f.Socket), firstLine(err.Error()))
+					fmt.Fprintf(w, "%s\t%s\t-\t-\t%s\tunavailable: %s\n", f.Name, isolations[i], orDash(f.Socket), firstLine(err.Error()))
 					continue
 				}
 				c, err := f.Runtime.Capabilities(cmd.Context())
@@ -46,7 +57,7 @@ rootless, and a table of the sandbox policy items it really enforces here.
 				if info.Rootless {
 					mode = "rootless"
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\tok\n", f.Name, info.Version, mode, info.Socket)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\tok\n", f.Name, isolations[i], info.Version, mode, info.Socket)
 				labels = append(labels, info.Label())
 				caps = append(caps, c)
 				for _, d := range info.Differences {

@@ -28,6 +28,11 @@ func newSandbox() *cobra.Command {
 	return cmd
 }
 
+const (
+	isolationHelp = "isolation: runc (the host's kernel, namespaces and seccomp) or gvisor (gVisor's runsc, ptrace platform)"
+	allowHelp     = "policy items to run without when the backend cannot enforce them (e.g. pids_limit under gvisor); see ds runtimes"
+)
+
 func newSandboxRun() *cobra.Command {
 	var (
 		spec       runtime.Spec
@@ -37,13 +42,15 @@ func newSandboxRun() *cobra.Command {
 		files      []string
 		allow      []string
 		network    string
+		isolation  string
 	)
 	cmd := &cobra.Command{
 		Use:   "run [flags] -- COMMAND [ARG...]",
 		Short: "Run one command in a fresh hardened sandbox, then remove it",
 		Long: `Run one command in a fresh hardened sandbox: no capabilities, no-new-privileges,
 sandstorm's seccomp profile, read-only root with a writable /tmp and
-workspace (/home/user), uid/gid 1000, memory/CPU/pids limits. Output streams
+workspace (/home/user), uid/gid 1000, memory/CPU/pids limits; with
+--isolation gvisor, under gVisor's kernel (runsc). Output streams
 live (stdout and stderr separately); the exit code is the command's own.
 The sandbox and everything it owns are removed afterwards, also on Ctrl-C.`,
 		Example: `  ds sandbox run -- sh -c 'id; cat /proc/self/status | grep -E "Cap|NoNew|Seccomp"'
@@ -58,8 +65,12 @@ The sandbox and everything it owns are removed afterwards, also on Ctrl-C.`,
 			spec.Policy.Network = oci.Network(network)
 			spec.Args = args
 			spec.SessionID = runtime.NewID()
-			for _, a := range allow {
-				spec.AllowUnenforced = append(spec.AllowUnenforced, runtime.Item(a))
+			if spec.AllowUnenforced, err = runtime.ParseItems(allow); err != nil {
+				return fmt.Errorf("--allow-unenforced: %w", err)
+			}
+			opts := backends.FromEnv()
+			if opts.Isolation, err = runtime.ParseIsolation(isolation); err != nil {
+				return fmt.Errorf("--isolation: %w", err)
 			}
 			for _, f := range files {
 				file, err := readFile(f)
@@ -68,7 +79,7 @@ The sandbox and everything it owns are removed afterwards, also on Ctrl-C.`,
 				}
 				spec.Files = append(spec.Files, file)
 			}
-			r, err := backends.Open(cmd.Context(), rt, backends.FromEnv())
+			r, err := backends.Open(cmd.Context(), rt, opts)
 			if err != nil {
 				return err
 			}
@@ -96,7 +107,8 @@ The sandbox and everything it owns are removed afterwards, also on Ctrl-C.`,
 	f.StringVar(&network, "network", string(oci.NetworkNone), "network mode: none (loopback only) or bridge (NAT egress)")
 	f.StringSliceVar(&spec.Policy.Capabilities, "cap", nil, "capability to keep, e.g. CAP_NET_BIND_SERVICE (repeatable); none by default")
 	f.StringArrayVarP(&files, "file", "f", nil, "copy a file into the workspace, keeping its relative path (repeatable)")
-	f.StringSliceVar(&allow, "allow-unenforced", nil, "policy items to run without when the backend cannot enforce them (e.g. memory_limit)")
+	f.StringSliceVar(&allow, "allow-unenforced", nil, allowHelp)
+	f.StringVar(&isolation, "isolation", string(runtime.IsolationRunc), isolationHelp)
 	f.DurationVar(&timeout, "timeout", 0, "kill the sandbox after this long (e.g. 30s); 0 means no limit")
 	return cmd
 }

@@ -35,6 +35,8 @@ type Options struct {
 	// PodmanSocket is the Podman service's address; empty means discovery
 	// ($CONTAINER_HOST, $XDG_RUNTIME_DIR/podman/podman.sock, /run/podman/podman.sock).
 	PodmanSocket string
+	// Isolation is what the opened backend runs sandboxes with; default runc.
+	Isolation runtime.Isolation
 }
 
 // FromEnv reads backend settings from the environment.
@@ -51,11 +53,11 @@ func FromEnv() Options {
 func Open(ctx context.Context, name string, opts Options) (runtime.Runtime, error) {
 	switch name {
 	case containerd.Name:
-		return opened(containerd.New(ctx, containerd.Config{Address: opts.ContainerdAddress}))
+		return opened(containerd.New(ctx, containerd.Config{Address: opts.ContainerdAddress, Isolation: opts.Isolation}))
 	case docker.Name:
-		return opened(docker.New(ctx, docker.Config{Host: opts.DockerHost}))
+		return opened(docker.New(ctx, docker.Config{Host: opts.DockerHost, Isolation: opts.Isolation}))
 	case podman.Name:
-		return opened(podman.New(ctx, podman.Config{Socket: opts.PodmanSocket}))
+		return opened(podman.New(ctx, podman.Config{Socket: opts.PodmanSocket, Isolation: opts.Isolation}))
 	case Auto, "":
 		var errs []error
 		for _, n := range Names {
@@ -88,14 +90,14 @@ func Discover(ctx context.Context, opts Options) []Found {
 		found = append(found, Found{Name: name, Socket: socket, Runtime: rt, Err: err})
 	}
 	try(containerd.Name, opts.ContainerdAddress, func() (runtime.Runtime, error) {
-		return opened(containerd.New(ctx, containerd.Config{Address: opts.ContainerdAddress}))
+		return opened(containerd.New(ctx, containerd.Config{Address: opts.ContainerdAddress, Isolation: opts.Isolation}))
 	})
 	try(docker.Name, opts.DockerHost, func() (runtime.Runtime, error) {
-		return opened(docker.New(ctx, docker.Config{Host: opts.DockerHost}))
+		return opened(docker.New(ctx, docker.Config{Host: opts.DockerHost, Isolation: opts.Isolation}))
 	})
 	for _, sock := range podmanSockets(opts.PodmanSocket) {
 		try(podman.Name, sock, func() (runtime.Runtime, error) {
-			return opened(podman.New(ctx, podman.Config{Socket: sock}))
+			return opened(podman.New(ctx, podman.Config{Socket: sock, Isolation: opts.Isolation}))
 		})
 	}
 	return found

@@ -18,12 +18,14 @@ import (
 
 	"github.com/containerd/containerd/v2/pkg/cap"
 
+	"github.com/sandstorm-dev/sandstorm/images/testimage"
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
-// statusScript prints the security fields of the sandbox's own process.
-const statusScript = `grep -E '^(CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status | tr -d ' \t' | tr ':' '='`
+// statusScript prints the security fields of the sandbox's own process,
+// as KEY=VALUE lines named as in /proc/self/status.
+const statusScript = testimage.Probe + " -status"
 
 // limitsScript prints the sandbox's own cgroup limits, from the v2 or v1 layout.
 const limitsScript = `
@@ -51,6 +53,7 @@ func checks() []check {
 			// and /tmp nosuid,nodev; the masked paths hidden, the read-only
 			// ones read-only.
 			name:   "workspace and /tmp nosuid,nodev; masked and read-only paths",
+			needs:  []runtime.Item{runtime.ItemNosuidMounts},
 			script: mountsScript(),
 			verify: func(t *testing.T, r result) {
 				got := kv(r.stdout)

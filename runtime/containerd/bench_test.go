@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 )
 
@@ -37,4 +38,13 @@ func BenchmarkRunTrue(b *testing.B) {
 	conformance.CompareRunTrue(b, rt, policy, "ctr", func(i int) []string {
 		return append(append([]string{"ctr"}, ctrArgs...), fmt.Sprintf("bench-ctr-%d-%d", os.Getpid(), i), "true")
 	})
+}
+
+// BenchmarkGVisor compares the cold start of `true` under gVisor with runc
+// on containerd, alternating them in every iteration.
+func BenchmarkGVisor(b *testing.B) {
+	gvisor := conformance.Connect(b, Name+"+gvisor", func() (*Runtime, error) {
+		return New(context.Background(), Config{Address: os.Getenv("SANDSTORM_CONTAINERD_SOCKET"), Isolation: runtime.IsolationGVisor})
+	})
+	conformance.CompareIsolation(b, connect(b), gvisor, oci.Policy{MemoryBytes: 256 << 20, CPUs: 1}.WithDefaults())
 }

@@ -139,6 +139,11 @@ func (r *Runtime) Capabilities(ctx context.Context) (runtime.Capabilities, error
 	if err := r.net.available(); err != nil {
 		caps[runtime.ItemNetworkBridge] = runtime.Support{Reason: err.Error()}
 	}
+	if r.runsc != "" {
+		for it, reason := range runtime.GVisorUnenforced() {
+			caps[it] = runtime.Support{Reason: reason}
+		}
+	}
 	return caps, nil
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/containerd/v2/plugins"
+	"github.com/containerd/errdefs"
 
 	sboci "github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
@@ -103,6 +104,7 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 		}
 		labels[labelNetNS] = sb.NetNS
 	}
+	sb.GVisor = r.runsc != ""
 	opts, err := sboci.Options(sb, r.host)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", runtime.ErrInvalidSpec, err)
@@ -136,6 +138,29 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 		return nil, err
 	}
 	return &sandbox{Sandbox: backend.NewSandbox(prep), r: r, cgroup: sb.CgroupPath(), ctr: ctr}, nil
+}
+
+// deleteUnstarted deletes a task that is not stopped but could not be
+// killed: one runsc created and never started ("cannot signal container in
+// state created"). Its process, the sandbox's, is killed by pid, and the
+// task deleted once stopped.
+func deleteUnstarted(ctx context.Context, task client.Task) error {
+	exited, err := task.Wait(ctx)
+	if err != nil {
+		return err
+	}
+	if pid := task.Pid(); pid > 0 {
+		if err := syscall.Kill(int(pid), syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("kill the sandbox process %d: %w", pid, err)
+		}
+	}
+	select {
+	case <-exited:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	_, err = task.Delete(ctx)
+	return err
 }
 
 // withRuntime: gVisor is runsc run by the runc v2 shim; runc is
@@ -259,9 +284,11 @@ func (r *Runtime) cleanup(ctx context.Context, id string) error {
 		if task, err := ctr.Task(ctx, nil); err == nil {
 			_, err := task.Delete(ctx, client.WithProcessKill)
 			if err != nil && !notFound(err) {
-				// runsc cannot signal a task that was created but never
-				// started; deleting it without the kill removes it.
-				_, err = task.Delete(ctx)
+				// runsc cannot signal a sandbox that has exited ("sandbox
+				// is not running"): deleting without the kill removes it.
+				if _, err = task.Delete(ctx); errdefs.IsFailedPrecondition(err) {
+					err = deleteUnstarted(ctx, task)
+				}
 			}
 			if err != nil && !notFound(err) {
 				errs = append(errs, fmt.Errorf("delete task %s: %w", id, err))

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
 )
@@ -50,4 +51,13 @@ func BenchmarkRunTrue(b *testing.B) {
 	}
 	args = append(args, "--entrypoint", "true", conformance.TestImage)
 	conformance.CompareRunTrue(b, rt, policy, "docker", func(int) []string { return append([]string{"docker"}, args...) })
+}
+
+// BenchmarkGVisor compares the cold start of `true` under gVisor with runc
+// on Docker, alternating them in every iteration.
+func BenchmarkGVisor(b *testing.B) {
+	gvisor := conformance.Connect(b, Name+"+gvisor", func() (*Runtime, error) {
+		return New(context.Background(), Config{Host: os.Getenv("SANDSTORM_DOCKER_SOCKET"), Isolation: runtime.IsolationGVisor})
+	})
+	conformance.CompareIsolation(b, connect(b), gvisor, oci.Policy{MemoryBytes: 256 << 20, CPUs: 1}.WithDefaults())
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"os"
 	"path"
 	"regexp"
 	"slices"
@@ -40,11 +41,17 @@ type Config struct {
 	// StateDir holds each sandbox's scratch directory (its workspace);
 	// default /var/lib/sandstorm/docker. It must be on the daemon's host.
 	StateDir string
+	// Isolation: runc (default), or gvisor, the daemon's runtime named
+	// runtime.GVisorRuntime.
+	Isolation runtime.Isolation
 }
 
 func (c Config) withDefaults() Config {
 	if c.StateDir == "" {
 		c.StateDir = string(backend.DefaultState(Name))
+	}
+	if c.Isolation == "" {
+		c.Isolation = runtime.IsolationRunc
 	}
 	return c
 }
@@ -91,12 +98,20 @@ func probe(ctx context.Context, cfg Config, cli *client.Client) (*Runtime, error
 	if err != nil {
 		return nil, fmt.Errorf("%w: docker info: %w", runtime.ErrUnavailable, err)
 	}
+	ociRuntime := ""
+	if cfg.Isolation == runtime.IsolationGVisor {
+		ociRuntime = runtime.GVisorRuntime
+		if _, ok := info.Info.Runtimes[ociRuntime]; !ok {
+			return nil, fmt.Errorf("%w: gVisor: docker at %s has no runtime %s (dockerd --add-runtime %s=%s; scripts/host-setup.sh registers it)",
+				runtime.ErrUnavailable, cli.DaemonHost(), ociRuntime, ociRuntime, runtime.DefaultRunsc)
+		}
+	}
 	_, bridgeErr := cli.NetworkInspect(ctx, "bridge", client.NetworkInspectOptions{})
 	state := backend.State(cfg.StateDir)
 	if err := state.Make(); err != nil {
 		return nil, err
 	}
-	seccomp, err := compactSeccomp()
+	seccomp, err := compactSeccomp(ociRuntime != "")
 	if err != nil {
 		return nil, err
 	}
@@ -109,8 +124,9 @@ func probe(ctx context.Context, cfg Config, cli *client.Client) (*Runtime, error
 			SwapLimit:    info.Info.SwapLimit,
 			Host:         runtime.DetectHost(),
 			Seccomp:      seccomp,
+			Runtime:      ociRuntime,
 		},
-		caps:     capabilities(info.Info, bridgeErr),
+		caps:     capabilities(info.Info, bridgeErr, ociRuntime != ""),
 		rootless: slices.Contains(info.Info.SecurityOptions, "name=rootless"),
 	}
 	return r, nil
@@ -118,7 +134,7 @@ func probe(ctx context.Context, cfg Config, cli *client.Client) (*Runtime, error
 
 // capabilities is what a daemon enforces, from its own report. It is read
 // once: every Create also verifies the container the daemon made.
-func capabilities(info system.Info, bridgeErr error) runtime.Capabilities {
+func capabilities(info system.Info, bridgeErr error, gvisor bool) runtime.Capabilities {
 	caps := backend.AllEnforced()
 	not := func(it runtime.Item, reason string) { caps[it] = runtime.Support{Reason: reason} }
 	not(runtime.ItemGrantCapabilities, "docker adds listed capabilities to a non-root user's bounding set only, never to its effective set")
@@ -139,6 +155,14 @@ func capabilities(info system.Info, bridgeErr error) runtime.Capabilities {
 	if bridgeErr != nil {
 		not(runtime.ItemNetworkBridge, fmt.Sprintf("no docker network named bridge: %v", bridgeErr))
 	}
+	if os.Geteuid() != 0 {
+		not(runtime.ItemNosuidMounts, "docker's API cannot make mounts nosuid,nodev, and only root can seal them so beforehand")
+	}
+	if gvisor {
+		for it, reason := range runtime.GVisorUnenforced() {
+			not(it, reason)
+		}
+	}
 	return caps
 }
 
@@ -154,15 +178,20 @@ func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
 	if err != nil {
 		return runtime.Info{}, fmt.Errorf("%w: docker version: %w", runtime.ErrUnavailable, err)
 	}
-	return runtime.Info{Name: Name, Version: v.Version, Socket: r.cli.DaemonHost(), Rootless: r.rootless, Differences: differences}, nil
+	info := runtime.Info{Name: Name, Version: v.Version, Socket: r.cli.DaemonHost(), Rootless: r.rootless, Isolation: r.cfg.Isolation}
+	info.Differences = []runtime.Difference{devDifference}
+	if r.cfg.Isolation == runtime.IsolationGVisor {
+		info.Differences[0].Value = "tmpfs rw" // gVisor's mounts show no nosuid
+	}
+	return info, nil
 }
 
-// differences: see runtime.Info.
-var differences = []runtime.Difference{{
+// devDifference: see runtime.Info.
+var devDifference = runtime.Difference{
 	Line: "mount /dev", Value: "tmpfs rw,nosuid",
 	Reason: "Docker's API cannot add noexec to /dev: a tmpfs in its place drops /dev/pts, /dev/shm and /dev/mqueue. " +
 		"The sandbox user cannot write to /dev (root's, mode 755), so nothing there can be run either way",
-}}
+}
 
 // Capabilities implements runtime.Runtime.
 func (r *Runtime) Capabilities(context.Context) (runtime.Capabilities, error) {
@@ -322,7 +351,14 @@ func (r *Runtime) cgroups(id, containerID string) []string {
 func notFound(err error) bool { return cerrdefs.IsNotFound(err) }
 
 // compactSeccomp is sandstorm's profile on one line, as Docker takes it.
-func compactSeccomp() ([]byte, error) {
+func compactSeccomp(gvisor bool) ([]byte, error) {
+	if gvisor {
+		p, err := oci.GVisorSeccompProfile()
+		if err != nil {
+			return nil, err
+		}
+		return json.Marshal(p)
+	}
 	var b bytes.Buffer
 	if err := json.Compact(&b, oci.SeccompJSON()); err != nil {
 		return nil, fmt.Errorf("seccomp profile: %w", err)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 )
 
@@ -16,4 +17,11 @@ func connect(t testing.TB) *Runtime {
 
 func TestConformance(t *testing.T) {
 	conformance.Run(t, connect(t), conformance.Config{})
+}
+
+func TestConformanceGVisor(t *testing.T) {
+	rt := conformance.Connect(t, Name+"+gvisor", func() (*Runtime, error) {
+		return New(context.Background(), Config{Host: os.Getenv("SANDSTORM_DOCKER_SOCKET"), Isolation: runtime.IsolationGVisor})
+	})
+	conformance.Run(t, rt, conformance.Config{})
 }

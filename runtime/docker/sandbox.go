@@ -79,6 +79,15 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 		if sb.Policy.Mounts, err = r.state.SealMounts(id, sb.Policy.Mounts); err != nil {
 			return nil, err
 		}
+		if r.d.Runtime == "" {
+			// runc makes a bind mount read-only by remounting it with that
+			// flag alone, which clears nosuid and nodev; a plain bind mount
+			// of the sealed, read-only one is read-only and keeps them.
+			// (runsc mounts the host path anew, and needs to be told.)
+			for i := range sb.Policy.Mounts {
+				sb.Policy.Mounts[i].ReadOnly = false
+			}
+		}
 	}
 	req := buildRequest(sb, spec.Image, r.d)
 	if err := backend.Checkpoint(ctx, step); err != nil {

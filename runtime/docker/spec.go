@@ -26,6 +26,8 @@ type daemon struct {
 	SwapLimit bool
 	// Host is what the daemon's host allows (it is this host).
 	Host oci.Host
+	// Runtime is the daemon's OCI runtime to use; empty for its default (runc).
+	Runtime string
 	// Seccomp is sandstorm's seccomp profile as compact JSON.
 	Seccomp []byte
 }
@@ -76,6 +78,7 @@ func buildRequest(sb oci.Container, image string, d daemon) request {
 	}
 	pids := p.Pids
 	host := &container.HostConfig{
+		Runtime:     d.Runtime,
 		NetworkMode: container.NetworkMode(p.Network),
 		// Drop-all plus the listed ones: Docker builds every set from this.
 		CapDrop:        []string{"ALL"},
@@ -163,6 +166,7 @@ func verify(want request, got container.InspectResponse) error {
 	check("tmpfs", maps.Equal(h.Tmpfs, wh.Tmpfs))
 	check("mounts", sameMounts(got.Mounts, wh.Mounts))
 	check("network mode", h.NetworkMode == wh.NetworkMode)
+	check("runtime", wh.Runtime == "" || h.Runtime == wh.Runtime)
 	check("cgroup namespace", h.CgroupnsMode == wh.CgroupnsMode)
 	check("cgroup parent", h.CgroupParent == wh.CgroupParent)
 	if len(bad) > 0 {

@@ -223,7 +223,7 @@ func TestCapabilities(t *testing.T) {
 		CgroupDriver: "cgroupfs", MemoryLimit: true, SwapLimit: true, CPUCfsQuota: true, CPUCfsPeriod: true, PidsLimit: true,
 		SecurityOptions: []string{"name=seccomp,profile=default"},
 	}
-	caps := capabilities(full, nil)
+	caps := capabilities(full, nil, false)
 	for _, it := range runtime.AllItems {
 		if want := it != runtime.ItemGrantCapabilities; caps.Enforced(it) != want {
 			t.Errorf("%s enforced = %v, want %v", it, caps.Enforced(it), want)
@@ -236,7 +236,7 @@ func TestCapabilities(t *testing.T) {
 	rootlessV1 := full
 	rootlessV1.CgroupDriver = "none"
 	rootlessV1.SecurityOptions = []string{"name=rootless"}
-	caps = capabilities(rootlessV1, errors.New("network bridge not found"))
+	caps = capabilities(rootlessV1, errors.New("network bridge not found"), false)
 	for _, it := range []runtime.Item{runtime.ItemSeccomp, runtime.ItemMemoryLimit, runtime.ItemCPULimit, runtime.ItemPidsLimit, runtime.ItemOOMDetection, runtime.ItemNetworkBridge} {
 		if caps.Enforced(it) || caps[it].Reason == "" {
 			t.Errorf("%s = %+v, want not enforced with a reason", it, caps[it])

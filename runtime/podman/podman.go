@@ -51,6 +51,9 @@ type Config struct {
 	// set them). The limits are then reported unenforced, as they are for a
 	// non-root sandstorm, and policies needing them fail closed.
 	NoCgroupDelegation bool
+	// Isolation: runc (default), or gvisor, runsc given to the service as
+	// the container's OCI runtime by path.
+	Isolation runtime.Isolation
 }
 
 // DiscoverSocket finds the Podman service the way podman-remote does:
@@ -114,6 +117,8 @@ type Runtime struct {
 	watch *watch
 	// seccomp is the path of sandstorm's seccomp profile for the service.
 	seccomp string
+	// ociRuntime names the service's OCI runtime for gVisor; empty for its default.
+	ociRuntime string
 }
 
 var (
@@ -153,6 +158,23 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	}
 	for _, m := range info.Host.IDMappings.GIDMap {
 		r.svc.gidMap = append(r.svc.gidMap, idRange{container: m.ContainerID, host: m.HostID, size: m.Size})
+	}
+	if r.cfg.Isolation == "" {
+		r.cfg.Isolation = runtime.IsolationRunc
+	}
+	if r.cfg.Isolation == runtime.IsolationGVisor {
+		// Podman 4.3's API ignores a container's own OCI runtime (specgen
+		// oci_runtime; the fingerprint showed runc answering): only a
+		// service whose default runtime is runsc runs gVisor.
+		if got := info.Host.OCIRuntime; got == nil || got.Name != runtime.GVisorRuntime {
+			name := "none"
+			if got != nil {
+				name = got.Name
+			}
+			return nil, fmt.Errorf("%w: gVisor: the podman service at %s runs %s; podman %s takes no OCI runtime per container, so run a service whose default is runsc (containers.conf [engine] runtime = %q)",
+				runtime.ErrUnavailable, cfg.Socket, name, info.Version.Version, runtime.GVisorRuntime)
+		}
+		r.ociRuntime = runtime.GVisorRuntime
 	}
 	if r.cfg.StateDir == "" {
 		name := Name
@@ -212,7 +234,7 @@ func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
 	if err != nil {
 		return runtime.Info{}, fmt.Errorf("%w: podman info: %w", runtime.ErrUnavailable, err)
 	}
-	return runtime.Info{Name: Name, Version: info.Version.Version, Socket: r.cfg.Socket, Rootless: info.Host.Security.Rootless}, nil
+	return runtime.Info{Name: Name, Version: info.Version.Version, Socket: r.cfg.Socket, Rootless: info.Host.Security.Rootless, Isolation: r.cfg.Isolation}, nil
 }
 
 // limitsReason is Podman's own warning when it drops a rootless container's
@@ -225,7 +247,13 @@ const limitsReason = "Resource limits are not supported and ignored on cgroups V
 // to run as root next to a cgroupfs service. OOM kills are detected by
 // watching the sandbox's memory cgroup, which needs the same.
 func (r *Runtime) Capabilities(context.Context) (runtime.Capabilities, error) {
-	return capabilities(r.svc, r.delegates()), nil
+	caps := capabilities(r.svc, r.delegates())
+	if r.ociRuntime != "" {
+		for it, reason := range runtime.GVisorUnenforced() {
+			caps[it] = runtime.Support{Reason: reason}
+		}
+	}
+	return caps, nil
 }
 
 func capabilities(svc service, root bool) runtime.Capabilities {

@@ -39,6 +39,9 @@ type plan struct {
 	// cgroupLimits: the service drops resource limits (rootless, cgroup v1),
 	// so sandstorm writes them into the container's cgroup itself.
 	cgroupLimits bool
+	// ociRuntime is the service's name of the OCI runtime, checked after
+	// create; empty for its default.
+	ociRuntime string
 	// seccomp is the profile's path on the service's host (sandstorm's own),
 	// or "unconfined".
 	seccomp string
@@ -85,6 +88,7 @@ func (p plan) specgen() *specgen.SpecGenerator {
 	s.CapAdd = capList(pol.Capabilities)
 	s.NoNewPrivileges = &yes
 	s.SeccompProfilePath = p.seccomp
+	s.OCIRuntime = p.ociRuntime
 	// sandstorm's masked paths, added to Podman's own (which miss some).
 	s.Mask = slices.Clone(oci.MaskedPaths)
 	ro := !pol.WritableRoot
@@ -166,6 +170,9 @@ func (p plan) verify(got *define.InspectContainerData) []string {
 	cfg := got.Config
 	if hc == nil || cfg == nil {
 		return []string{"inspect data (no HostConfig or Config)"}
+	}
+	if p.ociRuntime != "" && got.OCIRuntime != p.ociRuntime {
+		fail("isolation", "OCI runtime %q, want %q", got.OCIRuntime, p.ociRuntime)
 	}
 
 	want := capList(pol.Capabilities)

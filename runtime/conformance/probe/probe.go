@@ -39,12 +39,12 @@ func Write(w io.Writer, p Paths) error {
 	var b strings.Builder
 	line := func(section, item, value string) { fmt.Fprintf(&b, "%s %s: %s\n", section, item, value) }
 
-	status, err := procStatus()
+	status, err := Status()
 	if err != nil {
 		return err
 	}
-	for _, k := range []string{"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"} {
-		line("status", k, status[k])
+	for _, kv := range status {
+		line("status", kv[0], kv[1])
 	}
 	for _, c := range Syscalls {
 		line("syscall", c.Name, outcome(c.Call()))
@@ -224,20 +224,43 @@ func errName(err error) string {
 	return "error (" + err.Error() + ")"
 }
 
-func procStatus() (map[string]string, error) {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return nil, err
+// Status is the process's capability sets (as /proc/self/status shows
+// them, hex), NoNewPrivs and Seccomp mode, asked of the kernel with capget
+// and prctl: gVisor's /proc/self/status lacks some of these lines.
+func Status() ([][2]string, error) {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return nil, fmt.Errorf("capget: %w", err)
 	}
-	defer f.Close()
-	m := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), ":"); ok {
-			m[k] = strings.TrimSpace(v)
+	set := func(lo, hi uint32) string { return fmt.Sprintf("%016x", uint64(hi)<<32|uint64(lo)) }
+	var bnd, amb uint64
+	for c := 0; c < 64; c++ {
+		// Both answer EINVAL past the last capability the kernel knows.
+		if r, err := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(c), 0, 0, 0); err == nil && r == 1 {
+			bnd |= 1 << c
+		}
+		if r, err := unix.PrctlRetInt(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_IS_SET, uintptr(c), 0, 0); err == nil && r == 1 {
+			amb |= 1 << c
 		}
 	}
-	return m, sc.Err()
+	nnp, err := unix.PrctlRetInt(unix.PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0)
+	if err != nil {
+		return nil, fmt.Errorf("PR_GET_NO_NEW_PRIVS: %w", err)
+	}
+	seccomp, err := unix.PrctlRetInt(unix.PR_GET_SECCOMP, 0, 0, 0, 0)
+	if err != nil {
+		return nil, fmt.Errorf("PR_GET_SECCOMP: %w", err)
+	}
+	return [][2]string{
+		{"CapInh", set(data[0].Inheritable, data[1].Inheritable)},
+		{"CapPrm", set(data[0].Permitted, data[1].Permitted)},
+		{"CapEff", set(data[0].Effective, data[1].Effective)},
+		{"CapBnd", fmt.Sprintf("%016x", bnd)},
+		{"CapAmb", fmt.Sprintf("%016x", amb)},
+		{"NoNewPrivs", strconv.Itoa(nnp)},
+		{"Seccomp", strconv.Itoa(seccomp)},
+	}, nil
 }
 
 type mount struct {

@@ -233,10 +233,8 @@ func (s State) Seal(workspace string) error {
 // SealMounts does for a policy's host paths what Seal does for the
 // workspace, without touching the host's own mounts: each source is bound,
 // nosuid and nodev (and read-only if so asked), at a point in sandbox id's
-// scratch directory, and the returned mounts name those points. They are
-// not marked read-only: a daemon making its bind mount read-only remounts
-// it with that flag alone, which clears nosuid and nodev, while a plain
-// bind mount of a read-only mount is read-only. RemoveScratch detaches them.
+// scratch directory, and the returned mounts name those points.
+// RemoveScratch detaches them.
 func (s State) SealMounts(id string, mounts []oci.Mount) ([]oci.Mount, error) {
 	if len(mounts) == 0 {
 		return nil, nil
@@ -270,7 +268,7 @@ func (s State) SealMounts(id string, mounts []oci.Mount) ([]oci.Mount, error) {
 			return nil, fmt.Errorf("seal mount %s: %w", m.Target, err)
 		}
 		out[i] = m
-		out[i].Source, out[i].ReadOnly = point, false
+		out[i].Source = point
 	}
 	return out, nil
 }
