@@ -8,6 +8,7 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
 	"github.com/sandstorm-dev/sandstorm/runtime/docker"
 	"github.com/sandstorm-dev/sandstorm/runtime/podman"
@@ -60,6 +61,17 @@ func TestContainerdGVisor(t *testing.T) {
 func TestDockerGVisor(t *testing.T) {
 	scenarios(t, backend{name: "docker+gvisor", allow: gvisorAllow, open: func(ctx context.Context) (runtime.Runtime, error) {
 		return docker.New(ctx, docker.Config{Host: os.Getenv("SANDSTORM_DOCKER_SOCKET"), Isolation: runtime.IsolationGVisor})
+	}})
+}
+
+// TestPodmanGVisor runs the same agent under gVisor on a root Podman
+// service of the test's own whose default runtime is runsc (Podman 4.3
+// takes none per container).
+func TestPodmanGVisor(t *testing.T) {
+	conformance.NeedsDaemon(t, "podman+gvisor")
+	d := testenv.StartPodman(t, "e2e-podman-gvisor", "--runtime", runtime.GVisorRuntime)
+	scenarios(t, backend{name: "podman+gvisor", allow: gvisorAllow, open: func(ctx context.Context) (runtime.Runtime, error) {
+		return podman.New(ctx, podman.Config{Socket: d.Address, Isolation: runtime.IsolationGVisor})
 	}})
 }
 

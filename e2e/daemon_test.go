@@ -38,7 +38,7 @@ func TestDaemonDies(t *testing.T) {
 	})
 	t.Run("podman", func(t *testing.T) {
 		conformance.NeedsDaemon(t, podman.Name)
-		d := testenv.StartPodman(t)
+		d := testenv.StartPodman(t, "test-podman")
 		rt, err := podman.New(context.Background(), podman.Config{Socket: d.Address, StateDir: "/var/lib/sandstorm/test-podman-scratch"})
 		if err != nil {
 			t.Fatal(err)

@@ -398,6 +398,7 @@ SANDSTORM_ROOTLESS_UID=$R_UID
 SANDSTORM_ROOTLESS_XDG_RUNTIME_DIR=$R_XDG
 " || true
 
-say "summary: containerd ${ver_containerd:-?} | docker server ${ver_docker:-?} | podman root ${ver_podman_root:-?} | podman rootless ${ver_podman_rl:-?} ($ROOTLESS_USER uid $R_UID, storage $rl_driver)"
+ver_runsc=$(/usr/bin/runsc --version 2>/dev/null | awk 'NR == 1 { print $3 }' || true)
+say "summary: containerd ${ver_containerd:-?} | docker server ${ver_docker:-?} | podman root ${ver_podman_root:-?} | podman rootless ${ver_podman_rl:-?} ($ROOTLESS_USER uid $R_UID, storage $rl_driver) | gvisor runsc ${ver_runsc:-?} ($RUNSC)"
 say "env: $CI_ENV  logs: $LOG_DIR"
 say "host setup done ($(since "$T0"))"

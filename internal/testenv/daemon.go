@@ -58,15 +58,17 @@ func StartContainerd(t testing.TB) *Daemon {
 
 // StartPodman starts a Podman API service of the test's own, as root, on
 // the host's root storage (the containers it runs outlive it, as they do
-// the host's service).
-func StartPodman(t testing.TB) *Daemon {
+// the host's service), in /run/sandstorm/<name>, with Podman's global
+// flags (e.g. --runtime) before the command.
+func StartPodman(t testing.TB, name string, flags ...string) *Daemon {
 	t.Helper()
-	dir := "/run/sandstorm/test-podman"
+	dir := filepath.Join("/run/sandstorm", name)
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(dir, "podman.sock")
-	return start(t, &Daemon{Address: "unix://" + sock, args: []string{"podman", "system", "service", "--time=0", "unix://" + sock},
+	args := append(append([]string{"podman"}, flags...), "system", "service", "--time=0", "unix://"+sock)
+	return start(t, &Daemon{Address: "unix://" + sock, args: args,
 		log: filepath.Join(dir, "podman.log"), ready: func() error {
 			c := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 				return (&net.Dialer{}).DialContext(ctx, "unix", sock)

@@ -12,6 +12,7 @@ package podman
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -171,7 +172,7 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 			if got != nil {
 				name = got.Name
 			}
-			return nil, fmt.Errorf("%w: gVisor: the podman service at %s runs %s; podman %s takes no OCI runtime per container, so run a service whose default is runsc (containers.conf [engine] runtime = %q)",
+			return nil, fmt.Errorf("%w: gVisor: the podman service at %s runs %s; podman %s takes no OCI runtime per container, so run a service whose default is runsc (podman --runtime %s system service)",
 				runtime.ErrUnavailable, cfg.Socket, name, info.Version.Version, runtime.GVisorRuntime)
 		}
 		r.ociRuntime = runtime.GVisorRuntime
@@ -190,7 +191,18 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	}
 	// sandstorm's seccomp profile, where the service (rootless too) reads it.
 	r.seccomp = filepath.Join(r.cfg.StateDir, "seccomp.json")
-	if err := os.WriteFile(r.seccomp, oci.SeccompJSON(), 0o644); err != nil {
+	profile := oci.SeccompJSON()
+	if r.ociRuntime != "" {
+		r.seccomp = filepath.Join(r.cfg.StateDir, "seccomp-gvisor.json")
+		p, err := oci.GVisorSeccompProfile()
+		if err == nil {
+			profile, err = json.Marshal(p)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("seccomp profile: %w", err)
+		}
+	}
+	if err := os.WriteFile(r.seccomp, profile, 0o644); err != nil {
 		return nil, fmt.Errorf("write seccomp profile: %w", err)
 	}
 	r.startWatch()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -148,5 +149,27 @@ func TestGone(t *testing.T) {
 	case <-w.lost():
 		t.Error("a service answering again is still lost")
 	default:
+	}
+}
+
+// TestConformanceGVisor runs the suite on a root Podman service of the
+// test's own whose default OCI runtime is runsc: Podman 4.3's API takes no
+// runtime per container, so that is how Podman runs gVisor.
+func TestConformanceGVisor(t *testing.T) {
+	conformance.NeedsDaemon(t, "podman+gvisor")
+	d := testenv.StartPodman(t, "test-podman-gvisor", "--runtime", runtime.GVisorRuntime)
+	rt := conformance.Connect(t, "podman+gvisor", func() (*Runtime, error) {
+		return New(context.Background(), Config{Socket: d.Address, Isolation: runtime.IsolationGVisor})
+	})
+	conformance.Run(t, rt, conformance.Config{})
+}
+
+// TestGVisorNeedsRunscService: a service running runc is not used for
+// gVisor (its containers would silently run runc).
+func TestGVisorNeedsRunscService(t *testing.T) {
+	conformance.NeedsDaemon(t, "podman")
+	_, err := New(context.Background(), Config{Socket: testenv.PodmanSocket(false), Isolation: runtime.IsolationGVisor})
+	if !errors.Is(err, runtime.ErrUnavailable) || !strings.Contains(err.Error(), runtime.GVisorRuntime) {
+		t.Fatalf("gVisor on a runc service: %v, want ErrUnavailable naming %s", err, runtime.GVisorRuntime)
 	}
 }

@@ -96,6 +96,9 @@ func (p plan) specgen() *specgen.SpecGenerator {
 
 	s.Mounts = []specs.Mount{
 		{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: tmpOptions(pol.TmpBytes)},
+		// The sandbox's own, as on the other backends: Podman's default is
+		// a host directory bound in, which runsc would share as 9p.
+		{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
 		{Destination: oci.Workspace, Type: "bind", Source: p.workspace, Options: []string{"rbind", "rw", "nosuid", "nodev"}},
 	}
 	for _, m := range p.mounts {

@@ -180,7 +180,7 @@ func TestSpecgen(t *testing.T) {
 	if s.CgroupParent != "/sandstorm/sb-1" || s.CgroupsMode != "no-conmon" {
 		t.Errorf("cgroup parent %q mode %q", s.CgroupParent, s.CgroupsMode)
 	}
-	if len(s.Mounts) != 4 || s.Mounts[0].Destination != "/tmp" || s.Mounts[1].Source != p.workspace || !slices.Contains(s.Mounts[2].Options, "ro") {
+	if len(s.Mounts) != 5 || s.Mounts[0].Destination != "/tmp" || s.Mounts[1].Destination != "/dev/shm" || s.Mounts[2].Source != p.workspace || !slices.Contains(s.Mounts[3].Options, "ro") {
 		t.Errorf("mounts %+v", s.Mounts)
 	}
 
