@@ -17,6 +17,7 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/config"
+	"github.com/sandstorm-dev/sandstorm/egress"
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/images/agentimage"
 	"github.com/sandstorm-dev/sandstorm/internal/linewriter"
@@ -53,7 +54,10 @@ type Runner struct {
 	Image           string
 	Policy          oci.Policy
 	AllowUnenforced []runtime.Item
-	Logger          *slog.Logger
+	// Egress, if set, is the policy of the run's egress proxy (network
+	// mode proxy); the sandbox's own network is then loopback only.
+	Egress *egress.Policy
+	Logger *slog.Logger
 }
 
 // Run runs job and streams its events to emit. The returned error is
@@ -89,7 +93,13 @@ func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (out api.Outco
 		return out, fmt.Errorf("session owner: %w", err)
 	}
 	sessionID := runtime.NewID()
-	sess, err := r.Gateway.Open(sessionID, gateway.SessionOptions{Credentials: job.Credentials, RunnerConfig: config, Owner: owner.String()})
+	opts := gateway.SessionOptions{Credentials: job.Credentials, RunnerConfig: config, Owner: owner.String()}
+	if r.Egress != nil {
+		p := *r.Egress
+		p.Host = egress.HostAddrs()
+		opts.Egress = egress.New(p, egress.Options{Logger: log, Emit: func(ev egress.Event) { send(api.Marshal(ev)) }})
+	}
+	sess, err := r.Gateway.Open(sessionID, opts)
 	if err != nil {
 		return out, fmt.Errorf("open model gateway session: %w", err)
 	}

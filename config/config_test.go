@@ -99,6 +99,26 @@ func TestParseLimits(t *testing.T) {
 				t.Errorf("%+v", l)
 			}
 		}},
+		{"proxy is the default", "", "", func(t *testing.T, l Limits) {
+			p, err := l.EgressPolicy()
+			if l.NetworkMode != NetworkProxy || err != nil || p == nil || !slices.Equal(p.Ports, []int{80, 443}) || l.Policy().Network != "none" {
+				t.Errorf("mode %q, policy %+v, %v", l.NetworkMode, p, err)
+			}
+		}},
+		{"egress block", "egress:\n  allow: ['*.github.com', '127.0.0.1:8080']\n  deny: [10.0.0.0/8]\n  ports: [443]\n  max_bytes: 100mb\n", "", func(t *testing.T, l Limits) {
+			p, err := l.EgressPolicy()
+			if err != nil || len(p.Allow) != 2 || len(p.Deny) != 1 || p.MaxBytes != 100<<20 || !slices.Equal(p.Ports, []int{443}) {
+				t.Errorf("policy %+v, %v", p, err)
+			}
+		}},
+		{"no proxy without its mode", "network_mode: none\n", "", func(t *testing.T, l Limits) {
+			if p, err := l.EgressPolicy(); p != nil || err != nil {
+				t.Errorf("none has an egress policy %+v %v", p, err)
+			}
+		}},
+		{"bad egress rule", "egress:\n  allow: ['not a host']\n", "egress: allow", nil},
+		{"unknown egress key", "egress:\n  allows: [x.org]\n", "egress", nil},
+		{"bad egress budget", "egress:\n  max_bytes: lots\n", "max_bytes", nil},
 		{"bad isolation", "isolation: kata\n", "isolation", nil},
 		{"unknown item", "allow_unenforced: [everything]\n", "allow_unenforced", nil},
 		{"items type", "allow_unenforced: pids_limit\n", "allow_unenforced", nil},

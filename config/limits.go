@@ -10,6 +10,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/sandstorm-dev/sandstorm/egress"
 	"github.com/sandstorm-dev/sandstorm/images/agentimage"
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
@@ -29,7 +30,11 @@ type Limits struct {
 	PidsLimit             int64   `json:"pids_limit"`
 	SessionTimeoutSeconds int     `json:"session_timeout_seconds"`
 	Image                 string  `json:"image"`
-	NetworkMode           string  `json:"network_mode"`
+	// NetworkMode is proxy (default: egress only through the gateway's
+	// policy proxy), none (nothing but the model) or bridge (unrestricted).
+	NetworkMode string `json:"network_mode"`
+	// Egress is the proxy's policy (network_mode: proxy).
+	Egress egress.Config `json:"-"`
 	// QueueSize requests may wait for a free slot, each at most QueueWaitSeconds.
 	QueueSize        int `json:"queue_size"`
 	QueueWaitSeconds int `json:"queue_wait_seconds"`
@@ -52,7 +57,7 @@ func DefaultLimits() Limits {
 		PidsLimit:             oci.DefaultPids,
 		SessionTimeoutSeconds: 600,
 		Image:                 agentimage.Ref,
-		NetworkMode:           string(oci.NetworkNone),
+		NetworkMode:           NetworkProxy,
 		QueueSize:             100,
 		QueueWaitSeconds:      60,
 		Isolation:             string(runtime.IsolationRunc),
@@ -61,7 +66,11 @@ func DefaultLimits() Limits {
 
 var limitsKeys = []string{"max_concurrent_agents", "cpu_limit", "memory_limit", "pids_limit",
 	"session_timeout_seconds", "image", "docker_image", "network_mode", "queue_size", "queue_wait_seconds",
-	"isolation", "allow_unenforced"}
+	"isolation", "allow_unenforced", "egress"}
+
+// NetworkProxy is the network mode in which the sandbox has only loopback
+// and reaches the network through the gateway's egress proxy.
+const NetworkProxy = "proxy"
 
 // FindLimits returns the limits file to read: the flag's value, then
 // $SANDSTORM_CONFIG, then ./config/limits.yaml if it exists; "" means defaults.
@@ -127,6 +136,11 @@ func ParseLimits(data []byte) (Limits, []string, error) {
 			return l, warnings, fmt.Errorf("%w: cpu_limit: %w", ErrInvalid, err)
 		}
 	}
+	if v, ok := raw["egress"]; ok {
+		if l.Egress, err = parseEgress(v); err != nil {
+			return l, warnings, fmt.Errorf("%w: egress: %w", ErrInvalid, err)
+		}
+	}
 	if v, ok := raw["memory_limit"]; ok {
 		var s string
 		if json.Unmarshal(v, &s) != nil {
@@ -137,6 +151,37 @@ func ParseLimits(data []byte) (Limits, []string, error) {
 		}
 	}
 	return l, warnings, l.Validate()
+}
+
+// parseEgress reads the egress block: allow, deny, ports, max_bytes.
+func parseEgress(v json.RawMessage) (egress.Config, error) {
+	var raw struct {
+		Allow    []string        `json:"allow"`
+		Deny     []string        `json:"deny"`
+		Ports    []int           `json:"ports"`
+		MaxBytes json.RawMessage `json:"max_bytes"`
+	}
+	dec := json.NewDecoder(strings.NewReader(string(v)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&raw); err != nil {
+		return egress.Config{}, fmt.Errorf("%s (keys: allow, deny, ports, max_bytes)", describeJSONError(err))
+	}
+	c := egress.Config{Allow: raw.Allow, Deny: raw.Deny, Ports: raw.Ports}
+	if len(raw.MaxBytes) > 0 && string(raw.MaxBytes) != "null" {
+		var s string
+		if json.Unmarshal(raw.MaxBytes, &s) != nil {
+			s = string(raw.MaxBytes)
+		}
+		n, err := oci.ParseSize(s)
+		if err != nil {
+			return c, fmt.Errorf("max_bytes: %w", err)
+		}
+		c.MaxBytes = n
+	}
+	if _, err := c.Policy(); err != nil {
+		return c, err
+	}
+	return c, nil
 }
 
 // number accepts 2, 2.5 or "2".
@@ -172,8 +217,8 @@ func (l Limits) Validate() error {
 		return bad("session_timeout_seconds", "%d is outside 5..86400", l.SessionTimeoutSeconds)
 	case l.Image == "":
 		return bad("image", "must not be empty")
-	case l.NetworkMode != string(oci.NetworkNone) && l.NetworkMode != string(oci.NetworkBridge):
-		return bad("network_mode", "%q is not one of none, bridge", l.NetworkMode)
+	case l.NetworkMode != NetworkProxy && l.NetworkMode != string(oci.NetworkNone) && l.NetworkMode != string(oci.NetworkBridge):
+		return bad("network_mode", "%q is not one of proxy, none, bridge", l.NetworkMode)
 	case l.QueueSize < 0 || l.QueueSize > 100000:
 		return bad("queue_size", "%d is outside 0..100000", l.QueueSize)
 	case l.QueueWaitSeconds < 0 || l.QueueWaitSeconds > 3600:
@@ -189,11 +234,32 @@ func (l Limits) Validate() error {
 }
 
 // Policy is the sandbox policy these limits give.
+// sandboxNetwork is the sandbox's own network: in proxy mode, loopback only.
+func (l Limits) sandboxNetwork() oci.Network {
+	if l.NetworkMode == NetworkProxy {
+		return oci.NetworkNone
+	}
+	return oci.Network(l.NetworkMode)
+}
+
+// EgressPolicy is the egress proxy's policy, or nil when the network mode
+// has no proxy.
+func (l Limits) EgressPolicy() (*egress.Policy, error) {
+	if l.NetworkMode != NetworkProxy {
+		return nil, nil
+	}
+	p, err := l.Egress.Policy()
+	if err != nil {
+		return nil, fmt.Errorf("%w: egress: %w", ErrInvalid, err)
+	}
+	return &p, nil
+}
+
 func (l Limits) Policy() oci.Policy {
 	return oci.Policy{
 		MemoryBytes: l.MemoryBytes,
 		CPUs:        l.CPULimit,
 		Pids:        l.PidsLimit,
-		Network:     oci.Network(l.NetworkMode),
+		Network:     l.sandboxNetwork(),
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/agent"
 	"github.com/sandstorm-dev/sandstorm/api"
+	"github.com/sandstorm-dev/sandstorm/egress"
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
@@ -36,6 +37,12 @@ type backend struct {
 // run runs one scenario on rt and returns the events and what the model server saw.
 func run(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map[string]any, api.Outcome, *modelserver.Server, runtime.Runtime) {
 	t.Helper()
+	return runWith(t, b, sc, job, nil)
+}
+
+// runWith is run with the runner's egress policy (nil: no network).
+func runWith(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job, egressPolicy *egress.Policy) ([]map[string]any, api.Outcome, *modelserver.Server, runtime.Runtime) {
+	t.Helper()
 	conformance.NeedsDaemon(t, b.name)
 	ctx := context.Background()
 	rt, err := b.open(ctx)
@@ -55,7 +62,7 @@ func run(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map
 		t.Fatal(err)
 	}
 	r := &agent.Runner{Runtime: rt, Gateway: gw,
-		Policy: oci.Policy{MemoryBytes: 2 << 30}, AllowUnenforced: b.allow}
+		Policy: oci.Policy{MemoryBytes: 2 << 30}, AllowUnenforced: b.allow, Egress: egressPolicy}
 	if job.Timeout == 0 {
 		job.Timeout = 3 * time.Minute
 	}

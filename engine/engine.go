@@ -19,6 +19,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
+	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/backends"
 	"github.com/sandstorm-dev/sandstorm/session"
@@ -152,7 +153,14 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 	if err != nil {
 		return nil, err
 	}
-	runner := &agent.Runner{Runtime: e.Runtime, Gateway: e.Gateway, Image: limits.Image, Policy: limits.Policy(), AllowUnenforced: allow, Logger: log}
+	egressPolicy, err := limits.EgressPolicy()
+	if err != nil {
+		return nil, err
+	}
+	if limits.NetworkMode == string(oci.NetworkBridge) {
+		e.Notices = append(e.Notices, "network_mode: bridge gives every sandbox unrestricted network access, to this host's services and the private network included; network_mode: proxy (the default) goes through sandstorm's egress policy")
+	}
+	runner := &agent.Runner{Runtime: e.Runtime, Gateway: e.Gateway, Image: limits.Image, Policy: limits.Policy(), AllowUnenforced: allow, Egress: egressPolicy, Logger: log}
 	slotDir := cmp.Or(o.SlotDir, os.Getenv(SlotDirEnv), session.DefaultSlotDir)
 	e.Manager, err = session.NewManager(runner, limits, project, o.Credentials, slotDir)
 	if err != nil {

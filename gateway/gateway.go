@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -28,6 +29,9 @@ const DefaultUpstream = "https://api.anthropic.com"
 
 // SocketName is the socket's file name inside a session directory.
 const SocketName = "model.sock"
+
+// EgressSocketName is the session's egress proxy socket, when it has one.
+const EgressSocketName = "egress.sock"
 
 // DefaultDir holds the session directories.
 const DefaultDir = "/run/sandstorm/sessions"
@@ -114,6 +118,7 @@ type Session struct {
 	Token string
 
 	srv    *http.Server
+	egress *http.Server
 	mu     sync.Mutex
 	closed bool
 }
@@ -129,6 +134,10 @@ type SessionOptions struct {
 	// Owner names the process the session belongs to; Sweep removes the
 	// directories of owners that are gone.
 	Owner string
+	// Egress, if set, is served on EgressSocketName: the sandbox's only
+	// way to the network. Like the socket's directory, it is the
+	// sandbox's alone; the proxy's policy is what guards it.
+	Egress http.Handler
 }
 
 // Open starts a session: a directory with a listening socket, its owner,
@@ -172,7 +181,28 @@ func (g *Gateway) Open(id string, o SessionOptions) (*Session, error) {
 		ErrorLog:          slog.NewLogLogger(g.cfg.Logger.Handler(), slog.LevelWarn),
 	}
 	go func() { _ = s.srv.Serve(l) }()
+	if o.Egress != nil {
+		if err := s.serveEgress(o.Egress, g.cfg.Logger); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+func (s *Session) serveEgress(h http.Handler, log *slog.Logger) error {
+	path := filepath.Join(s.Dir, EgressSocketName)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("gateway: egress: listen: %w", err)
+	}
+	if err := os.Chmod(path, 0o666); err != nil {
+		l.Close()
+		return fmt.Errorf("gateway: egress: %w", err)
+	}
+	s.egress = &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	go func() { _ = s.egress.Serve(l) }()
+	return nil
 }
 
 // Close kills the token, stops the socket and removes the session directory.
@@ -186,6 +216,13 @@ func (s *Session) Close() error {
 	s.closed = true
 	s.mu.Unlock()
 	err := s.srv.Close()
+	if s.egress != nil {
+		err = errors.Join(err, s.egress.Close())
+		// Tunnels are hijacked connections, which the server's Close leaves open.
+		if c, ok := s.egress.Handler.(io.Closer); ok {
+			err = errors.Join(err, c.Close())
+		}
+	}
 	return errors.Join(err, os.RemoveAll(s.Dir))
 }
 

@@ -22,6 +22,7 @@
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
+import path from 'node:path';
 import process from 'node:process';
 
 const CONFIG_PATH = '/sandstorm/runner.json';
@@ -236,10 +237,21 @@ function parseConfig(text, path) {
 
 // ---- TCP -> Unix forwarder --------------------------------------------------
 
+// EGRESS_SOCKET is the gateway's egress proxy, next to the model socket.
+const EGRESS_SOCKET = 'egress.sock';
+
+function isSocket(p) {
+  try {
+    return fs.statSync(p).isSocket();
+  } catch {
+    return false;
+  }
+}
+
 // startForwarder listens on an ephemeral 127.0.0.1 port and pipes every
 // connection, byte for byte and in both directions, to the Unix socket. It
 // never buffers a whole request or response: streamed replies stream.
-function startForwarder(socketPath) {
+function startForwarder(socketPath, what = 'model socket') {
   const open = new Set();
   let reported = false;
   const server = net.createServer({ allowHalfOpen: true }, (client) => {
@@ -250,7 +262,7 @@ function startForwarder(socketPath) {
     const fail = (side) => (err) => {
       if (!reported) {
         reported = true; // once: the CLI retries and would repeat it
-        logErr(`model socket ${socketPath}: ${side}: ${errorText(err)}`);
+        logErr(`${what} ${socketPath}: ${side}: ${errorText(err)}`);
       }
       client.destroy();
       upstream.destroy();
@@ -289,12 +301,14 @@ function startForwarder(socketPath) {
 // ---- main ------------------------------------------------------------------
 
 let forwarder = null;
+let egressForwarder = null;
 let exiting = false;
 
 function finish(code) {
   if (exiting) return;
   exiting = true;
   if (forwarder) forwarder.close();
+  if (egressForwarder) egressForwarder.close();
   // Let stdout drain before exiting (it is synchronous for files and pipes
   // on Linux, but not everywhere).
   process.stdout.write('', () => process.exit(code));
@@ -309,7 +323,11 @@ function providerMode(env) {
   return PROVIDER_SWITCHES.some((name) => env[name] !== undefined && env[name] !== '' && env[name] !== '0');
 }
 
-function childEnv(port, token) {
+// The proxy variables every tool reads (curl only the lowercase http_proxy;
+// the CLI, npm, pip, git and Python either case).
+const PROXY_VARS = ['HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy'];
+
+function childEnv(port, token, egressPort) {
   const env = { ...process.env };
   // The CLI must authenticate only with the session token, only at the
   // forwarder: drop every other way it could pick a credential or endpoint,
@@ -331,10 +349,16 @@ function childEnv(port, token) {
   // CLAUDE_CONFIG_DIR, else HOME, which is the workspace: keep the workspace
   // to what the agent itself writes.
   if (!env.CLAUDE_CONFIG_DIR) env.CLAUDE_CONFIG_DIR = DEFAULT_CLAUDE_CONFIG_DIR;
+  if (egressPort) {
+    // The network is the gateway's egress proxy, through its forwarder.
+    for (const name of PROXY_VARS) env[name] = `http://127.0.0.1:${egressPort}`;
+    for (const name of ['NO_PROXY', 'no_proxy']) env[name] = 'localhost,127.0.0.1';
+  }
   // A proxy configured for the sandbox's tools must not capture the
   // forwarder's loopback address.
   for (const name of ['NO_PROXY', 'no_proxy']) {
-    env[name] = env[name] ? `${env[name]},127.0.0.1` : '127.0.0.1';
+    if (!env[name]) env[name] = '127.0.0.1';
+    else if (!env[name].split(',').includes('127.0.0.1')) env[name] += ',127.0.0.1';
   }
   if (typeof process.getuid === 'function' && process.getuid() === 0) {
     // The CLI refuses bypassPermissions as root unless told it is sandboxed,
@@ -396,6 +420,17 @@ async function main() {
     const msg = `cannot listen on 127.0.0.1 for the model forwarder: ${errorText(err)} (is the loopback interface up?)`;
     return failWith('forwarder_failed', msg);
   }
+  // The gateway serves an egress proxy next to the model when the run's
+  // network mode is proxy.
+  const egressSocket = path.join(path.dirname(socketPath), EGRESS_SOCKET);
+  if (isSocket(egressSocket)) {
+    try {
+      egressForwarder = await startForwarder(egressSocket, 'egress proxy');
+    } catch (err) {
+      const msg = `cannot listen on 127.0.0.1 for the egress forwarder: ${errorText(err)}`;
+      return failWith('forwarder_failed', msg);
+    }
+  }
 
   let query;
   try {
@@ -428,7 +463,7 @@ async function main() {
 
   const options = {
     cwd,
-    env: childEnv(forwarder.port, token),
+    env: childEnv(forwarder.port, token, egressForwarder && egressForwarder.port),
     abortController,
     permissionMode: 'bypassPermissions',
     allowDangerouslySkipPermissions: true,

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/api"
+	"github.com/sandstorm-dev/sandstorm/egress"
 )
 
 // maxResult bounds how much of a tool result is shown.
@@ -29,6 +30,8 @@ type Human struct {
 	// lastText is the last assistant text shown, so the summary does not
 	// repeat it as the result.
 	lastText string
+	// connections and denied count egress attempts, for the summary.
+	connections, denied int
 }
 
 // NewHuman writes to w; with tty set, a spinner shows while waiting.
@@ -53,6 +56,13 @@ type message struct {
 	Runtime    string   `json:"runtime"`
 	DurationMS int64    `json:"duration_ms"`
 	Unenforced []string `json:"unenforced"`
+	// egress events
+	Host     string `json:"host"`
+	Port     int    `json:"port"`
+	IP       string `json:"ip"`
+	Decision string `json:"decision"`
+	Rule     string `json:"rule"`
+	Error    string `json:"error"`
 }
 
 type content struct {
@@ -135,6 +145,17 @@ func (h *Human) Event(ev json.RawMessage) {
 		if h.Verbose {
 			fmt.Fprintf(h.w, "· %s: %s\n", m.Type, m.Line)
 		}
+	case egress.TypeEvent:
+		h.connections++
+		switch {
+		case m.Decision == egress.Deny:
+			h.denied++
+			fmt.Fprintf(h.w, "⊘ egress denied: %s:%d %s(%s)\n", m.Host, m.Port, ipOf(m.IP, m.Host), m.Rule)
+		case m.Error != "":
+			fmt.Fprintf(h.w, "⊘ egress failed: %s:%d: %s\n", m.Host, m.Port, m.Error)
+		case h.Verbose:
+			fmt.Fprintf(h.w, "· egress %s:%d %s(%s)\n", m.Host, m.Port, ipOf(m.IP, m.Host), m.Rule)
+		}
 	case api.TypeError:
 		var msg string
 		_ = json.Unmarshal(m.Message, &msg)
@@ -165,7 +186,19 @@ func (h *Human) Summary(wall time.Duration) {
 	if r.IsError || r.Subtype != "success" {
 		status = "failed (" + r.Subtype + ")"
 	}
-	fmt.Fprintf(h.w, "── %s · %d turns · %.1fs · $%.4f\n", status, r.NumTurns, wall.Seconds(), r.TotalCostUSD)
+	egressNote := ""
+	if h.connections > 0 {
+		egressNote = fmt.Sprintf(" · %d connections (%d denied)", h.connections, h.denied)
+	}
+	fmt.Fprintf(h.w, "── %s · %d turns · %.1fs · $%.4f%s\n", status, r.NumTurns, wall.Seconds(), r.TotalCostUSD, egressNote)
+}
+
+// ipOf shows the address a name resolved to, when it is not the name itself.
+func ipOf(ip, host string) string {
+	if ip == "" || ip == host {
+		return ""
+	}
+	return "→ " + ip + " "
 }
 
 // keyArg is the one argument that says what a tool call does.
