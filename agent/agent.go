@@ -44,6 +44,8 @@ type Job struct {
 	Credentials gateway.Credentials
 	// Env is forwarded into the sandbox (provider switches; never keys).
 	Env []string
+	// Budget bounds the run's model calls at the gateway.
+	Budget gateway.Budget
 }
 
 // Runner runs jobs on one backend.
@@ -93,7 +95,7 @@ func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (out api.Outco
 		return out, fmt.Errorf("session owner: %w", err)
 	}
 	sessionID := runtime.NewID()
-	opts := gateway.SessionOptions{Credentials: job.Credentials, RunnerConfig: config, Owner: owner.String()}
+	opts := gateway.SessionOptions{Credentials: job.Credentials, RunnerConfig: config, Owner: owner.String(), Budget: job.Budget}
 	if r.Egress != nil {
 		p := *r.Egress
 		p.Host = egress.HostAddrs()
@@ -181,6 +183,11 @@ func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (out api.Outco
 			out = api.Outcome{Result: result, Exit: st}
 			mu.Unlock()
 			code2, msg := ending(ctx, st, waitErr, out.Result, job.Timeout)
+			usage := sess.Usage()
+			send(api.Marshal(api.UsageEvent{Type: api.TypeModelUsage, Usage: usage, Budget: job.Budget}))
+			if usage.Exceeded != "" && (code2 == "" || code2 == api.CodeAgentFailed) {
+				code2, msg = api.CodeBudgetExceeded, "the gateway refused a model call over the run's budget: "+usage.Exceeded
+			}
 			if code2 != "" {
 				out.Code = code2
 				send(api.NewError(code2, msg))

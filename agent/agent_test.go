@@ -190,19 +190,19 @@ func TestRunEvents(t *testing.T) {
 		code api.Code
 	}{
 		{"success", &fakeRuntime{stdout: `{"type":"system","subtype":"init"}` + "\n" + `{"type":"assistant"}` + "\n" + okResult + "\n", stderr: "diag\n"},
-			Job{}, "sandbox:created sandbox:started system assistant result stderr sandbox:exited sandbox:removed", ""},
+			Job{}, "sandbox:created sandbox:started system assistant result stderr sandbox:exited model_usage sandbox:removed", ""},
 		{"noise on stdout becomes its own event", &fakeRuntime{stdout: "npm WARN x\n" + okResult + "\n"},
-			Job{}, "sandbox:created sandbox:started stdout result sandbox:exited sandbox:removed", ""},
+			Job{}, "sandbox:created sandbox:started stdout result sandbox:exited model_usage sandbox:removed", ""},
 		{"error result", &fakeRuntime{stdout: `{"type":"result","subtype":"error_max_turns","is_error":true}` + "\n", code: 1},
-			Job{}, "sandbox:created sandbox:started result sandbox:exited error:agent_failed sandbox:removed", api.CodeAgentFailed},
+			Job{}, "sandbox:created sandbox:started result sandbox:exited model_usage error:agent_failed sandbox:removed", api.CodeAgentFailed},
 		{"exit 0 without result", &fakeRuntime{stdout: ""},
-			Job{}, "sandbox:created sandbox:started sandbox:exited error:agent_failed sandbox:removed", api.CodeAgentFailed},
+			Job{}, "sandbox:created sandbox:started sandbox:exited model_usage error:agent_failed sandbox:removed", api.CodeAgentFailed},
 		{"oom", &fakeRuntime{code: 137, oom: true},
-			Job{}, "sandbox:created sandbox:started sandbox:exited error:oom sandbox:removed", api.CodeOOM},
+			Job{}, "sandbox:created sandbox:started sandbox:exited model_usage error:oom sandbox:removed", api.CodeOOM},
 		{"daemon lost", &fakeRuntime{lost: true, stdout: `{"type":"system"}` + "\n"},
-			Job{}, "sandbox:created sandbox:started system sandbox:exited error:runtime_unavailable sandbox:removed", api.CodeRuntimeUnavailable},
+			Job{}, "sandbox:created sandbox:started system sandbox:exited model_usage error:runtime_unavailable sandbox:removed", api.CodeRuntimeUnavailable},
 		{"timeout", &fakeRuntime{hang: true, stdout: `{"type":"system"}` + "\n"},
-			Job{Timeout: 50 * time.Millisecond}, "sandbox:created sandbox:started system sandbox:exited error:timeout sandbox:removed", api.CodeTimeout},
+			Job{Timeout: 50 * time.Millisecond}, "sandbox:created sandbox:started system sandbox:exited model_usage error:timeout sandbox:removed", api.CodeTimeout},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -28,7 +28,9 @@ const (
 	CodeCancelled          Code = "cancelled"
 	CodeOOM                Code = "oom"
 	CodeAgentFailed        Code = "agent_failed"
-	CodeInternal           Code = "internal"
+	// CodeBudgetExceeded: the gateway refused a model call over the run's budget.
+	CodeBudgetExceeded Code = "budget_exceeded"
+	CodeInternal       Code = "internal"
 )
 
 // Errors of the API itself; the backends' and the configuration's are

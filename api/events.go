@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
@@ -41,6 +42,17 @@ type SandboxEvent struct {
 // NewSandboxEvent is step ev of sandbox id (of session) on backend rt, which took d.
 func NewSandboxEvent(ev, id, session, rt string, d time.Duration) SandboxEvent {
 	return SandboxEvent{Type: TypeSandbox, Event: ev, SandboxID: id, SessionID: session, Runtime: rt, DurationMS: d.Milliseconds()}
+}
+
+// TypeModelUsage is the event with what the run's model calls used, as the
+// gateway counted them, sent when the sandbox has exited.
+const TypeModelUsage = "model_usage"
+
+// UsageEvent is type "model_usage": the usage, and the budget it ran under.
+type UsageEvent struct {
+	Type string `json:"type"`
+	gateway.Usage
+	Budget gateway.Budget `json:"budget"`
 }
 
 // LineEvent carries one line of the runner's stderr ("stderr"), or a stdout

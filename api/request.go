@@ -22,13 +22,18 @@ const (
 	MaxTimeout      = 3600
 	DefaultTimeout  = 300
 	MaxTurnsAllowed = 1000
+	// MaxBudgetUSDAllowed bounds max_budget_usd (dollars).
+	MaxBudgetUSDAllowed = 10000
 )
 
 // Request is one agent run as a client asks for it.
 type Request struct {
-	Prompt       string          `json:"prompt"`
-	Model        string          `json:"model,omitempty"`
-	MaxTurns     int             `json:"max_turns,omitempty"`
+	Prompt   string `json:"prompt"`
+	Model    string `json:"model,omitempty"`
+	MaxTurns int    `json:"max_turns,omitempty"`
+	// MaxBudgetUSD bounds the run's model spend at the gateway (list prices);
+	// it may narrow the limits file's max_budget_usd, never widen it.
+	MaxBudgetUSD float64         `json:"max_budget_usd,omitempty"`
 	Timeout      int             `json:"timeout,omitempty"`
 	OutputFormat json.RawMessage `json:"output_format,omitempty"`
 	// Files maps a path relative to the workspace to its content.
@@ -73,6 +78,8 @@ func (r Request) Validate() error {
 		return Invalid("max_turns", "%d is outside 1..%d", r.MaxTurns, MaxTurnsAllowed)
 	case r.Timeout != 0 && (r.Timeout < MinTimeout || r.Timeout > MaxTimeout):
 		return Invalid("timeout", "%d is outside %d..%d seconds", r.Timeout, MinTimeout, MaxTimeout)
+	case r.MaxBudgetUSD < 0 || r.MaxBudgetUSD > MaxBudgetUSDAllowed:
+		return Invalid("max_budget_usd", "%g is outside 0..%g", r.MaxBudgetUSD, float64(MaxBudgetUSDAllowed))
 	}
 	if err := ValidateModel(r.Model); err != nil {
 		return err

@@ -38,6 +38,12 @@ type Limits struct {
 	// QueueSize requests may wait for a free slot, each at most QueueWaitSeconds.
 	QueueSize        int `json:"queue_size"`
 	QueueWaitSeconds int `json:"queue_wait_seconds"`
+	// MaxBudgetUSD bounds each run's model spend at the gateway (list
+	// prices); a request may ask for less. MaxModelRequests and
+	// MaxOutputTokens bound its calls and output tokens. 0 is no bound.
+	MaxBudgetUSD     float64 `json:"max_budget_usd"`
+	MaxModelRequests int     `json:"max_model_requests"`
+	MaxOutputTokens  int64   `json:"max_output_tokens"`
 	// Isolation is runc (default) or gvisor (see runtime.Isolation).
 	Isolation string `json:"isolation"`
 	// AllowUnenforced lists the policy items runs may go without where the
@@ -66,7 +72,7 @@ func DefaultLimits() Limits {
 
 var limitsKeys = []string{"max_concurrent_agents", "cpu_limit", "memory_limit", "pids_limit",
 	"session_timeout_seconds", "image", "docker_image", "network_mode", "queue_size", "queue_wait_seconds",
-	"isolation", "allow_unenforced", "egress"}
+	"isolation", "allow_unenforced", "egress", "max_budget_usd", "max_model_requests", "max_output_tokens"}
 
 // NetworkProxy is the network mode in which the sandbox has only loopback
 // and reaches the network through the gateway's egress proxy.
@@ -223,6 +229,14 @@ func (l Limits) Validate() error {
 		return bad("queue_size", "%d is outside 0..100000", l.QueueSize)
 	case l.QueueWaitSeconds < 0 || l.QueueWaitSeconds > 3600:
 		return bad("queue_wait_seconds", "%d is outside 0..3600", l.QueueWaitSeconds)
+	}
+	switch {
+	case l.MaxBudgetUSD < 0:
+		return bad("max_budget_usd", "%g is negative", l.MaxBudgetUSD)
+	case l.MaxModelRequests < 0:
+		return bad("max_model_requests", "%d is negative", l.MaxModelRequests)
+	case l.MaxOutputTokens < 0:
+		return bad("max_output_tokens", "%d is negative", l.MaxOutputTokens)
 	}
 	if _, err := runtime.ParseIsolation(l.Isolation); err != nil {
 		return bad("isolation", "%q: choose %s or %s", l.Isolation, runtime.IsolationRunc, runtime.IsolationGVisor)

@@ -6,9 +6,12 @@
 package gateway
 
 import (
+	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -119,9 +122,14 @@ type Session struct {
 
 	srv    *http.Server
 	egress *http.Server
+	meter  *meter
 	mu     sync.Mutex
 	closed bool
 }
+
+// Usage is what the session's model calls used so far, and whether a
+// bound of its budget refused one.
+func (s *Session) Usage() Usage { return s.meter.snapshot() }
 
 // SocketPath is the host path of the session's socket.
 func (s *Session) SocketPath() string { return filepath.Join(s.Dir, SocketName) }
@@ -134,6 +142,8 @@ type SessionOptions struct {
 	// Owner names the process the session belongs to; Sweep removes the
 	// directories of owners that are gone.
 	Owner string
+	// Budget bounds the session's model calls.
+	Budget Budget
 	// Egress, if set, is served on EgressSocketName: the sandbox's only
 	// way to the network. Like the socket's directory, it is the
 	// sandbox's alone; the proxy's policy is what guards it.
@@ -163,7 +173,7 @@ func (g *Gateway) Open(id string, o SessionOptions) (*Session, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("gateway: token: %w", err)
 	}
-	s := &Session{Dir: dir, Token: "sandstorm-session-" + hex.EncodeToString(tok)}
+	s := &Session{Dir: dir, Token: "sandstorm-session-" + hex.EncodeToString(tok), meter: &meter{budget: o.Budget}}
 	l, err := net.Listen("unix", s.SocketPath())
 	if err != nil {
 		os.RemoveAll(dir)
@@ -264,6 +274,13 @@ func (g *Gateway) handler(s *Session, o SessionOptions) http.Handler {
 				h.Set("x-api-key", creds.AnthropicKey)
 			}
 		},
+		ModifyResponse: func(resp *http.Response) error {
+			if model, ok := resp.Request.Context().Value(modelKey{}).(string); ok {
+				resp.Body = &usageBody{rc: resp.Body, sse: strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream"),
+					done: func(u apiUsage) { s.meter.add(model, u) }}
+			}
+			return nil
+		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			g.cfg.Logger.Warn("gateway: upstream request failed", "path", r.URL.Path, "err", redact(err.Error(), creds))
 			apiError(w, http.StatusBadGateway, "api_error", "sandstorm gateway: upstream unreachable")
@@ -284,9 +301,30 @@ func (g *Gateway) handler(s *Session, o SessionOptions) http.Handler {
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		if r.URL.Path == "/v1/messages" {
+			// Every call is counted and its usage read from the answer.
+			body, err := io.ReadAll(r.Body)
+			if err != nil {
+				apiError(w, http.StatusRequestEntityTooLarge, "request_too_large", "sandstorm gateway: request too large")
+				return
+			}
+			if why, ok := s.meter.admit(); !ok {
+				apiError(w, http.StatusBadRequest, "invalid_request_error", "sandstorm gateway: budget exceeded: "+why)
+				return
+			}
+			var req struct {
+				Model string `json:"model"`
+			}
+			_ = json.Unmarshal(body, &req)
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			r = r.WithContext(context.WithValue(r.Context(), modelKey{}, req.Model))
+		}
 		proxy.ServeHTTP(w, r)
 	})
 }
+
+// modelKey carries a Messages call's model to the response's metering.
+type modelKey struct{}
 
 func apiError(w http.ResponseWriter, status int, typ, msg string) {
 	w.Header().Set("Content-Type", "application/json")

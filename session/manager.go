@@ -126,12 +126,19 @@ func (m *Manager) Job(req api.Request) (agent.Job, error) {
 	}
 	// The host's limit caps what a request may ask for.
 	timeout = min(timeout, m.limits.SessionTimeoutSeconds)
+	budget := gateway.Budget{MaxUSD: m.limits.MaxBudgetUSD, MaxRequests: m.limits.MaxModelRequests, MaxOutputTokens: m.limits.MaxOutputTokens}
+	if req.MaxBudgetUSD > 0 {
+		if budget.MaxUSD > 0 && req.MaxBudgetUSD > budget.MaxUSD {
+			return agent.Job{}, api.Invalid("max_budget_usd", "%g is over this host's max_budget_usd of %g", req.MaxBudgetUSD, budget.MaxUSD)
+		}
+		budget.MaxUSD = req.MaxBudgetUSD
+	}
 	creds := m.creds
 	if req.AnthropicAPIKey != "" || req.OpenRouterAPIKey != "" {
 		creds = gateway.Credentials{AnthropicKey: req.AnthropicAPIKey, OpenRouterKey: req.OpenRouterAPIKey}
 	}
 	return agent.Job{Config: c, Files: append(req.WorkspaceFiles(), m.files...), Timeout: time.Duration(timeout) * time.Second,
-		Credentials: creds, Env: append([]string(nil), m.env...)}, nil
+		Credentials: creds, Env: append([]string(nil), m.env...), Budget: budget}, nil
 }
 
 // Queued is told the queue position while a request waits for a slot.

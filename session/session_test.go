@@ -53,6 +53,30 @@ func TestJobMerge(t *testing.T) {
 	}
 }
 
+// TestBudgetNarrows: a request may lower the host's budget, never raise it.
+func TestBudgetNarrows(t *testing.T) {
+	limits := config.DefaultLimits()
+	limits.MaxBudgetUSD, limits.MaxModelRequests, limits.MaxOutputTokens = 2, 50, 100000
+	m, err := NewManager(nil, limits, config.Project{}, gateway.Credentials{}, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := m.Job(api.Request{Prompt: "p"})
+	if err != nil || j.Budget != (gateway.Budget{MaxUSD: 2, MaxRequests: 50, MaxOutputTokens: 100000}) {
+		t.Errorf("default budget %+v, %v", j.Budget, err)
+	}
+	if j, err = m.Job(api.Request{Prompt: "p", MaxBudgetUSD: 0.5}); err != nil || j.Budget.MaxUSD != 0.5 {
+		t.Errorf("narrowed budget %+v, %v", j.Budget, err)
+	}
+	var fe *api.FieldError
+	if _, err = m.Job(api.Request{Prompt: "p", MaxBudgetUSD: 5}); !errors.As(err, &fe) || fe.Field != "max_budget_usd" {
+		t.Errorf("widening the budget: %v, want a max_budget_usd error", err)
+	}
+	if _, err = m.Job(api.Request{Prompt: "p", MaxBudgetUSD: -1}); !errors.As(err, &fe) || fe.Field != "max_budget_usd" {
+		t.Errorf("negative budget: %v", err)
+	}
+}
+
 func TestQueue(t *testing.T) {
 	limits := config.DefaultLimits()
 	limits.MaxConcurrentAgents, limits.QueueSize, limits.QueueWaitSeconds = 1, 1, 1

@@ -46,6 +46,7 @@ type queryFlags struct {
 	engineFlags
 	model    string
 	maxTurns int
+	budget   float64
 	timeout  int
 	files    []string
 	raw      bool
@@ -57,6 +58,7 @@ func (q *queryFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVar(&q.model, "model", "", "model: sonnet, opus, haiku, a claude-* id, or provider/model for OpenRouter (default from sandstorm.json)")
 	fl.IntVar(&q.maxTurns, "max-turns", 0, "maximum agent turns (default from sandstorm.json, else unlimited)")
+	fl.Float64Var(&q.budget, "max-budget-usd", 0, "bound the run's model spend, enforced at the gateway (list prices; at most the limits file's max_budget_usd)")
 	fl.IntVar(&q.timeout, "timeout", api.DefaultTimeout, "timeout in seconds, 5-3600, capped by session_timeout_seconds")
 	fl.StringArrayVarP(&q.files, "file", "f", nil, "upload a file to the workspace, keeping its path relative to the working directory (repeatable; binary files allowed)")
 	fl.BoolVar(&q.raw, "raw", false, "print one JSON event per line instead of formatted output")
@@ -84,7 +86,7 @@ answers instead of a real one (offline; it says so).`,
 }
 
 func runQuery(cmd *cobra.Command, q *queryFlags, prompt string) error {
-	req := api.Request{Prompt: prompt, Model: q.model, MaxTurns: q.maxTurns, Timeout: q.timeout}
+	req := api.Request{Prompt: prompt, Model: q.model, MaxTurns: q.maxTurns, Timeout: q.timeout, MaxBudgetUSD: q.budget}
 	for _, f := range q.files {
 		file, err := readFile(f)
 		if err != nil {

@@ -32,6 +32,8 @@ type Human struct {
 	lastText string
 	// connections and denied count egress attempts, for the summary.
 	connections, denied int
+	// usage is the gateway's count of the run's model calls.
+	usage *api.UsageEvent
 }
 
 // NewHuman writes to w; with tty set, a spinner shows while waiting.
@@ -145,6 +147,11 @@ func (h *Human) Event(ev json.RawMessage) {
 		if h.Verbose {
 			fmt.Fprintf(h.w, "· %s: %s\n", m.Type, m.Line)
 		}
+	case api.TypeModelUsage:
+		var u api.UsageEvent
+		if json.Unmarshal(ev, &u) == nil {
+			h.usage = &u
+		}
 	case egress.TypeEvent:
 		h.connections++
 		switch {
@@ -186,11 +193,17 @@ func (h *Human) Summary(wall time.Duration) {
 	if r.IsError || r.Subtype != "success" {
 		status = "failed (" + r.Subtype + ")"
 	}
-	egressNote := ""
-	if h.connections > 0 {
-		egressNote = fmt.Sprintf(" · %d connections (%d denied)", h.connections, h.denied)
+	note := ""
+	if u := h.usage; u != nil {
+		note = fmt.Sprintf(" · %d model calls", u.Requests)
+		if u.Budget.MaxUSD > 0 {
+			note += fmt.Sprintf(" ($%.4f of $%.4f at the gateway)", u.CostUSD, u.Budget.MaxUSD)
+		}
 	}
-	fmt.Fprintf(h.w, "── %s · %d turns · %.1fs · $%.4f%s\n", status, r.NumTurns, wall.Seconds(), r.TotalCostUSD, egressNote)
+	if h.connections > 0 {
+		note += fmt.Sprintf(" · %d connections (%d denied)", h.connections, h.denied)
+	}
+	fmt.Fprintf(h.w, "── %s · %d turns · %.1fs · $%.4f%s\n", status, r.NumTurns, wall.Seconds(), r.TotalCostUSD, note)
 }
 
 // ipOf shows the address a name resolved to, when it is not the name itself.
