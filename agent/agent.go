@@ -7,10 +7,15 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -59,7 +64,34 @@ type Runner struct {
 	// Egress, if set, is the policy of the run's egress proxy (network
 	// mode proxy); the sandbox's own network is then loopback only.
 	Egress *egress.Policy
-	Logger *slog.Logger
+	// Secrets (with Egress) are given to the sandbox as placeholders and
+	// put in at the proxy, which intercepts their hosts with CA's
+	// certificates; EgressRoots verify those hosts (nil: the system's).
+	Secrets     []egress.Secret
+	CA          *egress.CA
+	EgressRoots *x509.CertPool
+	Logger      *slog.Logger
+}
+
+// caFile is the egress CA's certificate in the session directory, which the
+// runner adds to the sandbox's trust.
+const caFile = "ca.pem"
+
+// placeholders gives each secret this run's placeholder, and the sandbox's
+// environment that holds them.
+func placeholders(secrets []egress.Secret) ([]egress.Secret, []string, error) {
+	out := make([]egress.Secret, len(secrets))
+	var env []string
+	for i, s := range secrets {
+		b := make([]byte, 12)
+		if _, err := rand.Read(b); err != nil {
+			return nil, nil, err
+		}
+		s.Placeholder = "sandstorm-placeholder-" + s.Name + "-" + hex.EncodeToString(b)
+		out[i] = s
+		env = append(env, s.Name+"="+s.Placeholder)
+	}
+	return out, env, nil
 }
 
 // Run runs job and streams its events to emit. The returned error is
@@ -96,10 +128,17 @@ func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (out api.Outco
 	}
 	sessionID := runtime.NewID()
 	opts := gateway.SessionOptions{Credentials: job.Credentials, RunnerConfig: config, Owner: owner.String(), Budget: job.Budget}
+	var secretEnv []string
 	if r.Egress != nil {
 		p := *r.Egress
 		p.Host = egress.HostAddrs()
-		opts.Egress = egress.New(p, egress.Options{Logger: log, Emit: func(ev egress.Event) { send(api.Marshal(ev)) }})
+		secrets, env, err := placeholders(r.Secrets)
+		if err != nil {
+			return out, fmt.Errorf("secret placeholders: %w", err)
+		}
+		secretEnv = env
+		opts.Egress = egress.New(p, egress.Options{Logger: log, Emit: func(ev egress.Event) { send(api.Marshal(ev)) },
+			Secrets: secrets, CA: r.CA, UpstreamRoots: r.EgressRoots})
 	}
 	sess, err := r.Gateway.Open(sessionID, opts)
 	if err != nil {
@@ -110,6 +149,11 @@ func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (out api.Outco
 			log.Warn("close gateway session", "session", sessionID, "err", cerr)
 		}
 	}()
+	if r.Egress != nil && r.CA != nil {
+		if err := os.WriteFile(filepath.Join(sess.Dir, caFile), r.CA.CertPEM(), 0o644); err != nil {
+			return out, fmt.Errorf("egress CA certificate: %w", err)
+		}
+	}
 
 	// Output waits for the "started" event: a process can print before its
 	// Start has returned, and the stream must say it started first. There
@@ -149,7 +193,7 @@ func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (out api.Outco
 		SessionID:       sessionID,
 		Image:           image,
 		Args:            agentimage.RunnerCommand(),
-		Env:             append([]string{agentimage.TokenEnv + "=" + sess.Token}, job.Env...),
+		Env:             append(append([]string{agentimage.TokenEnv + "=" + sess.Token}, job.Env...), secretEnv...),
 		Files:           job.Files,
 		Policy:          policy,
 		AllowUnenforced: r.AllowUnenforced,

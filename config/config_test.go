@@ -119,6 +119,21 @@ func TestParseLimits(t *testing.T) {
 		{"bad egress rule", "egress:\n  allow: ['not a host']\n", "egress: allow", nil},
 		{"unknown egress key", "egress:\n  allows: [x.org]\n", "egress", nil},
 		{"bad egress budget", "egress:\n  max_bytes: lots\n", "max_bytes", nil},
+		{"secrets", "secrets:\n  GITHUB_TOKEN:\n    from_env: SANDSTORM_TEST_GH\n    hosts: [github.com, api.github.com]\n", "", func(t *testing.T, l Limits) {
+			t.Setenv("SANDSTORM_TEST_GH", "ghp_value")
+			s, err := l.LoadSecrets()
+			if err != nil || len(s) != 1 || s[0].Name != "GITHUB_TOKEN" || s[0].Value != "ghp_value" || len(s[0].Hosts) != 2 {
+				t.Errorf("secrets %v, %v", s, err)
+			}
+			t.Setenv("SANDSTORM_TEST_GH", "")
+			if _, err := l.LoadSecrets(); err == nil || !strings.Contains(err.Error(), "SANDSTORM_TEST_GH is not set") {
+				t.Errorf("unset variable: %v", err)
+			}
+		}},
+		{"secret name", "secrets:\n  lower:\n    from_env: X\n    hosts: [a.org]\n", "secrets: lower", nil},
+		{"secret source", "secrets:\n  T:\n    hosts: [a.org]\n", "exactly one of from_env and from_file", nil},
+		{"secret hosts", "secrets:\n  T:\n    from_env: X\n    hosts: [10.0.0.1]\n", "names, not addresses", nil},
+		{"secrets need the proxy", "network_mode: none\nsecrets:\n  T:\n    from_env: X\n    hosts: [a.org]\n", "network_mode: proxy", nil},
 		{"bad isolation", "isolation: kata\n", "isolation", nil},
 		{"unknown item", "allow_unenforced: [everything]\n", "allow_unenforced", nil},
 		{"items type", "allow_unenforced: pids_limit\n", "allow_unenforced", nil},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -35,6 +36,9 @@ type Limits struct {
 	NetworkMode string `json:"network_mode"`
 	// Egress is the proxy's policy (network_mode: proxy).
 	Egress egress.Config `json:"-"`
+	// Secrets are values the sandbox never sees, by the name of the
+	// environment variable that holds a placeholder in the sandbox.
+	Secrets map[string]SecretSource `json:"-"`
 	// QueueSize requests may wait for a free slot, each at most QueueWaitSeconds.
 	QueueSize        int `json:"queue_size"`
 	QueueWaitSeconds int `json:"queue_wait_seconds"`
@@ -72,7 +76,7 @@ func DefaultLimits() Limits {
 
 var limitsKeys = []string{"max_concurrent_agents", "cpu_limit", "memory_limit", "pids_limit",
 	"session_timeout_seconds", "image", "docker_image", "network_mode", "queue_size", "queue_wait_seconds",
-	"isolation", "allow_unenforced", "egress", "max_budget_usd", "max_model_requests", "max_output_tokens"}
+	"isolation", "allow_unenforced", "egress", "max_budget_usd", "max_model_requests", "max_output_tokens", "secrets"}
 
 // NetworkProxy is the network mode in which the sandbox has only loopback
 // and reaches the network through the gateway's egress proxy.
@@ -142,6 +146,11 @@ func ParseLimits(data []byte) (Limits, []string, error) {
 			return l, warnings, fmt.Errorf("%w: cpu_limit: %w", ErrInvalid, err)
 		}
 	}
+	if v, ok := raw["secrets"]; ok {
+		if l.Secrets, err = parseSecrets(v); err != nil {
+			return l, warnings, fmt.Errorf("%w: secrets: %w", ErrInvalid, err)
+		}
+	}
 	if v, ok := raw["egress"]; ok {
 		if l.Egress, err = parseEgress(v); err != nil {
 			return l, warnings, fmt.Errorf("%w: egress: %w", ErrInvalid, err)
@@ -157,6 +166,97 @@ func ParseLimits(data []byte) (Limits, []string, error) {
 		}
 	}
 	return l, warnings, l.Validate()
+}
+
+// SecretSource is where a secret's value comes from on the host, and the
+// hosts it may go to.
+type SecretSource struct {
+	FromEnv  string   `json:"from_env,omitempty"`
+	FromFile string   `json:"from_file,omitempty"`
+	Hosts    []string `json:"hosts"`
+}
+
+// parseSecrets reads the secrets block: NAME: {from_env|from_file, hosts}.
+func parseSecrets(v json.RawMessage) (map[string]SecretSource, error) {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(v, &raw); err != nil {
+		return nil, errors.New("must map names to {from_env or from_file, hosts}")
+	}
+	out := map[string]SecretSource{}
+	for _, name := range sortedKeys(raw) {
+		var s SecretSource
+		dec := json.NewDecoder(strings.NewReader(string(raw[name])))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&s); err != nil {
+			return nil, fmt.Errorf("%s: %s (keys: from_env, from_file, hosts)", name, describeJSONError(err))
+		}
+		if err := s.validate(name); err != nil {
+			return nil, err
+		}
+		out[name] = s
+	}
+	return out, nil
+}
+
+func (s SecretSource) validate(name string) error {
+	if !envName(name) {
+		return fmt.Errorf("%s: not an environment variable name (A-Z, 0-9, _)", name)
+	}
+	if (s.FromEnv == "") == (s.FromFile == "") {
+		return fmt.Errorf("%s: give exactly one of from_env and from_file", name)
+	}
+	if len(s.Hosts) == 0 {
+		return fmt.Errorf("%s: hosts: name the hosts the secret may go to", name)
+	}
+	for _, h := range s.Hosts {
+		if _, err := egress.ParseHost(h); err != nil {
+			return fmt.Errorf("%s: hosts: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func envName(s string) bool {
+	for i, c := range s {
+		if !(c >= 'A' && c <= 'Z' || c == '_' || i > 0 && c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// LoadSecrets reads the secrets' values from the host. An error names the
+// secret and where it looked, never a value.
+func (l Limits) LoadSecrets() ([]egress.Secret, error) {
+	var out []egress.Secret
+	names := make([]string, 0, len(l.Secrets))
+	for n := range l.Secrets {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		src := l.Secrets[name]
+		var value string
+		if src.FromEnv != "" {
+			value = os.Getenv(src.FromEnv)
+			if value == "" {
+				return nil, fmt.Errorf("%w: secrets: %s: $%s is not set", ErrInvalid, name, src.FromEnv)
+			}
+		} else {
+			data, err := os.ReadFile(src.FromFile)
+			if err != nil {
+				return nil, fmt.Errorf("%w: secrets: %s: %w", ErrInvalid, name, err)
+			}
+			value = strings.TrimSpace(string(data))
+		}
+		s := egress.Secret{Name: name, Value: value}
+		for _, h := range src.Hosts {
+			r, _ := egress.ParseHost(h)
+			s.Hosts = append(s.Hosts, r)
+		}
+		out = append(out, s)
+	}
+	return out, nil
 }
 
 // parseEgress reads the egress block: allow, deny, ports, max_bytes.
@@ -237,6 +337,9 @@ func (l Limits) Validate() error {
 		return bad("max_model_requests", "%d is negative", l.MaxModelRequests)
 	case l.MaxOutputTokens < 0:
 		return bad("max_output_tokens", "%d is negative", l.MaxOutputTokens)
+	}
+	if len(l.Secrets) > 0 && l.NetworkMode != NetworkProxy {
+		return bad("secrets", "need network_mode: proxy (the proxy puts them in at the boundary)")
 	}
 	if _, err := runtime.ParseIsolation(l.Isolation); err != nil {
 		return bad("isolation", "%q: choose %s or %s", l.Isolation, runtime.IsolationRunc, runtime.IsolationGVisor)

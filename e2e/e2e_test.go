@@ -14,7 +14,6 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/agent"
 	"github.com/sandstorm-dev/sandstorm/api"
-	"github.com/sandstorm-dev/sandstorm/egress"
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
@@ -40,8 +39,8 @@ func run(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map
 	return runWith(t, b, sc, job, nil)
 }
 
-// runWith is run with the runner's egress policy (nil: no network).
-func runWith(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job, egressPolicy *egress.Policy) ([]map[string]any, api.Outcome, *modelserver.Server, runtime.Runtime) {
+// runWith is run with the runner set up further by configure (egress).
+func runWith(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job, configure func(*agent.Runner)) ([]map[string]any, api.Outcome, *modelserver.Server, runtime.Runtime) {
 	t.Helper()
 	conformance.NeedsDaemon(t, b.name)
 	ctx := context.Background()
@@ -62,7 +61,10 @@ func runWith(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job, eg
 		t.Fatal(err)
 	}
 	r := &agent.Runner{Runtime: rt, Gateway: gw,
-		Policy: oci.Policy{MemoryBytes: 2 << 30}, AllowUnenforced: b.allow, Egress: egressPolicy}
+		Policy: oci.Policy{MemoryBytes: 2 << 30}, AllowUnenforced: b.allow}
+	if configure != nil {
+		configure(r)
+	}
 	if job.Timeout == 0 {
 		job.Timeout = 3 * time.Minute
 	}

@@ -126,6 +126,16 @@ func validDomain(s string) bool {
 	return true
 }
 
+// ParseHost reads a rule that must name a host ("api.github.com",
+// "*.example.org", "git.example.org:8443"): secrets go by the name asked for.
+func ParseHost(s string) (Rule, error) {
+	r, err := ParseRule(s)
+	if err == nil && r.domain == "" {
+		err = fmt.Errorf("%w: %q: a secret's hosts are names, not addresses", ErrInvalid, s)
+	}
+	return r, err
+}
+
 // matches tells whether the rule covers a connection to host (as asked) at addr:port.
 func (r Rule) matches(host string, addr netip.Addr, port int) bool {
 	if r.port != 0 && r.port != port {

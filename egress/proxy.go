@@ -1,7 +1,9 @@
 package egress
 
 import (
+	"bufio"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -39,6 +41,10 @@ type Event struct {
 	DurationMS int64  `json:"duration_ms"`
 	// Error says why an allowed connection failed (no address, refused, ...).
 	Error string `json:"error,omitempty"`
+	// Intercepted: the proxy terminated TLS to swap secrets in (a host with
+	// secret rules); Secrets names those it put in. Other tunnels stay end to end.
+	Intercepted bool     `json:"intercepted,omitempty"`
+	Secrets     []string `json:"secrets,omitempty"`
 }
 
 // Resolver looks up a name's addresses (net.DefaultResolver is one).
@@ -58,6 +64,12 @@ type Options struct {
 	// Emit receives every event; it must be safe for concurrent use.
 	Emit   func(Event)
 	Logger *slog.Logger
+	// Secrets are swapped into requests to their hosts, which the proxy
+	// intercepts with certificates of CA (needed when there are secrets).
+	Secrets []Secret
+	CA      *CA
+	// UpstreamRoots verify intercepted hosts; nil is the system's roots.
+	UpstreamRoots *x509.CertPool
 }
 
 // Proxy is one session's egress proxy: CONNECT tunnels (TLS stays end to
@@ -68,6 +80,9 @@ type Proxy struct {
 	dialer   Dialer
 	emit     func(Event)
 	log      *slog.Logger
+	secrets  []Secret
+	ca       *CA
+	roots    *x509.CertPool
 	// used is the bytes moved so far, both ways, against policy.MaxBytes.
 	used atomic.Int64
 
@@ -129,7 +144,8 @@ func New(p Policy, o Options) *Proxy {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Proxy{policy: p, resolver: o.Resolver, dialer: o.Dialer, emit: o.Emit, log: o.Logger, open: map[net.Conn]struct{}{}}
+	return &Proxy{policy: p, resolver: o.Resolver, dialer: o.Dialer, emit: o.Emit, log: o.Logger, open: map[net.Conn]struct{}{},
+		secrets: o.Secrets, ca: o.CA, roots: o.UpstreamRoots}
 }
 
 // HostAddrs are this host's own addresses, for Policy.Host.
@@ -282,6 +298,13 @@ func (p *Proxy) connect(w http.ResponseWriter, r *http.Request) {
 	if _, err := client.Write([]byte("HTTP/1.1 200 Connection Established\r\n\r\n")); err != nil {
 		return
 	}
+	if secrets := p.secretsFor(host, port); len(secrets) > 0 && p.ca != nil {
+		ev.Intercepted = true
+		if err := p.intercept(&prefixed{Conn: client, r: buf.Reader}, c, host, secrets, &ev); err != nil {
+			ev.Error = err.Error()
+		}
+		return
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -293,6 +316,27 @@ func (p *Proxy) connect(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(client, c)
 	closeWrite(client)
 	wg.Wait()
+}
+
+// prefixed reads what the server buffered after CONNECT before the rest.
+type prefixed struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+// CloseWrite half-closes when the connection can (Unix and TCP sockets).
+func (p *prefixed) CloseWrite() error {
+	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return p.Conn.Close()
+}
+
+func (p *prefixed) Read(b []byte) (int, error) {
+	if p.r.Buffered() > 0 {
+		return p.r.Read(b)
+	}
+	return p.Conn.Read(b)
 }
 
 func closeWrite(c net.Conn) {

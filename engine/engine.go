@@ -17,6 +17,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/agent"
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/config"
+	"github.com/sandstorm-dev/sandstorm/egress"
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
 	"github.com/sandstorm-dev/sandstorm/oci"
@@ -160,7 +161,18 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 	if limits.NetworkMode == string(oci.NetworkBridge) {
 		e.Notices = append(e.Notices, "network_mode: bridge gives every sandbox unrestricted network access, to this host's services and the private network included; network_mode: proxy (the default) goes through sandstorm's egress policy")
 	}
-	runner := &agent.Runner{Runtime: e.Runtime, Gateway: e.Gateway, Image: limits.Image, Policy: limits.Policy(), AllowUnenforced: allow, Egress: egressPolicy, Logger: log}
+	secrets, err := limits.LoadSecrets()
+	if err != nil {
+		return nil, err
+	}
+	var ca *egress.CA
+	if len(secrets) > 0 {
+		if ca, err = egress.LoadOrCreateCA(egress.DefaultCADir); err != nil {
+			return nil, err
+		}
+	}
+	runner := &agent.Runner{Runtime: e.Runtime, Gateway: e.Gateway, Image: limits.Image, Policy: limits.Policy(), AllowUnenforced: allow,
+		Egress: egressPolicy, Secrets: secrets, CA: ca, Logger: log}
 	slotDir := cmp.Or(o.SlotDir, os.Getenv(SlotDirEnv), session.DefaultSlotDir)
 	e.Manager, err = session.NewManager(runner, limits, project, o.Credentials, slotDir)
 	if err != nil {

@@ -210,6 +210,12 @@ func (s *Session) serveEgress(h http.Handler, log *slog.Logger) error {
 		l.Close()
 		return fmt.Errorf("gateway: egress: %w", err)
 	}
+	// A proxy that serves more than HTTP (SOCKS5) takes its share first.
+	if w, ok := h.(interface {
+		Listener(net.Listener) net.Listener
+	}); ok {
+		l = w.Listener(l)
+	}
 	s.egress = &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	go func() { _ = s.egress.Serve(l) }()
 	return nil

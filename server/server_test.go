@@ -196,7 +196,7 @@ func streamsLive(t *testing.T, backend string) {
 		return true
 	})
 	joined := strings.Join(types, " ")
-	if !sawLive || !strings.HasPrefix(joined, "sandbox sandbox system") || !strings.Contains(joined, "result sandbox sandbox") {
+	if !sawLive || !strings.HasPrefix(joined, "sandbox sandbox system") || !strings.Contains(joined, "result sandbox model_usage sandbox") {
 		t.Errorf("event order: %s", joined)
 	}
 	h.noSandboxes(t, 5*time.Second)

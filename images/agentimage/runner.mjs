@@ -237,8 +237,29 @@ function parseConfig(text, path) {
 
 // ---- TCP -> Unix forwarder --------------------------------------------------
 
-// EGRESS_SOCKET is the gateway's egress proxy, next to the model socket.
+// EGRESS_SOCKET is the gateway's egress proxy, next to the model socket;
+// EGRESS_CA the certificate of the CA it intercepts hosts with secrets by.
 const EGRESS_SOCKET = 'egress.sock';
+const EGRESS_CA = 'ca.pem';
+const SYSTEM_BUNDLE = '/etc/ssl/certs/ca-certificates.crt';
+const CA_BUNDLE = '/tmp/sandstorm-ca-bundle.pem';
+const CA_VARS = ['SSL_CERT_FILE', 'REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE', 'GIT_SSL_CAINFO'];
+
+// trustEgressCA writes the system's bundle plus the egress CA where every
+// tool is told to look (the root filesystem is read-only), and returns the
+// variables that say so.
+function trustEgressCA(caPath) {
+  let system = '';
+  try {
+    system = fs.readFileSync(SYSTEM_BUNDLE, 'utf8');
+  } catch {
+    // No system bundle: the egress CA alone.
+  }
+  fs.writeFileSync(CA_BUNDLE, system + '\n' + fs.readFileSync(caPath, 'utf8'), { mode: 0o644 });
+  const vars = { NODE_EXTRA_CA_CERTS: caPath };
+  for (const name of CA_VARS) vars[name] = CA_BUNDLE;
+  return vars;
+}
 
 function isSocket(p) {
   try {
@@ -327,7 +348,7 @@ function providerMode(env) {
 // the CLI, npm, pip, git and Python either case).
 const PROXY_VARS = ['HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy'];
 
-function childEnv(port, token, egressPort) {
+function childEnv(port, token, egressPort, caVars) {
   const env = { ...process.env };
   // The CLI must authenticate only with the session token, only at the
   // forwarder: drop every other way it could pick a credential or endpoint,
@@ -349,9 +370,13 @@ function childEnv(port, token, egressPort) {
   // CLAUDE_CONFIG_DIR, else HOME, which is the workspace: keep the workspace
   // to what the agent itself writes.
   if (!env.CLAUDE_CONFIG_DIR) env.CLAUDE_CONFIG_DIR = DEFAULT_CLAUDE_CONFIG_DIR;
+  Object.assign(env, caVars || {});
   if (egressPort) {
     // The network is the gateway's egress proxy, through its forwarder.
     for (const name of PROXY_VARS) env[name] = `http://127.0.0.1:${egressPort}`;
+    // The same socket speaks SOCKS5 for TCP tools with no HTTP proxy
+    // (socks5h: the proxy resolves names, as it must to check them).
+    for (const name of ['ALL_PROXY', 'all_proxy']) env[name] = `socks5h://127.0.0.1:${egressPort}`;
     for (const name of ['NO_PROXY', 'no_proxy']) env[name] = 'localhost,127.0.0.1';
   }
   // A proxy configured for the sandbox's tools must not capture the
@@ -431,6 +456,15 @@ async function main() {
       return failWith('forwarder_failed', msg);
     }
   }
+  let caVars = null;
+  const caPath = path.join(path.dirname(socketPath), EGRESS_CA);
+  if (fs.existsSync(caPath)) {
+    try {
+      caVars = trustEgressCA(caPath);
+    } catch (err) {
+      return failWith('internal', `cannot trust the egress CA: ${errorText(err)}`);
+    }
+  }
 
   let query;
   try {
@@ -463,7 +497,7 @@ async function main() {
 
   const options = {
     cwd,
-    env: childEnv(forwarder.port, token, egressForwarder && egressForwarder.port),
+    env: childEnv(forwarder.port, token, egressForwarder && egressForwarder.port, caVars),
     abortController,
     permissionMode: 'bypassPermissions',
     allowDangerouslySkipPermissions: true,
