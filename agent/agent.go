@@ -51,6 +51,8 @@ type Job struct {
 	Env []string
 	// Budget bounds the run's model calls at the gateway.
 	Budget gateway.Budget
+	// EgressAllow narrows the runner's egress policy for this run.
+	EgressAllow []egress.Rule
 }
 
 // Runner runs jobs on one backend.
@@ -118,6 +120,13 @@ func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (out api.Outco
 		}
 	}
 
+	var declared []egress.Rule
+	if r.Egress != nil {
+		// The MCP servers the configuration names are reached through the proxy.
+		if job.Config.MCPServers, declared, err = reachMCP(job.Config.MCPServers); err != nil {
+			return out, fmt.Errorf("%w: %w", runtime.ErrInvalidSpec, err)
+		}
+	}
 	config, err := json.Marshal(job.Config)
 	if err != nil {
 		return out, fmt.Errorf("%w: runner config: %w", runtime.ErrInvalidSpec, err)
@@ -131,7 +140,7 @@ func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (out api.Outco
 	var secretEnv []string
 	if r.Egress != nil {
 		p := *r.Egress
-		p.Host = egress.HostAddrs()
+		p.Host, p.Narrow, p.Declared = egress.HostAddrs(), job.EgressAllow, declared
 		secrets, env, err := placeholders(r.Secrets)
 		if err != nil {
 			return out, fmt.Errorf("secret placeholders: %w", err)

@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/sandstorm-dev/sandstorm/config"
+	"github.com/sandstorm-dev/sandstorm/egress"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
@@ -33,7 +34,10 @@ type Request struct {
 	MaxTurns int    `json:"max_turns,omitempty"`
 	// MaxBudgetUSD bounds the run's model spend at the gateway (list prices);
 	// it may narrow the limits file's max_budget_usd, never widen it.
-	MaxBudgetUSD float64         `json:"max_budget_usd,omitempty"`
+	MaxBudgetUSD float64 `json:"max_budget_usd,omitempty"`
+	// Egress narrows the host's egress policy for this run: with Allow,
+	// only what it names (and the host's policy allows) is reached.
+	Egress       *RequestEgress  `json:"egress,omitempty"`
 	Timeout      int             `json:"timeout,omitempty"`
 	OutputFormat json.RawMessage `json:"output_format,omitempty"`
 	// Files maps a path relative to the workspace to its content.
@@ -66,6 +70,27 @@ func ValidateModel(m string) error {
 	return Invalid("model", "unknown model %q (use sonnet, opus, haiku, a claude-* model id, or provider/model for OpenRouter)", m)
 }
 
+// RequestEgress is a request's narrowing of the egress policy.
+type RequestEgress struct {
+	Allow []string `json:"allow"`
+}
+
+// EgressRules parses the request's egress.allow.
+func (r Request) EgressRules() ([]egress.Rule, error) {
+	if r.Egress == nil {
+		return nil, nil
+	}
+	var out []egress.Rule
+	for i, s := range r.Egress.Allow {
+		rule, err := egress.ParseRule(s)
+		if err != nil {
+			return nil, Invalid(fmt.Sprintf("egress.allow[%d]", i), "%s", strings.TrimPrefix(err.Error(), egress.ErrInvalid.Error()+": "))
+		}
+		out = append(out, rule)
+	}
+	return out, nil
+}
+
 // Validate checks every field, naming the first bad one.
 func (r Request) Validate() error {
 	n := utf8.RuneCountInString(r.Prompt)
@@ -82,6 +107,12 @@ func (r Request) Validate() error {
 		return Invalid("max_budget_usd", "%g is outside 0..%g", r.MaxBudgetUSD, float64(MaxBudgetUSDAllowed))
 	}
 	if err := ValidateModel(r.Model); err != nil {
+		return err
+	}
+	if r.Egress != nil && len(r.Egress.Allow) == 0 {
+		return Invalid("egress.allow", "is empty: name what the run may reach, or leave egress out")
+	}
+	if _, err := r.EgressRules(); err != nil {
 		return err
 	}
 	if err := config.ValidateOutputFormat(r.OutputFormat); err != nil {

@@ -25,6 +25,9 @@ func scenarios(t *testing.T, b backend) {
 	t.Run("egress through the proxy", func(t *testing.T) { egressScenario(t, b) })
 	t.Run("a secret put in at the boundary", func(t *testing.T) { secretScenario(t, b) })
 	t.Run("budget enforced at the gateway", func(t *testing.T) { budgetScenario(t, b) })
+	t.Run("a tool of a stdio MCP server", func(t *testing.T) { mcpScenario(t, b) })
+	t.Run("a subagent", func(t *testing.T) { subagentScenario(t, b) })
+	t.Run("a tool of an http MCP server on the host", func(t *testing.T) { mcpHTTPScenario(t, b) })
 	t.Run("hello-python", func(t *testing.T) {
 		events, out, srv, _ := run(t, b, builtin(t, "hello-python"), agent.Job{Config: agent.Config{Prompt: "Create hello.py and run it"}})
 		if !out.Success() {

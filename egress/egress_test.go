@@ -260,3 +260,22 @@ func TestBudget(t *testing.T) {
 		t.Errorf("after the budget: %d, want 403", resp.StatusCode)
 	}
 }
+
+// TestNarrow: a request's allow list only takes away.
+func TestNarrow(t *testing.T) {
+	p := policy(t, Config{})
+	gh, _ := ParseRule("*.github.com")
+	loop, _ := ParseRule("127.0.0.1:8080")
+	p.Narrow = []Rule{gh, loop}
+	pub := netip.MustParseAddr("140.82.112.3")
+	if d := p.Decide("api.github.com", pub, 443); !d.Allowed {
+		t.Errorf("named by the request and allowed by the host: %+v", d)
+	}
+	if d := p.Decide("example.org", pub, 443); d.Allowed || !strings.Contains(d.Rule, "request") {
+		t.Errorf("not named by the request: %+v", d)
+	}
+	// The request cannot open what the host denies.
+	if d := p.Decide(HostName, netip.MustParseAddr("127.0.0.1"), 8080); d.Allowed {
+		t.Errorf("a request opened loopback: %+v", d)
+	}
+}

@@ -165,6 +165,13 @@ type Policy struct {
 	MaxBytes int64
 	// Host are the host's own addresses, denied by default like loopback.
 	Host []netip.Addr
+	// Narrow, when not empty, is a request's own allow list: a connection
+	// must match one of these too. It can only take away.
+	Narrow []Rule
+	// Declared are destinations the operator's configuration names (the
+	// MCP servers of sandstorm.json): each is allowed as an explicit allow
+	// is (loopback included), without making Allow a list of everything.
+	Declared []Rule
 }
 
 // Config is the egress block of limits.yaml (and a request's narrowing).
@@ -227,6 +234,14 @@ func (p Policy) Decide(host string, addr netip.Addr, port int) Decision {
 	for _, r := range p.Deny {
 		if r.matches(host, addr, port) {
 			return deny("deny " + r.Text)
+		}
+	}
+	if len(p.Narrow) > 0 && !slices.ContainsFunc(p.Narrow, func(r Rule) bool { return r.matches(host, addr, port) }) {
+		return deny("not in the request's egress.allow")
+	}
+	for _, r := range p.Declared {
+		if r.matches(host, addr, port) {
+			return Decision{Allowed: true, Rule: "declared " + r.Text}
 		}
 	}
 	var explicit *Rule

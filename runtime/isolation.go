@@ -39,6 +39,8 @@ func GVisorUnenforced() map[Item]string {
 		ItemPidsLimit: "gVisor's processes are not host processes: the pids cgroup bounds runsc's own threads, " +
 			"not the sandbox's processes (the memory limit still bounds a fork bomb)",
 		ItemNosuidMounts: "gVisor (runsc 20221219) has no nosuid or nodev mount flags",
+		ItemOOMDetection: "gVisor's kernel may kill an out-of-memory process itself (exit 137) before the host's OOM killer acts, " +
+			"so a kill is not always told from another SIGKILL",
 		ItemNetworkBridge: "runsc 20221219 takes any network namespace for the host's on kernels that " +
 			"namespace net.core.rmem_default (6.x) and refuses it, so it runs with --network=none: loopback only",
 	}

@@ -133,12 +133,19 @@ func (m *Manager) Job(req api.Request) (agent.Job, error) {
 		}
 		budget.MaxUSD = req.MaxBudgetUSD
 	}
+	narrow, err := req.EgressRules()
+	if err != nil {
+		return agent.Job{}, err
+	}
+	if len(narrow) > 0 && m.limits.NetworkMode != config.NetworkProxy {
+		return agent.Job{}, api.Invalid("egress", "needs network_mode: proxy on this host (it is %s)", m.limits.NetworkMode)
+	}
 	creds := m.creds
 	if req.AnthropicAPIKey != "" || req.OpenRouterAPIKey != "" {
 		creds = gateway.Credentials{AnthropicKey: req.AnthropicAPIKey, OpenRouterKey: req.OpenRouterAPIKey}
 	}
 	return agent.Job{Config: c, Files: append(req.WorkspaceFiles(), m.files...), Timeout: time.Duration(timeout) * time.Second,
-		Credentials: creds, Env: append([]string(nil), m.env...), Budget: budget}, nil
+		Credentials: creds, Env: append([]string(nil), m.env...), Budget: budget, EgressAllow: narrow}, nil
 }
 
 // Queued is told the queue position while a request waits for a slot.

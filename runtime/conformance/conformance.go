@@ -119,6 +119,8 @@ type check struct {
 type result struct {
 	stdout, stderr string
 	exit           runtime.ExitStatus
+	// caps is the backend's report, for checks whose rule depends on it.
+	caps runtime.Capabilities
 }
 
 // Run runs every check against rt.
@@ -163,6 +165,7 @@ func Run(t *testing.T, rt runtime.Runtime, cfg Config) {
 			// Items the check does not exercise may be missing on this
 			// backend: allowing exactly those keeps the check about its own rule.
 			r := runCheck(t, rt, c, unexercised(caps, c))
+			r.caps = caps
 			c.verify(t, r)
 		})
 	}
