@@ -24,6 +24,7 @@ func builtin(t *testing.T, name string) modelserver.Scenario {
 func scenarios(t *testing.T, b backend) {
 	t.Run("egress through the proxy", func(t *testing.T) { egressScenario(t, b) })
 	t.Run("a secret put in at the boundary", func(t *testing.T) { secretScenario(t, b) })
+	t.Run("npm and pip install through the proxy", func(t *testing.T) { packagesScenario(t, b) })
 	t.Run("budget enforced at the gateway", func(t *testing.T) { budgetScenario(t, b) })
 	t.Run("a tool of a stdio MCP server", func(t *testing.T) { mcpScenario(t, b) })
 	t.Run("a subagent", func(t *testing.T) { subagentScenario(t, b) })

@@ -61,8 +61,8 @@ const (
 	DefaultCacheDir = "/var/cache/sandstorm/agent-image"
 	DefaultOutput   = "build/sandstorm-agent.tar"
 
-	// DefaultMaxSize bounds the image tar (700 MB).
-	DefaultMaxSize = 700 * 1000 * 1000
+	// DefaultMaxSize bounds the image tar (900 MB: npm and pip are in it).
+	DefaultMaxSize = 900 * 1000 * 1000
 
 	UserUID  = 1000
 	UserGID  = 1000
@@ -72,7 +72,7 @@ const (
 )
 
 // Packages are installed into the rootfs with apt-get --no-install-recommends.
-var Packages = []string{"ca-certificates", "curl", "git", "nodejs", "python3", "ripgrep", "tini"}
+var Packages = []string{"ca-certificates", "curl", "git", "nodejs", "npm", "python3", "python3-pip", "ripgrep", "tini"}
 
 // Config is the image configuration.
 func Config() imagetar.Config {
