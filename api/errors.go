@@ -31,6 +31,9 @@ const (
 	// CodeBudgetExceeded: the gateway refused a model call over the run's budget.
 	CodeBudgetExceeded Code = "budget_exceeded"
 	CodeInternal       Code = "internal"
+	CodeUnauthorized   Code = "unauthorized"
+	CodeForbidden      Code = "forbidden"
+	CodeMediaType      Code = "unsupported_media_type"
 )
 
 // Errors of the API itself; the backends' and the configuration's are
@@ -45,6 +48,12 @@ var (
 	ErrShuttingDown = errors.New("server shutting down")
 	// ErrUsage: a command line that is wrong (flags, arguments); see Usage.
 	ErrUsage = errors.New("invalid usage")
+	// ErrUnauthorized: the API needs a key and the request has none that is valid.
+	ErrUnauthorized = errors.New("unauthorized: send Authorization: Bearer <one of SANDSTORM_API_KEY>")
+	// ErrForbiddenOrigin: a browser request from an origin that is not allowed.
+	ErrForbiddenOrigin = errors.New("origin not allowed (CORS_ORIGINS)")
+	// ErrMediaType: a request body that is not application/json.
+	ErrMediaType = errors.New("request body must be Content-Type: application/json")
 )
 
 // Usage marks err as a wrong command line, keeping its message.
@@ -102,6 +111,9 @@ var table = []row{
 	{ErrInvalidRequest, CodeInvalidRequest, http.StatusBadRequest, ExitUsage},
 	{ErrUsage, CodeInvalidRequest, http.StatusBadRequest, ExitUsage},
 	{ErrBusy, CodeBusy, http.StatusTooManyRequests, ExitBusy},
+	{ErrUnauthorized, CodeUnauthorized, http.StatusUnauthorized, ExitUsage},
+	{ErrForbiddenOrigin, CodeForbidden, http.StatusForbidden, ExitUsage},
+	{ErrMediaType, CodeMediaType, http.StatusUnsupportedMediaType, ExitUsage},
 	{config.ErrInvalid, CodeInvalidConfig, http.StatusBadRequest, ExitConfig},
 	{runtime.ErrInvalidSpec, CodeInvalidConfig, http.StatusBadRequest, ExitUsage},
 	{oci.ErrInvalidPolicy, CodeInvalidConfig, http.StatusBadRequest, ExitUsage},

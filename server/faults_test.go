@@ -50,6 +50,7 @@ func queuedLeaves(t *testing.T, backend string) {
 	for i := 0; i < 2; i++ {
 		ctx, leave := context.WithCancel(context.Background())
 		req, _ := http.NewRequestWithContext(ctx, "POST", h.url+"/query", strings.NewReader(`{"prompt":"queued"}`))
+		req.Header.Set("Content-Type", "application/json")
 		errc := make(chan error, 1)
 		go func() {
 			resp, err := http.DefaultClient.Do(req)
@@ -169,6 +170,7 @@ func leaveDuringStartup(t *testing.T, backend string) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rand.IntN(1500))*time.Millisecond)
 			defer cancel()
 			req, _ := http.NewRequestWithContext(ctx, "POST", h.url+"/query", strings.NewReader(`{"prompt":"slow"}`))
+			req.Header.Set("Content-Type", "application/json")
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				return

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +20,8 @@ import (
 // fakeEngine validates requests as the real engine does (api.Request's own
 // Validate) and plays a run, so the HTTP layer is tested without a daemon.
 type fakeEngine struct {
+	// admitted counts the requests that reached the engine.
+	admitted atomic.Int32
 	admitErr error
 	startErr error
 	health   api.Health
@@ -27,6 +31,7 @@ type fakeEngine struct {
 }
 
 func (f *fakeEngine) Admit(_ context.Context, req api.Request, _ func(int)) (api.Run, error) {
+	f.admitted.Add(1)
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
@@ -61,10 +66,16 @@ func (r fakeRun) Start(_ context.Context, emit api.Emit) (api.Outcome, error) {
 
 func serveFake(t *testing.T, f *fakeEngine) string {
 	t.Helper()
+	return serveFakeWith(t, f, Config{})
+}
+
+func serveFakeWith(t *testing.T, f *fakeEngine, cfg Config) string {
+	t.Helper()
 	if f.health.Status == "" {
 		f.health = api.Health{Status: api.HealthOK, Backend: "fake"}
 	}
-	srv := New(f, Config{WriteTimeout: 300 * time.Millisecond})
+	cfg.WriteTimeout = 300 * time.Millisecond
+	srv := New(f, cfg)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -165,4 +176,92 @@ print(r.status_code, r.json()["error"])`
 			t.Errorf("health %d %+v", hr.StatusCode, h)
 		}
 	})
+}
+
+// send posts body to path with headers, and returns the status and error code.
+func send(t *testing.T, method, url string, body string, headers map[string]string) (int, api.Code, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	var e apiError
+	_ = json.Unmarshal(data, &e)
+	return resp.StatusCode, e.Error, data
+}
+
+// TestDriveBy: a page of another origin cannot start an agent, not even
+// with a "simple" request that browsers send without asking first.
+func TestDriveBy(t *testing.T) {
+	f := &fakeEngine{}
+	url := serveFake(t, f)
+	if code, ec, _ := send(t, "POST", url+"/query", `{"prompt":"x"}`, map[string]string{"Content-Type": "text/plain"}); code != 415 || ec != api.CodeMediaType {
+		t.Errorf("text/plain body: %d %s, want 415", code, ec)
+	}
+	code, ec, _ := send(t, "POST", url+"/query", `{"prompt":"x"}`, map[string]string{"Content-Type": "application/json", "Origin": "http://evil.example"})
+	if code != 403 || ec != api.CodeForbidden {
+		t.Errorf("another origin: %d %s, want 403", code, ec)
+	}
+	if n := f.admitted.Load(); n != 0 {
+		t.Errorf("%d refused requests reached the engine", n)
+	}
+	// The server's own origin is fine.
+	if code, _, _ := send(t, "POST", url+"/query", `{"prompt":"x"}`, map[string]string{"Content-Type": "application/json; charset=utf-8", "Origin": url}); code != 200 {
+		t.Errorf("same origin: %d", code)
+	}
+	// Listed origins are allowed, and told so.
+	listed := serveFakeWith(t, &fakeEngine{}, Config{CORSOrigins: "http://app.example"})
+	req, _ := http.NewRequest("GET", listed+"/health", nil)
+	req.Header.Set("Origin", "http://app.example")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Access-Control-Allow-Origin") != "http://app.example" {
+		t.Errorf("listed origin: %d %q", resp.StatusCode, resp.Header.Get("Access-Control-Allow-Origin"))
+	}
+}
+
+// TestAPIKeys: with keys, every route but /health needs one (any of them:
+// keys rotate), and /health tells a stranger only its status.
+func TestAPIKeys(t *testing.T) {
+	k1, k2 := strings.Repeat("a", 32), strings.Repeat("b", 40)
+	f := &fakeEngine{}
+	url := serveFakeWith(t, f, Config{APIKeys: []string{k1, k2}})
+	hdr := func(auth string) map[string]string {
+		h := map[string]string{"Content-Type": "application/json"}
+		if auth != "" {
+			h["Authorization"] = auth
+		}
+		return h
+	}
+	for _, auth := range []string{"", "Bearer wrong", "Basic " + k1, "Bearer " + k1 + "x"} {
+		if code, ec, body := send(t, "POST", url+"/query", `{"prompt":"x"}`, hdr(auth)); code != 401 || ec != api.CodeUnauthorized || strings.Contains(string(body), k1) {
+			t.Errorf("auth %q: %d %s %s", auth, code, ec, body)
+		}
+	}
+	if n := f.admitted.Load(); n != 0 {
+		t.Errorf("%d unauthorized requests reached the engine", n)
+	}
+	for _, k := range []string{k1, k2} {
+		if code, _, _ := send(t, "POST", url+"/query", `{"prompt":"x"}`, hdr("Bearer "+k)); code != 200 {
+			t.Errorf("key %d...: %d", len(k), code)
+		}
+	}
+	_, _, body := send(t, "GET", url+"/health", "", nil)
+	var h map[string]any
+	if err := json.Unmarshal(body, &h); err != nil || len(h) != 1 || h["status"] != api.HealthOK {
+		t.Errorf("unauthenticated /health: %s", body)
+	}
+	_, _, body = send(t, "GET", url+"/health", "", hdr("Bearer "+k2))
+	if err := json.Unmarshal(body, &h); err != nil || h["sandbox_backend"] != "fake" {
+		t.Errorf("authenticated /health: %s", body)
+	}
 }

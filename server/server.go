@@ -6,11 +6,13 @@ package server
 import (
 	"bufio"
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -35,8 +37,12 @@ const DefaultWriteTimeout = 30 * time.Second
 
 // Config configures a Server.
 type Config struct {
-	// CORSOrigins is a comma-separated list of allowed origins; "*" by default.
+	// CORSOrigins is a comma-separated list of origins whose pages may use
+	// the API; empty means same-origin only, "*" any (only when set so).
 	CORSOrigins string
+	// APIKeys, when set, are required as Authorization: Bearer <key> on
+	// every route but GET /health (several, so keys can be rotated).
+	APIKeys []string
 	// WriteTimeout cuts a client that accepts no stream data for this long
 	// (its run is cancelled and removed, as on a disconnect); default
 	// DefaultWriteTimeout.
@@ -55,6 +61,8 @@ type Server struct {
 	cancel       context.CancelCauseFunc
 	runs         sync.WaitGroup
 	writeTimeout time.Duration
+	keys         [][]byte
+	origins      []string
 }
 
 // New builds the server.
@@ -75,11 +83,21 @@ func New(eng api.Engine, cfg Config) *Server {
 		// Streams end when the run does; no idle timeout may cut them.
 		IdleTimeout: 2 * time.Minute,
 	})
-	origins := cfg.CORSOrigins
-	if origins == "" {
-		origins = "*"
+	for _, k := range cfg.APIKeys {
+		s.keys = append(s.keys, []byte(k))
 	}
-	s.app.Use(cors.New(cors.Config{AllowOrigins: origins, AllowHeaders: "Content-Type, Authorization"}))
+	for _, o := range strings.Split(cfg.CORSOrigins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			s.origins = append(s.origins, o)
+		}
+	}
+	// A page of another origin gets nothing, before anything runs: browsers
+	// send "simple" cross-origin POSTs without asking first.
+	s.app.Use(s.checkOrigin)
+	if len(s.origins) > 0 {
+		s.app.Use(cors.New(cors.Config{AllowOrigins: strings.Join(s.origins, ","), AllowHeaders: "Content-Type, Authorization"}))
+	}
+	s.app.Use(s.checkKey)
 	s.app.Get("/health", s.health)
 	s.app.Post("/query", s.query)
 	return s
@@ -104,6 +122,40 @@ func (s *Server) Shutdown(grace time.Duration) error {
 	}
 	s.cancel(api.ErrShuttingDown)
 	return <-errc
+}
+
+// checkOrigin refuses a request whose Origin is neither this server nor
+// allowed by CORSOrigins.
+func (s *Server) checkOrigin(c *fiber.Ctx) error {
+	origin := c.Get(fiber.HeaderOrigin)
+	if origin == "" || origin == c.Protocol()+"://"+c.Hostname() || slices.Contains(s.origins, "*") || slices.Contains(s.origins, origin) {
+		return c.Next()
+	}
+	return writeError(c, fmt.Errorf("%w: %s", api.ErrForbiddenOrigin, origin))
+}
+
+// checkKey requires a valid key, when keys are set, on every route but
+// GET /health (which then tells an unauthenticated caller only its status).
+func (s *Server) checkKey(c *fiber.Ctx) error {
+	if s.authorized(c) || (c.Method() == fiber.MethodGet && c.Path() == "/health") || c.Method() == fiber.MethodOptions {
+		return c.Next()
+	}
+	return writeError(c, api.ErrUnauthorized)
+}
+
+func (s *Server) authorized(c *fiber.Ctx) bool {
+	if len(s.keys) == 0 {
+		return true
+	}
+	got, ok := strings.CutPrefix(c.Get(fiber.HeaderAuthorization), "Bearer ")
+	if !ok {
+		return false
+	}
+	match := 0
+	for _, k := range s.keys {
+		match |= subtle.ConstantTimeCompare([]byte(got), k)
+	}
+	return match == 1
 }
 
 // apiError is every error body: a code, the field at fault if any, a message.
@@ -139,6 +191,13 @@ func (s *Server) health(c *fiber.Ctx) error {
 	ctx, cancel := context.WithTimeout(c.UserContext(), 5*time.Second)
 	defer cancel()
 	h := s.eng.Health(ctx)
+	status := fiber.StatusOK
+	if h.Status != api.HealthOK {
+		status = fiber.StatusServiceUnavailable
+	}
+	if !s.authorized(c) {
+		return c.Status(status).JSON(map[string]string{"status": h.Status})
+	}
 	if h.Status != api.HealthOK {
 		return c.Status(fiber.StatusServiceUnavailable).JSON(h)
 	}
@@ -175,6 +234,9 @@ func decode(body []byte) (api.Request, error) {
 }
 
 func (s *Server) query(c *fiber.Ctx) error {
+	if mt, _, _ := strings.Cut(c.Get(fiber.HeaderContentType), ";"); !strings.EqualFold(strings.TrimSpace(mt), fiber.MIMEApplicationJSON) {
+		return writeError(c, api.ErrMediaType)
+	}
 	req, err := decode(c.Body())
 	if err != nil {
 		return writeError(c, err)

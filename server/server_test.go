@@ -285,6 +285,7 @@ func disconnect(t *testing.T, backend string) {
 	h := start(t, backend, "slow-steps", "")
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "POST", h.url+"/query", strings.NewReader(`{"prompt":"slow"}`))
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -17,6 +18,26 @@ import (
 	"github.com/sandstorm-dev/sandstorm/server"
 )
 
+// minKeyLen is the shortest API key accepted: a key must not be guessable.
+const minKeyLen = 32
+
+// apiKeys reads SANDSTORM_API_KEY: comma-separated keys, each long enough.
+// The error never shows a key.
+func apiKeys(env string) ([]string, error) {
+	var keys []string
+	for i, k := range strings.Split(env, ",") {
+		k = strings.TrimSpace(k)
+		if k == "" {
+			continue
+		}
+		if len(k) < minKeyLen {
+			return nil, api.Usage(fmt.Errorf("SANDSTORM_API_KEY: key %d has %d characters, want at least %d", i+1, len(k), minKeyLen))
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
+
 func newServe() *cobra.Command {
 	var (
 		ef    engineFlags
@@ -25,6 +46,8 @@ func newServe() *cobra.Command {
 		grace time.Duration
 		write time.Duration
 		sweep time.Duration
+		// insecure allows a non-loopback address without API keys.
+		insecure bool
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -41,7 +64,14 @@ cancels its run (or leaves the queue); its sandbox is removed at once.
 On SIGTERM or Ctrl-C the server stops accepting requests, lets running agents
 finish for up to --shutdown-grace, then cancels the rest (their streams end
 with a cancelled error; requests still queued get 503) and removes their
-sandboxes before exiting. CORS origins come from $CORS_ORIGINS (default *).`,
+sandboxes before exiting.
+
+With $SANDSTORM_API_KEY set (one or more comma-separated keys, each at least
+32 characters), every route but GET /health needs "Authorization: Bearer <key>"
+(401 otherwise), and /health tells an unauthenticated caller only its status.
+Without keys the server listens only on a loopback address unless --insecure.
+Request bodies must be application/json (415 otherwise). Pages of other
+origins get nothing (403) unless $CORS_ORIGINS lists them ("*" for any).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if port < 1 || port > 65535 {
@@ -49,6 +79,13 @@ sandboxes before exiting. CORS origins come from $CORS_ORIGINS (default *).`,
 			}
 			if sweep < time.Second {
 				return api.Usage(fmt.Errorf("--sweep-interval: %v is below 1s", sweep))
+			}
+			keys, err := apiKeys(os.Getenv("SANDSTORM_API_KEY"))
+			if err != nil {
+				return err
+			}
+			if ip := net.ParseIP(host); len(keys) == 0 && !insecure && (ip == nil || !ip.IsLoopback()) && host != "localhost" {
+				return api.Usage(fmt.Errorf("--host %s: anyone who can reach it could run agents; set SANDSTORM_API_KEY, or pass --insecure", host))
 			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
 			opts := ef.options()
@@ -64,7 +101,7 @@ sandboxes before exiting. CORS origins come from $CORS_ORIGINS (default *).`,
 			sweepCtx, stopSweep := context.WithCancel(context.WithoutCancel(cmd.Context()))
 			defer stopSweep()
 			go eng.SweepEvery(sweepCtx, sweep)
-			srv := server.New(eng, server.Config{CORSOrigins: os.Getenv("CORS_ORIGINS"), WriteTimeout: write, Logger: log})
+			srv := server.New(eng, server.Config{CORSOrigins: os.Getenv("CORS_ORIGINS"), APIKeys: keys, WriteTimeout: write, Logger: log})
 			addr := net.JoinHostPort(host, strconv.Itoa(port))
 			l, err := net.Listen("tcp", addr)
 			if err != nil {
@@ -88,7 +125,8 @@ sandboxes before exiting. CORS origins come from $CORS_ORIGINS (default *).`,
 		},
 	}
 	ef.register(cmd)
-	cmd.Flags().StringVar(&host, "host", "127.0.0.1", "address to listen on (0.0.0.0 for every interface)")
+	cmd.Flags().StringVar(&host, "host", "127.0.0.1", "address to listen on (0.0.0.0 for every interface: needs SANDSTORM_API_KEY or --insecure)")
+	cmd.Flags().BoolVar(&insecure, "insecure", false, "listen on a non-loopback address without SANDSTORM_API_KEY")
 	cmd.Flags().IntVar(&port, "port", 8000, "port to listen on")
 	cmd.Flags().DurationVar(&grace, "shutdown-grace", 30*time.Second, "on SIGTERM, how long running agents may finish before they are cancelled")
 	cmd.Flags().DurationVar(&write, "write-timeout", server.DefaultWriteTimeout, "cut a client that accepts no stream data for this long; its run is cancelled and removed")
