@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -157,11 +158,7 @@ func ParseLimits(data []byte) (Limits, []string, error) {
 		}
 	}
 	if v, ok := raw["memory_limit"]; ok {
-		var s string
-		if json.Unmarshal(v, &s) != nil {
-			s = string(v) // a bare number of bytes
-		}
-		if l.MemoryBytes, err = oci.ParseSize(s); err != nil {
+		if l.MemoryBytes, err = size(v); err != nil {
 			return l, warnings, fmt.Errorf("%w: memory_limit: %w", ErrInvalid, err)
 		}
 	}
@@ -185,9 +182,7 @@ func parseSecrets(v json.RawMessage) (map[string]SecretSource, error) {
 	out := map[string]SecretSource{}
 	for _, name := range sortedKeys(raw) {
 		var s SecretSource
-		dec := json.NewDecoder(strings.NewReader(string(raw[name])))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&s); err != nil {
+		if err := strict(raw[name], &s); err != nil {
 			return nil, fmt.Errorf("%s: %s (keys: from_env, from_file, hosts)", name, describeJSONError(err))
 		}
 		if err := s.validate(name); err != nil {
@@ -267,18 +262,12 @@ func parseEgress(v json.RawMessage) (egress.Config, error) {
 		Ports    []int           `json:"ports"`
 		MaxBytes json.RawMessage `json:"max_bytes"`
 	}
-	dec := json.NewDecoder(strings.NewReader(string(v)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&raw); err != nil {
+	if err := strict(v, &raw); err != nil {
 		return egress.Config{}, fmt.Errorf("%s (keys: allow, deny, ports, max_bytes)", describeJSONError(err))
 	}
 	c := egress.Config{Allow: raw.Allow, Deny: raw.Deny, Ports: raw.Ports}
 	if len(raw.MaxBytes) > 0 && string(raw.MaxBytes) != "null" {
-		var s string
-		if json.Unmarshal(raw.MaxBytes, &s) != nil {
-			s = string(raw.MaxBytes)
-		}
-		n, err := oci.ParseSize(s)
+		n, err := size(raw.MaxBytes)
 		if err != nil {
 			return c, fmt.Errorf("max_bytes: %w", err)
 		}
@@ -288,6 +277,22 @@ func parseEgress(v json.RawMessage) (egress.Config, error) {
 		return c, err
 	}
 	return c, nil
+}
+
+// strict decodes v into dst, refusing keys dst does not have.
+func strict(v json.RawMessage, dst any) error {
+	dec := json.NewDecoder(bytes.NewReader(v))
+	dec.DisallowUnknownFields()
+	return dec.Decode(dst)
+}
+
+// size accepts "4gb", "512m" or a bare number of bytes.
+func size(v json.RawMessage) (int64, error) {
+	var s string
+	if json.Unmarshal(v, &s) != nil {
+		s = string(v)
+	}
+	return oci.ParseSize(s)
 }
 
 // number accepts 2, 2.5 or "2".

@@ -276,46 +276,67 @@ func (p *Proxy) connect(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "sandstorm egress: cannot tunnel", http.StatusInternalServerError)
 		return
 	}
-	client, buf, err := hj.Hijack()
+	conn, buf, err := hj.Hijack()
 	if err != nil {
 		upstream.Close()
 		return
 	}
-	c := p.count(upstream)
-	if !p.track(c, client) {
-		c.Close()
-		client.Close()
+	// What the client sent after CONNECT comes first.
+	client := &prefixed{Conn: conn, r: buf.Reader}
+	c, end, ok := p.begin(upstream, &ev, start, client)
+	if !ok {
 		return
 	}
-	defer func() {
-		p.untrack(c, client)
-		c.Close()
-		client.Close()
-		ev.BytesOut, ev.BytesIn = c.out.Load(), c.in.Load()
-		ev.DurationMS = time.Since(start).Milliseconds()
-		p.emit(ev)
-	}()
+	defer end()
 	if _, err := client.Write([]byte("HTTP/1.1 200 Connection Established\r\n\r\n")); err != nil {
 		return
 	}
 	if secrets := p.secretsFor(host, port); len(secrets) > 0 && p.ca != nil {
 		ev.Intercepted = true
-		if err := p.intercept(&prefixed{Conn: client, r: buf.Reader}, c, host, secrets, &ev); err != nil {
+		if err := p.intercept(client, c, host, secrets, &ev); err != nil {
 			ev.Error = err.Error()
 		}
 		return
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
+	pipe(client, c)
+}
+
+// begin counts upstream's traffic and tracks it and peers, so Close can cut
+// them; end closes them all and reports the connection, with what it
+// moved. ok is false once the proxy is closed (they are closed then).
+func (p *Proxy) begin(upstream net.Conn, ev *Event, start time.Time, peers ...net.Conn) (c *counted, end func(), ok bool) {
+	c = p.count(upstream)
+	conns := append([]net.Conn{c}, peers...)
+	closeAll := func() {
+		for _, x := range conns {
+			_ = x.Close()
+		}
+	}
+	if !p.track(conns...) {
+		closeAll()
+		return nil, nil, false
+	}
+	return c, func() {
+		p.untrack(conns...)
+		closeAll()
+		ev.BytesOut, ev.BytesIn = c.out.Load(), c.in.Load()
+		ev.DurationMS = time.Since(start).Milliseconds()
+		p.emit(*ev)
+	}, true
+}
+
+// pipe copies both ways until each side has ended, passing each end on as
+// a half-close.
+func pipe(client, upstream net.Conn) {
+	done := make(chan struct{})
 	go func() {
-		defer wg.Done()
-		// What the client sent after CONNECT, then the rest.
-		_, _ = io.Copy(c, io.MultiReader(io.LimitReader(buf.Reader, int64(buf.Reader.Buffered())), client))
-		closeWrite(c.Conn)
+		_, _ = io.Copy(upstream, client)
+		_ = halfClose(upstream)
+		close(done)
 	}()
-	_, _ = io.Copy(client, c)
-	closeWrite(client)
-	wg.Wait()
+	_, _ = io.Copy(client, upstream)
+	_ = halfClose(client)
+	<-done
 }
 
 // prefixed reads what the server buffered after CONNECT before the rest.
@@ -324,13 +345,8 @@ type prefixed struct {
 	r *bufio.Reader
 }
 
-// CloseWrite half-closes when the connection can (Unix and TCP sockets).
-func (p *prefixed) CloseWrite() error {
-	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return p.Conn.Close()
-}
+// CloseWrite half-closes (see halfClose).
+func (p *prefixed) CloseWrite() error { return halfClose(p.Conn) }
 
 func (p *prefixed) Read(b []byte) (int, error) {
 	if p.r.Buffered() > 0 {
@@ -339,12 +355,13 @@ func (p *prefixed) Read(b []byte) (int, error) {
 	return p.Conn.Read(b)
 }
 
-func closeWrite(c net.Conn) {
+// halfClose ends c's writing side when it can (Unix and TCP sockets), and
+// closes it otherwise.
+func halfClose(c net.Conn) error {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		_ = cw.CloseWrite()
-		return
+		return cw.CloseWrite()
 	}
-	_ = c.Close()
+	return c.Close()
 }
 
 // forward proxies one plain-HTTP request to the checked address.
@@ -360,19 +377,12 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 		p.refuse(w, ev, start)
 		return
 	}
-	c := p.count(upstream)
-	if !p.track(c) {
-		c.Close()
+	c, end, ok := p.begin(upstream, &ev, start)
+	if !ok {
 		http.Error(w, "sandstorm egress: the session is over", http.StatusServiceUnavailable)
 		return
 	}
-	defer func() {
-		p.untrack(c)
-		c.Close()
-		ev.BytesOut, ev.BytesIn = c.out.Load(), c.in.Load()
-		ev.DurationMS = time.Since(start).Milliseconds()
-		p.emit(ev)
-	}()
+	defer end()
 	used := false
 	rp := &httputil.ReverseProxy{
 		// The one connection dialed to the checked address, never another.
@@ -407,6 +417,9 @@ type counted struct {
 }
 
 func (p *Proxy) count(c net.Conn) *counted { return &counted{Conn: c, p: p} }
+
+// CloseWrite half-closes (see halfClose).
+func (c *counted) CloseWrite() error { return halfClose(c.Conn) }
 
 func (c *counted) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)

@@ -69,30 +69,15 @@ func (p *Proxy) socks(c net.Conn, br *bufio.Reader) {
 		_, _ = c.Write([]byte{socksVersion, code, 0, 1, 0, 0, 0, 0, 0, 0})
 		return
 	}
-	cu := p.count(upstream)
-	if !p.track(cu, c) {
-		cu.Close()
+	cu, end, ok := p.begin(upstream, &ev, start, c)
+	if !ok {
 		return
 	}
-	defer func() {
-		p.untrack(cu, c)
-		cu.Close()
-		ev.BytesOut, ev.BytesIn = cu.out.Load(), cu.in.Load()
-		ev.DurationMS = time.Since(start).Milliseconds()
-		p.emit(ev)
-	}()
+	defer end()
 	if _, err := c.Write([]byte{socksVersion, 0, 0, 1, 0, 0, 0, 0, 0, 0}); err != nil {
 		return
 	}
-	done := make(chan struct{})
-	go func() {
-		_, _ = io.Copy(cu, c)
-		closeWrite(cu.Conn)
-		close(done)
-	}()
-	_, _ = io.Copy(c, cu)
-	closeWrite(c)
-	<-done
+	pipe(c, cu)
 }
 
 // socksRequest reads the greeting and the CONNECT request.

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -182,7 +181,7 @@ func (b *usageBody) finish() {
 			var msg struct {
 				Usage apiUsage `json:"usage"`
 			}
-			if json.NewDecoder(bufio.NewReader(&b.whole)).Decode(&msg) == nil {
+			if json.Unmarshal(b.whole.Bytes(), &msg) == nil {
 				b.usage = msg.Usage
 			}
 		}

@@ -2,6 +2,7 @@ package oci
 
 import (
 	"context"
+	"strings"
 
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/oci"
@@ -55,6 +56,12 @@ func (h Host) Rlimits(p Policy) []specs.POSIXRlimit {
 		limit("RLIMIT_NOFILE", p.NoFile, h.NoFileHard),
 		limit("RLIMIT_NPROC", DefaultNProc, h.NProcHard),
 	}
+}
+
+// RlimitName is the short name Docker and Podman take: "RLIMIT_NOFILE"
+// (as specs and inspect output spell it) is "nofile".
+func RlimitName(typ string) string {
+	return strings.ToLower(strings.TrimPrefix(strings.ToUpper(typ), "RLIMIT_"))
 }
 
 func withRlimits(limits []specs.POSIXRlimit) oci.SpecOpts {

@@ -28,7 +28,7 @@ var goldenFingerprint string
 //go:embed testdata/fingerprint-gvisor.golden
 var goldenGVisor string
 
-var updateFingerprint = flag.String("fingerprint.out", "", "also write the probe's fingerprint of this backend to this `file`")
+var fingerprintOut = flag.String("fingerprint.out", "", "also write the probe's fingerprint of this backend to this `file`")
 
 // fingerprintMounts are the mount points the fingerprint reports.
 var fingerprintMounts = []string{"/", "/dev", "/dev/shm", "/tmp", oci.Workspace, "/run/sandstorm", "/sys", "/sys/fs/cgroup", "/proc"}
@@ -81,8 +81,8 @@ func fingerprint(t *testing.T, rt runtime.Runtime, caps runtime.Capabilities) {
 	if r.exit.Code != 0 {
 		t.Fatalf("probe exit %+v, stderr %q", r.exit, r.stderr)
 	}
-	if *updateFingerprint != "" {
-		if err := os.WriteFile(*updateFingerprint, []byte(r.stdout), 0o644); err != nil {
+	if *fingerprintOut != "" {
+		if err := os.WriteFile(*fingerprintOut, []byte(r.stdout), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -56,7 +56,7 @@ func cgroupParent(driver, id string) string {
 func ulimits(limits []specs.POSIXRlimit) []*container.Ulimit {
 	out := make([]*container.Ulimit, len(limits))
 	for i, l := range limits {
-		out[i] = &container.Ulimit{Name: strings.ToLower(strings.TrimPrefix(l.Type, "RLIMIT_")), Soft: int64(l.Soft), Hard: int64(l.Hard)}
+		out[i] = &container.Ulimit{Name: oci.RlimitName(l.Type), Soft: int64(l.Soft), Hard: int64(l.Hard)}
 	}
 	return out
 }

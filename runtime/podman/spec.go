@@ -123,7 +123,7 @@ func (p plan) specgen() *specgen.SpecGenerator {
 		}
 	}
 	for _, l := range p.rlimits {
-		s.Rlimits = append(s.Rlimits, specs.POSIXRlimit{Type: rlimitName(l.Type), Soft: l.Soft, Hard: l.Hard})
+		s.Rlimits = append(s.Rlimits, specs.POSIXRlimit{Type: oci.RlimitName(l.Type), Soft: l.Soft, Hard: l.Hard})
 	}
 
 	s.NetNS = specgen.Namespace{NSMode: specgen.NamespaceMode(p.network)}
@@ -136,11 +136,6 @@ func (p plan) specgen() *specgen.SpecGenerator {
 		s.NetworkOptions = map[string][]string{"pasta": {"--map-gw"}}
 	}
 	return s
-}
-
-// rlimitName turns "RLIMIT_NOFILE" (as inspect shows it) into "nofile".
-func rlimitName(s string) string {
-	return strings.ToLower(strings.TrimPrefix(strings.ToUpper(s), "RLIMIT_"))
 }
 
 func envMap(env []string) map[string]string {
@@ -222,9 +217,9 @@ func (p plan) verify(got *define.InspectContainerData) []string {
 	}
 	for _, l := range p.rlimits {
 		if !slices.ContainsFunc(hc.Ulimits, func(u define.InspectUlimit) bool {
-			return rlimitName(u.Name) == rlimitName(l.Type) && u.Soft == int64(l.Soft) && u.Hard == int64(l.Hard)
+			return oci.RlimitName(u.Name) == oci.RlimitName(l.Type) && u.Soft == int64(l.Soft) && u.Hard == int64(l.Hard)
 		}) {
-			item := "rlimit " + rlimitName(l.Type)
+			item := "rlimit " + oci.RlimitName(l.Type)
 			if l.Type == "RLIMIT_NOFILE" {
 				item = string(runtime.ItemNoFileLimit)
 			}

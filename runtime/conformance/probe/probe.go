@@ -10,7 +10,6 @@
 package probe
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -53,10 +53,11 @@ func Write(w io.Writer, p Paths) error {
 		line("works", c.Name, outcome(c.Call()))
 	}
 
-	mounts, err := mountInfo()
+	table, err := mountinfo.GetMounts(nil)
 	if err != nil {
-		return err
+		return fmt.Errorf("mount table: %w", err)
 	}
+	mounts := mounts(table)
 	for _, m := range p.Mounts {
 		line("mount", m, mounts.describe(m))
 	}
@@ -263,48 +264,21 @@ func Status() ([][2]string, error) {
 	}, nil
 }
 
-type mount struct {
-	point, fstype string
-	opts          []string
-}
-
-type mounts []mount
-
-func mountInfo() (mounts, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var ms mounts
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// id parent major:minor root point options [optional...] - fstype source superoptions
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		f, g := strings.Fields(pre), strings.Fields(post)
-		if !ok || len(f) < 6 || len(g) < 1 {
-			continue
-		}
-		ms = append(ms, mount{point: unescape(f[4]), fstype: g[0], opts: strings.Split(f[5], ",")})
-	}
-	return ms, sc.Err()
-}
-
-// unescape undoes mountinfo's octal escapes of space, tab, newline, backslash.
-func unescape(s string) string {
-	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
-	return r.Replace(s)
-}
+// mounts is the process's mount table, in mountinfo's order.
+type mounts []*mountinfo.Info
 
 // at is the mount on top at point (the last one listed), if any.
-func (ms mounts) at(point string) (mount, bool) {
+func (ms mounts) at(point string) (*mountinfo.Info, bool) {
 	for i := len(ms) - 1; i >= 0; i-- {
-		if ms[i].point == point {
+		if ms[i].Mountpoint == point {
 			return ms[i], true
 		}
 	}
-	return mount{}, false
+	return nil, false
 }
+
+// opts are the mount's own (per-mount) options.
+func opts(m *mountinfo.Info) []string { return strings.Split(m.Options, ",") }
 
 // describe is a mount's type and its security-relevant flags, in a fixed order.
 func (ms mounts) describe(point string) string {
@@ -312,7 +286,7 @@ func (ms mounts) describe(point string) string {
 	if !ok {
 		return "not a mount"
 	}
-	return m.fstype + " " + flags(m.opts)
+	return m.FSType + " " + flags(opts(m))
 }
 
 func flags(opts []string) string {
@@ -339,7 +313,7 @@ func masked(path string, ms mounts) string {
 	case st.Mode&unix.S_IFMT == unix.S_IFCHR && unix.Major(st.Rdev) == 1 && unix.Minor(st.Rdev) == 3:
 		return "masked (/dev/null)"
 	case st.Mode&unix.S_IFMT == unix.S_IFDIR:
-		if m, ok := ms.at(path); ok && m.fstype == "tmpfs" && slices.Contains(m.opts, "ro") {
+		if m, ok := ms.at(path); ok && m.FSType == "tmpfs" && slices.Contains(opts(m), "ro") {
 			if entries, err := os.ReadDir(path); err == nil && len(entries) == 0 {
 				return "masked (empty read-only tmpfs)"
 			}
@@ -356,7 +330,7 @@ func readOnly(path string, ms mounts) string {
 	if !ok {
 		return "not a mount"
 	}
-	return flags(m.opts)
+	return flags(opts(m))
 }
 
 func identity() ([][2]string, error) {
