@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
@@ -27,6 +28,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/images/agentimage"
 	"github.com/sandstorm-dev/sandstorm/internal/linewriter"
 	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/outfiles"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
@@ -53,6 +55,16 @@ type Job struct {
 	Budget gateway.Budget
 	// EgressAllow narrows the runner's egress policy for this run.
 	EgressAllow []egress.Rule
+	// Output, if set, hands back the files the agent made.
+	Output *Output
+}
+
+// Output is where a job's files are handed back: after the process exits,
+// the workspace's new and changed files are copied to Dir (within the
+// bounds) and each gets a file event naming URL + its path.
+type Output struct {
+	Dir, URL string
+	Options  outfiles.Options
 }
 
 // Runner runs jobs on one backend.
@@ -209,11 +221,12 @@ func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (out api.Outco
 	}
 	name := r.Runtime.Name()
 	var sandboxID string
+	var sandbox runtime.Sandbox
 	exited := false
 	var removeErr error
 	hooks := runtime.Hooks{
 		Created: func(sb runtime.Sandbox, d time.Duration) {
-			sandboxID = sb.ID()
+			sandboxID, sandbox = sb.ID(), sb
 			ev := api.NewSandboxEvent(api.SandboxCreated, sandboxID, sessionID, name, d)
 			ev.Unenforced = sb.Unenforced()
 			send(api.Marshal(ev))
@@ -232,6 +245,9 @@ func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (out api.Outco
 				ev.ExitCode, ev.Signal, ev.OOMKilled = &code, st.Signal, st.OOMKilled
 			}
 			send(api.Marshal(ev))
+			if job.Output != nil {
+				r.handBack(ctx, sandbox, job, send)
+			}
 			mu.Lock()
 			out = api.Outcome{Result: result, Exit: st}
 			mu.Unlock()
@@ -268,6 +284,41 @@ func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (out api.Outco
 		return out, errors.Join(fmt.Errorf("stream to client: %w", emitErr), removeErr)
 	}
 	return out, removeErr
+}
+
+// handBack copies the files the agent made out of the exited sandbox and
+// sends a file event for each; what cannot be copied is logged and said.
+func (r *Runner) handBack(ctx context.Context, sb runtime.Sandbox, job Job, send func(json.RawMessage)) {
+	log := r.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	o := job.Output.Options
+	o.Uploads = map[string]string{}
+	for _, f := range job.Files {
+		sum := sha256.Sum256(f.Content)
+		o.Uploads[f.Path] = hex.EncodeToString(sum[:])
+	}
+	res, err := collect(context.WithoutCancel(ctx), sb, job.Output.Dir, o)
+	for _, f := range res.Files {
+		send(api.Marshal(api.FileEvent{Type: api.TypeFile, File: f, URL: job.Output.URL + outfiles.URLPath(f.Path)}))
+	}
+	if len(res.Skipped) > 0 {
+		send(api.Marshal(api.FilesSkippedEvent{Type: api.TypeFilesSkipped, Skipped: res.Skipped}))
+	}
+	if err != nil {
+		log.Warn("hand back the agent's files", "sandbox", sb.ID(), "err", err)
+		send(api.Marshal(api.LineEvent{Type: api.TypeStderr, Line: "sandstorm: could not hand back every file: " + err.Error()}))
+	}
+}
+
+func collect(ctx context.Context, sb runtime.Sandbox, dir string, o outfiles.Options) (outfiles.Result, error) {
+	root, err := sb.Workspace()
+	if err != nil {
+		return outfiles.Result{}, err
+	}
+	defer root.Close()
+	return outfiles.Collect(ctx, root, dir, o)
 }
 
 // ending says how a run whose process exited failed, if it did: its error

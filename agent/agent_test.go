@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -94,6 +95,9 @@ type fakeSandbox struct {
 
 func (s *fakeSandbox) ID() string                 { return "fake-1" }
 func (s *fakeSandbox) Unenforced() []runtime.Item { return nil }
+func (s *fakeSandbox) Workspace() (*os.Root, error) {
+	return nil, errors.New("the fake sandbox has no workspace")
+}
 func (s *fakeSandbox) Start(_ context.Context, o runtime.IO) error {
 	go func() {
 		// Written in odd chunks, as pipes deliver.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runstore"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
@@ -34,6 +35,15 @@ const (
 	CodeUnauthorized   Code = "unauthorized"
 	CodeForbidden      Code = "forbidden"
 	CodeMediaType      Code = "unsupported_media_type"
+	// CodeInterrupted: the process running the run went away (a crash);
+	// the run store says so for it.
+	CodeInterrupted Code = "interrupted"
+	// CodeConflict: the run is in a state that does not allow it (deleting
+	// a run still going).
+	CodeConflict Code = "conflict"
+	// CodeStoreUnavailable: the run store cannot be read or written (a
+	// full disk); a run that cannot record its events ends.
+	CodeStoreUnavailable Code = "store_unavailable"
 )
 
 // Errors of the API itself; the backends' and the configuration's are
@@ -118,6 +128,9 @@ var table = []row{
 	{runtime.ErrInvalidSpec, CodeInvalidConfig, http.StatusBadRequest, ExitUsage},
 	{oci.ErrInvalidPolicy, CodeInvalidConfig, http.StatusBadRequest, ExitUsage},
 	{runtime.ErrNotFound, CodeNotFound, http.StatusNotFound, ExitNotFound},
+	{runstore.ErrNotFound, CodeNotFound, http.StatusNotFound, ExitNotFound},
+	{runstore.ErrNotFinished, CodeConflict, http.StatusConflict, ExitFailure},
+	{runstore.ErrUnavailable, CodeStoreUnavailable, http.StatusServiceUnavailable, ExitUnavailable},
 	{runtime.ErrUnavailable, CodeRuntimeUnavailable, http.StatusServiceUnavailable, ExitUnavailable},
 	{runtime.ErrNotEnforceable, CodeInvalidConfig, http.StatusUnprocessableEntity, ExitConfig},
 	{runtime.ErrPolicyNotApplied, CodeInvalidConfig, http.StatusInternalServerError, ExitConfig},

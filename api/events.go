@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/gateway"
+	"github.com/sandstorm-dev/sandstorm/outfiles"
+	"github.com/sandstorm-dev/sandstorm/runstore"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
@@ -42,6 +44,64 @@ type SandboxEvent struct {
 // NewSandboxEvent is step ev of sandbox id (of session) on backend rt, which took d.
 func NewSandboxEvent(ev, id, session, rt string, d time.Duration) SandboxEvent {
 	return SandboxEvent{Type: TypeSandbox, Event: ev, SandboxID: id, SessionID: session, Runtime: rt, DurationMS: d.Milliseconds()}
+}
+
+// TypeRun is a run's first event: its id, to follow or cancel it by.
+const TypeRun = "run"
+
+// RunEvent is type "run".
+type RunEvent struct {
+	Type  string `json:"type"`
+	RunID string `json:"run_id"`
+	// Events is the URL that replays and follows the run's events.
+	Events string `json:"events_url"`
+}
+
+// RunURLs are the URLs of run id's resources, relative to the server.
+func RunURLs(id string) map[string]string {
+	base := "/runs/" + id
+	return map[string]string{"run": base, "events": base + "/events", "cancel": base + "/cancel", "files": base + "/files", "archive": base + "/files.tar.gz"}
+}
+
+// RunView is a run as the API shows it: its record and its URLs.
+type RunView struct {
+	runstore.Run
+	URLs map[string]string `json:"urls"`
+}
+
+// ViewOf is r's view.
+func ViewOf(r runstore.Run) RunView { return RunView{Run: r, URLs: RunURLs(r.ID)} }
+
+// RunList is GET /runs's body: a page, newest first, and the cursor of the
+// next one (pass it as ?before=).
+type RunList struct {
+	Runs []RunView `json:"runs"`
+	Next string    `json:"next,omitempty"`
+}
+
+// FileList is GET /runs/ID/files's body.
+type FileList struct {
+	Files []FileEvent `json:"files"`
+}
+
+// TypeFile is one file the agent created or changed, handed back after
+// the sandbox exited; TypeFilesSkipped lists what the bounds left out.
+const (
+	TypeFile         = "file"
+	TypeFilesSkipped = "files_skipped"
+)
+
+// FileEvent is type "file".
+type FileEvent struct {
+	Type string `json:"type"`
+	outfiles.File
+	URL string `json:"url,omitempty"`
+}
+
+// FilesSkippedEvent is type "files_skipped".
+type FilesSkippedEvent struct {
+	Type    string             `json:"type"`
+	Skipped []outfiles.Skipped `json:"skipped"`
 }
 
 // TypeModelUsage is the event with what the run's model calls used, as the

@@ -12,6 +12,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/egress"
 	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/webhook"
 )
 
 // Request limits, as the seed's API documents them.
@@ -46,6 +47,40 @@ type Request struct {
 	BinaryFiles      []runtime.File `json:"-"`
 	AnthropicAPIKey  string         `json:"anthropic_api_key,omitempty"`
 	OpenRouterAPIKey string         `json:"openrouter_api_key,omitempty"`
+	// WebhookURL gets the run's summary when it ends (instead of the limits
+	// file's webhook_url).
+	WebhookURL string `json:"webhook_url,omitempty"`
+	// NoOutput: hand back no files. OutputCaches: hand back cache
+	// directories (.npm, .cache, node_modules, ...) too.
+	NoOutput     bool `json:"no_output,omitempty"`
+	OutputCaches bool `json:"output_caches,omitempty"`
+	// Output is where the run's files go; the run service sets it.
+	Output *OutputTarget `json:"-"`
+}
+
+// OutputTarget is where a run's handed-back files are written, and the URL
+// prefix their file events name.
+type OutputTarget struct {
+	Dir string
+	URL string
+}
+
+// Stored is the request as the run store keeps it: no keys, and each
+// file's path and size instead of its content.
+func (r Request) Stored() json.RawMessage {
+	type file struct {
+		Path string `json:"path"`
+		Size int    `json:"size"`
+	}
+	s := struct {
+		Request
+		Files []file `json:"files,omitempty"`
+	}{Request: r}
+	s.AnthropicAPIKey, s.OpenRouterAPIKey = "", ""
+	for _, f := range r.WorkspaceFiles() {
+		s.Files = append(s.Files, file{Path: f.Path, Size: len(f.Content)})
+	}
+	return Marshal(s)
 }
 
 // String never shows the keys.
@@ -114,6 +149,11 @@ func (r Request) Validate() error {
 	}
 	if _, err := r.EgressRules(); err != nil {
 		return err
+	}
+	if r.WebhookURL != "" {
+		if err := webhook.ValidURL(r.WebhookURL); err != nil {
+			return Invalid("webhook_url", "%v", err)
+		}
 	}
 	if err := config.ValidateOutputFormat(r.OutputFormat); err != nil {
 		// config names the key ("output_format.type: ..."): keep its naming.

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/images/agentimage"
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/webhook"
 )
 
 // LimitsEnv names the limits file when no flag does.
@@ -55,6 +58,20 @@ type Limits struct {
 	// backend cannot enforce them (each run's stream says so); any other
 	// missing item fails the run closed.
 	AllowUnenforced []string `json:"allow_unenforced"`
+	// StateDir holds the run store (runs.db) and each run's files; default
+	// DefaultStateDir (root) or ~/.local/state/sandstorm.
+	StateDir string `json:"state_dir"`
+	// RunRetention is how long a finished run is kept; RunStoreMaxBytes
+	// bounds the store (the oldest finished runs go first).
+	RunRetention     time.Duration `json:"-"`
+	RunStoreMaxBytes int64         `json:"-"`
+	// MaxOutputFiles and MaxOutputBytes bound the files handed back from
+	// each run's workspace; over them, the largest are skipped.
+	MaxOutputFiles int   `json:"max_output_files"`
+	MaxOutputBytes int64 `json:"-"`
+	// WebhookURL, if set, gets every finished run's summary (a request may
+	// name its own).
+	WebhookURL string `json:"webhook_url"`
 	// Source is the file these came from, or "" for built-in defaults.
 	Source string `json:"-"`
 }
@@ -72,12 +89,17 @@ func DefaultLimits() Limits {
 		QueueSize:             100,
 		QueueWaitSeconds:      60,
 		Isolation:             string(runtime.IsolationRunc),
+		RunRetention:          7 * 24 * time.Hour,
+		RunStoreMaxBytes:      1 << 30,
+		MaxOutputFiles:        1000,
+		MaxOutputBytes:        100 << 20,
 	}
 }
 
 var limitsKeys = []string{"max_concurrent_agents", "cpu_limit", "memory_limit", "pids_limit",
 	"session_timeout_seconds", "image", "docker_image", "network_mode", "queue_size", "queue_wait_seconds",
-	"isolation", "allow_unenforced", "egress", "max_budget_usd", "max_model_requests", "max_output_tokens", "secrets"}
+	"isolation", "allow_unenforced", "egress", "max_budget_usd", "max_model_requests", "max_output_tokens", "secrets",
+	"state_dir", "run_retention", "run_store_max_size", "max_output_files", "max_output_bytes", "webhook_url"}
 
 // NetworkProxy is the network mode in which the sandbox has only loopback
 // and reaches the network through the gateway's egress proxy.
@@ -155,6 +177,18 @@ func ParseLimits(data []byte) (Limits, []string, error) {
 	if v, ok := raw["egress"]; ok {
 		if l.Egress, err = parseEgress(v); err != nil {
 			return l, warnings, fmt.Errorf("%w: egress: %w", ErrInvalid, err)
+		}
+	}
+	if v, ok := raw["run_retention"]; ok {
+		if l.RunRetention, err = days(v); err != nil {
+			return l, warnings, fmt.Errorf("%w: run_retention: %w", ErrInvalid, err)
+		}
+	}
+	for key, dst := range map[string]*int64{"run_store_max_size": &l.RunStoreMaxBytes, "max_output_bytes": &l.MaxOutputBytes} {
+		if v, ok := raw[key]; ok {
+			if *dst, err = size(v); err != nil {
+				return l, warnings, fmt.Errorf("%w: %s: %w", ErrInvalid, key, err)
+			}
 		}
 	}
 	if v, ok := raw["memory_limit"]; ok {
@@ -295,6 +329,27 @@ func size(v json.RawMessage) (int64, error) {
 	return oci.ParseSize(s)
 }
 
+// days accepts 7 (days), "7d", or a duration such as "36h".
+func days(v json.RawMessage) (time.Duration, error) {
+	var n float64
+	if json.Unmarshal(v, &n) == nil {
+		return time.Duration(n * float64(24*time.Hour)), nil
+	}
+	var s string
+	if json.Unmarshal(v, &s) == nil {
+		s = strings.TrimSpace(s)
+		if d, ok := strings.CutSuffix(s, "d"); ok {
+			if n, err := strconv.ParseFloat(d, 64); err == nil {
+				return time.Duration(n * float64(24*time.Hour)), nil
+			}
+		}
+		if d, err := time.ParseDuration(s); err == nil {
+			return d, nil
+		}
+	}
+	return 0, errors.New(`must be a number of days, such as 7 or "7d", or a duration such as "36h"`)
+}
+
 // number accepts 2, 2.5 or "2".
 func number(v json.RawMessage) (float64, error) {
 	var f float64
@@ -342,6 +397,23 @@ func (l Limits) Validate() error {
 		return bad("max_model_requests", "%d is negative", l.MaxModelRequests)
 	case l.MaxOutputTokens < 0:
 		return bad("max_output_tokens", "%d is negative", l.MaxOutputTokens)
+	}
+	switch {
+	case l.RunRetention < time.Minute:
+		return bad("run_retention", "%v is below 1m", l.RunRetention)
+	case l.RunStoreMaxBytes < 1<<20:
+		return bad("run_store_max_size", "%d bytes is below 1 MiB", l.RunStoreMaxBytes)
+	case l.MaxOutputFiles < 0 || l.MaxOutputFiles > 100000:
+		return bad("max_output_files", "%d is outside 0..100000", l.MaxOutputFiles)
+	case l.MaxOutputBytes < 0:
+		return bad("max_output_bytes", "%d is negative", l.MaxOutputBytes)
+	case l.StateDir != "" && !filepath.IsAbs(l.StateDir):
+		return bad("state_dir", "%q must be an absolute path", l.StateDir)
+	}
+	if l.WebhookURL != "" {
+		if err := webhook.ValidURL(l.WebhookURL); err != nil {
+			return bad("webhook_url", "%v", err)
+		}
 	}
 	if len(l.Secrets) > 0 && l.NetworkMode != NetworkProxy {
 		return bad("secrets", "need network_mode: proxy (the proxy puts them in at the boundary)")

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -21,9 +22,12 @@ import (
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
 	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runs"
+	"github.com/sandstorm-dev/sandstorm/runstore"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/backends"
 	"github.com/sandstorm-dev/sandstorm/session"
+	"github.com/sandstorm-dev/sandstorm/webhook"
 )
 
 // DemoScenario is the scripted model's script when no key is set.
@@ -297,4 +301,43 @@ func (e *Engine) Close() error {
 		return e.Runtime.Close()
 	}
 	return nil
+}
+
+// WebhookSecretEnv holds the secret webhooks are signed with.
+const WebhookSecretEnv = "SANDSTORM_WEBHOOK_SECRET"
+
+// StateDir is where the run store lives: dir if set, then
+// $SANDSTORM_STATE_DIR, the limits' state_dir, and runstore.DefaultDir for
+// root or ~/.local/state/sandstorm for a user.
+func StateDir(dir string, l config.Limits) string {
+	if d := cmp.Or(dir, os.Getenv(runstore.DirEnv), l.StateDir); d != "" {
+		return d
+	}
+	if os.Geteuid() == 0 {
+		return runstore.DefaultDir
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "sandstorm")
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".local", "state", "sandstorm")
+}
+
+// OpenRuns opens the run store in dir (see StateDir) and the run service
+// over it; runs whose process died are marked interrupted. Close both.
+func (e *Engine) OpenRuns(ctx context.Context, dir string) (*runs.Service, error) {
+	store, err := runstore.Open(ctx, StateDir(dir, e.Limits))
+	if err != nil {
+		return nil, err
+	}
+	svc, err := runs.New(e, store, runs.Options{WebhookURL: e.Limits.WebhookURL, Logger: e.log,
+		Webhooks: &webhook.Sender{Secret: []byte(os.Getenv(WebhookSecretEnv)), Logger: e.log}})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	if _, err := svc.Recover(ctx); err != nil {
+		e.log.Warn("run store: recover interrupted runs", "err", err)
+	}
+	return svc, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -47,6 +48,9 @@ type fakeSandbox struct {
 
 func (s *fakeSandbox) ID() string         { return "fake-1" }
 func (s *fakeSandbox) Unenforced() []Item { return nil }
+func (s *fakeSandbox) Workspace() (*os.Root, error) {
+	return nil, errors.New("the fake sandbox has no workspace")
+}
 func (s *fakeSandbox) Start(context.Context, IO) error {
 	s.f.calls = append(s.f.calls, "start")
 	return s.f.startErr

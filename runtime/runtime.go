@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"os"
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
@@ -115,6 +116,10 @@ type Sandbox interface {
 	Start(ctx context.Context, io IO) error
 	// Wait blocks until the process exits and all its output was delivered.
 	Wait(ctx context.Context) (ExitStatus, error)
+	// Workspace opens the workspace as the process left it, to read what it
+	// made; the caller closes it, before Remove. The root keeps every path
+	// inside (symlinks out of it are refused).
+	Workspace() (*os.Root, error)
 	// Kill sends SIGKILL to every process of the sandbox.
 	Kill(ctx context.Context) error
 	// Remove deletes the sandbox and everything it owns; it kills first if

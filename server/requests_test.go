@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/api"
+	"github.com/sandstorm-dev/sandstorm/runs"
+	"github.com/sandstorm-dev/sandstorm/runstore"
 )
 
 // fakeEngine validates requests as the real engine does (api.Request's own
@@ -75,7 +77,7 @@ func serveFakeWith(t *testing.T, f *fakeEngine, cfg Config) string {
 		f.health = api.Health{Status: api.HealthOK, Backend: "fake"}
 	}
 	cfg.WriteTimeout = 300 * time.Millisecond
-	srv := New(f, cfg)
+	srv := New(f, openRuns(t, f), cfg)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -264,4 +266,19 @@ func TestAPIKeys(t *testing.T) {
 	if err := json.Unmarshal(body, &h); err != nil || h["sandbox_backend"] != "fake" {
 		t.Errorf("authenticated /health: %s", body)
 	}
+}
+
+// openRuns is a run service over eng with a store of the test's.
+func openRuns(t *testing.T, eng api.Engine) *runs.Service {
+	t.Helper()
+	store, err := runstore.Open(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := runs.New(eng, store, runs.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	return svc
 }

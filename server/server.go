@@ -1,6 +1,8 @@
 // Package server is sandstorm's HTTP API (fiber): POST /query streams one
-// agent run as Server-Sent Events, GET /health reports the backend. It
-// runs requests through an api.Engine and knows nothing of backends.
+// agent run as Server-Sent Events, POST /runs starts one detached, the
+// /runs routes list, follow, cancel and delete runs and serve the files
+// they made, GET /health reports the backend. It runs requests through the
+// run service and knows nothing of backends.
 package server
 
 import (
@@ -13,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +25,7 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/config"
+	"github.com/sandstorm-dev/sandstorm/runs"
 )
 
 // BodyLimit bounds a request body: a maximal prompt plus maximal files fit.
@@ -54,6 +58,7 @@ type Config struct {
 type Server struct {
 	app *fiber.App
 	eng api.Engine
+	svc *runs.Service
 	log *slog.Logger
 	// base is cancelled when shutdown's grace period is over: every run still
 	// going is then cancelled and cleaned up.
@@ -65,13 +70,13 @@ type Server struct {
 	origins      []string
 }
 
-// New builds the server.
-func New(eng api.Engine, cfg Config) *Server {
+// New builds the server over svc, whose engine is eng.
+func New(eng api.Engine, svc *runs.Service, cfg Config) *Server {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{eng: eng, log: log, writeTimeout: cfg.WriteTimeout}
+	s := &Server{eng: eng, svc: svc, log: log, writeTimeout: cfg.WriteTimeout}
 	if s.writeTimeout <= 0 {
 		s.writeTimeout = DefaultWriteTimeout
 	}
@@ -82,6 +87,8 @@ func New(eng api.Engine, cfg Config) *Server {
 		ErrorHandler:          s.errorHandler,
 		// Streams end when the run does; no idle timeout may cut them.
 		IdleTimeout: 2 * time.Minute,
+		// File paths are matched decoded, as their file events escaped them.
+		UnescapePath: true,
 	})
 	for _, k := range cfg.APIKeys {
 		s.keys = append(s.keys, []byte(k))
@@ -100,6 +107,7 @@ func New(eng api.Engine, cfg Config) *Server {
 	s.app.Use(s.checkKey)
 	s.app.Get("/health", s.health)
 	s.app.Post("/query", s.query)
+	s.routeRuns()
 	return s
 }
 
@@ -110,7 +118,7 @@ func (s *Server) Serve(l net.Listener) error { return s.app.Listener(l) }
 // cancels the rest and waits until their sandboxes are removed.
 func (s *Server) Shutdown(grace time.Duration) error {
 	done := make(chan struct{})
-	go func() { s.runs.Wait(); close(done) }()
+	go func() { s.runs.Wait(); s.svc.Wait(); close(done) }()
 	errc := make(chan error, 1)
 	go func() { errc <- s.app.ShutdownWithTimeout(grace + 30*time.Second) }()
 	select {
@@ -233,11 +241,16 @@ func decode(body []byte) (api.Request, error) {
 	return req, nil
 }
 
-func (s *Server) query(c *fiber.Ctx) error {
+// body is the request a POST carries, which must be JSON.
+func body(c *fiber.Ctx) (api.Request, error) {
 	if mt, _, _ := strings.Cut(c.Get(fiber.HeaderContentType), ";"); !strings.EqualFold(strings.TrimSpace(mt), fiber.MIMEApplicationJSON) {
-		return writeError(c, api.ErrMediaType)
+		return api.Request{}, api.ErrMediaType
 	}
-	req, err := decode(c.Body())
+	return decode(c.Body())
+}
+
+func (s *Server) query(c *fiber.Ctx) error {
+	req, err := body(c)
 	if err != nil {
 		return writeError(c, err)
 	}
@@ -249,27 +262,40 @@ func (s *Server) query(c *fiber.Ctx) error {
 	go watchClient(ctx, conn, cancel)
 	c.Set("Connection", "close")
 	s.runs.Add(1)
-	run, err := s.eng.Admit(ctx, req, nil)
+	run, err := s.svc.Admit(ctx, req, nil)
 	if err != nil {
 		s.runs.Done()
 		cancel(nil)
 		return writeError(c, err)
 	}
-	c.Set("Content-Type", "text/event-stream")
-	c.Set("Cache-Control", "no-cache, no-transform")
-	c.Set("X-Accel-Buffering", "no")
+	c.Set(HeaderRunID, run.ID)
+	sseHeaders(c)
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer s.runs.Done()
 		defer cancel(nil)
-		s.stream(ctx, cancel, w, conn, run)
+		s.stream(ctx, cancel, w, conn, func(emit runs.Emit) {
+			if _, err := run.Start(ctx, emit); err != nil {
+				s.log.Warn("run ended early", "run", run.ID, "err", err)
+			}
+		})
 	})
 	return nil
 }
 
-// stream runs an admitted request and writes its events as SSE frames. A
-// client that goes away is noticed at once (its connection reads EOF), and
-// one that stops reading within the write timeout; either cancels the run.
-func (s *Server) stream(ctx context.Context, cancel context.CancelCauseFunc, w *bufio.Writer, conn net.Conn, run api.Run) {
+// HeaderRunID names the run a POST /query stream is.
+const HeaderRunID = "X-Sandstorm-Run-Id"
+
+func sseHeaders(c *fiber.Ctx) {
+	c.Set("Content-Type", "text/event-stream")
+	c.Set("Cache-Control", "no-cache, no-transform")
+	c.Set("X-Accel-Buffering", "no")
+}
+
+// stream writes the events body passes to its emit as SSE frames, each
+// with its sequence number as id. A client that goes away is noticed at
+// once (its connection reads EOF), and one that stops reading within the
+// write timeout; either cancels ctx.
+func (s *Server) stream(ctx context.Context, cancel context.CancelCauseFunc, w *bufio.Writer, conn net.Conn, body func(runs.Emit)) {
 	var mu sync.Mutex
 	// write sends the parts of one frame: written apart, a large event is
 	// not copied into a frame first.
@@ -304,14 +330,9 @@ func (s *Server) stream(ctx context.Context, cancel context.CancelCauseFunc, w *
 			}
 		}
 	}()
-	out, err := run.Start(ctx, func(ev json.RawMessage) error {
-		return write(dataPrefix, ev, frameEnd)
+	body(func(seq int64, ev json.RawMessage) error {
+		return write([]byte("id: "+strconv.FormatInt(seq, 10)+"\n"), dataPrefix, ev, frameEnd)
 	})
-	if err != nil && out.Code == "" {
-		// The run could not start: say so in the stream, which has begun.
-		_ = write(dataPrefix, api.ErrorFor(err), frameEnd)
-		s.log.Warn("run failed to start", "err", err)
-	}
 }
 
 // watchClient cancels the run when the client closes its connection.

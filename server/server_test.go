@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -61,7 +62,11 @@ func startWith(t *testing.T, backend, scenario, limits string, scfg Config, list
 		conformance.Unavailable(t, backend, err)
 	}
 	testenv.EnsureAgentImage(t, eng.Runtime, backend)
-	srv := New(eng, scfg)
+	svc, err := eng.OpenRuns(context.Background(), filepath.Join(dir, "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := New(eng, svc, scfg)
 	l, err := listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -69,6 +74,7 @@ func startWith(t *testing.T, backend, scenario, limits string, scfg Config, list
 	go srv.Serve(l)
 	t.Cleanup(func() {
 		srv.Shutdown(5 * time.Second)
+		svc.Close()
 		eng.Close()
 	})
 	return &harness{url: "http://" + l.Addr().String(), eng: eng, srv: srv, gatewayDir: filepath.Join("/run/sandstorm/servertest", filepath.Base(dir))}
@@ -115,12 +121,22 @@ func (h *harness) noSandboxes(t *testing.T, within time.Duration) {
 }
 
 // events reads SSE frames until the stream ends, noting sandbox sessions.
+// Every frame must carry the next sequence number as its id, and the first
+// event must name the run; it is checked here, not passed to each.
 func (h *harness) events(t *testing.T, body io.Reader, each func(ev map[string]any) bool) {
 	t.Helper()
 	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 1<<20), 32<<20)
+	var seq, want int64 = 0, 1
 	for sc.Scan() {
 		line := sc.Text()
+		if id, ok := strings.CutPrefix(line, "id: "); ok {
+			if n, err := strconv.ParseInt(id, 10, 64); err != nil || n != want {
+				t.Errorf("frame id %q, want %d", id, want)
+			}
+			seq = want
+			continue
+		}
 		data, ok := strings.CutPrefix(line, "data: ")
 		if !ok {
 			if line != "" && !strings.HasPrefix(line, ":") {
@@ -128,9 +144,19 @@ func (h *harness) events(t *testing.T, body io.Reader, each func(ev map[string]a
 			}
 			continue
 		}
+		if seq != want {
+			t.Errorf("frame without id: %q", data)
+		}
+		want++
 		var ev map[string]any
 		if err := json.Unmarshal([]byte(data), &ev); err != nil {
 			t.Fatalf("frame is not one JSON object: %q", data)
+		}
+		if seq == 1 {
+			if ev["type"] != "run" || !strings.HasPrefix(fmt.Sprint(ev["run_id"]), "run-") {
+				t.Errorf("first event %v does not name the run", ev)
+			}
+			continue
 		}
 		if ev["type"] == "sandbox" && ev["event"] == "created" {
 			h.mu.Lock()

@@ -16,6 +16,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/outfiles"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
@@ -144,9 +145,17 @@ func (m *Manager) Job(req api.Request) (agent.Job, error) {
 	if req.AnthropicAPIKey != "" || req.OpenRouterAPIKey != "" {
 		creds = gateway.Credentials{AnthropicKey: req.AnthropicAPIKey, OpenRouterKey: req.OpenRouterAPIKey}
 	}
-	return agent.Job{Config: c, Files: append(req.WorkspaceFiles(), m.files...), Timeout: time.Duration(timeout) * time.Second,
-		Credentials: creds, Env: append([]string(nil), m.env...), Budget: budget, EgressAllow: narrow}, nil
+	job := agent.Job{Config: c, Files: append(req.WorkspaceFiles(), m.files...), Timeout: time.Duration(timeout) * time.Second,
+		Credentials: creds, Env: append([]string(nil), m.env...), Budget: budget, EgressAllow: narrow}
+	if req.Output != nil && !req.NoOutput && m.limits.MaxOutputFiles > 0 && m.limits.MaxOutputBytes > 0 {
+		job.Output = &agent.Output{Dir: req.Output.Dir, URL: req.Output.URL, Options: outfiles.Options{
+			MaxFiles: m.limits.MaxOutputFiles, MaxBytes: m.limits.MaxOutputBytes, IncludeCaches: req.OutputCaches, InlineMax: InlineMax}}
+	}
+	return job, nil
 }
+
+// InlineMax is the size up to which a text file's content is in its file event.
+const InlineMax = 4096
 
 // Queued is told the queue position while a request waits for a slot.
 type Queued func(position int)

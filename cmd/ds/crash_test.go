@@ -40,7 +40,7 @@ func serve(t *testing.T, dir, backend string, args ...string) *dsServe {
 	l.Close()
 	cmd := exec.Command(dsBinary, append([]string{"serve", "--runtime", backend, "--port", fmt.Sprint(port)}, args...)...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "ANTHROPIC_API_KEY=", "OPENROUTER_API_KEY=", "SANDSTORM_SLOT_DIR="+slotDir)
+	cmd.Env = append(os.Environ(), "ANTHROPIC_API_KEY=", "OPENROUTER_API_KEY=", "SANDSTORM_SLOT_DIR="+slotDir, "SANDSTORM_STATE_DIR="+filepath.Join(dir, "state"))
 	logs, err := os.Create(filepath.Join(dir, fmt.Sprintf("serve-%d.log", port)))
 	if err != nil {
 		t.Fatal(err)

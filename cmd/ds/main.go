@@ -58,7 +58,7 @@ containers, one per request, streaming every step live and leaving nothing behin
 		},
 	}
 	q.register(root)
-	root.AddCommand(newQuery(), newServe(), newRuntimes(), newVersion(), newSandbox(), newImage())
+	root.AddCommand(newQuery(), newServe(), newRuntimes(), newVersion(), newSandbox(), newImage(), newRuns(), newLogs(), newCancel())
 	// A wrong command line exits 64 (usage), whichever command it is for.
 	root.SetFlagErrorFunc(usageError)
 	markUsage(root)

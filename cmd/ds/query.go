@@ -51,6 +51,10 @@ type queryFlags struct {
 	files    []string
 	raw      bool
 	verbose  bool
+	// outputDir receives the files the agent made (noOutput: none).
+	outputDir string
+	noOutput  bool
+	stateDir  string
 }
 
 func (q *queryFlags) register(cmd *cobra.Command) {
@@ -63,6 +67,9 @@ func (q *queryFlags) register(cmd *cobra.Command) {
 	fl.StringArrayVarP(&q.files, "file", "f", nil, "upload a file to the workspace, keeping its path relative to the working directory (repeatable; binary files allowed)")
 	fl.BoolVar(&q.raw, "raw", false, "print one JSON event per line instead of formatted output")
 	fl.BoolVarP(&q.verbose, "verbose", "v", false, "also show the runner's stderr and sandbox lifecycle events")
+	fl.StringVarP(&q.outputDir, "output-dir", "o", "", "write the files the agent created or changed here (default ./sandstorm-out/RUN-ID/)")
+	fl.BoolVar(&q.noOutput, "no-output", false, "hand back no files")
+	fl.StringVar(&q.stateDir, "state-dir", "", stateDirHelp)
 }
 
 func newQuery() *cobra.Command {
@@ -86,7 +93,7 @@ answers instead of a real one (offline; it says so).`,
 }
 
 func runQuery(cmd *cobra.Command, q *queryFlags, prompt string) error {
-	req := api.Request{Prompt: prompt, Model: q.model, MaxTurns: q.maxTurns, Timeout: q.timeout, MaxBudgetUSD: q.budget}
+	req := api.Request{Prompt: prompt, Model: q.model, MaxTurns: q.maxTurns, Timeout: q.timeout, MaxBudgetUSD: q.budget, NoOutput: q.noOutput}
 	for _, f := range q.files {
 		file, err := readFile(f)
 		if err != nil {
@@ -120,14 +127,28 @@ func runQuery(cmd *cobra.Command, q *queryFlags, prompt string) error {
 		fmt.Fprintf(stderr, "ds: all %d agent slots busy; waiting for one (position %d, at most %ds)\n",
 			eng.Limits.MaxConcurrentAgents, pos, eng.Limits.QueueWaitSeconds)
 	}
-	start := time.Now()
-	run, err := eng.Admit(cmd.Context(), req, queued)
+	svc, err := eng.OpenRuns(cmd.Context(), q.stateDir)
 	if err != nil {
 		return err
 	}
-	out, err := run.Start(cmd.Context(), emit)
+	defer svc.Close()
+	start := time.Now()
+	run, err := svc.Admit(cmd.Context(), req, queued)
+	if err != nil {
+		return err
+	}
+	out, err := run.Start(cmd.Context(), func(_ int64, ev json.RawMessage) error { return emit(ev) })
+	dir := ""
+	if err == nil && !q.noOutput {
+		dir, err = saveOutput(cmd.Context(), svc, run.ID, q.outputDir)
+	}
 	if !q.raw {
 		human.Summary(time.Since(start))
+		fmt.Fprintf(stderr, "ds: run %s", run.ID)
+		if dir != "" {
+			fmt.Fprintf(stderr, "; files in %s", dir)
+		}
+		fmt.Fprintln(stderr)
 	}
 	if err != nil {
 		return err

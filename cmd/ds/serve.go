@@ -48,6 +48,7 @@ func newServe() *cobra.Command {
 		sweep time.Duration
 		// insecure allows a non-loopback address without API keys.
 		insecure bool
+		stateDir string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -98,16 +99,22 @@ origins get nothing (403) unless $CORS_ORIGINS lists them ("*" for any).`,
 			for _, n := range eng.Notices {
 				log.Warn(n)
 			}
+			svc, err := eng.OpenRuns(cmd.Context(), stateDir)
+			if err != nil {
+				return err
+			}
+			defer svc.Close()
 			sweepCtx, stopSweep := context.WithCancel(context.WithoutCancel(cmd.Context()))
 			defer stopSweep()
 			go eng.SweepEvery(sweepCtx, sweep)
-			srv := server.New(eng, server.Config{CORSOrigins: os.Getenv("CORS_ORIGINS"), APIKeys: keys, WriteTimeout: write, Logger: log})
+			go svc.Maintain(sweepCtx, sweep, eng.Limits.RunRetention, eng.Limits.RunStoreMaxBytes)
+			srv := server.New(eng, svc, server.Config{CORSOrigins: os.Getenv("CORS_ORIGINS"), APIKeys: keys, WriteTimeout: write, Logger: log})
 			addr := net.JoinHostPort(host, strconv.Itoa(port))
 			l, err := net.Listen("tcp", addr)
 			if err != nil {
 				return err
 			}
-			log.Info("sandstorm serving", "addr", "http://"+l.Addr().String(), "backend", eng.Runtime.Name(),
+			log.Info("sandstorm serving", "addr", "http://"+l.Addr().String(), "backend", eng.Runtime.Name(), "state_dir", svc.Store().Dir(),
 				"max_concurrent_agents", eng.Limits.MaxConcurrentAgents, "image", eng.Limits.Image)
 			errc := make(chan error, 1)
 			go func() { errc <- srv.Serve(l) }()
@@ -126,6 +133,7 @@ origins get nothing (403) unless $CORS_ORIGINS lists them ("*" for any).`,
 	}
 	ef.register(cmd)
 	cmd.Flags().StringVar(&host, "host", "127.0.0.1", "address to listen on (0.0.0.0 for every interface: needs SANDSTORM_API_KEY or --insecure)")
+	cmd.Flags().StringVar(&stateDir, "state-dir", "", stateDirHelp)
 	cmd.Flags().BoolVar(&insecure, "insecure", false, "listen on a non-loopback address without SANDSTORM_API_KEY")
 	cmd.Flags().IntVar(&port, "port", 8000, "port to listen on")
 	cmd.Flags().DurationVar(&grace, "shutdown-grace", 30*time.Second, "on SIGTERM, how long running agents may finish before they are cancelled")

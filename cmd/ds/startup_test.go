@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/engine"
+	"github.com/sandstorm-dev/sandstorm/runstore"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 )
 
@@ -27,7 +28,7 @@ func dsEnv(t *testing.T, dir string, env []string, args ...string) result {
 	t.Helper()
 	cmd := exec.Command(dsBinary, args...)
 	cmd.Dir = dir
-	cmd.Env = append(append(os.Environ(), "ANTHROPIC_API_KEY=", "OPENROUTER_API_KEY=", engine.SlotDirEnv+"="+slotDir), env...)
+	cmd.Env = append(append(os.Environ(), "ANTHROPIC_API_KEY=", "OPENROUTER_API_KEY=", engine.SlotDirEnv+"="+slotDir, runstore.DirEnv+"="+filepath.Join(dir, "state")), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	done := make(chan error, 1)

@@ -15,6 +15,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/sandstorm-dev/sandstorm/internal/ctxio"
 )
 
 // Compression selects how a layer blob is stored in the image tar.
@@ -256,7 +258,7 @@ func copyFile(ctx context.Context, w io.Writer, path string, size int64) error {
 		return err
 	}
 	defer f.Close()
-	n, err := io.CopyN(w, ctxReader{ctx: ctx, r: f}, size)
+	n, err := io.CopyN(w, ctxio.Reader(ctx, f), size)
 	if errors.Is(err, io.EOF) {
 		return fmt.Errorf("%s shrank while being read (%d of %d bytes)", path, n, size)
 	}
@@ -297,15 +299,3 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// ctxReader makes long copies notice cancellation between reads.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
-}

@@ -58,6 +58,7 @@ type message struct {
 	Runtime    string   `json:"runtime"`
 	DurationMS int64    `json:"duration_ms"`
 	Unenforced []string `json:"unenforced"`
+	RunID      string   `json:"run_id"`
 	// egress events
 	Host     string `json:"host"`
 	Port     int    `json:"port"`
@@ -162,6 +163,22 @@ func (h *Human) Event(ev json.RawMessage) {
 			fmt.Fprintf(h.w, "⊘ egress failed: %s:%d: %s\n", m.Host, m.Port, m.Error)
 		case h.Verbose:
 			fmt.Fprintf(h.w, "· egress %s:%d %s(%s)\n", m.Host, m.Port, ipOf(m.IP, m.Host), m.Rule)
+		}
+	case api.TypeFile:
+		var f api.FileEvent
+		if json.Unmarshal(ev, &f) == nil {
+			fmt.Fprintf(h.w, "↓ %s (%s)\n", f.Path, bytesOf(f.Size))
+		}
+	case api.TypeFilesSkipped:
+		var f api.FilesSkippedEvent
+		if json.Unmarshal(ev, &f) == nil {
+			for _, s := range f.Skipped {
+				fmt.Fprintf(h.w, "! not handed back: %s (%s)\n", s.Path, s.Reason)
+			}
+		}
+	case api.TypeRun:
+		if h.Verbose {
+			fmt.Fprintf(h.w, "· run %s\n", m.RunID)
 		}
 	case api.TypeError:
 		var msg string
@@ -273,4 +290,15 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// bytesOf is a size for people: 512 B, 1.5 KiB, 3.2 MiB.
+func bytesOf(n int64) string {
+	switch {
+	case n < 1<<10:
+		return fmt.Sprintf("%d B", n)
+	case n < 1<<20:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 }

@@ -359,13 +359,24 @@ func (o *Once) Do(remove func() error) error {
 type Sandbox struct {
 	id         string
 	unenforced []runtime.Item
+	workspace  string
 	// Removal runs the sandbox's removal once.
 	Removal Once
 }
 
-// NewSandbox is the common part of the sandbox Create prepared.
-func NewSandbox(p runtime.Prepared) Sandbox {
-	return Sandbox{id: p.ID, unenforced: p.Unenforced}
+// NewSandbox is the common part of the sandbox Create prepared, whose
+// workspace is the host directory workspace.
+func NewSandbox(p runtime.Prepared, workspace string) Sandbox {
+	return Sandbox{id: p.ID, unenforced: p.Unenforced, workspace: workspace}
+}
+
+// Workspace implements runtime.Sandbox.
+func (s *Sandbox) Workspace() (*os.Root, error) {
+	root, err := os.OpenRoot(s.workspace)
+	if err != nil {
+		return nil, fmt.Errorf("workspace of %s: %w", s.id, err)
+	}
+	return root, nil
 }
 
 // ID implements runtime.Sandbox.
