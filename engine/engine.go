@@ -324,7 +324,8 @@ func StateDir(dir string, l config.Limits) string {
 }
 
 // OpenRuns opens the run store in dir (see StateDir) and the run service
-// over it; runs whose process died are marked interrupted. Close both.
+// over it, marking runs whose process died interrupted and pruning old
+// ones. Close it.
 func (e *Engine) OpenRuns(ctx context.Context, dir string) (*runs.Service, error) {
 	store, err := runstore.Open(ctx, StateDir(dir, e.Limits))
 	if err != nil {
@@ -336,8 +337,6 @@ func (e *Engine) OpenRuns(ctx context.Context, dir string) (*runs.Service, error
 		store.Close()
 		return nil, err
 	}
-	if _, err := svc.Recover(ctx); err != nil {
-		e.log.Warn("run store: recover interrupted runs", "err", err)
-	}
+	svc.Tidy(ctx, e.Limits.RunRetention, e.Limits.RunStoreMaxBytes)
 	return svc, nil
 }

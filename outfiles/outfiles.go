@@ -300,7 +300,6 @@ func copyFile(ctx context.Context, src, out *os.Root, c candidate, inlineMax int
 	return f, nil
 }
 
-
 // WriteTarGz writes a .tar.gz of files, read through dir (the directory
 // Collect wrote): regular entries named by File.Path with File.Mode, owned
 // by uid/gid 0 with no owner names.

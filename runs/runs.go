@@ -251,20 +251,23 @@ func (s *Service) Detach(ctx, life context.Context, req api.Request) (string, er
 	ctx, cancel := context.WithCancelCause(life)
 	s.register(id, cancel)
 	accepted := make(chan error, 1)
-	once := sync.OnceFunc(func() { accepted <- nil })
+	var acceptOnce sync.Once
+	// accept answers the caller once; it reports whether this was the answer.
+	accept := func(err error) (first bool) {
+		acceptOnce.Do(func() { accepted <- err; first = true })
+		return first
+	}
 	s.detached.Add(1)
 	go func() {
 		defer s.detached.Done()
 		defer cancel(nil)
-		run, err := s.eng.Admit(ctx, s.target(req, id), func(int) { once() })
+		run, err := s.eng.Admit(ctx, s.target(req, id), func(int) { accept(nil) })
 		if err != nil {
-			select {
-			case accepted <- err:
+			if accept(err) {
 				// Refused before it was queued: the caller says so.
 				s.unregister(id)
 				s.forget(id)
 				return
-			default:
 			}
 			rec := s.recorder(id, nil)
 			rec.send(api.Marshal(api.RunEvent{Type: api.TypeRun, RunID: id, Events: URLs(id)["events"]}))
@@ -272,7 +275,7 @@ func (s *Service) Detach(ctx, life context.Context, req api.Request) (string, er
 			s.finish(id, rec, api.Outcome{Code: api.CodeOf(err)}, err)
 			return
 		}
-		once()
+		accept(nil)
 		_, _ = s.start(ctx, id, run, nil)
 	}()
 	if err := <-accepted; err != nil {
@@ -612,26 +615,31 @@ func (s *Service) Recover(ctx context.Context) ([]string, error) {
 	})
 }
 
-// Maintain recovers interrupted runs and prunes old ones now and then every
-// period until ctx ends.
+// Tidy marks the runs whose process died as interrupted and prunes old
+// runs, logging what it did.
+func (s *Service) Tidy(ctx context.Context, retention time.Duration, maxBytes int64) {
+	if ids, err := s.Recover(ctx); err != nil {
+		s.log.Warn("run store: recover interrupted runs", "err", err)
+	} else if len(ids) > 0 {
+		s.log.Info("runs whose process went away marked interrupted", "runs", ids)
+	}
+	if n, err := s.store.Prune(ctx, retention, maxBytes); err != nil {
+		s.log.Warn("run store: prune", "err", err)
+	} else if n > 0 {
+		s.log.Info("run store: pruned old runs", "removed", n)
+	}
+}
+
+// Maintain tidies the store every period until ctx ends.
 func (s *Service) Maintain(ctx context.Context, every, retention time.Duration, maxBytes int64) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		if ids, err := s.Recover(ctx); err != nil {
-			s.log.Warn("run store: recover interrupted runs", "err", err)
-		} else if len(ids) > 0 {
-			s.log.Info("runs whose process went away marked interrupted", "runs", ids)
-		}
-		if n, err := s.store.Prune(ctx, retention, maxBytes); err != nil {
-			s.log.Warn("run store: prune", "err", err)
-		} else if n > 0 {
-			s.log.Info("run store: pruned old runs", "removed", n)
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		s.Tidy(ctx, retention, maxBytes)
 	}
 }

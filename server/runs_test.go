@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -399,5 +400,53 @@ func TestWebhook(t *testing.T) {
 	}
 	if code, ec, _ := send(t, "POST", url+"/runs", `{"prompt":"x","webhook_url":"ftp://x"}`, map[string]string{"Content-Type": "application/json"}); code != 400 || ec != api.CodeInvalidRequest {
 		t.Errorf("bad webhook_url: %d %s", code, ec)
+	}
+}
+
+// queueEngine queues every request, then refuses it: busy after the wait.
+type queueEngine struct{ stepEngine }
+
+func (e *queueEngine) Admit(ctx context.Context, req api.Request, queued func(int)) (api.Run, error) {
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	queued(1)
+	<-e.step
+	return nil, fmt.Errorf("%w: waited too long", api.ErrBusy)
+}
+
+// TestDetachedQueuedThenBusy: a detached run accepted while queued, whose
+// wait runs out, ends with a busy error in its log.
+func TestDetachedQueuedThenBusy(t *testing.T) {
+	e := &queueEngine{stepEngine{step: make(chan struct{})}}
+	store, err := runstore.Open(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := runs.New(e, store, runs.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	id, err := svc.Detach(context.Background(), context.Background(), api.Request{Prompt: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := svc.Get(context.Background(), id); r.Status != runstore.Queued {
+		t.Errorf("status while waiting %s", r.Status)
+	}
+	close(e.step)
+	var last api.ErrorEvent
+	svc.Follow(context.Background(), id, 0, func(_ int64, ev json.RawMessage) error { return json.Unmarshal(ev, &last) })
+	r, _ := svc.Get(context.Background(), id)
+	if last.Code != api.CodeBusy || r.Status != runstore.Failed || r.ErrorCode != string(api.CodeBusy) {
+		t.Errorf("last event %+v, run %+v", last, r.Run)
+	}
+	// Refused at once (not queued): an error, and no record.
+	if _, err := svc.Detach(context.Background(), context.Background(), api.Request{}); !errors.Is(err, api.ErrInvalidRequest) {
+		t.Errorf("invalid detach: %v", err)
+	}
+	if l, _ := svc.List(context.Background(), runstore.Filter{}); len(l.Runs) != 1 {
+		t.Errorf("%d runs recorded, want 1", len(l.Runs))
 	}
 }

@@ -3,24 +3,29 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/api"
+	"github.com/sandstorm-dev/sandstorm/client"
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runstore"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/backends"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+	"github.com/sandstorm-dev/sandstorm/server"
 )
 
 // dsServe is a `ds serve` the test started as a user would.
@@ -75,8 +80,8 @@ func serve(t *testing.T, dir, backend string, args ...string) *dsServe {
 	}
 }
 
-// startRun posts a query and returns once its sandbox has started.
-func (s *dsServe) startRun(t *testing.T) {
+// startRun posts a query and returns its run id once its sandbox has started.
+func (s *dsServe) startRun(t *testing.T) string {
 	t.Helper()
 	resp, err := http.Post(s.url+"/query", "application/json", strings.NewReader(`{"prompt":"wait","timeout":300}`))
 	if err != nil {
@@ -87,10 +92,25 @@ func (s *dsServe) startRun(t *testing.T) {
 	sc.Buffer(make([]byte, 1<<20), 32<<20)
 	for sc.Scan() {
 		if strings.Contains(sc.Text(), `"event":"started"`) {
-			return
+			return resp.Header.Get(server.HeaderRunID)
 		}
 	}
 	t.Fatalf("the run did not start (status %d)", resp.StatusCode)
+	return ""
+}
+
+// agentBackend opens backend, which must hold the agent image (it is
+// imported if not), for the test.
+func agentBackend(t *testing.T, backend string) runtime.Runtime {
+	t.Helper()
+	conformance.NeedsDaemon(t, backend)
+	rt, err := backends.Open(context.Background(), backend, backends.FromEnv())
+	if err != nil {
+		conformance.Unavailable(t, backend, err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	testenv.EnsureAgentImage(t, rt, backend)
+	return rt
 }
 
 // owned lists what pid owns: sandboxes on rt, gateway session directories.
@@ -124,21 +144,16 @@ func owned(t *testing.T, rt runtime.Runtime, pid int) (sandboxes, sessions []str
 func TestServeCrash(t *testing.T) {
 	for _, backend := range []string{"containerd", "docker"} {
 		t.Run(backend, func(t *testing.T) {
-			conformance.NeedsDaemon(t, backend)
-			rt, err := backends.Open(context.Background(), backend, backends.FromEnv())
-			if err != nil {
-				conformance.Unavailable(t, backend, err)
-			}
-			defer rt.Close()
-			testenv.EnsureAgentImage(t, rt, backend)
+			rt := agentBackend(t, backend)
 			dir := t.TempDir()
 			// The model hangs: the runs are in flight when the server dies.
 			scenario := testenv.ScenarioFile(t, testenv.HangingModel(10))
 
 			crashing := serve(t, dir, backend, "--scripted-model", scenario)
 			const runs = 3
+			var ids []string
 			for i := 0; i < runs; i++ {
-				crashing.startRun(t)
+				ids = append(ids, crashing.startRun(t))
 			}
 			pid := crashing.cmd.Process.Pid
 			if sb, ss := owned(t, rt, pid); len(sb) != runs || len(ss) != runs {
@@ -171,6 +186,30 @@ func TestServeCrash(t *testing.T) {
 			}
 			if h := testenv.Health(t, other.url); h.Status != api.HealthOK {
 				t.Errorf("the other server: %+v", h)
+			}
+
+			// Restarted on the same store: the runs of the dead server are
+			// interrupted, never left running, and what they streamed is there.
+			restarted := serve(t, dir, backend, "--scripted-model", "demo")
+			c := client.New(restarted.url, "")
+			for _, id := range ids {
+				r, err := c.Get(context.Background(), id)
+				if err != nil || r.Status != runstore.Interrupted || r.ErrorCode != string(api.CodeInterrupted) {
+					t.Errorf("run %s after kill -9: %+v %v", id, r, err)
+					continue
+				}
+				var types []string
+				if err := c.Follow(context.Background(), id, 0, func(_ int64, ev json.RawMessage) error {
+					var m struct{ Type, Event, Code string }
+					json.Unmarshal(ev, &m)
+					types = append(types, m.Type+m.Event+m.Code)
+					return nil
+				}); err != nil {
+					t.Fatal(err)
+				}
+				if len(types) < 4 || types[0] != "run" || !slices.Contains(types, "sandboxstarted") || types[len(types)-1] != "errorinterrupted" {
+					t.Errorf("events of %s: %v", id, types)
+				}
 			}
 		})
 	}

@@ -80,6 +80,10 @@ func newQuery() *cobra.Command {
 		Long: `Run one agent (the Claude Agent SDK) in a fresh hardened sandbox, stream every
 step as it happens, then remove the sandbox. "ds PROMPT" is the same.
 
+The files the agent created or changed are written to ./sandstorm-out/RUN-ID/
+(--output-dir, --no-output), and the run is recorded in the run store: see
+"ds runs" and "ds logs".
+
 Without ANTHROPIC_API_KEY or OPENROUTER_API_KEY, sandstorm's scripted demo model
 answers instead of a real one (offline; it says so).`,
 		Example: `  ds "Create hello.py that prints a greeting and run it"

@@ -55,12 +55,25 @@ func newServe() *cobra.Command {
 		Short: "Serve the HTTP API: POST /query streams a run as Server-Sent Events",
 		Long: `Serve sandstorm's HTTP API.
 
-  POST /query   run one agent; the response is a Server-Sent Events stream,
-                one "data: <json>" frame per event
-  GET  /health  status, backend, runtime version, which API keys are set,
-                runs holding a slot and requests queued for one
+  POST   /query                 run one agent; the response is a Server-Sent
+                                Events stream, one "id: <seq>" + "data: <json>"
+                                frame per event (X-Sandstorm-Run-Id names the run)
+  POST   /runs                  start a detached run (same body): 202 and its id
+  GET    /runs                  runs, newest first (?status=, ?limit=, ?before=)
+  GET    /runs/ID               one run
+  GET    /runs/ID/events        its events from the start, or after Last-Event-ID
+                                or ?after=N, then live until it ends
+  POST   /runs/ID/cancel        cancel it (idempotent)
+  DELETE /runs/ID               remove a finished run and its files
+  GET    /runs/ID/files         the files its agent created or changed
+  GET    /runs/ID/files/PATH    one of them; /runs/ID/files.tar.gz all
+  GET    /health                status, backend, runtime version, which API keys
+                                are set, runs holding a slot and requests queued
 
-A client that disconnects, or accepts no stream data for --write-timeout,
+Every run is recorded in the run store under --state-dir; runs of a server
+that died are marked interrupted by the next one to start.
+
+A /query client that disconnects, or accepts no stream data for --write-timeout,
 cancels its run (or leaves the queue); its sandbox is removed at once.
 On SIGTERM or Ctrl-C the server stops accepting requests, lets running agents
 finish for up to --shutdown-grace, then cancels the rest (their streams end

@@ -7,6 +7,7 @@ import (
 	"cmp"
 	"context"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strings"
@@ -83,4 +84,21 @@ func PodmanSocket(rootless bool) string {
 		return "unix:///nonexistent/rootless-podman.sock"
 	}
 	return "unix://" + filepath.Join("/run/user", u.Uid, "podman", "podman.sock")
+}
+
+// SmallDisk mounts a tmpfs of size (e.g. "2m") for the test, to fill: a
+// full disk. It skips the test when it cannot (not root).
+func SmallDisk(t testing.TB, size string) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("mount tmpfs: %v %s", err, out)
+	}
+	// Registered after TempDir's: unmounted before it is removed, and after
+	// whatever the test opens on it later is closed.
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	return dir
 }
