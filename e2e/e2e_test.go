@@ -187,22 +187,27 @@ func toolResults(events []map[string]any) string {
 
 // timeRun runs the hello-python scenario once and returns the time to the
 // first SDK message and to the end of the run.
-func timeRun(b *testing.B, rt runtime.Runtime) (first, total time.Duration) {
-	sc, err := modelserver.Builtin("hello-python")
-	if err != nil {
-		b.Fatal(err)
-	}
+// benchRunner is a runner on rt whose model is sc's scripted server.
+func benchRunner(b *testing.B, rt runtime.Runtime, sc modelserver.Scenario) (*agent.Runner, *modelserver.Server) {
 	srv := modelserver.NewServer(sc)
 	url, stop, err := srv.Listen(context.Background(), "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer stop()
+	b.Cleanup(stop)
 	gw, err := gateway.New(gateway.Config{Upstream: url, Dir: "/run/sandstorm/e2e/bench"})
 	if err != nil {
 		b.Fatal(err)
 	}
-	r := &agent.Runner{Runtime: rt, Gateway: gw}
+	return &agent.Runner{Runtime: rt, Gateway: gw}, srv
+}
+
+func timeRun(b *testing.B, rt runtime.Runtime) (first, total time.Duration) {
+	sc, err := modelserver.Builtin("hello-python")
+	if err != nil {
+		b.Fatal(err)
+	}
+	r, _ := benchRunner(b, rt, sc)
 	start := time.Now()
 	out, err := r.Run(context.Background(), agent.Job{Config: agent.Config{Prompt: "go"}}, func(ev json.RawMessage) error {
 		if first == 0 && strings.Contains(string(ev), `"type":"system"`) {

@@ -17,6 +17,10 @@
 // is_error false; 1 otherwise (bad config, agent error, SDK failure);
 // 128+signal after SIGTERM, SIGINT or SIGHUP aborted the query.
 //
+// With SANDSTORM_RUNNER_TIMINGS=1 it also prints, on stderr, when each step
+// of its start was reached ("sandstorm-runner timing PHASE UNIX-MS"), for
+// the cold-start breakdown of make bench.
+//
 // Only Node's standard library and the SDK are used.
 
 import fs from 'node:fs';
@@ -401,7 +405,20 @@ function failWith(code, msg) {
   return finish(1);
 }
 
+const timings = process.env.SANDSTORM_RUNNER_TIMINGS === '1';
+function mark(phase) {
+  if (timings) process.stderr.write(`sandstorm-runner timing ${phase} ${Date.now()}\n`);
+}
+
 async function main() {
+  mark('runner_started');
+  // The SDK loads while the config comes and the forwarders start: it is
+  // the slowest step before the query.
+  const sdk = import('@anthropic-ai/claude-agent-sdk').then((m) => {
+    mark('sdk_loaded');
+    return m;
+  });
+  sdk.catch(() => {}); // failures are reported where it is awaited
   const configPath = process.env.SANDSTORM_RUNNER_CONFIG || '';
   const socketPath = process.env.SANDSTORM_MODEL_SOCKET || DEFAULT_SOCKET;
   const cwd = process.env.SANDSTORM_WORKSPACE || DEFAULT_WORKSPACE;
@@ -439,6 +456,7 @@ async function main() {
     }
   }
 
+  mark('config_received');
   try {
     forwarder = await startForwarder(socketPath);
   } catch (err) {
@@ -468,7 +486,7 @@ async function main() {
 
   let query;
   try {
-    ({ query } = await import('@anthropic-ai/claude-agent-sdk'));
+    ({ query } = await sdk);
   } catch (err) {
     const msg = `cannot load @anthropic-ai/claude-agent-sdk: ${errorText(err)}`;
     return failWith('sdk_missing', msg);
@@ -515,6 +533,7 @@ async function main() {
   let last = null;
   let failure = null;
   try {
+    mark('query_called');
     for await (const message of query({ prompt: cfg.prompt, options })) {
       emit(message);
       if (message && message.type === 'result') last = message;
