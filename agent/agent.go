@@ -57,6 +57,9 @@ type Job struct {
 	EgressAllow []egress.Rule
 	// Output, if set, hands back the files the agent made.
 	Output *Output
+	// WarmMiss, on a cold run while a warm pool is on, says why no warm
+	// sandbox fit (in the created event).
+	WarmMiss string
 }
 
 // Output is where a job's files are handed back: after the process exits,
@@ -111,177 +114,336 @@ func placeholders(secrets []egress.Secret) ([]egress.Secret, []string, error) {
 // Run runs job and streams its events to emit. The returned error is
 // non-nil only when the run could not take place or the stream was cut;
 // agent failures are reported as an error event and in Outcome.Code.
-func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (out api.Outcome, err error) {
+func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (api.Outcome, error) {
+	ctx, run := newStream(ctx, emit)
+	defer run.cancel(nil)
+	m, err := r.begin(ctx, job, run.send)
+	if err != nil {
+		if errors.Is(err, runtime.ErrNotFound) {
+			err = fmt.Errorf("%w (build and import the agent image with `ds image build`)", err)
+		}
+		return api.Outcome{}, err
+	}
+	return r.finish(ctx, m, job, run)
+}
+
+// Warm starts a sandbox for a run to come, as Run would for job (its agent
+// options, environment, egress), without its prompt, files, credentials or
+// budget: its runner loads the SDK and waits. RunOn hands it a request;
+// Remove removes one never used. Its gateway token reaches nothing until
+// then.
+func (r *Runner) Warm(ctx context.Context, job Job) (*Member, error) {
+	job.Config.Prompt, job.Files, job.Credentials, job.Budget = "", nil, gateway.Credentials{}, gateway.Budget{}
+	return r.begin(ctx, job, nil)
+}
+
+// RunOn runs job in member m, started by Warm with job's agent options:
+// its files are put in, its session activated, its runner released. The
+// job's timeout counts from here. m is used once; it is removed after.
+func (r *Runner) RunOn(ctx context.Context, m *Member, job Job, emit api.Emit) (api.Outcome, error) {
+	ctx, run := newStream(ctx, emit)
+	defer run.cancel(nil)
+	t := time.Now()
+	err := m.running.Sandbox().Put(ctx, job.Files)
+	var config []byte
+	if err == nil {
+		config, err = json.Marshal(m.config(job.Config))
+	}
+	if err == nil {
+		err = m.sess.Activate(job.Credentials, config, job.Budget)
+	}
+	if err != nil {
+		m.Remove(ctx)
+		return api.Outcome{}, fmt.Errorf("hand a warm sandbox its run: %w", err)
+	}
+	m.handOff = time.Since(t)
+	m.setSink(run.send)
+	created := api.NewSandboxEvent(api.SandboxCreated, m.id, m.sessionID, m.backend, m.createTook)
+	created.Unenforced, created.Warm = m.unenforced, &m.warm
+	run.send(api.Marshal(created))
+	run.send(api.Marshal(api.NewSandboxEvent(api.SandboxStarted, m.id, m.sessionID, m.backend, m.startTook)))
+	m.openGate()
+	return r.finish(ctx, m, job, run)
+}
+
+// stream is one run's event stream: the first failure to emit cancels the
+// run, and nothing more is sent.
+type stream struct {
+	mu      sync.Mutex
+	emit    api.Emit
+	emitErr error
+	cancel  context.CancelCauseFunc
+}
+
+func newStream(ctx context.Context, emit api.Emit) (context.Context, *stream) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	return ctx, &stream{emit: emit, cancel: cancel}
+}
+
+func (s *stream) send(ev json.RawMessage) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.emitErr != nil {
+		return
+	}
+	if s.emitErr = s.emit(ev); s.emitErr != nil {
+		s.cancel(fmt.Errorf("%w: client stopped reading: %w", context.Canceled, s.emitErr))
+	}
+}
+
+func (s *stream) err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.emitErr
+}
+
+// Member is a sandbox with its gateway session and output, started for a
+// run: by Run for its job, or ahead of one by Warm.
+type Member struct {
+	id, sessionID, backend string
+	sess                   *gateway.Session
+	running                *runtime.Running
+	unenforced             []runtime.Item
+	createTook, startTook  time.Duration
+	// handOff is how long RunOn took to hand the member its run.
+	handOff time.Duration
+	// warm says so in the created event: true for a member of Warm.
+	warm bool
+	// mcp is the job's MCP servers as the runner reaches them.
+	mcp            json.RawMessage
+	stdout, stderr *linewriter.Writer
+	// Output waits at the gate for the "started" event of its run.
+	gate     chan struct{}
+	openGate func()
+	log      *slog.Logger
+
+	mu     sync.Mutex
+	sink   func(json.RawMessage)
+	result json.RawMessage
+}
+
+// ID is the member's sandbox id.
+func (m *Member) ID() string { return m.id }
+
+// HandOff is how long RunOn took to hand the member its run.
+func (m *Member) HandOff() time.Duration { return m.handOff }
+
+func (m *Member) setSink(f func(json.RawMessage)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.sink = f
+}
+
+// send passes an event to the member's run; before it has one, there is
+// none to tell.
+func (m *Member) send(ev json.RawMessage) {
+	m.mu.Lock()
+	sink := m.sink
+	m.mu.Unlock()
+	if sink != nil {
+		sink(ev)
+	}
+}
+
+// config is the runner's config for c, with the MCP servers as reached.
+func (m *Member) config(c Config) Config {
+	if m.mcp != nil {
+		c.MCPServers = m.mcp
+	}
+	return c
+}
+
+// Remove removes a member that got no run (or whose hand-off failed).
+func (m *Member) Remove(ctx context.Context) error {
+	m.openGate()
+	m.running.Sandbox().Kill(context.WithoutCancel(ctx))
+	_, err := m.running.Finish(ctx, 0, runtime.Hooks{})
+	return errors.Join(err, m.sess.Close())
+}
+
+// begin opens job's gateway session and creates and starts its sandbox.
+// With send, the sandbox is job's (cold): its session is active and its
+// created and started events go to send. Without, it is warm: its session
+// is pending and its runner waits for RunOn.
+func (r *Runner) begin(ctx context.Context, job Job, send func(json.RawMessage)) (_ *Member, err error) {
 	log := r.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	// Events come from the stdout and stderr copiers and from the hooks.
-	var mu sync.Mutex
-	var emitErr error
-	send := func(ev json.RawMessage) {
-		mu.Lock()
-		defer mu.Unlock()
-		if emitErr != nil {
-			return
-		}
-		if emitErr = emit(ev); emitErr != nil {
-			cancel(fmt.Errorf("%w: client stopped reading: %w", context.Canceled, emitErr))
-		}
-	}
-
+	m := &Member{backend: r.Runtime.Name(), log: log, warm: send == nil, sink: send, gate: make(chan struct{})}
+	m.openGate = sync.OnceFunc(func() { close(m.gate) })
 	var declared []egress.Rule
 	if r.Egress != nil {
 		// The MCP servers the configuration names are reached through the proxy.
-		if job.Config.MCPServers, declared, err = reachMCP(job.Config.MCPServers); err != nil {
-			return out, fmt.Errorf("%w: %w", runtime.ErrInvalidSpec, err)
+		if m.mcp, declared, err = reachMCP(job.Config.MCPServers); err != nil {
+			return nil, fmt.Errorf("%w: %w", runtime.ErrInvalidSpec, err)
 		}
 	}
-	config, err := json.Marshal(job.Config)
+	// A warm sandbox's runner starts the CLI with the options; the run
+	// brings the prompt.
+	config, err := json.Marshal(m.config(job.Config))
 	if err != nil {
-		return out, fmt.Errorf("%w: runner config: %w", runtime.ErrInvalidSpec, err)
+		return nil, fmt.Errorf("%w: runner config: %w", runtime.ErrInvalidSpec, err)
 	}
 	owner, err := runtime.Self()
 	if err != nil {
-		return out, fmt.Errorf("session owner: %w", err)
+		return nil, fmt.Errorf("session owner: %w", err)
 	}
-	sessionID := runtime.NewID()
-	opts := gateway.SessionOptions{Credentials: job.Credentials, RunnerConfig: config, Owner: owner.String(), Budget: job.Budget}
+	m.sessionID = runtime.NewID()
+	opts := gateway.SessionOptions{Credentials: job.Credentials, RunnerConfig: config, Owner: owner.String(), Budget: job.Budget, Pending: m.warm}
+	if m.warm {
+		opts.RunnerConfig, opts.WarmConfig = nil, config
+	}
 	var secretEnv []string
 	if r.Egress != nil {
 		p := *r.Egress
 		p.Host, p.Narrow, p.Declared = egress.HostAddrs(), job.EgressAllow, declared
 		secrets, env, err := placeholders(r.Secrets)
 		if err != nil {
-			return out, fmt.Errorf("secret placeholders: %w", err)
+			return nil, fmt.Errorf("secret placeholders: %w", err)
 		}
 		secretEnv = env
-		opts.Egress = egress.New(p, egress.Options{Logger: log, Emit: func(ev egress.Event) { send(api.Marshal(ev)) },
+		opts.Egress = egress.New(p, egress.Options{Logger: log, Emit: func(ev egress.Event) { m.send(api.Marshal(ev)) },
 			Secrets: secrets, CA: r.CA, UpstreamRoots: r.EgressRoots})
 	}
-	sess, err := r.Gateway.Open(sessionID, opts)
-	if err != nil {
-		return out, fmt.Errorf("open model gateway session: %w", err)
+	if m.sess, err = r.Gateway.Open(m.sessionID, opts); err != nil {
+		return nil, fmt.Errorf("open model gateway session: %w", err)
 	}
 	defer func() {
-		if cerr := sess.Close(); cerr != nil {
-			log.Warn("close gateway session", "session", sessionID, "err", cerr)
+		if err != nil {
+			if cerr := m.sess.Close(); cerr != nil {
+				log.Warn("close gateway session", "session", m.sessionID, "err", cerr)
+			}
 		}
 	}()
 	if r.Egress != nil && r.CA != nil {
-		if err := os.WriteFile(filepath.Join(sess.Dir, caFile), r.CA.CertPEM(), 0o644); err != nil {
-			return out, fmt.Errorf("egress CA certificate: %w", err)
+		if err := os.WriteFile(filepath.Join(m.sess.Dir, caFile), r.CA.CertPEM(), 0o644); err != nil {
+			return nil, fmt.Errorf("egress CA certificate: %w", err)
 		}
 	}
-
 	// Output waits for the "started" event: a process can print before its
-	// Start has returned, and the stream must say it started first. There
-	// is no output without a successful Start, which opens the gate.
-	started := make(chan struct{})
-	openGate := sync.OnceFunc(func() { close(started) })
-	defer openGate()
-	var result json.RawMessage
-	stdout := linewriter.New(maxLine, func(line []byte, truncated bool) error {
-		<-started
+	// Start has returned, and the stream must say it started first.
+	m.stdout = linewriter.New(maxLine, func(line []byte, truncated bool) error {
+		<-m.gate
 		if !truncated && json.Valid(line) && isObject(line) {
 			msg := json.RawMessage(append([]byte(nil), line...))
 			if messageType(msg) == "result" {
-				mu.Lock()
-				result = msg
-				mu.Unlock()
+				m.mu.Lock()
+				m.result = msg
+				m.mu.Unlock()
 			}
-			send(msg)
+			m.send(msg)
 		} else {
-			send(api.Marshal(api.LineEvent{Type: api.TypeStdout, Line: string(line), Truncated: truncated}))
+			m.send(api.Marshal(api.LineEvent{Type: api.TypeStdout, Line: string(line), Truncated: truncated}))
 		}
 		return nil
 	})
-	stderr := linewriter.New(maxLine, func(line []byte, truncated bool) error {
-		<-started
-		send(api.Marshal(api.LineEvent{Type: api.TypeStderr, Line: string(line), Truncated: truncated}))
+	m.stderr = linewriter.New(maxLine, func(line []byte, truncated bool) error {
+		<-m.gate
+		m.send(api.Marshal(api.LineEvent{Type: api.TypeStderr, Line: string(line), Truncated: truncated}))
 		return nil
 	})
-
 	image := r.Image
 	if image == "" {
 		image = agentimage.Ref
 	}
 	policy := r.Policy
-	policy.Mounts = append(append([]oci.Mount(nil), policy.Mounts...), oci.Mount{Source: sess.Dir, Target: agentimage.MountDir, ReadOnly: true})
+	policy.Mounts = append(append([]oci.Mount(nil), policy.Mounts...), oci.Mount{Source: m.sess.Dir, Target: agentimage.MountDir, ReadOnly: true})
+	env := append(append([]string{agentimage.TokenEnv + "=" + m.sess.Token}, job.Env...), secretEnv...)
+	if m.warm {
+		env = append(env, agentimage.WaitEnv+"=1")
+	}
 	spec := runtime.Spec{
-		SessionID:       sessionID,
+		SessionID:       m.sessionID,
 		Image:           image,
 		Args:            agentimage.RunnerCommand(),
-		Env:             append(append([]string{agentimage.TokenEnv + "=" + sess.Token}, job.Env...), secretEnv...),
+		Env:             env,
 		Files:           job.Files,
 		Policy:          policy,
 		AllowUnenforced: r.AllowUnenforced,
 	}
-	name := r.Runtime.Name()
-	var sandboxID string
-	var sandbox runtime.Sandbox
-	exited := false
-	var removeErr error
 	hooks := runtime.Hooks{
 		Created: func(sb runtime.Sandbox, d time.Duration) {
-			sandboxID, sandbox = sb.ID(), sb
-			ev := api.NewSandboxEvent(api.SandboxCreated, sandboxID, sessionID, name, d)
-			ev.Unenforced = sb.Unenforced()
-			send(api.Marshal(ev))
+			m.id, m.unenforced, m.createTook = sb.ID(), sb.Unenforced(), d
+			if !m.warm {
+				ev := api.NewSandboxEvent(api.SandboxCreated, m.id, m.sessionID, m.backend, d)
+				ev.Unenforced, ev.Warm, ev.WarmMiss = m.unenforced, &m.warm, job.WarmMiss
+				send(api.Marshal(ev))
+			}
 		},
 		Started: func(d time.Duration) {
-			send(api.Marshal(api.NewSandboxEvent(api.SandboxStarted, sandboxID, sessionID, name, d)))
-			openGate()
+			m.startTook = d
+			if !m.warm {
+				send(api.Marshal(api.NewSandboxEvent(api.SandboxStarted, m.id, m.sessionID, m.backend, d)))
+				m.openGate()
+			}
 		},
+		// Only when the create or start failed.
+		Removed: func(d time.Duration, err error) {
+			if err != nil {
+				log.Error("remove sandbox", "sandbox", m.id, "err", err)
+				return
+			}
+			if !m.warm {
+				send(api.Marshal(api.NewSandboxEvent(api.SandboxRemoved, m.id, m.sessionID, m.backend, d)))
+			}
+		},
+	}
+	if m.running, err = runtime.Begin(ctx, r.Runtime, spec, runtime.IO{Stdout: m.stdout, Stderr: m.stderr}, hooks); err != nil {
+		m.openGate()
+		return nil, err
+	}
+	return m, nil
+}
+
+// finish waits for m's process (at most the job's timeout), hands back its
+// files, reports how it ended and removes it with its session.
+func (r *Runner) finish(ctx context.Context, m *Member, job Job, run *stream) (out api.Outcome, err error) {
+	defer func() {
+		if cerr := m.sess.Close(); cerr != nil {
+			m.log.Warn("close gateway session", "session", m.sessionID, "err", cerr)
+		}
+	}()
+	var removeErr error
+	hooks := runtime.Hooks{
 		Exited: func(st runtime.ExitStatus, waitErr error, d time.Duration) {
-			exited = true
-			_ = stdout.Flush()
-			_ = stderr.Flush()
-			ev := api.NewSandboxEvent(api.SandboxExited, sandboxID, sessionID, name, d)
+			_ = m.stdout.Flush()
+			_ = m.stderr.Flush()
+			ev := api.NewSandboxEvent(api.SandboxExited, m.id, m.sessionID, m.backend, d)
 			if st.Known {
 				code := st.Code
 				ev.ExitCode, ev.Signal, ev.OOMKilled = &code, st.Signal, st.OOMKilled
 			}
-			send(api.Marshal(ev))
+			run.send(api.Marshal(ev))
 			if job.Output != nil {
-				r.handBack(ctx, sandbox, job, send)
+				r.handBack(ctx, m.running.Sandbox(), job, run.send)
 			}
-			mu.Lock()
-			out = api.Outcome{Result: result, Exit: st}
-			mu.Unlock()
-			code2, msg := ending(ctx, st, waitErr, out.Result, job.Timeout)
-			usage := sess.Usage()
-			send(api.Marshal(api.UsageEvent{Type: api.TypeModelUsage, Usage: usage, Budget: job.Budget}))
-			if usage.Exceeded != "" && (code2 == "" || code2 == api.CodeAgentFailed) {
-				code2, msg = api.CodeBudgetExceeded, "the gateway refused a model call over the run's budget: "+usage.Exceeded
+			m.mu.Lock()
+			out = api.Outcome{Result: m.result, Exit: st}
+			m.mu.Unlock()
+			code, msg := ending(ctx, st, waitErr, out.Result, job.Timeout)
+			usage := m.sess.Usage()
+			run.send(api.Marshal(api.UsageEvent{Type: api.TypeModelUsage, Usage: usage, Budget: job.Budget}))
+			if usage.Exceeded != "" && (code == "" || code == api.CodeAgentFailed) {
+				code, msg = api.CodeBudgetExceeded, "the gateway refused a model call over the run's budget: "+usage.Exceeded
 			}
-			if code2 != "" {
-				out.Code = code2
-				send(api.NewError(code2, msg))
+			if code != "" {
+				out.Code = code
+				run.send(api.NewError(code, msg))
 			}
 		},
 		Removed: func(d time.Duration, err error) {
 			if err != nil {
-				log.Error("remove sandbox", "sandbox", sandboxID, "err", err)
+				m.log.Error("remove sandbox", "sandbox", m.id, "err", err)
 				removeErr = err
 				return
 			}
-			send(api.Marshal(api.NewSandboxEvent(api.SandboxRemoved, sandboxID, sessionID, name, d)))
+			run.send(api.Marshal(api.NewSandboxEvent(api.SandboxRemoved, m.id, m.sessionID, m.backend, d)))
 		},
 	}
-	_, err = runtime.Run(ctx, r.Runtime, spec, runtime.IO{Stdout: stdout, Stderr: stderr}, job.Timeout, hooks)
-	if !exited {
-		if errors.Is(err, runtime.ErrNotFound) {
-			err = fmt.Errorf("%w (build and import the agent image with `ds image build`)", err)
-		}
-		return out, err
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if emitErr != nil {
-		return out, errors.Join(fmt.Errorf("stream to client: %w", emitErr), removeErr)
+	_, _ = m.running.Finish(ctx, job.Timeout, hooks)
+	if err := run.err(); err != nil {
+		return out, errors.Join(fmt.Errorf("stream to client: %w", err), removeErr)
 	}
 	return out, removeErr
 }

@@ -59,7 +59,16 @@ type Health struct {
 	Running             int     `json:"running"`
 	Queued              int     `json:"queued"`
 	MaxConcurrentAgents int     `json:"max_concurrent_agents"`
-	Error               string  `json:"error,omitempty"`
+	// Pool is the warm pool's state, when there is one.
+	Pool  *PoolHealth `json:"pool,omitempty"`
+	Error string      `json:"error,omitempty"`
+}
+
+// PoolHealth is the warm pool's state: members kept, ready, being started.
+type PoolHealth struct {
+	Size      int `json:"size"`
+	Ready     int `json:"ready"`
+	Refilling int `json:"refilling"`
 }
 
 // KeysSet says which provider keys the server has, never their values.

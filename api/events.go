@@ -39,6 +39,10 @@ type SandboxEvent struct {
 	OOMKilled  bool   `json:"oom_killed,omitempty"`
 	// Unenforced names policy items the caller allowed the backend to skip.
 	Unenforced []runtime.Item `json:"unenforced,omitempty"`
+	// Warm (created only) says whether the sandbox came from the warm pool
+	// (started before the request); WarmMiss, on a cold one, why none fit.
+	Warm     *bool  `json:"warm,omitempty"`
+	WarmMiss string `json:"warm_miss,omitempty"`
 }
 
 // NewSandboxEvent is step ev of sandbox id (of session) on backend rt, which took d.

@@ -72,8 +72,17 @@ type Limits struct {
 	// WebhookURL, if set, gets every finished run's summary (a request may
 	// name its own).
 	WebhookURL string `json:"webhook_url"`
+	// Pool is ds serve's warm pool.
+	Pool Pool `json:"pool"`
 	// Source is the file these came from, or "" for built-in defaults.
 	Source string `json:"-"`
+}
+
+// Pool is limits.yaml's pool block: warm sandboxes kept ready for ds
+// serve's requests (each holds one of max_concurrent_agents).
+type Pool struct {
+	Size                 int `json:"size"`
+	MaxRefillConcurrency int `json:"max_refill_concurrency"`
 }
 
 // DefaultLimits are used when no limits file exists.
@@ -93,13 +102,14 @@ func DefaultLimits() Limits {
 		RunStoreMaxBytes:      1 << 30,
 		MaxOutputFiles:        1000,
 		MaxOutputBytes:        100 << 20,
+		Pool:                  Pool{Size: 2, MaxRefillConcurrency: 1},
 	}
 }
 
 var limitsKeys = []string{"max_concurrent_agents", "cpu_limit", "memory_limit", "pids_limit",
 	"session_timeout_seconds", "image", "docker_image", "network_mode", "queue_size", "queue_wait_seconds",
 	"isolation", "allow_unenforced", "egress", "max_budget_usd", "max_model_requests", "max_output_tokens", "secrets",
-	"state_dir", "run_retention", "run_store_max_size", "max_output_files", "max_output_bytes", "webhook_url"}
+	"state_dir", "run_retention", "run_store_max_size", "max_output_files", "max_output_bytes", "webhook_url", "pool"}
 
 // NetworkProxy is the network mode in which the sandbox has only loopback
 // and reaches the network through the gateway's egress proxy.
@@ -178,6 +188,16 @@ func ParseLimits(data []byte) (Limits, []string, error) {
 		if l.Egress, err = parseEgress(v); err != nil {
 			return l, warnings, fmt.Errorf("%w: egress: %w", ErrInvalid, err)
 		}
+	}
+	if v, ok := raw["pool"]; ok {
+		if err := strict(v, &l.Pool); err != nil {
+			msg := strings.Replace(describeJSONError(err), "json: unknown field", "unknown key", 1)
+			return l, warnings, fmt.Errorf("%w: pool: %s (keys: size, max_refill_concurrency)", ErrInvalid, msg)
+		}
+	} else {
+		// By default at most half the slots wait warm: the rest stay free
+		// for runs that fit no warm sandbox, and for other processes.
+		l.Pool.Size = min(l.Pool.Size, l.MaxConcurrentAgents/2)
 	}
 	if v, ok := raw["run_retention"]; ok {
 		if l.RunRetention, err = days(v); err != nil {
@@ -407,6 +427,10 @@ func (l Limits) Validate() error {
 		return bad("max_output_files", "%d is outside 0..100000", l.MaxOutputFiles)
 	case l.MaxOutputBytes < 0:
 		return bad("max_output_bytes", "%d is negative", l.MaxOutputBytes)
+	case l.Pool.Size < 0 || l.Pool.Size > l.MaxConcurrentAgents:
+		return bad("pool.size", "%d is outside 0..max_concurrent_agents (%d): each warm sandbox holds a slot", l.Pool.Size, l.MaxConcurrentAgents)
+	case l.Pool.MaxRefillConcurrency < 0 || l.Pool.MaxRefillConcurrency > 64:
+		return bad("pool.max_refill_concurrency", "%d is outside 0..64", l.Pool.MaxRefillConcurrency)
 	case l.StateDir != "" && !filepath.IsAbs(l.StateDir):
 		return bad("state_dir", "%q must be an absolute path", l.StateDir)
 	}

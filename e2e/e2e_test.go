@@ -42,6 +42,18 @@ func run(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map
 // runWith is run with the runner set up further by configure (egress).
 func runWith(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job, configure func(*agent.Runner)) ([]map[string]any, api.Outcome, *modelserver.Server, runtime.Runtime) {
 	t.Helper()
+	return runHow(t, b, sc, job, configure, false)
+}
+
+// runWarm is run in a sandbox started warm (agent.Runner.Warm) before the
+// job is handed to it.
+func runWarm(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map[string]any, api.Outcome, *modelserver.Server, runtime.Runtime) {
+	t.Helper()
+	return runHow(t, b, sc, job, nil, true)
+}
+
+func runHow(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job, configure func(*agent.Runner), warm bool) ([]map[string]any, api.Outcome, *modelserver.Server, runtime.Runtime) {
+	t.Helper()
 	conformance.NeedsDaemon(t, b.name)
 	ctx := context.Background()
 	rt, err := b.open(ctx)
@@ -71,7 +83,17 @@ func runWith(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job, co
 	job.Credentials = gateway.Credentials{AnthropicKey: realKey}
 	var mu sync.Mutex
 	var events []map[string]any
-	out, err := r.Run(ctx, job, func(ev json.RawMessage) error {
+	run := r.Run
+	if warm {
+		m, err := r.Warm(ctx, job)
+		if err != nil {
+			t.Fatalf("warm: %v", err)
+		}
+		run = func(ctx context.Context, job agent.Job, emit api.Emit) (api.Outcome, error) {
+			return r.RunOn(ctx, m, job, emit)
+		}
+	}
+	out, err := run(ctx, job, func(ev json.RawMessage) error {
 		if strings.Contains(string(ev), realKey) {
 			t.Errorf("the real key appeared in an event")
 		}

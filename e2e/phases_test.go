@@ -28,7 +28,47 @@ var phases = []string{"created", "started", "runner_started", "config_received",
 // into its phases (p50 and p90 over the runs, in ms from the request), on
 // containerd, Docker and Podman: where the time goes.
 func BenchmarkColdPhases(b *testing.B) {
-	for _, bk := range []backend{
+	onBenchBackends(b, func(b *testing.B, rt runtime.Runtime, name string) {
+		at := map[string][]float64{}
+		for range b.N {
+			for p, d := range coldPhases(b, rt) {
+				at[p] = append(at[p], float64(d.Microseconds())/1000)
+			}
+		}
+		var line []string
+		for _, p := range phases {
+			v := at[p]
+			if len(v) == 0 {
+				b.Fatalf("phase %s never seen", p)
+			}
+			slices.Sort(v)
+			p50, p90 := v[len(v)/2], v[min(len(v)-1, len(v)*9/10)]
+			b.ReportMetric(p50, p+"-p50-ms")
+			line = append(line, fmt.Sprintf("%s %.0f/%.0f", p, p50, p90))
+		}
+		b.Logf("cold phases on %s, ms from the request, p50/p90 over %d runs: %s", name, b.N, strings.Join(line, " → "))
+	})
+}
+
+// onBenchBackends runs bench on each backend benchmarks compare, with the
+// agent image in it.
+func onBenchBackends(b *testing.B, bench func(b *testing.B, rt runtime.Runtime, name string)) {
+	for _, bk := range benchBackends() {
+		b.Run(bk.name, func(b *testing.B) {
+			rt, err := bk.open(context.Background())
+			if err != nil {
+				b.Skip(err)
+			}
+			defer rt.Close()
+			testenv.EnsureAgentImage(b, rt, bk.name)
+			bench(b, rt, bk.name)
+		})
+	}
+}
+
+// benchBackends are the backends benchmarks compare.
+func benchBackends() []backend {
+	return []backend{
 		{name: "containerd", open: func(ctx context.Context) (runtime.Runtime, error) {
 			return containerd.New(ctx, containerd.Config{Address: os.Getenv("SANDSTORM_CONTAINERD_SOCKET")})
 		}},
@@ -38,33 +78,6 @@ func BenchmarkColdPhases(b *testing.B) {
 		{name: "podman", open: func(ctx context.Context) (runtime.Runtime, error) {
 			return podman.New(ctx, podman.Config{Socket: testenv.PodmanSocket(false)})
 		}},
-	} {
-		b.Run(bk.name, func(b *testing.B) {
-			rt, err := bk.open(context.Background())
-			if err != nil {
-				b.Skip(err)
-			}
-			defer rt.Close()
-			testenv.EnsureAgentImage(b, rt, bk.name)
-			at := map[string][]float64{}
-			for range b.N {
-				for p, d := range coldPhases(b, rt) {
-					at[p] = append(at[p], float64(d.Microseconds())/1000)
-				}
-			}
-			var line []string
-			for _, p := range phases {
-				v := at[p]
-				if len(v) == 0 {
-					b.Fatalf("phase %s never seen", p)
-				}
-				slices.Sort(v)
-				p50, p90 := v[len(v)/2], v[min(len(v)-1, len(v)*9/10)]
-				b.ReportMetric(p50, p+"-p50-ms")
-				line = append(line, fmt.Sprintf("%s %.0f/%.0f", p, p50, p90))
-			}
-			b.Logf("cold phases on %s, ms from the request, p50/p90 over %d runs: %s", bk.name, b.N, strings.Join(line, " → "))
-		})
 	}
 }
 

@@ -30,6 +30,7 @@ func scenarios(t *testing.T, b backend) {
 	t.Run("a subagent", func(t *testing.T) { subagentScenario(t, b) })
 	t.Run("a tool of an http MCP server on the host", func(t *testing.T) { mcpHTTPScenario(t, b) })
 	t.Run("files handed back", func(t *testing.T) { filesScenario(t, b) })
+	t.Run("a warm sandbox handed a run", func(t *testing.T) { warmScenario(t, b) })
 	t.Run("hello-python", func(t *testing.T) {
 		events, out, srv, _ := run(t, b, builtin(t, "hello-python"), agent.Job{Config: agent.Config{Prompt: "Create hello.py and run it"}})
 		if !out.Success() {

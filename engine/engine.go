@@ -22,6 +22,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
 	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/pool"
 	"github.com/sandstorm-dev/sandstorm/runs"
 	"github.com/sandstorm-dev/sandstorm/runstore"
 	"github.com/sandstorm-dev/sandstorm/runtime"
@@ -285,6 +286,10 @@ func (e *Engine) Health(ctx context.Context) api.Health {
 		Queued:              e.Manager.Queued(),
 		MaxConcurrentAgents: e.Limits.MaxConcurrentAgents,
 	}
+	if p := e.Manager.Pool(); p != nil {
+		st := p.Stats()
+		h.Pool = &st
+	}
 	info, err := e.Runtime.Info(ctx)
 	if err != nil {
 		h.Status, h.Error = api.HealthDegraded, err.Error()
@@ -301,6 +306,15 @@ func (e *Engine) Close() error {
 		return e.Runtime.Close()
 	}
 	return nil
+}
+
+// StartPool starts the warm pool the limits ask for (nil when pool.size
+// is 0); Close it before the engine.
+func (e *Engine) StartPool(ctx context.Context) *pool.Pool {
+	if e.Limits.Pool.Size == 0 {
+		return nil
+	}
+	return e.Manager.StartPool(ctx, pool.Config{Size: e.Limits.Pool.Size, MaxRefill: e.Limits.Pool.MaxRefillConcurrency}, e.log)
 }
 
 // WebhookSecretEnv holds the secret webhooks are signed with.

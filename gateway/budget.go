@@ -57,6 +57,12 @@ type meter struct {
 	usage  Usage
 }
 
+func (m *meter) setBudget(b Budget) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.budget = b
+}
+
 // admit counts a call about to be made, or refuses it (and says why) when a
 // bound is already reached.
 func (m *meter) admit() (string, bool) {

@@ -42,6 +42,9 @@ const DefaultDir = "/run/sandstorm/sessions"
 // ConfigPath is where the socket serves the runner's config.
 const ConfigPath = "/sandstorm/runner.json"
 
+// WarmConfigPath is where a pending session serves its warm options.
+const WarmConfigPath = "/sandstorm/warm.json"
+
 // ownerFile names the process a session directory belongs to (see Sweep).
 const ownerFile = "owner"
 
@@ -125,6 +128,44 @@ type Session struct {
 	meter  *meter
 	mu     sync.Mutex
 	closed bool
+	// active is closed once the session serves a run (at Open, or at
+	// Activate for a pending one); done when the session is closed.
+	active, done chan struct{}
+	creds        Credentials
+	config       []byte
+}
+
+// ErrNotPending: Activate on a session that is active already or closed.
+var ErrNotPending = errors.New("gateway: session is not waiting to be activated")
+
+// Activate hands a pending session its run: the credentials it swaps in,
+// the runner's config, the budget. Until then the session's token reaches
+// nothing: the model answers 403 and the config waits.
+func (s *Session) Activate(creds Credentials, runnerConfig []byte, budget Budget) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.isActive() {
+		return ErrNotPending
+	}
+	s.creds, s.config = creds, runnerConfig
+	s.meter.setBudget(budget)
+	close(s.active)
+	return nil
+}
+
+func (s *Session) isActive() bool {
+	select {
+	case <-s.active:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *Session) credentials() Credentials {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.creds
 }
 
 // Usage is what the session's model calls used so far, and whether a
@@ -148,6 +189,13 @@ type SessionOptions struct {
 	// way to the network. Like the socket's directory, it is the
 	// sandbox's alone; the proxy's policy is what guards it.
 	Egress http.Handler
+	// Pending opens the session without a run: Credentials, RunnerConfig
+	// and Budget are ignored, and Activate gives them later (a warm
+	// sandbox waiting for a request).
+	Pending bool
+	// WarmConfig (pending only) is served at once at WarmConfigPath: the
+	// agent options a warm sandbox's runner starts its CLI with.
+	WarmConfig []byte
 }
 
 // Open starts a session: a directory with a listening socket, its owner,
@@ -173,7 +221,11 @@ func (g *Gateway) Open(id string, o SessionOptions) (*Session, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("gateway: token: %w", err)
 	}
-	s := &Session{Dir: dir, Token: "sandstorm-session-" + hex.EncodeToString(tok), meter: &meter{budget: o.Budget}}
+	s := &Session{Dir: dir, Token: "sandstorm-session-" + hex.EncodeToString(tok), meter: &meter{},
+		active: make(chan struct{}), done: make(chan struct{})}
+	if !o.Pending {
+		_ = s.Activate(o.Credentials, o.RunnerConfig, o.Budget)
+	}
 	l, err := net.Listen("unix", s.SocketPath())
 	if err != nil {
 		os.RemoveAll(dir)
@@ -186,7 +238,7 @@ func (g *Gateway) Open(id string, o SessionOptions) (*Session, error) {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	s.srv = &http.Server{
-		Handler:           g.handler(s, o),
+		Handler:           g.handler(s, o.WarmConfig),
 		ReadHeaderTimeout: 30 * time.Second,
 		ErrorLog:          slog.NewLogLogger(g.cfg.Logger.Handler(), slog.LevelWarn),
 	}
@@ -230,6 +282,7 @@ func (s *Session) Close() error {
 		return nil
 	}
 	s.closed = true
+	close(s.done)
 	s.mu.Unlock()
 	err := s.srv.Close()
 	if s.egress != nil {
@@ -262,8 +315,7 @@ func allowedPath(p string) bool {
 	return p == "/v1/messages" || p == "/v1/messages/count_tokens" || p == "/api/hello"
 }
 
-func (g *Gateway) handler(s *Session, o SessionOptions) http.Handler {
-	creds := o.Credentials
+func (g *Gateway) handler(s *Session, warm []byte) http.Handler {
 	proxy := &httputil.ReverseProxy{
 		Transport:     g.cfg.Transport,
 		FlushInterval: -1, // stream every chunk as it comes
@@ -273,6 +325,7 @@ func (g *Gateway) handler(s *Session, o SessionOptions) http.Handler {
 			h := pr.Out.Header
 			h.Del("x-api-key")
 			h.Del("Authorization")
+			creds := s.credentials()
 			switch {
 			case creds.OpenRouterKey != "":
 				h.Set("Authorization", "Bearer "+creds.OpenRouterKey)
@@ -288,7 +341,7 @@ func (g *Gateway) handler(s *Session, o SessionOptions) http.Handler {
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			g.cfg.Logger.Warn("gateway: upstream request failed", "path", r.URL.Path, "err", redact(err.Error(), creds))
+			g.cfg.Logger.Warn("gateway: upstream request failed", "path", r.URL.Path, "err", redact(err.Error(), s.credentials()))
 			apiError(w, http.StatusBadGateway, "api_error", "sandstorm gateway: upstream unreachable")
 		},
 	}
@@ -297,9 +350,33 @@ func (g *Gateway) handler(s *Session, o SessionOptions) http.Handler {
 			apiError(w, http.StatusUnauthorized, "authentication_error", "sandstorm gateway: invalid session token")
 			return
 		}
-		if r.URL.Path == ConfigPath && r.Method == http.MethodGet && o.RunnerConfig != nil {
+		if r.URL.Path == WarmConfigPath && r.Method == http.MethodGet && warm != nil {
 			w.Header().Set("Content-Type", "application/json")
-			_, _ = w.Write(o.RunnerConfig)
+			_, _ = w.Write(warm)
+			return
+		}
+		if r.URL.Path == ConfigPath && r.Method == http.MethodGet {
+			// A pending session's runner waits here for its run.
+			select {
+			case <-s.active:
+			case <-s.done:
+				return
+			case <-r.Context().Done():
+				return
+			}
+			s.mu.Lock()
+			config := s.config
+			s.mu.Unlock()
+			if config == nil {
+				apiError(w, http.StatusNotFound, "not_found_error", "sandstorm gateway: no runner config in this session")
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(config)
+			return
+		}
+		if !s.isActive() {
+			apiError(w, http.StatusForbidden, "permission_error", "sandstorm gateway: this sandbox has no run yet")
 			return
 		}
 		if !allowedPath(r.URL.Path) {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -267,5 +269,69 @@ func TestSweep(t *testing.T) {
 		if _, err := os.Stat(d); err != nil {
 			t.Errorf("%s was removed", d)
 		}
+	}
+}
+
+// TestPending: a pending session's token reaches nothing until Activate,
+// its runner's config request waits for the run, and after Close the
+// token is worthless again.
+func TestPending(t *testing.T) {
+	var calls atomic.Int32
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		if r.Header.Get("x-api-key") != "sk-ant-real" {
+			t.Errorf("upstream got key %q", r.Header.Get("x-api-key"))
+		}
+		w.Write([]byte(`{}`))
+	}))
+	defer up.Close()
+	g, err := New(Config{Upstream: up.URL, Dir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := g.Open("warm-1", SessionOptions{Pending: true, Owner: "me", Credentials: Credentials{AnthropicKey: "ignored"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if resp := post(t, s, "/v1/messages", s.Token); resp.StatusCode != 403 || calls.Load() != 0 {
+		t.Errorf("before Activate: %d, %d upstream calls", resp.StatusCode, calls.Load())
+	}
+	config := make(chan string, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", "http://sandbox"+ConfigPath, nil)
+		req.Header.Set("x-api-key", s.Token)
+		resp, err := client(s).Do(req)
+		if err != nil {
+			config <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		config <- string(b)
+	}()
+	select {
+	case c := <-config:
+		t.Fatalf("config answered before Activate: %q", c)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if err := s.Activate(Credentials{AnthropicKey: "sk-ant-real"}, []byte(`{"prompt":"late"}`), Budget{}); err != nil {
+		t.Fatal(err)
+	}
+	if c := <-config; c != `{"prompt":"late"}` {
+		t.Errorf("config %q", c)
+	}
+	if resp := post(t, s, "/v1/messages", s.Token); resp.StatusCode != 200 || calls.Load() != 1 {
+		t.Errorf("after Activate: %d, %d upstream calls", resp.StatusCode, calls.Load())
+	}
+	if err := s.Activate(Credentials{}, nil, Budget{}); !errors.Is(err, ErrNotPending) {
+		t.Errorf("second Activate: %v", err)
+	}
+	s.Close()
+	req, _ := http.NewRequest("POST", "http://sandbox/v1/messages", strings.NewReader(`{}`))
+	req.Header.Set("x-api-key", s.Token)
+	if resp, err := client(s).Do(req); err == nil {
+		t.Errorf("after Close: %d", resp.StatusCode)
+		resp.Body.Close()
 	}
 }

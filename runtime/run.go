@@ -33,47 +33,79 @@ type Hooks struct {
 // 0 means none), kill and collect the exit when the wait ends early, and
 // remove, on every path. It returns the exit status and, joined, whatever
 // went wrong: the create or start, the early end of the wait, the removal.
-func Run(ctx context.Context, rt Runtime, spec Spec, io IO, timeout time.Duration, h Hooks) (st ExitStatus, err error) {
+func Run(ctx context.Context, rt Runtime, spec Spec, io IO, timeout time.Duration, h Hooks) (ExitStatus, error) {
+	r, err := Begin(ctx, rt, spec, io, h)
+	if err != nil {
+		return ExitStatus{}, err
+	}
+	return r.Finish(ctx, timeout, h)
+}
+
+// Running is a sandbox Begin created and started; Finish ends its life.
+type Running struct {
+	rt      Runtime
+	sb      Sandbox
+	started time.Time
+}
+
+// Sandbox is the running sandbox.
+func (r *Running) Sandbox() Sandbox { return r.sb }
+
+// Begin is the first half of Run: create and start (hooks Created and
+// Started). When either fails, the sandbox is removed (hook Removed) and
+// the error returned.
+func Begin(ctx context.Context, rt Runtime, spec Spec, io IO, h Hooks) (*Running, error) {
 	t := time.Now()
 	sb, err := rt.Create(ctx, spec)
 	if err != nil {
-		return st, err
+		return nil, err
 	}
 	if h.Created != nil {
 		h.Created(sb, time.Since(t))
 	}
-	defer func() {
-		t := time.Now()
-		rerr := sb.Remove(context.WithoutCancel(ctx))
-		if rerr != nil {
-			remember(rt, sb.ID())
-		}
-		if h.Removed != nil {
-			h.Removed(time.Since(t), rerr)
-		}
-		err = errors.Join(err, rerr)
-	}()
+	r := &Running{rt: rt, sb: sb}
 	t = time.Now()
 	if err := sb.Start(ctx, io); err != nil {
-		return st, err
+		return nil, errors.Join(err, r.remove(ctx, h))
 	}
+	r.started = time.Now()
 	if h.Started != nil {
-		h.Started(time.Since(t))
+		h.Started(r.started.Sub(t))
 	}
+	return r, nil
+}
+
+// Finish is the second half of Run: wait at most timeout (0: none) from
+// now, kill and collect the exit when the wait ends early (hook Exited),
+// and remove (hook Removed).
+func (r *Running) Finish(ctx context.Context, timeout time.Duration, h Hooks) (st ExitStatus, err error) {
+	defer func() { err = errors.Join(err, r.remove(ctx, h)) }()
 	wctx := ctx
 	if timeout > 0 {
 		var cancel context.CancelFunc
 		wctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	st, werr := sb.Wait(wctx)
+	st, werr := r.sb.Wait(wctx)
 	if werr != nil {
-		werr = stop(ctx, wctx, sb, timeout, werr, &st)
+		werr = stop(ctx, wctx, r.sb, timeout, werr, &st)
 	}
 	if h.Exited != nil {
-		h.Exited(st, werr, time.Since(t))
+		h.Exited(st, werr, time.Since(r.started))
 	}
 	return st, werr
+}
+
+func (r *Running) remove(ctx context.Context, h Hooks) error {
+	t := time.Now()
+	err := r.sb.Remove(context.WithoutCancel(ctx))
+	if err != nil {
+		remember(r.rt, r.sb.ID())
+	}
+	if h.Removed != nil {
+		h.Removed(time.Since(t), err)
+	}
+	return err
 }
 
 // stop kills a sandbox whose wait failed or ended early, collects its exit

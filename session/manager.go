@@ -5,8 +5,11 @@
 package session
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -17,6 +20,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/outfiles"
+	"github.com/sandstorm-dev/sandstorm/pool"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
@@ -87,6 +91,45 @@ type Manager struct {
 	files   []runtime.File
 
 	slots *Slots
+	pool  *pool.Pool
+}
+
+// PoolJob is the job every warm sandbox is started for: this host's agent
+// options (sandstorm.json) and environment, no prompt.
+func (m *Manager) PoolJob() agent.Job {
+	job, _ := m.Job(api.Request{Prompt: "warm"})
+	job.Config.Prompt, job.Files, job.Output = "", nil, nil
+	return job
+}
+
+// StartPool keeps cfg.Size warm sandboxes for the requests that fit them;
+// Close it to remove them. Members hold host slots: members plus running
+// agents never exceed max_concurrent_agents.
+func (m *Manager) StartPool(ctx context.Context, cfg pool.Config, log *slog.Logger) *pool.Pool {
+	m.pool = pool.New(cfg, m.runner, m.PoolJob(), m.slots.Spare, log)
+	m.pool.Start(ctx)
+	return m.pool
+}
+
+// Pool is the warm pool, or nil.
+func (m *Manager) Pool() *pool.Pool { return m.pool }
+
+// fits says why job cannot run in a warm sandbox ("" when it can).
+func (m *Manager) fits(job agent.Job) string {
+	warm := m.PoolJob()
+	mine, _ := json.Marshal(job.Config.Project)
+	theirs, _ := json.Marshal(warm.Config.Project)
+	switch {
+	case len(job.EgressAllow) > 0:
+		return "egress.allow narrows the egress policy; warm sandboxes run the host's"
+	case !bytes.Equal(mine, theirs):
+		return "agent options (model, max_turns, output_format) differ from sandstorm.json's, which warm sandboxes run"
+	case len(job.Files) > 0 && m.limits.Isolation == string(runtime.IsolationGVisor):
+		// gVisor's file system does not show files the host adds to a
+		// mount after the start reliably (stat fails with EINVAL).
+		return "files cannot be put into a running gVisor sandbox"
+	}
+	return ""
 }
 
 // NewManager makes a manager. creds are the process's credentials, used
@@ -167,6 +210,18 @@ func (m *Manager) Admit(ctx context.Context, req api.Request, queued func(positi
 	if err != nil {
 		return nil, err
 	}
+	if m.pool != nil {
+		if job.WarmMiss = m.fits(job); job.WarmMiss == "" {
+			if member, ok := m.pool.Claim(); ok {
+				return &admitted{runner: m.runner, job: job, release: member.Release, member: member.Member}, nil
+			}
+			job.WarmMiss = "no warm sandbox was ready"
+		}
+		// A slot an idle member holds goes to the request.
+		if !m.slots.Free() {
+			m.pool.Evict()
+		}
+	}
 	release, err := m.slots.Acquire(ctx, queued)
 	if err != nil {
 		return nil, err
@@ -174,21 +229,33 @@ func (m *Manager) Admit(ctx context.Context, req api.Request, queued func(positi
 	return &admitted{runner: m.runner, job: job, release: release}, nil
 }
 
-// admitted is a job holding a slot.
+// admitted is a job holding a slot, and the warm sandbox it runs in if any.
 type admitted struct {
 	runner  *agent.Runner
 	job     agent.Job
 	release func()
+	member  *agent.Member
 }
 
 // Start implements api.Run.
 func (a *admitted) Start(ctx context.Context, emit api.Emit) (api.Outcome, error) {
 	defer a.release()
+	if a.member != nil {
+		return a.runner.RunOn(ctx, a.member, a.job, emit)
+	}
 	return a.runner.Run(ctx, a.job, emit)
 }
 
-// Running is how many runs hold a slot on this host.
-func (m *Manager) Running() int { return m.slots.Running() }
+// Running is how many runs hold a slot on this host (warm sandboxes of
+// this process not counted).
+func (m *Manager) Running() int {
+	n := m.slots.Running()
+	if m.pool != nil {
+		st := m.pool.Stats()
+		n -= st.Ready + st.Refilling
+	}
+	return max(n, 0)
+}
 
 // Queued is how many requests wait for a slot on this host.
 func (m *Manager) Queued() int { return m.slots.Waiting() }

@@ -129,6 +129,25 @@ func (s *Slots) try() func() {
 	return nil
 }
 
+// Spare takes a free slot only when no request waits for one (nil
+// otherwise): a warm pool's refill never stands before a request.
+func (s *Slots) Spare() func() {
+	unlock, err := s.lock(syscall.LOCK_EX)
+	if err != nil {
+		return nil
+	}
+	defer unlock()
+	if s.waiting() > 0 {
+		return nil
+	}
+	return s.try()
+}
+
+// Free reports whether a slot is free now.
+func (s *Slots) Free() bool {
+	return s.Running() < s.n
+}
+
 // Running is how many runs hold a slot, across the host.
 func (s *Slots) Running() int { return s.counted(s.running) }
 

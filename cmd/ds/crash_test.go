@@ -156,15 +156,26 @@ func TestServeCrash(t *testing.T) {
 				ids = append(ids, crashing.startRun(t))
 			}
 			pid := crashing.cmd.Process.Pid
-			if sb, ss := owned(t, rt, pid); len(sb) != runs || len(ss) != runs {
-				t.Fatalf("%d runs in flight own %v and %v", runs, sb, ss)
+			// Its warm pool (default size 2) refills beside the runs: its
+			// members are the server's too, and must go with it.
+			for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+				if h := testenv.Health(t, crashing.url); h.Pool != nil && h.Pool.Ready == 2 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the warm pool did not refill: %+v", testenv.Health(t, crashing.url).Pool)
+				}
+			}
+			const objects = runs + 2
+			if sb, ss := owned(t, rt, pid); len(sb) != objects || len(ss) != objects {
+				t.Fatalf("%d runs in flight and 2 warm sandboxes own %v and %v", runs, sb, ss)
 			}
 
 			// A second server on the host: its start-up and periodic sweeps
 			// leave the live server's sandboxes alone.
 			other := serve(t, dir, backend, "--scripted-model", "demo", "--sweep-interval", "1s")
 			time.Sleep(2500 * time.Millisecond) // two sweeps of the other server
-			if sb, ss := owned(t, rt, pid); len(sb) != runs || len(ss) != runs {
+			if sb, ss := owned(t, rt, pid); len(sb) != objects || len(ss) != objects {
 				t.Errorf("a live server's objects were swept: left %v and %v", sb, ss)
 			}
 			if h := testenv.Health(t, crashing.url); h.Running != runs {

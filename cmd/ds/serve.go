@@ -73,6 +73,11 @@ func newServe() *cobra.Command {
 Every run is recorded in the run store under --state-dir; runs of a server
 that died are marked interrupted by the next one to start.
 
+A warm pool (limits.yaml pool.size, default 2; 0 turns it off) keeps sandboxes
+started with sandstorm.json's agent options, the CLI waiting: a request with
+those options starts in one at once ("warm": true in its sandbox created
+event); others run cold and say why (warm_miss). Warm sandboxes hold host slots.
+
 A /query client that disconnects, or accepts no stream data for --write-timeout,
 cancels its run (or leaves the queue); its sandbox is removed at once.
 On SIGTERM or Ctrl-C the server stops accepting requests, lets running agents
@@ -117,6 +122,11 @@ origins get nothing (403) unless $CORS_ORIGINS lists them ("*" for any).`,
 				return err
 			}
 			defer svc.Close()
+			warm := eng.StartPool(cmd.Context())
+			if warm != nil {
+				defer warm.Close()
+				log.Info("warm pool on", "size", eng.Limits.Pool.Size, "max_refill_concurrency", max(1, eng.Limits.Pool.MaxRefillConcurrency))
+			}
 			sweepCtx, stopSweep := context.WithCancel(context.WithoutCancel(cmd.Context()))
 			defer stopSweep()
 			go eng.SweepEvery(sweepCtx, sweep)
@@ -139,6 +149,9 @@ origins get nothing (403) unless $CORS_ORIGINS lists them ("*" for any).`,
 			log.Info("shutting down: no new requests; waiting for running agents", "grace", grace)
 			if err := srv.Shutdown(grace); err != nil && !errors.Is(err, net.ErrClosed) {
 				return err
+			}
+			if warm != nil {
+				warm.Close()
 			}
 			log.Info("shut down; every sandbox removed")
 			return nil

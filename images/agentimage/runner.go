@@ -18,6 +18,9 @@ const (
 	MountDir = "/run/sandstorm"
 	// TokenEnv passes the gateway session token to the runner.
 	TokenEnv = "SANDSTORM_MODEL_TOKEN"
+	// WaitEnv=1 makes the runner of a warm sandbox wait for its config as
+	// long as it takes (the gateway answers when a request claims it).
+	WaitEnv = "SANDSTORM_RUNNER_WAIT"
 )
 
 // RunnerCommand starts the runner under tini: as PID 1 it reaps the orphans

@@ -30,6 +30,8 @@ import path from 'node:path';
 import process from 'node:process';
 
 const CONFIG_PATH = '/sandstorm/runner.json';
+// A warm sandbox's options, served before its run (no prompt).
+const WARM_PATH = '/sandstorm/warm.json';
 // The config must arrive well before anything else can happen.
 const CONFIG_TIMEOUT_MS = 10000;
 const DEFAULT_SOCKET = '/run/sandstorm/model.sock';
@@ -192,11 +194,16 @@ function readConfig(path) {
   return parseConfig(text, path);
 }
 
-// fetchConfig asks the gateway for the run's config over its socket.
-function fetchConfig(socketPath, token) {
-  const source = `gateway ${socketPath}${CONFIG_PATH}`;
+// fetchConfig asks the gateway for the run's config over its socket (or,
+// with warm, the warm sandbox's options). A warm sandbox's runner waits for
+// its run's config as long as it takes: the gateway answers when a request
+// has claimed the sandbox.
+function fetchConfig(socketPath, token, { warm = false, wait = false } = {}) {
+  const where = warm ? WARM_PATH : CONFIG_PATH;
+  const source = `gateway ${socketPath}${where}`;
+  const timeout = wait ? 0 : CONFIG_TIMEOUT_MS;
   return new Promise((resolve, reject) => {
-    const req = http.get({ socketPath, path: CONFIG_PATH, headers: { 'x-api-key': token }, timeout: CONFIG_TIMEOUT_MS }, (res) => {
+    const req = http.get({ socketPath, path: where, headers: { 'x-api-key': token }, timeout }, (res) => {
       const chunks = [];
       res.on('data', (c) => chunks.push(c));
       res.on('error', (err) => reject(new ConfigError(`config from ${source}: ${errorText(err)}`)));
@@ -206,7 +213,7 @@ function fetchConfig(socketPath, token) {
           return;
         }
         try {
-          resolve(parseConfig(Buffer.concat(chunks).toString('utf8'), source));
+          resolve(parseConfig(Buffer.concat(chunks).toString('utf8'), source, warm));
         } catch (err) {
           reject(err);
         }
@@ -217,7 +224,7 @@ function fetchConfig(socketPath, token) {
   });
 }
 
-function parseConfig(text, path) {
+function parseConfig(text, path, warm = false) {
   let cfg;
   try {
     cfg = JSON.parse(text);
@@ -230,7 +237,8 @@ function parseConfig(text, path) {
       throw new ConfigError(`config ${path}: unknown field ${JSON.stringify(key)} (known: ${Object.keys(FIELDS).join(', ')})`);
     }
   }
-  if (cfg.prompt === undefined) throw new ConfigError(`config ${path}: "prompt" is required`);
+  if (warm) delete cfg.prompt;
+  else if (cfg.prompt === undefined) throw new ConfigError(`config ${path}: "prompt" is required`);
   for (const [key, f] of Object.entries(FIELDS)) {
     if (cfg[key] === undefined || (cfg[key] === null && key !== 'prompt')) continue;
     const ok = f.check(cfg[key]);
@@ -398,6 +406,12 @@ function childEnv(port, token, egressPort, caVars) {
   return env;
 }
 
+// sameOptions reports whether two configs ask for the same agent, prompt aside.
+function sameOptions(a, b) {
+  const strip = (c) => JSON.stringify({ ...c, prompt: undefined });
+  return strip(a) === strip(b);
+}
+
 // failWith reports why the runner cannot run and ends it.
 function failWith(code, msg) {
   logErr(msg);
@@ -447,9 +461,19 @@ async function main() {
     return failWith('model_unreachable', `model socket ${socketPath}: ${why} (SANDSTORM_MODEL_SOCKET; the host's gateway serves it)`);
   }
 
+  // A warm sandbox (SANDSTORM_RUNNER_WAIT=1) gets its options first and
+  // starts the CLI with them, then waits for its run's config.
+  let warmCfg = null;
+  let pending = null;
   if (cfg === undefined) {
     try {
-      cfg = await fetchConfig(socketPath, token);
+      if (process.env.SANDSTORM_RUNNER_WAIT === '1') {
+        warmCfg = await fetchConfig(socketPath, token, { warm: true });
+        pending = fetchConfig(socketPath, token, { wait: true });
+        pending.catch(() => {}); // failures are reported where it is awaited
+      } else {
+        cfg = await fetchConfig(socketPath, token);
+      }
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err;
       return failWith('invalid_config', err.message);
@@ -523,8 +547,9 @@ async function main() {
     persistSession: false,
     stderr: (data) => process.stderr.write(scrub(data)),
   };
+  const optionsOf = cfg || warmCfg;
   for (const [key, f] of Object.entries(FIELDS)) {
-    if (f.option && cfg[key] !== undefined && cfg[key] !== null) options[f.option] = cfg[key];
+    if (f.option && optionsOf[key] !== undefined && optionsOf[key] !== null) options[f.option] = optionsOf[key];
   }
   if (process.env.SANDSTORM_CLAUDE_EXECUTABLE) {
     options.pathToClaudeCodeExecutable = process.env.SANDSTORM_CLAUDE_EXECUTABLE;
@@ -533,10 +558,42 @@ async function main() {
   let last = null;
   let failure = null;
   try {
-    mark('query_called');
-    for await (const message of query({ prompt: cfg.prompt, options })) {
+    let messages;
+    let ended = () => {};
+    if (warmCfg) {
+      // Streaming input: the CLI starts now and waits for the one user
+      // message, the run's prompt; the input ends after the result.
+      let release;
+      const released = new Promise((resolve) => (release = resolve));
+      const done = new Promise((resolve) => (ended = resolve));
+      const input = (async function* () {
+        const text = await released;
+        yield { type: 'user', message: { role: 'user', content: text }, parent_tool_use_id: null, session_id: '' };
+        await done;
+      })();
+      mark('query_called');
+      messages = query({ prompt: input, options });
+      try {
+        cfg = await pending;
+      } catch (err) {
+        if (!(err instanceof ConfigError)) throw err;
+        return failWith('invalid_config', err.message);
+      }
+      mark('config_received');
+      if (!sameOptions(cfg, warmCfg)) {
+        return failWith('invalid_config', "the run's agent options differ from the warm sandbox's");
+      }
+      release(cfg.prompt);
+    } else {
+      mark('query_called');
+      messages = query({ prompt: cfg.prompt, options });
+    }
+    for await (const message of messages) {
       emit(message);
-      if (message && message.type === 'result') last = message;
+      if (message && message.type === 'result') {
+        last = message;
+        ended();
+      }
     }
   } catch (err) {
     failure = err;

@@ -1,0 +1,90 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/sandstorm-dev/sandstorm/agent"
+	"github.com/sandstorm-dev/sandstorm/api"
+	"github.com/sandstorm-dev/sandstorm/modelserver"
+	"github.com/sandstorm-dev/sandstorm/pool"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+)
+
+// BenchmarkWarm compares, on containerd, Docker and Podman, the time from
+// the request to the first SDK message and to the first assistant message
+// of a cold run and of a run handed to a warm sandbox (the model answering
+// at once), and the hand-off itself: p50 and p90 over the runs.
+func BenchmarkWarm(b *testing.B) {
+	onBenchBackends(b, func(b *testing.B, rt runtime.Runtime, name string) {
+		// One answer per run, at once.
+		sc := modelserver.Scenario{Name: "at-once", Turns: make([]modelserver.Turn, 2*b.N)}
+		for i := range sc.Turns {
+			sc.Turns[i].Text = "hello"
+		}
+		r, _ := benchRunner(b, rt, sc)
+		job := agent.Job{Config: agent.Config{Prompt: "hi"}, Timeout: time.Minute}
+		p := pool.New(pool.Config{Size: 1}, r, job, func() func() { return func() {} }, nil)
+		p.Start(context.Background())
+		defer p.Close()
+		var cold, warm [2][]float64
+		var handOff []float64
+		for range b.N {
+			f, a := firstMessages(b, func(emit api.Emit) (api.Outcome, error) { return r.Run(context.Background(), job, emit) })
+			cold[0], cold[1] = append(cold[0], f), append(cold[1], a)
+			m := claim(b, p)
+			f, a = firstMessages(b, func(emit api.Emit) (api.Outcome, error) { return r.RunOn(context.Background(), m.Member, job, emit) })
+			warm[0], warm[1] = append(warm[0], f), append(warm[1], a)
+			handOff = append(handOff, float64(m.HandOff().Microseconds())/1000)
+		}
+		c0, c1, w0, w1, h := pct(cold[0]), pct(cold[1]), pct(warm[0]), pct(warm[1]), pct(handOff)
+		b.ReportMetric(w1[0], "warm-assistant-p50-ms")
+		b.ReportMetric(c1[0], "cold-assistant-p50-ms")
+		b.ReportMetric(h[0], "handoff-p50-ms")
+		b.Logf("warm pool on %s over %d runs, ms p50/p90: first message cold %.0f/%.0f warm %.0f/%.0f; first assistant cold %.0f/%.0f warm %.0f/%.0f; hand-off %.1f/%.1f",
+			name, b.N, c0[0], c0[1], w0[0], w0[1], c1[0], c1[1], w1[0], w1[1], h[0], h[1])
+	})
+}
+
+// claim waits (untimed) for a ready member and takes it.
+func claim(b *testing.B, p *pool.Pool) pool.Member {
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if m, ok := p.Claim(); ok {
+			return m
+		}
+	}
+	b.Fatal("no warm sandbox within a minute")
+	return pool.Member{}
+}
+
+// firstMessages runs one and times, from its start, the first SDK message
+// and the first assistant message.
+func firstMessages(b *testing.B, run func(api.Emit) (api.Outcome, error)) (first, assistant float64) {
+	start := time.Now()
+	out, err := run(func(ev json.RawMessage) error {
+		var m struct{ Type string }
+		json.Unmarshal(ev, &m)
+		ms := float64(time.Since(start).Microseconds()) / 1000
+		if first == 0 && (m.Type == "system" || m.Type == "assistant") {
+			first = ms
+		}
+		if assistant == 0 && m.Type == "assistant" {
+			assistant = ms
+		}
+		return nil
+	})
+	if err != nil || !out.Success() {
+		b.Fatalf("run: %v %s", err, out.Code)
+	}
+	return first, assistant
+}
+
+// pct is the p50 and p90 of v.
+func pct(v []float64) [2]float64 {
+	v = slices.Clone(v)
+	slices.Sort(v)
+	return [2]float64{v[len(v)/2], v[min(len(v)-1, len(v)*9/10)]}
+}
