@@ -134,8 +134,30 @@ func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (api.Outcome, 
 // then.
 func (r *Runner) Warm(ctx context.Context, job Job) (*Member, error) {
 	job.Config.Prompt, job.Files, job.Credentials, job.Budget = "", nil, gateway.Credentials{}, gateway.Budget{}
-	return r.begin(ctx, job, nil)
+	m, err := r.begin(ctx, job, nil)
+	if err != nil {
+		return nil, err
+	}
+	// Ready once its runner, the SDK loaded and the CLI spawned, asks for its run.
+	t := time.NewTimer(WarmTimeout)
+	defer t.Stop()
+	select {
+	case <-m.sess.Asked():
+		return m, nil
+	case <-ctx.Done():
+		err = context.Cause(ctx)
+	case <-t.C:
+		err = fmt.Errorf("its runner did not get ready within %v", WarmTimeout)
+	}
+	return nil, errors.Join(fmt.Errorf("warm sandbox %s: %w", m.id, err), m.Remove(ctx))
 }
+
+// WarmTimeout bounds how long a warm sandbox may take to get ready.
+const WarmTimeout = time.Minute
+
+// Ready reports whether m's runner still waits for a run (a sandbox whose
+// process died, as when its daemon restarted, is not).
+func (m *Member) Ready() bool { return m.sess.Waiting() }
 
 // RunOn runs job in member m, started by Warm with job's agent options:
 // its files are put in, its session activated, its runner released. The

@@ -133,7 +133,23 @@ type Session struct {
 	active, done chan struct{}
 	creds        Credentials
 	config       []byte
+	// waiting counts the runner's config requests waiting for Activate;
+	// asked is closed at the first.
+	waiting   int
+	asked     chan struct{}
+	askedOnce sync.Once
 }
+
+// Waiting reports whether the session's runner waits for its run now: a
+// warm sandbox ready for one (its process is gone when not).
+func (s *Session) Waiting() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.waiting > 0
+}
+
+// Asked is closed once the runner first asked for its run.
+func (s *Session) Asked() <-chan struct{} { return s.asked }
 
 // ErrNotPending: Activate on a session that is active already or closed.
 var ErrNotPending = errors.New("gateway: session is not waiting to be activated")
@@ -222,7 +238,7 @@ func (g *Gateway) Open(id string, o SessionOptions) (*Session, error) {
 		return nil, fmt.Errorf("gateway: token: %w", err)
 	}
 	s := &Session{Dir: dir, Token: "sandstorm-session-" + hex.EncodeToString(tok), meter: &meter{},
-		active: make(chan struct{}), done: make(chan struct{})}
+		active: make(chan struct{}), done: make(chan struct{}), asked: make(chan struct{})}
 	if !o.Pending {
 		_ = s.Activate(o.Credentials, o.RunnerConfig, o.Budget)
 	}
@@ -357,11 +373,19 @@ func (g *Gateway) handler(s *Session, warm []byte) http.Handler {
 		}
 		if r.URL.Path == ConfigPath && r.Method == http.MethodGet {
 			// A pending session's runner waits here for its run.
+			s.mu.Lock()
+			s.waiting++
+			s.mu.Unlock()
+			s.askedOnce.Do(func() { close(s.asked) })
 			select {
 			case <-s.active:
 			case <-s.done:
-				return
 			case <-r.Context().Done():
+			}
+			s.mu.Lock()
+			s.waiting--
+			s.mu.Unlock()
+			if !s.isActive() {
 				return
 			}
 			s.mu.Lock()

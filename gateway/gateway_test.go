@@ -313,13 +313,19 @@ func TestPending(t *testing.T) {
 	select {
 	case c := <-config:
 		t.Fatalf("config answered before Activate: %q", c)
-	case <-time.After(200 * time.Millisecond):
+	case <-s.Asked():
+	}
+	for !s.Waiting() {
+		time.Sleep(time.Millisecond)
 	}
 	if err := s.Activate(Credentials{AnthropicKey: "sk-ant-real"}, []byte(`{"prompt":"late"}`), Budget{}); err != nil {
 		t.Fatal(err)
 	}
 	if c := <-config; c != `{"prompt":"late"}` {
 		t.Errorf("config %q", c)
+	}
+	if s.Waiting() {
+		t.Error("still waiting after Activate")
 	}
 	if resp := post(t, s, "/v1/messages", s.Token); resp.StatusCode != 200 || calls.Load() != 1 {
 		t.Errorf("after Activate: %d, %d upstream calls", resp.StatusCode, calls.Load())

@@ -151,16 +151,22 @@ func (p *Pool) poke() {
 }
 
 // Claim takes a ready member, the oldest first; ok is false when none is.
+// Members whose runner stopped waiting (their process died) are removed.
 func (p *Pool) Claim() (Member, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.ready) == 0 {
-		return Member{}, false
+	for len(p.ready) > 0 {
+		m := p.ready[0]
+		p.ready = p.ready[1:]
+		p.poke()
+		if m.Ready() {
+			return m, true
+		}
+		p.log.Warn("warm pool: a sandbox's runner stopped waiting; removing it", "sandbox", m.ID())
+		p.wg.Add(1)
+		go func() { defer p.wg.Done(); p.discard(m) }()
 	}
-	m := p.ready[0]
-	p.ready = p.ready[1:]
-	p.poke()
-	return m, true
+	return Member{}, false
 }
 
 // Evict removes a ready member to free its slot for a request no member

@@ -38,13 +38,13 @@ type harness struct {
 }
 
 // start serves a real engine (real backend, scripted model) on a random port.
-func start(t *testing.T, backend, scenario, limits string) *harness {
+func start(t testing.TB, backend, scenario, limits string) *harness {
 	t.Helper()
 	return startWith(t, backend, scenario, limits, Config{}, net.Listen)
 }
 
 // startWith is start with a server config and a listener of the test's.
-func startWith(t *testing.T, backend, scenario, limits string, scfg Config, listen func(network, addr string) (net.Listener, error)) *harness {
+func startWith(t testing.TB, backend, scenario, limits string, scfg Config, listen func(network, addr string) (net.Listener, error)) *harness {
 	t.Helper()
 	conformance.NeedsDaemon(t, backend)
 	dir := t.TempDir()

@@ -469,8 +469,6 @@ async function main() {
     try {
       if (process.env.SANDSTORM_RUNNER_WAIT === '1') {
         warmCfg = await fetchConfig(socketPath, token, { warm: true });
-        pending = fetchConfig(socketPath, token, { wait: true });
-        pending.catch(() => {}); // failures are reported where it is awaited
       } else {
         cfg = await fetchConfig(socketPath, token);
       }
@@ -573,8 +571,9 @@ async function main() {
       })();
       mark('query_called');
       messages = query({ prompt: input, options });
+      // Waiting for the run tells the host this sandbox is ready.
       try {
-        cfg = await pending;
+        cfg = await fetchConfig(socketPath, token, { wait: true });
       } catch (err) {
         if (!(err instanceof ConfigError)) throw err;
         return failWith('invalid_config', err.message);
