@@ -9,9 +9,12 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/agent"
 	"github.com/sandstorm-dev/sandstorm/api"
+	"github.com/sandstorm-dev/sandstorm/gateway"
+	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
 	"github.com/sandstorm-dev/sandstorm/pool"
 	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 )
 
 // BenchmarkWarm compares, on containerd, Docker and Podman, the time from
@@ -87,4 +90,42 @@ func pct(v []float64) [2]float64 {
 	v = slices.Clone(v)
 	slices.Sort(v)
 	return [2]float64{v[len(v)/2], v[min(len(v)-1, len(v)*9/10)]}
+}
+
+// TestWarmMemberDies: a warm sandbox whose process dies (its daemon lost
+// it) is no longer ready, so a claim passes it by; removing it leaves
+// nothing.
+func TestWarmMemberDies(t *testing.T) {
+	b := benchBackends()[0]
+	conformance.NeedsDaemon(t, b.name)
+	rt, err := b.open(context.Background())
+	if err != nil {
+		conformance.Unavailable(t, b.name, err)
+	}
+	defer rt.Close()
+	testenv.EnsureAgentImage(t, rt, b.name)
+	gw, err := gateway.New(gateway.Config{Upstream: "http://127.0.0.1:1", Dir: "/run/sandstorm/e2e/dies"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &agent.Runner{Runtime: rt, Gateway: gw}
+	m, err := r.Warm(context.Background(), agent.Job{Config: agent.Config{Prompt: "never"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.Ready() {
+		t.Fatal("a warm sandbox just made is not ready")
+	}
+	if err := rt.Remove(context.Background(), m.ID()); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); m.Ready(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a dead warm sandbox still says it is ready")
+		}
+	}
+	m.Remove(context.Background())
+	if left, err := rt.Leftovers(context.Background(), m.ID(), ""); err != nil || len(left) > 0 {
+		t.Errorf("left %v %v", left, err)
+	}
 }
