@@ -68,7 +68,8 @@ bench: setup build testimage agentimage
 	$(CI_ENV); $(GO) test -count=1 -run '^$$' -bench 'Warm' -benchtime 30x ./e2e/ | tee -a build/bench.txt
 	$(CI_ENV); $(GO) test -count=1 -run '^$$' -bench 'MemberCost' -benchtime 3x ./e2e/ | tee -a build/bench.txt
 	$(CI_ENV); $(GO) test -count=1 -run '^$$' -bench 'Burst' -benchtime 3x ./server/ | tee -a build/bench.txt
-	@awk '/^pkg:/ { pkg = $$2 } /^BenchmarkRunTrue/ { for (i = 1; i < NF; i++) if ($$(i+1) == "ratio") { n = split(pkg, p, "/"); printf "ratio sandstorm/%s run: %s (target <= 1.0)\n", p[n], $$i } } /^BenchmarkGVisor/ { for (i = 1; i < NF; i++) if ($$(i+1) == "gvisor-ratio") { n = split(pkg, p, "/"); printf "ratio gvisor/runc cold start on %s: %s\n", p[n], $$i } } /(cold phases|warm pool) on .* over [0-9][0-9]+ runs|cost of one sandbox on .* \([0-9]+ runs\)|burst of .* \([0-9]+ bursts\)/ { sub(/^.*_test.go:[0-9]+: /, ""); print }' build/bench.txt
+	$(CI_ENV); $(GO) test -count=1 -run '^$$' -bench 'Scale' -benchtime 1x -timeout 30m ./server/ | tee -a build/bench.txt
+	@awk '/^pkg:/ { pkg = $$2 } /^BenchmarkRunTrue/ { for (i = 1; i < NF; i++) if ($$(i+1) == "ratio") { n = split(pkg, p, "/"); printf "ratio sandstorm/%s run: %s (target <= 1.0)\n", p[n], $$i } } /^BenchmarkGVisor/ { for (i = 1; i < NF; i++) if ($$(i+1) == "gvisor-ratio") { n = split(pkg, p, "/"); printf "ratio gvisor/runc cold start on %s: %s\n", p[n], $$i } } /(cold phases|warm pool) on .* over [0-9][0-9]+ runs|cost of one sandbox on .* \([0-9]+ runs\)|burst of .* \([0-9]+ bursts\)|scale run of/ { sub(/^.*_test.go:[0-9]+: /, ""); print }' build/bench.txt
 
 clean:
 	rm -rf bin build

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -50,14 +51,8 @@ func BenchmarkBurst(b *testing.B) {
 					return
 				}
 				defer resp.Body.Close()
-				sc := bufio.NewScanner(resp.Body)
-				sc.Buffer(make([]byte, 1<<20), 32<<20)
 				first := 0.0
-				for sc.Scan() {
-					data, ok := strings.CutPrefix(sc.Text(), "data: ")
-					if !ok {
-						continue
-					}
+				eachData(resp.Body, func(data string) {
 					var ev struct {
 						Type, Event string
 						SandboxID   string `json:"sandbox_id"`
@@ -76,7 +71,7 @@ func BenchmarkBurst(b *testing.B) {
 						firsts = append(firsts, first)
 					}
 					mu.Unlock()
-				}
+				})
 			}()
 		}
 		wg.Wait()
@@ -94,4 +89,15 @@ func BenchmarkBurst(b *testing.B) {
 	}
 	b.Logf("burst of %d against pool size 4, 8 slots, on containerd (%d bursts): first SDK message p50 %.0f ms, p99 %.0f ms; %d of %d warm; no sandbox handed out twice",
 		burst, b.N, p50, p99, warm, burst*b.N)
+}
+
+// eachData calls f with the data of every SSE frame of body.
+func eachData(body io.Reader, f func(data string)) {
+	sc := bufio.NewScanner(body)
+	sc.Buffer(make([]byte, 1<<20), 32<<20)
+	for sc.Scan() {
+		if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			f(data)
+		}
+	}
 }

@@ -85,7 +85,7 @@ var self, _ = runtime.Self()
 // noSandboxes waits until this harness's runs hold no slot, have closed
 // their gateway sessions, and left nothing of the sandboxes it saw. Other
 // packages' tests may run sandboxes on the same daemon meanwhile.
-func (h *harness) noSandboxes(t *testing.T, within time.Duration) {
+func (h *harness) noSandboxes(t testing.TB, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
