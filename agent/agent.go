@@ -160,19 +160,16 @@ const WarmTimeout = time.Minute
 func (m *Member) Ready() bool { return m.sess.Waiting() }
 
 // RunOn runs job in member m, started by Warm with job's agent options:
-// its files are put in, its session activated, its runner released. The
-// job's timeout counts from here. m is used once; it is removed after.
+// its session is activated with the job's credentials, config and files,
+// which the runner writes into the workspace before it sends the prompt.
+// The job's timeout counts from here. m is used once; it is removed after.
 func (r *Runner) RunOn(ctx context.Context, m *Member, job Job, emit api.Emit) (api.Outcome, error) {
 	ctx, run := newStream(ctx, emit)
 	defer run.cancel(nil)
 	t := time.Now()
-	err := m.running.Sandbox().Put(ctx, job.Files)
-	var config []byte
+	config, err := json.Marshal(m.config(job.Config))
 	if err == nil {
-		config, err = json.Marshal(m.config(job.Config))
-	}
-	if err == nil {
-		err = m.sess.Activate(job.Credentials, config, job.Budget)
+		err = m.sess.Activate(gateway.Grant{Credentials: job.Credentials, RunnerConfig: config, Files: wireFiles(job.Files), Budget: job.Budget})
 	}
 	if err != nil {
 		m.Remove(ctx)
@@ -186,6 +183,26 @@ func (r *Runner) RunOn(ctx context.Context, m *Member, job Job, emit api.Emit) (
 	run.send(api.Marshal(api.NewSandboxEvent(api.SandboxStarted, m.id, m.sessionID, m.backend, m.startTook)))
 	m.openGate()
 	return r.finish(ctx, m, job, run)
+}
+
+// wireFiles are files as the runner of a warm sandbox fetches them (it
+// writes them itself, as the agent user: on every backend and isolation,
+// and wherever the sandbox runs).
+func wireFiles(files []runtime.File) []byte {
+	type file struct {
+		Path    string `json:"path"`
+		Mode    uint32 `json:"mode"`
+		Content []byte `json:"content"`
+	}
+	out := make([]file, 0, len(files))
+	for _, f := range files {
+		mode := uint32(f.Mode.Perm())
+		if mode == 0 {
+			mode = 0o644
+		}
+		out = append(out, file{Path: f.Path, Mode: mode, Content: f.Content})
+	}
+	return api.Marshal(out)
 }
 
 // stream is one run's event stream: the first failure to emit cancels the

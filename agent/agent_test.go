@@ -93,9 +93,8 @@ type fakeSandbox struct {
 	once sync.Once
 }
 
-func (s *fakeSandbox) ID() string                                { return "fake-1" }
-func (s *fakeSandbox) Unenforced() []runtime.Item                { return nil }
-func (s *fakeSandbox) Put(context.Context, []runtime.File) error { return nil }
+func (s *fakeSandbox) ID() string                 { return "fake-1" }
+func (s *fakeSandbox) Unenforced() []runtime.Item { return nil }
 func (s *fakeSandbox) Workspace() (*os.Root, error) {
 	return nil, errors.New("the fake sandbox has no workspace")
 }

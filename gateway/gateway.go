@@ -45,6 +45,9 @@ const ConfigPath = "/sandstorm/runner.json"
 // WarmConfigPath is where a pending session serves its warm options.
 const WarmConfigPath = "/sandstorm/warm.json"
 
+// FilesPath is where an activated session serves its Grant's files.
+const FilesPath = "/sandstorm/files.json"
+
 // ownerFile names the process a session directory belongs to (see Sweep).
 const ownerFile = "owner"
 
@@ -130,9 +133,9 @@ type Session struct {
 	closed bool
 	// active is closed once the session serves a run (at Open, or at
 	// Activate for a pending one); done when the session is closed.
-	active, done chan struct{}
-	creds        Credentials
-	config       []byte
+	active, done  chan struct{}
+	creds         Credentials
+	config, files []byte
 	// waiting counts the runner's config requests waiting for Activate;
 	// asked is closed at the first.
 	waiting   int
@@ -154,17 +157,26 @@ func (s *Session) Asked() <-chan struct{} { return s.asked }
 // ErrNotPending: Activate on a session that is active already or closed.
 var ErrNotPending = errors.New("gateway: session is not waiting to be activated")
 
-// Activate hands a pending session its run: the credentials it swaps in,
-// the runner's config, the budget. Until then the session's token reaches
-// nothing: the model answers 403 and the config waits.
-func (s *Session) Activate(creds Credentials, runnerConfig []byte, budget Budget) error {
+// Grant is what Activate hands a pending session.
+type Grant struct {
+	Credentials  Credentials
+	RunnerConfig []byte
+	// Files, if set, are served at FilesPath: the workspace files the
+	// runner writes itself (it runs as the agent user, on any backend).
+	Files  []byte
+	Budget Budget
+}
+
+// Activate hands a pending session its run. Until then the session's
+// token reaches nothing: the model answers 403 and the config waits.
+func (s *Session) Activate(g Grant) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed || s.isActive() {
 		return ErrNotPending
 	}
-	s.creds, s.config = creds, runnerConfig
-	s.meter.setBudget(budget)
+	s.creds, s.config, s.files = g.Credentials, g.RunnerConfig, g.Files
+	s.meter.setBudget(g.Budget)
 	close(s.active)
 	return nil
 }
@@ -240,7 +252,7 @@ func (g *Gateway) Open(id string, o SessionOptions) (*Session, error) {
 	s := &Session{Dir: dir, Token: "sandstorm-session-" + hex.EncodeToString(tok), meter: &meter{},
 		active: make(chan struct{}), done: make(chan struct{}), asked: make(chan struct{})}
 	if !o.Pending {
-		_ = s.Activate(o.Credentials, o.RunnerConfig, o.Budget)
+		_ = s.Activate(Grant{Credentials: o.Credentials, RunnerConfig: o.RunnerConfig, Budget: o.Budget})
 	}
 	l, err := net.Listen("unix", s.SocketPath())
 	if err != nil {
@@ -401,6 +413,17 @@ func (g *Gateway) handler(s *Session, warm []byte) http.Handler {
 		}
 		if !s.isActive() {
 			apiError(w, http.StatusForbidden, "permission_error", "sandstorm gateway: this sandbox has no run yet")
+			return
+		}
+		if r.URL.Path == FilesPath && r.Method == http.MethodGet {
+			s.mu.Lock()
+			files := s.files
+			s.mu.Unlock()
+			if files == nil {
+				files = []byte("[]")
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(files)
 			return
 		}
 		if !allowedPath(r.URL.Path) {

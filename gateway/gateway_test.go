@@ -318,7 +318,7 @@ func TestPending(t *testing.T) {
 	for !s.Waiting() {
 		time.Sleep(time.Millisecond)
 	}
-	if err := s.Activate(Credentials{AnthropicKey: "sk-ant-real"}, []byte(`{"prompt":"late"}`), Budget{}); err != nil {
+	if err := s.Activate(Grant{Credentials: Credentials{AnthropicKey: "sk-ant-real"}, RunnerConfig: []byte(`{"prompt":"late"}`)}); err != nil {
 		t.Fatal(err)
 	}
 	if c := <-config; c != `{"prompt":"late"}` {
@@ -330,7 +330,7 @@ func TestPending(t *testing.T) {
 	if resp := post(t, s, "/v1/messages", s.Token); resp.StatusCode != 200 || calls.Load() != 1 {
 		t.Errorf("after Activate: %d, %d upstream calls", resp.StatusCode, calls.Load())
 	}
-	if err := s.Activate(Credentials{}, nil, Budget{}); !errors.Is(err, ErrNotPending) {
+	if err := s.Activate(Grant{}); !errors.Is(err, ErrNotPending) {
 		t.Errorf("second Activate: %v", err)
 	}
 	s.Close()

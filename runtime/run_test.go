@@ -46,9 +46,8 @@ type fakeSandbox struct {
 	killed chan struct{}
 }
 
-func (s *fakeSandbox) ID() string                        { return "fake-1" }
-func (s *fakeSandbox) Unenforced() []Item                { return nil }
-func (s *fakeSandbox) Put(context.Context, []File) error { return nil }
+func (s *fakeSandbox) ID() string         { return "fake-1" }
+func (s *fakeSandbox) Unenforced() []Item { return nil }
 func (s *fakeSandbox) Workspace() (*os.Root, error) {
 	return nil, errors.New("the fake sandbox has no workspace")
 }

@@ -120,9 +120,6 @@ type Sandbox interface {
 	// made; the caller closes it, before Remove. The root keeps every path
 	// inside (symlinks out of it are refused).
 	Workspace() (*os.Root, error)
-	// Put writes files into the workspace of a sandbox that runs already
-	// (a warm one being handed a request), owned by the sandbox user.
-	Put(ctx context.Context, files []File) error
 	// Kill sends SIGKILL to every process of the sandbox.
 	Kill(ctx context.Context) error
 	// Remove deletes the sandbox and everything it owns; it kills first if

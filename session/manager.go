@@ -124,10 +124,6 @@ func (m *Manager) fits(job agent.Job) string {
 		return "egress.allow narrows the egress policy; warm sandboxes run the host's"
 	case !bytes.Equal(mine, theirs):
 		return "agent options (model, max_turns, output_format) differ from sandstorm.json's, which warm sandboxes run"
-	case len(job.Files) > 0 && m.limits.Isolation == string(runtime.IsolationGVisor):
-		// gVisor's file system does not show files the host adds to a
-		// mount after the start reliably (stat fails with EINVAL).
-		return "files cannot be put into a running gVisor sandbox"
 	}
 	return ""
 }

@@ -32,6 +32,8 @@ import process from 'node:process';
 const CONFIG_PATH = '/sandstorm/runner.json';
 // A warm sandbox's options, served before its run (no prompt).
 const WARM_PATH = '/sandstorm/warm.json';
+// A warm sandbox's run's workspace files, served with its run.
+const FILES_PATH = '/sandstorm/files.json';
 // The config must arrive well before anything else can happen.
 const CONFIG_TIMEOUT_MS = 10000;
 const DEFAULT_SOCKET = '/run/sandstorm/model.sock';
@@ -406,6 +408,51 @@ function childEnv(port, token, egressPort, caVars) {
   return env;
 }
 
+// getJSON fetches a JSON document the gateway serves a session.
+function getJSON(socketPath, token, where) {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ socketPath, path: where, headers: { 'x-api-key': token }, timeout: CONFIG_TIMEOUT_MS }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('error', reject);
+      res.on('end', () => {
+        if (res.statusCode !== 200) return reject(new Error(`${where}: HTTP ${res.statusCode}`));
+        try {
+          resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+        } catch (err) {
+          reject(new Error(`${where}: not valid JSON: ${errorText(err)}`));
+        }
+      });
+    });
+    req.on('timeout', () => req.destroy(new Error(`no answer within ${CONFIG_TIMEOUT_MS} ms`)));
+    req.on('error', reject);
+  });
+}
+
+// writeFiles puts a warm sandbox's run's files into the workspace, as the
+// agent user: relative paths only, never through a symlink, never over a
+// file already there.
+function writeFiles(cwd, files) {
+  if (!Array.isArray(files)) throw new Error('files: must be an array');
+  const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
+  for (const f of files) {
+    const rel = typeof f.path === 'string' ? path.posix.normalize(f.path) : '';
+    if (rel === '' || rel === '.' || path.posix.isAbsolute(rel) || rel === '..' || rel.startsWith('../')) {
+      throw new Error(`files: bad path ${JSON.stringify(f.path)}`);
+    }
+    const dst = path.join(cwd, rel);
+    fs.mkdirSync(path.dirname(dst), { recursive: true, mode: 0o755 });
+    const mode = Number.isInteger(f.mode) ? f.mode & 0o777 : 0o644;
+    const fd = fs.openSync(dst, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode);
+    try {
+      fs.writeSync(fd, Buffer.from(f.content || '', 'base64'));
+      fs.fchmodSync(fd, mode);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+}
+
 // sameOptions reports whether two configs ask for the same agent, prompt aside.
 function sameOptions(a, b) {
   const strip = (c) => JSON.stringify({ ...c, prompt: undefined });
@@ -581,6 +628,11 @@ async function main() {
       mark('config_received');
       if (!sameOptions(cfg, warmCfg)) {
         return failWith('invalid_config', "the run's agent options differ from the warm sandbox's");
+      }
+      try {
+        writeFiles(cwd, await getJSON(socketPath, token, FILES_PATH));
+      } catch (err) {
+        return failWith('invalid_config', `the run's files: ${errorText(err)}`);
       }
       release(cfg.prompt);
     } else {

@@ -137,7 +137,7 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 	if err := backend.Checkpoint(ctx, "create sandbox "+id); err != nil {
 		return nil, err
 	}
-	return &sandbox{Sandbox: backend.NewSandbox(prep, sb.Workspace, int(policy.UID), int(policy.GID)), r: r, cgroup: sb.CgroupPath(), ctr: ctr}, nil
+	return &sandbox{Sandbox: backend.NewSandbox(prep, sb.Workspace), r: r, cgroup: sb.CgroupPath(), ctr: ctr}, nil
 }
 
 // deleteUnstarted deletes a task that is not stopped but could not be

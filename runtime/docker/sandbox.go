@@ -122,7 +122,7 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 		}
 		return nil, fmt.Errorf("sandbox %s: %w", id, err)
 	}
-	s := &sandbox{Sandbox: backend.NewSandbox(prep, sb.Workspace, int(policy.UID), int(policy.GID)), r: r, containerID: containerID}
+	s := &sandbox{Sandbox: backend.NewSandbox(prep, sb.Workspace), r: r, containerID: containerID}
 	if r.d.CgroupDriver == "cgroupfs" {
 		s.oomCgroup = cgroupParent(r.d.CgroupDriver, id)
 	}

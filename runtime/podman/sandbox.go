@@ -136,7 +136,7 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 		}
 		return nil, fmt.Errorf("%w: podman %s dropped or changed: %s", runtime.ErrPolicyNotApplied, r.svc.version, msg)
 	}
-	sb := &sandbox{Sandbox: backend.NewSandbox(prep, p.workspace, uid, gid), r: r, ctrID: resp.ID}
+	sb := &sandbox{Sandbox: backend.NewSandbox(prep, p.workspace), r: r, ctrID: resp.ID}
 	if p.cgroupParent != "" {
 		sb.cgroup = containerCgroup(p.cgroupParent, resp.ID)
 		sb.watchOOM = caps.Enforced(runtime.ItemOOMDetection)

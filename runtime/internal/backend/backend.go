@@ -360,20 +360,14 @@ type Sandbox struct {
 	id         string
 	unenforced []runtime.Item
 	workspace  string
-	uid, gid   int
 	// Removal runs the sandbox's removal once.
 	Removal Once
 }
 
 // NewSandbox is the common part of the sandbox Create prepared, whose
-// workspace is the host directory workspace, owned by uid:gid on the host.
-func NewSandbox(p runtime.Prepared, workspace string, uid, gid int) Sandbox {
-	return Sandbox{id: p.ID, unenforced: p.Unenforced, workspace: workspace, uid: uid, gid: gid}
-}
-
-// Put implements runtime.Sandbox.
-func (s *Sandbox) Put(_ context.Context, files []runtime.File) error {
-	return runtime.WriteWorkspace(s.workspace, files, s.uid, s.gid)
+// workspace is the host directory workspace.
+func NewSandbox(p runtime.Prepared, workspace string) Sandbox {
+	return Sandbox{id: p.ID, unenforced: p.Unenforced, workspace: workspace}
 }
 
 // Workspace implements runtime.Sandbox.
