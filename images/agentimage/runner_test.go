@@ -31,6 +31,13 @@ const token = "sess-tok-0123456789abcdef"
 const fakeSDK = `
 export async function* query({ prompt, options }) {
   const env = options.env;
+  if (typeof prompt !== 'string') {
+    // Streaming input (a warm sandbox): the prompt is the first user message.
+    for await (const m of prompt) {
+      prompt = m.message.content;
+      break;
+    }
+  }
   yield {
     type: 'system', subtype: 'init',
     cwd: options.cwd, model: options.model ?? null, maxTurns: options.maxTurns ?? null,
@@ -113,9 +120,13 @@ func setup(t *testing.T) (dir, sock string) {
 			return
 		}
 		// The gateway serves the run's config from dir/gateway-config.json.
-		if r.URL.Path == "/sandstorm/runner.json" {
-			http.ServeFile(w, r, filepath.Join(dir, "gateway-config.json"))
-			return
+		// ... and a warm sandbox's options and files from gateway-warm.json
+		// and gateway-files.json.
+		for path, file := range map[string]string{"/sandstorm/runner.json": "gateway-config.json", "/sandstorm/warm.json": "gateway-warm.json", "/sandstorm/files.json": "gateway-files.json"} {
+			if r.URL.Path == path {
+				http.ServeFile(w, r, filepath.Join(dir, file))
+				return
+			}
 		}
 		w.Header().Set("Content-Type", "text/event-stream")
 		for _, ev := range []string{"message_start", "content_block_delta", "message_stop"} {
@@ -401,5 +412,45 @@ func TestRunnerConfigFromGateway(t *testing.T) {
 	out = runRunner(t, dir, []string{"SANDSTORM_MODEL_SOCKET=" + sock, "SANDSTORM_MODEL_TOKEN=wrong-token-0000"}, nil)
 	if out.code != 1 || out.lines[0]["code"] != "invalid_config" || !strings.Contains(fmt.Sprint(out.lines[0]["message"]), "HTTP 401") {
 		t.Errorf("wrong token: exit %d, %v", out.code, out.lines)
+	}
+}
+
+// TestRunnerWarm: a warm sandbox's runner starts the query with the warm
+// options, then takes its run: the prompt, and the files it writes into the
+// workspace itself; it refuses files outside the workspace and a run whose
+// options differ.
+func TestRunnerWarm(t *testing.T) {
+	dir, sock := setup(t)
+	env := []string{"SANDSTORM_MODEL_SOCKET=" + sock, "SANDSTORM_MODEL_TOKEN=" + token, "SANDSTORM_RUNNER_WAIT=1"}
+	write := func(name, data string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("gateway-warm.json", `{"prompt":"","max_turns":3}`)
+	write("gateway-config.json", `{"prompt":"hi","max_turns":3}`)
+	write("gateway-files.json", `[{"path":"sub/in.txt","mode":384,"content":"aGVsbG8="}]`)
+	out := runRunner(t, dir, env, nil)
+	data, err := os.ReadFile(filepath.Join(dir, "workspace", "sub", "in.txt"))
+	fi, _ := os.Stat(filepath.Join(dir, "workspace", "sub", "in.txt"))
+	if out.code != 0 || out.lines[0]["maxTurns"] != float64(3) || err != nil || string(data) != "hello" || fi.Mode().Perm() != 0o600 {
+		t.Errorf("warm run: exit %d, %v; file %q %v", out.code, out.lines, data, err)
+	}
+	for _, tt := range []struct{ name, config, files, want string }{
+		{"a file already there", `{"prompt":"hi","max_turns":3}`, `[{"path":"sub/in.txt","content":""}]`, "EEXIST"},
+		{"a path out", `{"prompt":"hi","max_turns":3}`, `[{"path":"../out.txt","content":""}]`, "bad path"},
+		{"an absolute path", `{"prompt":"hi","max_turns":3}`, `[{"path":"/etc/x","content":""}]`, "bad path"},
+		{"other options", `{"prompt":"hi","max_turns":4}`, `[]`, "differ from the warm sandbox's"},
+	} {
+		write("gateway-config.json", tt.config)
+		write("gateway-files.json", tt.files)
+		out := runRunner(t, dir, env, nil)
+		last := out.lines[len(out.lines)-1]
+		if out.code != 1 || last["code"] != "invalid_config" || !strings.Contains(fmt.Sprint(last["message"]), tt.want) {
+			t.Errorf("%s: exit %d, %v", tt.name, out.code, out.lines)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "out.txt")); err == nil {
+		t.Error("a file was written outside the workspace")
 	}
 }
