@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,10 +40,9 @@ func BenchmarkColdPhases(b *testing.B) {
 			if len(v) == 0 {
 				b.Fatalf("phase %s never seen", p)
 			}
-			slices.Sort(v)
-			p50, p90 := v[len(v)/2], v[min(len(v)-1, len(v)*9/10)]
-			b.ReportMetric(p50, p+"-p50-ms")
-			line = append(line, fmt.Sprintf("%s %.0f/%.0f", p, p50, p90))
+			q := pct(v)
+			b.ReportMetric(q[0], p+"-p50-ms")
+			line = append(line, fmt.Sprintf("%s %.0f/%.0f", p, q[0], q[1]))
 		}
 		b.Logf("cold phases on %s, ms from the request, p50/p90 over %d runs: %s", name, b.N, strings.Join(line, " → "))
 	})

@@ -96,9 +96,6 @@ func (s *Service) Close() error {
 // webhookGrace is how long Close waits for webhooks still being delivered.
 const webhookGrace = 10 * time.Second
 
-// URLs of a run's resources, relative to the server.
-var URLs = api.RunURLs
-
 // Get returns run id.
 func (s *Service) Get(ctx context.Context, id string) (api.RunView, error) {
 	r, err := s.store.Get(ctx, id)
@@ -220,7 +217,7 @@ func (s *Service) forget(id string) {
 
 // target sets where req's files are handed back.
 func (s *Service) target(req api.Request, id string) api.Request {
-	req.Output = &api.OutputTarget{Dir: s.store.FilesDir(id), URL: URLs(id)["files"] + "/"}
+	req.Output = &api.OutputTarget{Dir: s.store.FilesDir(id), URL: api.RunURLs(id)["files"] + "/"}
 	return req
 }
 
@@ -269,8 +266,8 @@ func (s *Service) Detach(ctx, life context.Context, req api.Request) (string, er
 				s.forget(id)
 				return
 			}
-			rec := s.recorder(id, nil)
-			rec.send(api.Marshal(api.RunEvent{Type: api.TypeRun, RunID: id, Events: URLs(id)["events"]}))
+			rec := &recorder{s: s, id: id}
+			rec.send(api.Marshal(api.RunEvent{Type: api.TypeRun, RunID: id, Events: api.RunURLs(id)["events"]}))
 			rec.send(api.ErrorFor(err))
 			s.finish(id, rec, api.Outcome{Code: api.CodeOf(err)}, err)
 			return
@@ -331,18 +328,19 @@ type recorder struct {
 	seq   int64
 	bytes int64
 	files []outfiles.File
+	// lastError is the message of the last error event, for the record.
+	lastError string
 	// storeErr is the first failed write; the run then ends.
 	storeErr error
 	cancel   context.CancelCauseFunc
 }
 
-func (s *Service) recorder(id string, emit Emit) *recorder {
-	return &recorder{s: s, id: id, emit: emit}
-}
-
+// Events of interest are told by their start: sandstorm's own events and
+// the runner's error events are encoded with "type" first.
 var (
 	createdPrefix = []byte(`{"type":"sandbox","event":"created"`)
 	filePrefix    = []byte(`{"type":"file",`)
+	errorPrefix   = []byte(`{"type":"error",`)
 )
 
 // send records ev and passes it on. A failed write to the store cancels
@@ -379,6 +377,11 @@ func (r *recorder) send(ev json.RawMessage) error {
 			r.files = append(r.files, f.File)
 			r.bytes += f.Size
 		}
+	case bytes.HasPrefix(ev, errorPrefix):
+		var e api.ErrorEvent
+		if json.Unmarshal(ev, &e) == nil {
+			r.lastError = e.Message
+		}
 	}
 	r.s.notify(r.id)
 	if r.emit != nil {
@@ -396,14 +399,13 @@ func (s *Service) start(ctx context.Context, id string, run api.Run, emit Emit) 
 	}
 	s.live[id].cancel = cancel
 	s.mu.Unlock()
-	rec := s.recorder(id, emit)
-	rec.cancel = cancel
+	rec := &recorder{s: s, id: id, emit: emit, cancel: cancel}
 	if err := s.store.Started(context.Background(), id, time.Now()); err != nil {
 		s.log.Error("run store", "run", id, "err", err)
 	}
 	// A client gone already fails the run's first emit: Start (which frees
 	// the slot) still runs, and is cancelled at once.
-	_ = rec.send(api.Marshal(api.RunEvent{Type: api.TypeRun, RunID: id, Events: URLs(id)["events"]}))
+	_ = rec.send(api.Marshal(api.RunEvent{Type: api.TypeRun, RunID: id, Events: api.RunURLs(id)["events"]}))
 	out, err := run.Start(ctx, func(ev json.RawMessage) error { return rec.send(ev) })
 	if err != nil && out.Code == "" {
 		// The run could not start: say so in the stream, which has begun.
@@ -440,14 +442,13 @@ func (s *Service) finish(id string, rec *recorder, out api.Outcome, err error) {
 		var m struct {
 			Cost  float64 `json:"total_cost_usd"`
 			Turns int     `json:"num_turns"`
-			Error string  `json:"result"`
 		}
 		if json.Unmarshal(out.Result, &m) == nil {
 			r.TotalCostUSD, r.NumTurns = m.Cost, m.Turns
 		}
 	}
 	if r.ErrorMessage == "" && out.Code != "" {
-		r.ErrorMessage = lastError(s.store, id)
+		r.ErrorMessage = rec.lastError
 	}
 	if len(rec.files) > 0 {
 		r.Files = api.Marshal(rec.files)
@@ -472,27 +473,7 @@ func Summary(r runstore.Run) []byte {
 		Event string `json:"event"`
 		runstore.Run
 		URLs map[string]string `json:"urls"`
-	}{"run.finished", r, URLs(r.ID)})
-}
-
-// lastError is the message of run id's last error event.
-func lastError(st *runstore.Store, id string) string {
-	r, err := st.Get(context.Background(), id)
-	if err != nil {
-		return ""
-	}
-	evs, err := st.Events(context.Background(), id, max(0, r.Events-20), 20)
-	if err != nil {
-		return ""
-	}
-	msg := ""
-	for _, e := range evs {
-		var m api.ErrorEvent
-		if json.Unmarshal(e.Data, &m) == nil && m.Type == api.TypeError {
-			msg = m.Message
-		}
-	}
-	return msg
+	}{"run.finished", r, api.RunURLs(r.ID)})
 }
 
 func statusOf(code api.Code) runstore.Status {

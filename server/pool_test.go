@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -28,6 +29,8 @@ func TestWarmPool(t *testing.T) {
 				{Text: "first done"},
 				bash(`ls -a . /tmp; grep -rs MARKER . /tmp; cat /proc/[0-9]*/cmdline | tr '\0' ' '; env | grep MARKER; echo "token=$(echo $ANTHROPIC_API_KEY | sha256sum | head -c 16)"`),
 				{Text: "second done"},
+				// The third run's client leaves while the model thinks.
+				{DelayMS: 60000, Text: "too late"},
 			}}
 			h := start(t, backend, testenv.ScenarioFile(t, sc), "pool:\n  size: 2\n")
 			p := h.eng.StartPool(context.Background())
@@ -57,6 +60,38 @@ func TestWarmPool(t *testing.T) {
 					t.Errorf("the second run sees %q of the first: %s", leak, second)
 				}
 			}
+			// A client that leaves a warm run mid-way: its sandbox goes with
+			// every object it had, as any run's.
+			asked := len(h.eng.Scripted.Requests())
+			resp := post(t, h.url, `{"prompt":"go","timeout":120}`)
+			var left map[string]any
+			h.events(t, resp.Body, func(ev map[string]any) bool {
+				if ev["type"] == "sandbox" && ev["event"] == "created" {
+					left = ev
+				}
+				return ev["type"] != "system"
+			})
+			// Gone once its model request (the slow turn) is in flight.
+			for deadline := time.Now().Add(30 * time.Second); len(h.eng.Scripted.Requests()) == asked; time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the third run never asked its model")
+				}
+			}
+			resp.Body.Close()
+			if left["warm"] != true {
+				t.Errorf("the third run: created %v, want warm", left)
+			}
+			id, session := fmt.Sprint(left["sandbox_id"]), fmt.Sprint(left["session_id"])
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+				objects, err := h.eng.Runtime.Leftovers(context.Background(), id, session)
+				if err == nil && len(objects) == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("30s after the client left a warm run: %v %v", objects, err)
+				}
+			}
+
 			// Options of its own: cold, and told why.
 			created, _ := runAndCollect(t, h.url, `{"prompt":"go","model":"opus","timeout":60}`)
 			if created["warm"] != false || !strings.Contains(created["warm_miss"].(string), "agent options") {

@@ -77,14 +77,23 @@ func serveFakeWith(t *testing.T, f *fakeEngine, cfg Config) string {
 		f.health = api.Health{Status: api.HealthOK, Backend: "fake"}
 	}
 	cfg.WriteTimeout = 300 * time.Millisecond
-	srv := New(f, openRuns(t, f), cfg)
+	url, _ := serveEngine(t, f, cfg, runs.Options{})
+	return url
+}
+
+// serveEngine serves eng, over a run store of the test's, on a free port.
+func serveEngine(t *testing.T, eng api.Engine, cfg Config, o runs.Options) (string, *runs.Service) {
+	t.Helper()
+	svc := openRuns(t, eng, o)
+	srv := New(eng, svc, cfg)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	go srv.Serve(l)
+	// Before the service closes (cleanups run last first).
 	t.Cleanup(func() { srv.Shutdown(time.Second) })
-	return "http://" + l.Addr().String()
+	return "http://" + l.Addr().String(), svc
 }
 
 // TestRequests needs no daemon: the server's answers before and at the
@@ -269,13 +278,13 @@ func TestAPIKeys(t *testing.T) {
 }
 
 // openRuns is a run service over eng with a store of the test's.
-func openRuns(t *testing.T, eng api.Engine) *runs.Service {
+func openRuns(t *testing.T, eng api.Engine, o runs.Options) *runs.Service {
 	t.Helper()
 	store, err := runstore.Open(context.Background(), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := runs.New(eng, store, runs.Options{})
+	svc, err := runs.New(eng, store, o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,30 +58,6 @@ func (e *stepEngine) Start(ctx context.Context, emit api.Emit) (api.Outcome, err
 	return api.Outcome{Result: result}, nil
 }
 
-// serveSteps serves e over a store of the test's.
-func serveSteps(t *testing.T, e *stepEngine, cfg Config, o runs.Options) (string, *runs.Service) {
-	t.Helper()
-	store, err := runstore.Open(context.Background(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := runs.New(e, store, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := New(e, svc, cfg)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(l)
-	t.Cleanup(func() {
-		srv.Shutdown(time.Second)
-		svc.Close()
-	})
-	return "http://" + l.Addr().String(), svc
-}
-
 func detach(t *testing.T, url, body string) api.RunView {
 	t.Helper()
 	code, _, data := send(t, "POST", url+"/runs", body, map[string]string{"Content-Type": "application/json"})
@@ -150,7 +126,7 @@ func next(t *testing.T, ch <-chan frame) frame {
 // nothing twice; a replay after the end has every event.
 func TestDetachFollowResume(t *testing.T) {
 	e := &stepEngine{steps: 6, step: make(chan struct{})}
-	url, _ := serveSteps(t, e, Config{}, runs.Options{})
+	url, _ := serveEngine(t, e, Config{}, runs.Options{})
 	r := detach(t, url, `{"prompt":"work"}`)
 	if r.URLs["events"] != "/runs/"+r.ID+"/events" {
 		t.Errorf("urls %v", r.URLs)
@@ -208,7 +184,7 @@ func TestDetachFollowResume(t *testing.T) {
 // and is idempotent.
 func TestCancelThroughAPI(t *testing.T) {
 	e := &stepEngine{steps: 100, step: make(chan struct{})}
-	url, _ := serveSteps(t, e, Config{}, runs.Options{})
+	url, _ := serveEngine(t, e, Config{}, runs.Options{})
 	r := detach(t, url, `{"prompt":"long"}`)
 	ch, stop := openEvents(t, url, r.ID, nil)
 	defer stop()
@@ -237,7 +213,7 @@ func TestCancelThroughAPI(t *testing.T) {
 // deleting a running run is a conflict, a finished one removes it.
 func TestListDelete(t *testing.T) {
 	e := &stepEngine{steps: 1, step: make(chan struct{})}
-	url, svc := serveSteps(t, e, Config{}, runs.Options{})
+	url, svc := serveEngine(t, e, Config{}, runs.Options{})
 	running := detach(t, url, `{"prompt":"held"}`)
 	close(e.step)
 	var done []string
@@ -295,7 +271,7 @@ func TestListDelete(t *testing.T) {
 
 func TestDeleteRunning(t *testing.T) {
 	e := &stepEngine{steps: 1, step: make(chan struct{})}
-	url, _ := serveSteps(t, e, Config{}, runs.Options{})
+	url, _ := serveEngine(t, e, Config{}, runs.Options{})
 	r := detach(t, url, `{"prompt":"held"}`)
 	if code, ec, _ := send(t, "DELETE", url+"/runs/"+r.ID, "", nil); code != 409 || ec != api.CodeConflict {
 		t.Errorf("delete a running run: %d %s, want 409", code, ec)
@@ -308,7 +284,7 @@ func TestDeleteRunning(t *testing.T) {
 func TestQueryNamesItsRun(t *testing.T) {
 	e := &stepEngine{steps: 2, step: make(chan struct{})}
 	close(e.step)
-	url, _ := serveSteps(t, e, Config{}, runs.Options{})
+	url, _ := serveEngine(t, e, Config{}, runs.Options{})
 	resp := post(t, url, `{"prompt":"x","anthropic_api_key":"sk-ant-secret-never-stored"}`)
 	id := resp.Header.Get(HeaderRunID)
 	var first map[string]any
@@ -327,7 +303,7 @@ func TestQueryNamesItsRun(t *testing.T) {
 func TestRunsAuth(t *testing.T) {
 	k1, k2 := strings.Repeat("c", 32), strings.Repeat("d", 33)
 	e := &stepEngine{steps: 0, step: make(chan struct{})}
-	url, svc := serveSteps(t, e, Config{APIKeys: []string{k1, k2}}, runs.Options{})
+	url, svc := serveEngine(t, e, Config{APIKeys: []string{k1, k2}}, runs.Options{})
 	id, err := svc.Detach(context.Background(), context.Background(), api.Request{Prompt: "x"})
 	if err != nil {
 		t.Fatal(err)
@@ -382,7 +358,7 @@ func TestWebhook(t *testing.T) {
 	defer hook.Close()
 	e := &stepEngine{steps: 1, step: make(chan struct{})}
 	close(e.step)
-	url, _ := serveSteps(t, e, Config{}, runs.Options{Webhooks: &webhook.Sender{Secret: secret, Backoff: 10 * time.Millisecond}})
+	url, _ := serveEngine(t, e, Config{}, runs.Options{Webhooks: &webhook.Sender{Secret: secret, Backoff: 10 * time.Millisecond}})
 	r := detach(t, url, `{"prompt":"x","webhook_url":"http://`+l.Addr().String()+`/hook?token=abc"}`)
 	select {
 	case body := <-got:
@@ -419,15 +395,7 @@ func (e *queueEngine) Admit(ctx context.Context, req api.Request, queued func(in
 // wait runs out, ends with a busy error in its log.
 func TestDetachedQueuedThenBusy(t *testing.T) {
 	e := &queueEngine{stepEngine{step: make(chan struct{})}}
-	store, err := runstore.Open(context.Background(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc, err := runs.New(e, store, runs.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
+	svc := openRuns(t, e, runs.Options{})
 	id, err := svc.Detach(context.Background(), context.Background(), api.Request{Prompt: "x"})
 	if err != nil {
 		t.Fatal(err)

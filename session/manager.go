@@ -114,11 +114,11 @@ func (m *Manager) StartPool(ctx context.Context, cfg pool.Config, log *slog.Logg
 // Pool is the warm pool, or nil.
 func (m *Manager) Pool() *pool.Pool { return m.pool }
 
-// fits says why job cannot run in a warm sandbox ("" when it can).
+// fits says why job cannot run in a warm sandbox ("" when it can): warm
+// sandboxes run sandstorm.json's agent options as they are (PoolJob).
 func (m *Manager) fits(job agent.Job) string {
-	warm := m.PoolJob()
 	mine, _ := json.Marshal(job.Config.Project)
-	theirs, _ := json.Marshal(warm.Config.Project)
+	theirs, _ := json.Marshal(m.project)
 	switch {
 	case len(job.EgressAllow) > 0:
 		return "egress.allow narrows the egress policy; warm sandboxes run the host's"

@@ -114,7 +114,7 @@ prompt. Every run of "ds" and "ds serve" on this host is in the run store.
 				f.Status = append(f.Status, st)
 			}
 			return src.with(cmd, func(ctx context.Context, source runSource) error {
-				page, err := source.List(cmd.Context(), f)
+				page, err := source.List(ctx, f)
 				if err != nil {
 					return err
 				}
@@ -164,7 +164,7 @@ func newRunsShow(src *sourceFlags) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return src.with(cmd, func(ctx context.Context, source runSource) error {
-				r, err := source.Get(cmd.Context(), args[0])
+				r, err := source.Get(ctx, args[0])
 				if err != nil {
 					return err
 				}
@@ -184,7 +184,7 @@ func newRunsFiles(src *sourceFlags) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return src.with(cmd, func(ctx context.Context, source runSource) error {
-				out, n, err := download(cmd.Context(), source, args[0], dir)
+				out, n, err := download(ctx, source, args[0], dir)
 				if err != nil {
 					return err
 				}
@@ -336,7 +336,7 @@ func newCancel() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return src.with(cmd, func(ctx context.Context, source runSource) error {
-				r, err := source.Cancel(cmd.Context(), args[0])
+				r, err := source.Cancel(ctx, args[0])
 				if err != nil {
 					return err
 				}

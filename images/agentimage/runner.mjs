@@ -196,34 +196,38 @@ function readConfig(path) {
   return parseConfig(text, path);
 }
 
-// fetchConfig asks the gateway for the run's config over its socket (or,
-// with warm, the warm sandbox's options). A warm sandbox's runner waits for
-// its run's config as long as it takes: the gateway answers when a request
-// has claimed the sandbox.
-function fetchConfig(socketPath, token, { warm = false, wait = false } = {}) {
-  const where = warm ? WARM_PATH : CONFIG_PATH;
-  const source = `gateway ${socketPath}${where}`;
-  const timeout = wait ? 0 : CONFIG_TIMEOUT_MS;
+// fetchText GETs a document the gateway serves the session (timeout 0:
+// none), rejecting on an HTTP status other than 200.
+function fetchText(socketPath, token, where, timeout) {
   return new Promise((resolve, reject) => {
     const req = http.get({ socketPath, path: where, headers: { 'x-api-key': token }, timeout }, (res) => {
       const chunks = [];
       res.on('data', (c) => chunks.push(c));
-      res.on('error', (err) => reject(new ConfigError(`config from ${source}: ${errorText(err)}`)));
+      res.on('error', reject);
       res.on('end', () => {
-        if (res.statusCode !== 200) {
-          reject(new ConfigError(`config from ${source}: HTTP ${res.statusCode}`));
-          return;
-        }
-        try {
-          resolve(parseConfig(Buffer.concat(chunks).toString('utf8'), source, warm));
-        } catch (err) {
-          reject(err);
-        }
+        if (res.statusCode !== 200) reject(new Error(`HTTP ${res.statusCode}`));
+        else resolve(Buffer.concat(chunks).toString('utf8'));
       });
     });
-    req.on('timeout', () => req.destroy(new Error(`no answer within ${CONFIG_TIMEOUT_MS} ms`)));
-    req.on('error', (err) => reject(new ConfigError(`config from ${source}: ${errorText(err)}`)));
+    req.on('timeout', () => req.destroy(new Error(`no answer within ${timeout} ms`)));
+    req.on('error', reject);
   });
+}
+
+// fetchConfig asks the gateway for the run's config over its socket (or,
+// with warm, the warm sandbox's options). A warm sandbox's runner waits for
+// its run's config as long as it takes: the gateway answers when a request
+// has claimed the sandbox.
+async function fetchConfig(socketPath, token, { warm = false, wait = false } = {}) {
+  const where = warm ? WARM_PATH : CONFIG_PATH;
+  const source = `gateway ${socketPath}${where}`;
+  let text;
+  try {
+    text = await fetchText(socketPath, token, where, wait ? 0 : CONFIG_TIMEOUT_MS);
+  } catch (err) {
+    throw new ConfigError(`config from ${source}: ${errorText(err)}`);
+  }
+  return parseConfig(text, source, warm);
 }
 
 function parseConfig(text, path, warm = false) {
@@ -409,24 +413,18 @@ function childEnv(port, token, egressPort, caVars) {
 }
 
 // getJSON fetches a JSON document the gateway serves a session.
-function getJSON(socketPath, token, where) {
-  return new Promise((resolve, reject) => {
-    const req = http.get({ socketPath, path: where, headers: { 'x-api-key': token }, timeout: CONFIG_TIMEOUT_MS }, (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('error', reject);
-      res.on('end', () => {
-        if (res.statusCode !== 200) return reject(new Error(`${where}: HTTP ${res.statusCode}`));
-        try {
-          resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')));
-        } catch (err) {
-          reject(new Error(`${where}: not valid JSON: ${errorText(err)}`));
-        }
-      });
-    });
-    req.on('timeout', () => req.destroy(new Error(`no answer within ${CONFIG_TIMEOUT_MS} ms`)));
-    req.on('error', reject);
-  });
+async function getJSON(socketPath, token, where) {
+  let text;
+  try {
+    text = await fetchText(socketPath, token, where, CONFIG_TIMEOUT_MS);
+  } catch (err) {
+    throw new Error(`${where}: ${errorText(err)}`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new Error(`${where}: not valid JSON: ${errorText(err)}`);
+  }
 }
 
 // writeFiles puts a warm sandbox's run's files into the workspace, as the
