@@ -51,19 +51,25 @@ func BenchmarkMemberCost(b *testing.B) {
 		m.Remove(context.Background())
 
 		started := make(chan string, 1)
+		ended := make(chan struct{})
 		ctx, cancel := context.WithCancel(context.Background())
-		go r.Run(ctx, job, func(ev json.RawMessage) error {
-			var e api.SandboxEvent
-			if json.Unmarshal(ev, &e) == nil && e.Type == api.TypeSandbox && e.Event == api.SandboxStarted {
-				started <- e.SandboxID
-			}
-			return nil
-		})
+		go func() {
+			defer close(ended)
+			r.Run(ctx, job, func(ev json.RawMessage) error {
+				var e api.SandboxEvent
+				if json.Unmarshal(ev, &e) == nil && e.Type == api.TypeSandbox && e.Event == api.SandboxStarted {
+					started <- e.SandboxID
+				}
+				return nil
+			})
+		}()
 		id := <-started
 		time.Sleep(costAfter)
 		mb, cpu = cgroupCost(b, id)
 		busyMB, busyCPU = busyMB+mb, busyCPU+cpu
+		// The run removes its sandbox before it returns.
 		cancel()
+		<-ended
 	}
 	n := float64(b.N)
 	b.ReportMetric(idleMB/n, "idle-MB")

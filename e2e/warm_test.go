@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,27 +30,34 @@ func BenchmarkWarm(b *testing.B) {
 		for i := range sc.Turns {
 			sc.Turns[i].Text = "hello"
 		}
-		r, _ := benchRunner(b, rt, sc)
+		r, srv := benchRunner(b, rt, sc)
 		job := agent.Job{Config: agent.Config{Prompt: "hi"}, Timeout: time.Minute}
-		p := pool.New(pool.Config{Size: 1}, r, job, func() func() { return func() {} }, nil)
+		warmJob := job
+		warmJob.Env = []string{"SANDSTORM_RUNNER_TIMINGS=1"}
+		p := pool.New(pool.Config{Size: 1}, r, warmJob, func() func() { return func() {} }, nil)
 		p.Start(context.Background())
 		defer p.Close()
 		var cold, warm [2][]float64
-		var handOff []float64
+		var handOff, released, request []float64
 		for range b.N {
-			f, a := firstMessages(b, func(emit api.Emit) (api.Outcome, error) { return r.Run(context.Background(), job, emit) })
+			f, a, _ := firstMessages(b, func(emit api.Emit) (api.Outcome, error) { return r.Run(context.Background(), job, emit) })
 			cold[0], cold[1] = append(cold[0], f), append(cold[1], a)
 			m := claim(b, p)
-			f, a = firstMessages(b, func(emit api.Emit) (api.Outcome, error) { return r.RunOn(context.Background(), m.Member, job, emit) })
+			start := time.Now()
+			f, a, rel := firstMessages(b, func(emit api.Emit) (api.Outcome, error) { return r.RunOn(context.Background(), m.Member, job, emit) })
 			warm[0], warm[1] = append(warm[0], f), append(warm[1], a)
 			handOff = append(handOff, float64(m.HandOff().Microseconds())/1000)
+			released = append(released, float64(rel.Sub(start).Microseconds())/1000)
+			reqs := srv.Requests()
+			request = append(request, float64(reqs[len(reqs)-1].Time.Sub(start).Microseconds())/1000)
 		}
 		c0, c1, w0, w1, h := pct(cold[0]), pct(cold[1]), pct(warm[0]), pct(warm[1]), pct(handOff)
+		rl, rq := pct(released), pct(request)
 		b.ReportMetric(w1[0], "warm-assistant-p50-ms")
 		b.ReportMetric(c1[0], "cold-assistant-p50-ms")
 		b.ReportMetric(h[0], "handoff-p50-ms")
-		b.Logf("warm pool on %s over %d runs, ms p50/p90: first message cold %.0f/%.0f warm %.0f/%.0f; first assistant cold %.0f/%.0f warm %.0f/%.0f; hand-off %.1f/%.1f",
-			name, b.N, c0[0], c0[1], w0[0], w0[1], c1[0], c1[1], w1[0], w1[1], h[0], h[1])
+		b.Logf("warm pool on %s over %d runs, ms p50/p90: first message cold %.0f/%.0f warm %.0f/%.0f; first assistant cold %.0f/%.0f warm %.0f/%.0f; hand-off %.1f/%.1f; warm runner released %.0f/%.0f, model request %.0f/%.0f",
+			name, b.N, c0[0], c0[1], w0[0], w0[1], c1[0], c1[1], w1[0], w1[1], h[0], h[1], rl[0], rl[1], rq[0], rq[1])
 	})
 }
 
@@ -64,12 +73,18 @@ func claim(b *testing.B, p *pool.Pool) pool.Member {
 }
 
 // firstMessages runs one and times, from its start, the first SDK message
-// and the first assistant message.
-func firstMessages(b *testing.B, run func(api.Emit) (api.Outcome, error)) (first, assistant float64) {
+// and the first assistant message; a warm runner with timings on also says
+// when it released the prompt.
+func firstMessages(b *testing.B, run func(api.Emit) (api.Outcome, error)) (first, assistant float64, released time.Time) {
 	start := time.Now()
 	out, err := run(func(ev json.RawMessage) error {
-		var m struct{ Type string }
+		var m struct{ Type, Line string }
 		json.Unmarshal(ev, &m)
+		if at, ok := strings.CutPrefix(m.Line, "sandstorm-runner timing released "); ok && m.Type == "stderr" {
+			if ms, err := strconv.ParseInt(at, 10, 64); err == nil {
+				released = time.UnixMilli(ms)
+			}
+		}
 		ms := float64(time.Since(start).Microseconds()) / 1000
 		if first == 0 && (m.Type == "system" || m.Type == "assistant") {
 			first = ms
@@ -82,7 +97,7 @@ func firstMessages(b *testing.B, run func(api.Emit) (api.Outcome, error)) (first
 	if err != nil || !out.Success() {
 		b.Fatalf("run: %v %s", err, out.Code)
 	}
-	return first, assistant
+	return first, assistant, released
 }
 
 // pct is the p50 and p90 of v.

@@ -44,10 +44,12 @@ type Pool struct {
 	refilling int
 	failures  int
 	retryAt   time.Time
-	closed    bool
-	wake      chan struct{}
-	wg        sync.WaitGroup
-	stop      context.CancelFunc
+	// quietUntil holds refills back while a claimed member's run starts.
+	quietUntil time.Time
+	closed     bool
+	wake       chan struct{}
+	wg         sync.WaitGroup
+	stop       context.CancelFunc
 }
 
 // refillPoll is how often a pool short of members looks for a free slot.
@@ -55,6 +57,12 @@ const refillPoll = 250 * time.Millisecond
 
 // maxBackoff bounds the pause after refills that failed.
 const maxBackoff = time.Minute
+
+// refillQuiet is how long a claim holds refills back: a warm run's CLI
+// turns the prompt into its first model request in about 150 ms (p90
+// 250 ms), and a sandbox starting meanwhile takes the CPU it needs on a
+// small host. The pool is full again that much later.
+const refillQuiet = 300 * time.Millisecond
 
 // New makes a pool; Start fills it.
 func New(cfg Config, runner *agent.Runner, job agent.Job, spare func() func(), log *slog.Logger) *Pool {
@@ -94,7 +102,8 @@ func (p *Pool) refill(ctx context.Context) {
 func (p *Pool) startMembers(ctx context.Context) {
 	for {
 		p.mu.Lock()
-		short := !p.closed && len(p.ready)+p.refilling < p.cfg.Size && p.refilling < p.cfg.MaxRefill && !time.Now().Before(p.retryAt)
+		now := time.Now()
+		short := !p.closed && len(p.ready)+p.refilling < p.cfg.Size && p.refilling < p.cfg.MaxRefill && !now.Before(p.retryAt) && !now.Before(p.quietUntil)
 		p.mu.Unlock()
 		if !short {
 			return
@@ -158,10 +167,12 @@ func (p *Pool) Claim() (Member, bool) {
 	for len(p.ready) > 0 {
 		m := p.ready[0]
 		p.ready = p.ready[1:]
-		p.poke()
 		if m.Ready() {
+			p.quietUntil = time.Now().Add(refillQuiet)
+			time.AfterFunc(refillQuiet, p.poke)
 			return m, true
 		}
+		p.poke()
 		p.log.Warn("warm pool: a sandbox's runner stopped waiting; removing it", "sandbox", m.ID())
 		p.wg.Add(1)
 		go func() { defer p.wg.Done(); p.discard(m) }()

@@ -62,6 +62,7 @@ func TestWarmPool(t *testing.T) {
 			}
 			// A client that leaves a warm run mid-way: its sandbox goes with
 			// every object it had, as any run's.
+			waitReady(t, h, 1)
 			asked := len(h.eng.Scripted.Requests())
 			resp := post(t, h.url, `{"prompt":"go","timeout":120}`)
 			var left map[string]any

@@ -464,6 +464,46 @@ function failWith(code, msg) {
   return finish(1);
 }
 
+// A CLI just spawned goes on with deferred start-up work (plugins, file
+// watchers) for a second or two; a prompt that comes then waits behind it.
+// A warm sandbox says it is ready once its processes have been idle for a
+// moment, or after SETTLE_MAX_MS whatever they do.
+const SETTLE_POLL_MS = 100;
+const SETTLE_IDLE_MS = 300;
+const SETTLE_MAX_MS = 5000;
+
+// cpuTicks is the CPU time, in clock ticks, that every process of the
+// sandbox's PID namespace has used so far.
+function cpuTicks() {
+  let total = 0;
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^[0-9]+$/.test(name)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
+      // After "pid (comm) ": state is field 3, utime 14, stime 15.
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      total += Number(f[11]) + Number(f[12]);
+    } catch {
+      // It exited meanwhile.
+    }
+  }
+  return total;
+}
+
+async function settle() {
+  const start = Date.now();
+  let last = cpuTicks();
+  let idleSince = start;
+  while (Date.now() - start < SETTLE_MAX_MS) {
+    await new Promise((resolve) => setTimeout(resolve, SETTLE_POLL_MS));
+    const now = cpuTicks();
+    // At most a tick per poll is idle: the runner's own polling.
+    if (now - last > 1) idleSince = Date.now();
+    else if (Date.now() - idleSince >= SETTLE_IDLE_MS) return;
+    last = now;
+  }
+}
+
 const timings = process.env.SANDSTORM_RUNNER_TIMINGS === '1';
 function mark(phase) {
   if (timings) process.stderr.write(`sandstorm-runner timing ${phase} ${Date.now()}\n`);
@@ -616,6 +656,8 @@ async function main() {
       })();
       mark('query_called');
       messages = query({ prompt: input, options });
+      await settle();
+      mark('settled');
       // Waiting for the run tells the host this sandbox is ready.
       try {
         cfg = await fetchConfig(socketPath, token, { wait: true });
@@ -632,6 +674,7 @@ async function main() {
       } catch (err) {
         return failWith('invalid_config', `the run's files: ${errorText(err)}`);
       }
+      mark('released');
       release(cfg.prompt);
     } else {
       mark('query_called');
