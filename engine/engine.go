@@ -20,6 +20,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/egress"
 	"github.com/sandstorm-dev/sandstorm/gateway"
+	"github.com/sandstorm-dev/sandstorm/metrics"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/pool"
@@ -74,6 +75,8 @@ type Engine struct {
 	Limits   config.Limits
 	Gateway  *gateway.Gateway
 	Scripted *modelserver.Server
+	// Metrics counts what the engine's runs, gateway and sweeps do.
+	Metrics *metrics.Metrics
 	// Notices are things the user should be told once (scripted model,
 	// config warnings).
 	Notices []string
@@ -92,7 +95,7 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	e := &Engine{stop: func() {}, log: log}
+	e := &Engine{stop: func() {}, log: log, Metrics: metrics.New()}
 	defer func() {
 		if err != nil {
 			e.Close()
@@ -155,7 +158,8 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 	if err != nil {
 		return nil, err
 	}
-	e.Gateway, err = gateway.New(gateway.Config{Upstream: upstream, Dir: o.GatewayDir, Logger: log})
+	e.Gateway, err = gateway.New(gateway.Config{Upstream: upstream, Dir: o.GatewayDir, Logger: log,
+		Hooks: gateway.Hooks{Call: e.Metrics.ModelCall, UpstreamError: e.Metrics.UpstreamError, Usage: e.Metrics.Usage}})
 	if err != nil {
 		return nil, err
 	}
@@ -183,6 +187,7 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 	if err != nil {
 		return nil, err
 	}
+	e.Metrics.Watch(e.Runtime.Name(), func() api.Health { return e.Health(context.Background()) })
 	swept, err := e.Sweep(ctx, false)
 	if err != nil {
 		log.Warn("sweep of what crashed sandstorm processes left", "err", err)
@@ -257,6 +262,8 @@ func (e *Engine) Sweep(ctx context.Context, others bool) (Swept, error) {
 	}
 	dirs, err := gateway.Sweep(e.Gateway.Dir(), runtime.Orphaned)
 	s.Sessions = dirs
+	e.Metrics.Reaped("sandbox", len(s.Sandboxes))
+	e.Metrics.Reaped("session", len(s.Sessions))
 	return s, errors.Join(append(errs, err)...)
 }
 
@@ -345,7 +352,7 @@ func (e *Engine) OpenRuns(ctx context.Context, dir string) (*runs.Service, error
 	if err != nil {
 		return nil, err
 	}
-	svc, err := runs.New(e, store, runs.Options{WebhookURL: e.Limits.WebhookURL, Logger: e.log,
+	svc, err := runs.New(e, store, runs.Options{WebhookURL: e.Limits.WebhookURL, Logger: e.log, Metrics: e.Metrics,
 		Webhooks: &webhook.Sender{Secret: []byte(os.Getenv(WebhookSecretEnv)), Logger: e.log}})
 	if err != nil {
 		store.Close()

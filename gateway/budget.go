@@ -93,16 +93,19 @@ type apiUsage struct {
 	CacheWriteTokens int64 `json:"cache_creation_input_tokens"`
 }
 
-func (m *meter) add(model string, u apiUsage) {
+// add counts one answer's usage and returns it, priced.
+func (m *meter) add(model string, u apiUsage) Usage {
 	in, out := Price(model)
+	call := Usage{Requests: 1, InputTokens: u.InputTokens, OutputTokens: u.OutputTokens, CacheReadTokens: u.CacheReadTokens, CacheWriteTokens: u.CacheWriteTokens,
+		CostUSD: (float64(u.InputTokens)*in + float64(u.CacheWriteTokens)*in*1.25 + float64(u.CacheReadTokens)*in*0.1 + float64(u.OutputTokens)*out) / 1e6}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.usage.InputTokens += u.InputTokens
-	m.usage.OutputTokens += u.OutputTokens
-	m.usage.CacheReadTokens += u.CacheReadTokens
-	m.usage.CacheWriteTokens += u.CacheWriteTokens
-	m.usage.CostUSD += (float64(u.InputTokens)*in + float64(u.CacheWriteTokens)*in*1.25 +
-		float64(u.CacheReadTokens)*in*0.1 + float64(u.OutputTokens)*out) / 1e6
+	m.usage.InputTokens += call.InputTokens
+	m.usage.OutputTokens += call.OutputTokens
+	m.usage.CacheReadTokens += call.CacheReadTokens
+	m.usage.CacheWriteTokens += call.CacheWriteTokens
+	m.usage.CostUSD += call.CostUSD
+	return call
 }
 
 func (m *meter) snapshot() Usage {

@@ -79,6 +79,25 @@ type Config struct {
 	// Transport reaches the upstream; default http.DefaultTransport.
 	Transport http.RoundTripper
 	Logger    *slog.Logger
+	// Hooks are told of each model call (the server's metrics).
+	Hooks Hooks
+}
+
+// Hooks, each optional, are told of the model calls of every session.
+type Hooks struct {
+	// Call is a Messages API call's answer status (the gateway's own
+	// refusals and failures included).
+	Call func(status int)
+	// UpstreamError is a call that never reached the provider.
+	UpstreamError func()
+	// Usage is one answer's usage, priced.
+	Usage func(Usage)
+}
+
+func (h Hooks) call(status int) {
+	if h.Call != nil {
+		h.Call(status)
+	}
 }
 
 // Gateway hands out sessions.
@@ -363,12 +382,24 @@ func (g *Gateway) handler(s *Session, warm []byte) http.Handler {
 		},
 		ModifyResponse: func(resp *http.Response) error {
 			if model, ok := resp.Request.Context().Value(modelKey{}).(string); ok {
+				g.cfg.Hooks.call(resp.StatusCode)
 				resp.Body = &usageBody{rc: resp.Body, sse: strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream"),
-					done: func(u apiUsage) { s.meter.add(model, u) }}
+					done: func(u apiUsage) {
+						call := s.meter.add(model, u)
+						if g.cfg.Hooks.Usage != nil {
+							g.cfg.Hooks.Usage(call)
+						}
+					}}
 			}
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if r.URL.Path == "/v1/messages" {
+				g.cfg.Hooks.call(http.StatusBadGateway)
+				if g.cfg.Hooks.UpstreamError != nil {
+					g.cfg.Hooks.UpstreamError()
+				}
+			}
 			g.cfg.Logger.Warn("gateway: upstream request failed", "path", r.URL.Path, "err", redact(err.Error(), s.credentials()))
 			apiError(w, http.StatusBadGateway, "api_error", "sandstorm gateway: upstream unreachable")
 		},
@@ -439,6 +470,7 @@ func (g *Gateway) handler(s *Session, warm []byte) http.Handler {
 				return
 			}
 			if why, ok := s.meter.admit(); !ok {
+				g.cfg.Hooks.call(http.StatusBadRequest)
 				apiError(w, http.StatusBadRequest, "invalid_request_error", "sandstorm gateway: budget exceeded: "+why)
 				return
 			}

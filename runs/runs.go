@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/api"
+	"github.com/sandstorm-dev/sandstorm/metrics"
 	"github.com/sandstorm-dev/sandstorm/outfiles"
 	"github.com/sandstorm-dev/sandstorm/runstore"
 	"github.com/sandstorm-dev/sandstorm/runtime"
@@ -40,7 +41,9 @@ type Options struct {
 	// WebhookURL gets every finished run's summary unless the request names its own.
 	WebhookURL string
 	Webhooks   *webhook.Sender
-	Logger     *slog.Logger
+	// Metrics, if set, counts every run's events and end.
+	Metrics *metrics.Metrics
+	Logger  *slog.Logger
 }
 
 // Service runs requests through an engine and records them.
@@ -185,7 +188,9 @@ func (s *Service) Admit(ctx context.Context, req api.Request, queued func(positi
 	wait, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	s.register(id, cancel)
+	asked := time.Now()
 	run, err := s.eng.Admit(wait, s.target(req, id), queued)
+	s.opts.Metrics.QueueWait(time.Since(asked))
 	if err != nil {
 		s.unregister(id)
 		s.forget(id)
@@ -333,6 +338,7 @@ type recorder struct {
 	// storeErr is the first failed write; the run then ends.
 	storeErr error
 	cancel   context.CancelCauseFunc
+	metrics  *metrics.Run
 }
 
 // Events of interest are told by their start: sandstorm's own events and
@@ -365,6 +371,7 @@ func (r *recorder) send(ev json.RawMessage) error {
 		}
 	}
 	r.bytes += int64(len(ev))
+	r.metrics.Event(ev)
 	switch {
 	case bytes.HasPrefix(ev, createdPrefix):
 		var e api.SandboxEvent
@@ -399,7 +406,7 @@ func (s *Service) start(ctx context.Context, id string, run api.Run, emit Emit) 
 	}
 	s.live[id].cancel = cancel
 	s.mu.Unlock()
-	rec := &recorder{s: s, id: id, emit: emit, cancel: cancel}
+	rec := &recorder{s: s, id: id, emit: emit, cancel: cancel, metrics: s.opts.Metrics.Run()}
 	if err := s.store.Started(context.Background(), id, time.Now()); err != nil {
 		s.log.Error("run store", "run", id, "err", err)
 	}
@@ -433,6 +440,7 @@ func (s *Service) finish(id string, rec *recorder, out api.Outcome, err error) {
 		r.StartedAt = &now
 	}
 	r.Status = statusOf(out.Code)
+	rec.metrics.Finish(string(r.Status))
 	r.ErrorCode = string(out.Code)
 	if out.Code != "" && err != nil {
 		r.ErrorMessage = err.Error()

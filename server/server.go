@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/adaptor"
 	"github.com/gofiber/fiber/v2/middleware/cors"
 
 	"github.com/sandstorm-dev/sandstorm/api"
@@ -51,7 +53,9 @@ type Config struct {
 	// (its run is cancelled and removed, as on a disconnect); default
 	// DefaultWriteTimeout.
 	WriteTimeout time.Duration
-	Logger       *slog.Logger
+	// Metrics, if set, is served at GET /metrics (behind the API keys).
+	Metrics http.Handler
+	Logger  *slog.Logger
 }
 
 // Server serves one engine.
@@ -106,6 +110,9 @@ func New(eng api.Engine, svc *runs.Service, cfg Config) *Server {
 	}
 	s.app.Use(s.checkKey)
 	s.app.Get("/health", s.health)
+	if cfg.Metrics != nil {
+		s.app.Get("/metrics", adaptor.HTTPHandler(cfg.Metrics))
+	}
 	s.app.Post("/query", s.query)
 	s.routeRuns()
 	return s

@@ -66,6 +66,9 @@ func startWith(t testing.TB, backend, scenario, limits string, scfg Config, list
 	if err != nil {
 		t.Fatal(err)
 	}
+	if scfg.Metrics == nil {
+		scfg.Metrics = eng.Metrics.Handler()
+	}
 	srv := New(eng, svc, scfg)
 	l, err := listen("tcp", "127.0.0.1:0")
 	if err != nil {

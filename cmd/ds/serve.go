@@ -69,6 +69,8 @@ func newServe() *cobra.Command {
   GET    /runs/ID/files/PATH    one of them; /runs/ID/files.tar.gz all
   GET    /health                status, backend, runtime version, which API keys
                                 are set, runs holding a slot and requests queued
+  GET    /metrics               Prometheus metrics: runs by outcome, latencies,
+                                slots, queue, pool, model calls, tokens, cost
 
 Every run is recorded in the run store under --state-dir; runs of a server
 that died are marked interrupted by the next one to start.
@@ -131,7 +133,7 @@ origins get nothing (403) unless $CORS_ORIGINS lists them ("*" for any).`,
 			defer stopSweep()
 			go eng.SweepEvery(sweepCtx, sweep)
 			go svc.Maintain(sweepCtx, sweep, eng.Limits.RunRetention, eng.Limits.RunStoreMaxBytes)
-			srv := server.New(eng, svc, server.Config{CORSOrigins: os.Getenv("CORS_ORIGINS"), APIKeys: keys, WriteTimeout: write, Logger: log})
+			srv := server.New(eng, svc, server.Config{CORSOrigins: os.Getenv("CORS_ORIGINS"), APIKeys: keys, WriteTimeout: write, Metrics: eng.Metrics.Handler(), Logger: log})
 			addr := net.JoinHostPort(host, strconv.Itoa(port))
 			l, err := net.Listen("tcp", addr)
 			if err != nil {
