@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/subtle"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +30,12 @@ import (
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/runs"
 )
+
+// openAPI is the API's OpenAPI 3.1 document, served at GET /openapi.json;
+// TestOpenAPI keeps it true to the routes and types.
+//
+//go:embed openapi.json
+var openAPI []byte
 
 // BodyLimit bounds a request body: a maximal prompt plus maximal files fit.
 const BodyLimit = 24 << 20
@@ -110,6 +117,10 @@ func New(eng api.Engine, svc *runs.Service, cfg Config) *Server {
 	}
 	s.app.Use(s.checkKey)
 	s.app.Get("/health", s.health)
+	s.app.Get("/openapi.json", func(c *fiber.Ctx) error {
+		c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
+		return c.Send(openAPI)
+	})
 	if cfg.Metrics != nil {
 		s.app.Get("/metrics", adaptor.HTTPHandler(cfg.Metrics))
 	}
@@ -152,7 +163,8 @@ func (s *Server) checkOrigin(c *fiber.Ctx) error {
 // checkKey requires a valid key, when keys are set, on every route but
 // GET /health (which then tells an unauthenticated caller only its status).
 func (s *Server) checkKey(c *fiber.Ctx) error {
-	if s.authorized(c) || (c.Method() == fiber.MethodGet && c.Path() == "/health") || c.Method() == fiber.MethodOptions {
+	public := c.Path() == "/health" || c.Path() == "/openapi.json"
+	if s.authorized(c) || (c.Method() == fiber.MethodGet && public) || c.Method() == fiber.MethodOptions {
 		return c.Next()
 	}
 	return writeError(c, api.ErrUnauthorized)

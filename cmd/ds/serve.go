@@ -71,6 +71,7 @@ func newServe() *cobra.Command {
                                 are set, runs holding a slot and requests queued
   GET    /metrics               Prometheus metrics: runs by outcome, latencies,
                                 slots, queue, pool, model calls, tokens, cost
+  GET    /openapi.json          the OpenAPI 3.1 document of all of these (no key)
 
 Every run is recorded in the run store under --state-dir; runs of a server
 that died are marked interrupted by the next one to start.
@@ -88,8 +89,9 @@ with a cancelled error; requests still queued get 503) and removes their
 sandboxes before exiting.
 
 With $SANDSTORM_API_KEY set (one or more comma-separated keys, each at least
-32 characters), every route but GET /health needs "Authorization: Bearer <key>"
-(401 otherwise), and /health tells an unauthenticated caller only its status.
+32 characters), every route but GET /health and GET /openapi.json needs
+"Authorization: Bearer <key>" (401 otherwise), and /health tells an
+unauthenticated caller only its status.
 Without keys the server listens only on a loopback address unless --insecure.
 Request bodies must be application/json (415 otherwise). Pages of other
 origins get nothing (403) unless $CORS_ORIGINS lists them ("*" for any).`,
