@@ -27,6 +27,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/images/agentimage"
 	"github.com/sandstorm-dev/sandstorm/internal/linewriter"
+	"github.com/sandstorm-dev/sandstorm/internal/logctx"
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/outfiles"
 	"github.com/sandstorm-dev/sandstorm/runtime"
@@ -169,7 +170,9 @@ func (r *Runner) RunOn(ctx context.Context, m *Member, job Job, emit api.Emit) (
 	t := time.Now()
 	config, err := json.Marshal(m.config(job.Config))
 	if err == nil {
-		err = m.sess.Activate(gateway.Grant{Credentials: job.Credentials, RunnerConfig: config, Files: wireFiles(job.Files), Budget: job.Budget})
+		m.log = m.log.With(logctx.Args(ctx)...)
+		err = m.sess.Activate(gateway.Grant{Credentials: job.Credentials, RunnerConfig: config, Files: wireFiles(job.Files), Budget: job.Budget,
+			Logger: m.log.With("session_id", m.sessionID)})
 	}
 	if err != nil {
 		m.Remove(ctx)
@@ -309,6 +312,7 @@ func (r *Runner) begin(ctx context.Context, job Job, send func(json.RawMessage))
 	if log == nil {
 		log = slog.Default()
 	}
+	log = log.With(logctx.Args(ctx)...)
 	m := &Member{backend: r.Runtime.Name(), log: log, warm: send == nil, sink: send, gate: make(chan struct{})}
 	m.openGate = sync.OnceFunc(func() { close(m.gate) })
 	var declared []egress.Rule
@@ -329,7 +333,8 @@ func (r *Runner) begin(ctx context.Context, job Job, send func(json.RawMessage))
 		return nil, fmt.Errorf("session owner: %w", err)
 	}
 	m.sessionID = runtime.NewID()
-	opts := gateway.SessionOptions{Credentials: job.Credentials, RunnerConfig: config, Owner: owner.String(), Budget: job.Budget, Pending: m.warm}
+	opts := gateway.SessionOptions{Credentials: job.Credentials, RunnerConfig: config, Owner: owner.String(), Budget: job.Budget, Pending: m.warm,
+		Logger: log.With("session_id", m.sessionID)}
 	if m.warm {
 		opts.RunnerConfig, opts.WarmConfig = nil, config
 	}
@@ -508,7 +513,7 @@ func (r *Runner) handBack(ctx context.Context, sb runtime.Sandbox, job Job, send
 		send(api.Marshal(api.FilesSkippedEvent{Type: api.TypeFilesSkipped, Skipped: res.Skipped}))
 	}
 	if err != nil {
-		log.Warn("hand back the agent's files", "sandbox", sb.ID(), "err", err)
+		log.WarnContext(ctx, "hand back the agent's files", "sandbox", sb.ID(), "err", err)
 		send(api.Marshal(api.LineEvent{Type: api.TypeStderr, Line: "sandstorm: could not hand back every file: " + err.Error()}))
 	}
 }

@@ -160,6 +160,7 @@ type Session struct {
 	waiting   int
 	asked     chan struct{}
 	askedOnce sync.Once
+	log       *slog.Logger
 }
 
 // Waiting reports whether the session's runner waits for its run now: a
@@ -184,6 +185,9 @@ type Grant struct {
 	// runner writes itself (it runs as the agent user, on any backend).
 	Files  []byte
 	Budget Budget
+	// Logger, if set, logs the session's failures from now on (with the
+	// run's attributes).
+	Logger *slog.Logger
 }
 
 // Activate hands a pending session its run. Until then the session's
@@ -195,6 +199,9 @@ func (s *Session) Activate(g Grant) error {
 		return ErrNotPending
 	}
 	s.creds, s.config, s.files = g.Credentials, g.RunnerConfig, g.Files
+	if g.Logger != nil {
+		s.log = g.Logger
+	}
 	s.meter.setBudget(g.Budget)
 	close(s.active)
 	return nil
@@ -207,6 +214,12 @@ func (s *Session) isActive() bool {
 	default:
 		return false
 	}
+}
+
+func (s *Session) logger() *slog.Logger {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.log
 }
 
 func (s *Session) credentials() Credentials {
@@ -243,6 +256,9 @@ type SessionOptions struct {
 	// WarmConfig (pending only) is served at once at WarmConfigPath: the
 	// agent options a warm sandbox's runner starts its CLI with.
 	WarmConfig []byte
+	// Logger, if set, logs the session's failures (default the gateway's,
+	// with the session's id).
+	Logger *slog.Logger
 }
 
 // Open starts a session: a directory with a listening socket, its owner,
@@ -269,7 +285,10 @@ func (g *Gateway) Open(id string, o SessionOptions) (*Session, error) {
 		return nil, fmt.Errorf("gateway: token: %w", err)
 	}
 	s := &Session{Dir: dir, Token: "sandstorm-session-" + hex.EncodeToString(tok), meter: &meter{},
-		active: make(chan struct{}), done: make(chan struct{}), asked: make(chan struct{})}
+		active: make(chan struct{}), done: make(chan struct{}), asked: make(chan struct{}), log: o.Logger}
+	if s.log == nil {
+		s.log = g.cfg.Logger.With("session_id", id)
+	}
 	if !o.Pending {
 		_ = s.Activate(Grant{Credentials: o.Credentials, RunnerConfig: o.RunnerConfig, Budget: o.Budget})
 	}
@@ -400,7 +419,7 @@ func (g *Gateway) handler(s *Session, warm []byte) http.Handler {
 					g.cfg.Hooks.UpstreamError()
 				}
 			}
-			g.cfg.Logger.Warn("gateway: upstream request failed", "path", r.URL.Path, "err", redact(err.Error(), s.credentials()))
+			s.logger().Warn("gateway: upstream request failed", "path", r.URL.Path, "err", redact(err.Error(), s.credentials()))
 			apiError(w, http.StatusBadGateway, "api_error", "sandstorm gateway: upstream unreachable")
 		},
 	}

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/api"
+	"github.com/sandstorm-dev/sandstorm/internal/logctx"
 	"github.com/sandstorm-dev/sandstorm/metrics"
 	"github.com/sandstorm-dev/sandstorm/outfiles"
 	"github.com/sandstorm-dev/sandstorm/runstore"
@@ -184,6 +185,7 @@ func (s *Service) Admit(ctx context.Context, req api.Request, queued func(positi
 	if err != nil {
 		return nil, err
 	}
+	ctx = logctx.With(ctx, "run_id", id)
 	// A cancel while it waits for a slot ends the wait.
 	wait, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -216,7 +218,7 @@ func (s *Service) create(ctx context.Context, req api.Request, detached bool) (s
 // forget removes the record of a run that was refused before it ran.
 func (s *Service) forget(id string) {
 	if err := s.store.Discard(context.Background(), id); err != nil {
-		s.log.Error("run store", "run", id, "err", err)
+		s.log.Error("run store", "run_id", id, "err", err)
 	}
 }
 
@@ -250,7 +252,8 @@ func (s *Service) Detach(ctx, life context.Context, req api.Request) (string, er
 	if err != nil {
 		return "", err
 	}
-	ctx, cancel := context.WithCancelCause(life)
+	// The run outlives the request, but its log lines name both.
+	ctx, cancel := context.WithCancelCause(logctx.With(life, append(logctx.Args(ctx), "run_id", id)...))
 	s.register(id, cancel)
 	accepted := make(chan error, 1)
 	var acceptOnce sync.Once
@@ -263,7 +266,9 @@ func (s *Service) Detach(ctx, life context.Context, req api.Request) (string, er
 	go func() {
 		defer s.detached.Done()
 		defer cancel(nil)
+		asked := time.Now()
 		run, err := s.eng.Admit(ctx, s.target(req, id), func(int) { accept(nil) })
+		s.opts.Metrics.QueueWait(time.Since(asked))
 		if err != nil {
 			if accept(err) {
 				// Refused before it was queued: the caller says so.
@@ -274,7 +279,7 @@ func (s *Service) Detach(ctx, life context.Context, req api.Request) (string, er
 			rec := &recorder{s: s, id: id}
 			rec.send(api.Marshal(api.RunEvent{Type: api.TypeRun, RunID: id, Events: api.RunURLs(id)["events"]}))
 			rec.send(api.ErrorFor(err))
-			s.finish(id, rec, api.Outcome{Code: api.CodeOf(err)}, err)
+			s.finish(ctx, id, rec, api.Outcome{Code: api.CodeOf(err)}, err)
 			return
 		}
 		accept(nil)
@@ -361,7 +366,7 @@ func (r *recorder) send(ev json.RawMessage) error {
 		err := r.s.store.Append(context.Background(), r.id, seq, ev)
 		if err != nil {
 			r.storeErr = err
-			r.s.log.Error("run store: events cannot be recorded; ending the run", "run", r.id, "err", err)
+			r.s.log.Error("run store: events cannot be recorded; ending the run", "run_id", r.id, "err", err)
 			if r.cancel != nil {
 				r.cancel(err)
 			}
@@ -398,6 +403,9 @@ func (r *recorder) send(ev json.RawMessage) error {
 }
 
 func (s *Service) start(ctx context.Context, id string, run api.Run, emit Emit) (api.Outcome, error) {
+	if !hasRunID(ctx) {
+		ctx = logctx.With(ctx, "run_id", id)
+	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	s.mu.Lock()
@@ -408,7 +416,7 @@ func (s *Service) start(ctx context.Context, id string, run api.Run, emit Emit) 
 	s.mu.Unlock()
 	rec := &recorder{s: s, id: id, emit: emit, cancel: cancel, metrics: s.opts.Metrics.Run()}
 	if err := s.store.Started(context.Background(), id, time.Now()); err != nil {
-		s.log.Error("run store", "run", id, "err", err)
+		s.log.ErrorContext(ctx, "run store", "err", err)
 	}
 	// A client gone already fails the run's first emit: Start (which frees
 	// the slot) still runs, and is cancelled at once.
@@ -422,17 +430,28 @@ func (s *Service) start(ctx context.Context, id string, run api.Run, emit Emit) 
 	if rec.storeErr != nil && out.Code == "" {
 		out.Code = api.CodeStoreUnavailable
 	}
-	s.finish(id, rec, out, err)
+	s.finish(ctx, id, rec, out, err)
 	return out, err
 }
 
-// finish records how run id ended, wakes its followers and sends its webhook.
-func (s *Service) finish(id string, rec *recorder, out api.Outcome, err error) {
+// hasRunID reports whether ctx's log attributes name a run already.
+func hasRunID(ctx context.Context) bool {
+	for _, a := range logctx.Attrs(ctx) {
+		if a.Key == "run_id" {
+			return true
+		}
+	}
+	return false
+}
+
+// finish records how run id ended, logs it, wakes its followers and sends
+// its webhook.
+func (s *Service) finish(ctx context.Context, id string, rec *recorder, out api.Outcome, err error) {
 	defer s.unregister(id)
 	now := time.Now()
 	r, gerr := s.store.Get(context.Background(), id)
 	if gerr != nil {
-		s.log.Error("run store", "run", id, "err", gerr)
+		s.log.ErrorContext(ctx, "run store", "err", gerr)
 		return
 	}
 	r.FinishedAt = &now
@@ -462,8 +481,10 @@ func (s *Service) finish(id string, rec *recorder, out api.Outcome, err error) {
 		r.Files = api.Marshal(rec.files)
 	}
 	if ferr := s.store.Finish(context.Background(), r, rec.bytes); ferr != nil {
-		s.log.Error("run store: cannot record the end of the run", "run", id, "err", ferr)
+		s.log.ErrorContext(ctx, "run store: cannot record the end of the run", "err", ferr)
 	}
+	s.log.InfoContext(ctx, "run finished", "status", r.Status, "error_code", r.ErrorCode, "backend", r.Backend, "sandbox_id", r.SandboxID,
+		"duration_ms", r.Duration(now).Milliseconds(), "total_cost_usd", r.TotalCostUSD, "num_turns", r.NumTurns, "events", rec.seq)
 	s.notify(id)
 	url := r.WebhookURL
 	if url == "" {

@@ -10,6 +10,7 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/sandstorm-dev/sandstorm/api"
+	"github.com/sandstorm-dev/sandstorm/internal/logctx"
 	"github.com/sandstorm-dev/sandstorm/outfiles"
 	"github.com/sandstorm-dev/sandstorm/runs"
 	"github.com/sandstorm-dev/sandstorm/runstore"
@@ -44,7 +45,7 @@ func (s *Server) detach(c *fiber.Ctx) error {
 	if err != nil {
 		return writeError(c, err)
 	}
-	id, err := s.svc.Detach(c.UserContext(), s.base, req)
+	id, err := s.svc.Detach(c.UserContext(), s.life(c), req)
 	if err != nil {
 		return writeError(c, err)
 	}
@@ -115,7 +116,7 @@ func (s *Server) events(c *fiber.Ctx) error {
 	if _, err := s.svc.Get(c.UserContext(), id); err != nil {
 		return writeError(c, err)
 	}
-	ctx, cancel := context.WithCancelCause(s.base)
+	ctx, cancel := context.WithCancelCause(logctx.With(s.life(c), "run_id", id))
 	conn := c.Context().Conn()
 	go watchClient(ctx, conn, cancel)
 	c.Set("Connection", "close")
@@ -124,7 +125,7 @@ func (s *Server) events(c *fiber.Ctx) error {
 		defer cancel(nil)
 		s.stream(ctx, cancel, w, conn, func(emit runs.Emit) {
 			if err := s.svc.Follow(ctx, id, after, emit); err != nil && ctx.Err() == nil {
-				s.log.Warn("follow run", "run", id, "err", err)
+				s.log.WarnContext(ctx, "follow run", "err", err)
 			}
 		})
 	})
@@ -201,9 +202,10 @@ func (s *Server) archive(c *fiber.Ctx) error {
 	}
 	c.Set(fiber.HeaderContentType, "application/gzip")
 	c.Set(fiber.HeaderContentDisposition, fmt.Sprintf("attachment; filename=%q", id+".tar.gz"))
+	logCtx := logctx.With(c.UserContext(), "run_id", id)
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		if err := s.svc.Archive(context.Background(), id, w); err != nil {
-			s.log.Warn("files archive", "run", id, "err", err)
+			s.log.WarnContext(logCtx, "files archive", "err", err)
 		}
 		_ = w.Flush()
 	})

@@ -25,9 +25,11 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/gofiber/fiber/v2/middleware/adaptor"
 	"github.com/gofiber/fiber/v2/middleware/cors"
+	"github.com/gofiber/fiber/v2/utils"
 
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/config"
+	"github.com/sandstorm-dev/sandstorm/internal/logctx"
 	"github.com/sandstorm-dev/sandstorm/runs"
 )
 
@@ -115,6 +117,7 @@ func New(eng api.Engine, svc *runs.Service, cfg Config) *Server {
 	if len(s.origins) > 0 {
 		s.app.Use(cors.New(cors.Config{AllowOrigins: strings.Join(s.origins, ","), AllowHeaders: "Content-Type, Authorization"}))
 	}
+	s.app.Use(requestID)
 	s.app.Use(s.checkKey)
 	s.app.Get("/health", s.health)
 	s.app.Get("/openapi.json", func(c *fiber.Ctx) error {
@@ -148,6 +151,36 @@ func (s *Server) Shutdown(grace time.Duration) error {
 	}
 	s.cancel(api.ErrShuttingDown)
 	return <-errc
+}
+
+// requestID names the request (the client's X-Request-Id when it is a
+// sane one) in its response and in every log line written for it.
+func requestID(c *fiber.Ctx) error {
+	id := c.Get(fiber.HeaderXRequestID)
+	if !validRequestID(id) {
+		id = utils.UUIDv4()
+	}
+	c.Set(fiber.HeaderXRequestID, id)
+	c.SetUserContext(logctx.With(c.UserContext(), "request_id", id))
+	return c.Next()
+}
+
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// life is the context of what a request starts: the server's lifetime,
+// with the request's log attributes.
+func (s *Server) life(c *fiber.Ctx) context.Context {
+	return logctx.With(s.base, logctx.Args(c.UserContext())...)
 }
 
 // checkOrigin refuses a request whose Origin is neither this server nor
@@ -276,7 +309,7 @@ func (s *Server) query(c *fiber.Ctx) error {
 	// The request lives from here on: a client that leaves while it waits
 	// for a slot leaves the queue, one that leaves during the run cancels
 	// it. Its connection is not reused: the stream ends with the run.
-	ctx, cancel := context.WithCancelCause(s.base)
+	ctx, cancel := context.WithCancelCause(s.life(c))
 	conn := c.Context().Conn()
 	go watchClient(ctx, conn, cancel)
 	c.Set("Connection", "close")
@@ -287,6 +320,7 @@ func (s *Server) query(c *fiber.Ctx) error {
 		cancel(nil)
 		return writeError(c, err)
 	}
+	ctx = logctx.With(ctx, "run_id", run.ID)
 	c.Set(HeaderRunID, run.ID)
 	sseHeaders(c)
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
@@ -294,7 +328,7 @@ func (s *Server) query(c *fiber.Ctx) error {
 		defer cancel(nil)
 		s.stream(ctx, cancel, w, conn, func(emit runs.Emit) {
 			if _, err := run.Start(ctx, emit); err != nil {
-				s.log.Warn("run ended early", "run", run.ID, "err", err)
+				s.log.WarnContext(ctx, "run ended early", "err", err)
 			}
 		})
 	})

@@ -32,6 +32,8 @@ import (
 type dsServe struct {
 	cmd *exec.Cmd
 	url string
+	// logs is the file its stdout and stderr go to.
+	logs string
 }
 
 // serve starts `ds serve` on a free port and waits until it answers.
@@ -54,7 +56,7 @@ func serve(t *testing.T, dir, backend string, args ...string) *dsServe {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &dsServe{cmd: cmd, url: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	s := &dsServe{cmd: cmd, url: fmt.Sprintf("http://127.0.0.1:%d", port), logs: logs.Name()}
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
 			cmd.Process.Signal(syscall.SIGTERM)

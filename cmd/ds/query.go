@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
@@ -109,7 +110,10 @@ func runQuery(cmd *cobra.Command, q *queryFlags, prompt string) error {
 		return err
 	}
 	stderr, stdout := cmd.ErrOrStderr(), cmd.OutOrStdout()
-	eng, err := engine.New(cmd.Context(), q.options())
+	opts := q.options()
+	// One run's own story is its stream; the log says only what went wrong.
+	opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	eng, err := engine.New(cmd.Context(), opts)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/engine"
+	"github.com/sandstorm-dev/sandstorm/internal/logctx"
 	"github.com/sandstorm-dev/sandstorm/server"
 )
 
@@ -47,8 +49,9 @@ func newServe() *cobra.Command {
 		write time.Duration
 		sweep time.Duration
 		// insecure allows a non-loopback address without API keys.
-		insecure bool
-		stateDir string
+		insecure  bool
+		stateDir  string
+		logFormat string
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -110,7 +113,10 @@ origins get nothing (403) unless $CORS_ORIGINS lists them ("*" for any).`,
 			if ip := net.ParseIP(host); len(keys) == 0 && !insecure && (ip == nil || !ip.IsLoopback()) && host != "localhost" {
 				return api.Usage(fmt.Errorf("--host %s: anyone who can reach it could run agents; set SANDSTORM_API_KEY, or pass --insecure", host))
 			}
-			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+			log, err := newLogger(cmd.ErrOrStderr(), logFormat)
+			if err != nil {
+				return err
+			}
 			opts := ef.options()
 			opts.Logger = log
 			eng, err := engine.New(cmd.Context(), opts)
@@ -162,6 +168,7 @@ origins get nothing (403) unless $CORS_ORIGINS lists them ("*" for any).`,
 		},
 	}
 	ef.register(cmd)
+	cmd.Flags().StringVar(&logFormat, "log-format", "text", "log lines as text (key=value) or json (one object per line); lines about a run carry its run_id and the request's request_id")
 	cmd.Flags().StringVar(&host, "host", "127.0.0.1", "address to listen on (0.0.0.0 for every interface: needs SANDSTORM_API_KEY or --insecure)")
 	cmd.Flags().StringVar(&stateDir, "state-dir", "", stateDirHelp)
 	cmd.Flags().BoolVar(&insecure, "insecure", false, "listen on a non-loopback address without SANDSTORM_API_KEY")
@@ -170,4 +177,16 @@ origins get nothing (403) unless $CORS_ORIGINS lists them ("*" for any).`,
 	cmd.Flags().DurationVar(&write, "write-timeout", server.DefaultWriteTimeout, "cut a client that accepts no stream data for this long; its run is cancelled and removed")
 	cmd.Flags().DurationVar(&sweep, "sweep-interval", time.Minute, "how often to remove, on every backend of the host, what crashed sandstorm processes left behind")
 	return cmd
+}
+
+// newLogger logs to w as text or JSON; records logged with a context get
+// its attributes (a run's id, a request's).
+func newLogger(w io.Writer, format string) (*slog.Logger, error) {
+	switch format {
+	case "text":
+		return slog.New(logctx.Handler{Handler: slog.NewTextHandler(w, nil)}), nil
+	case "json":
+		return slog.New(logctx.Handler{Handler: slog.NewJSONHandler(w, nil)}), nil
+	}
+	return nil, api.Usage(fmt.Errorf("--log-format: %q is neither text nor json", format))
 }
