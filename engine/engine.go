@@ -12,7 +12,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/agent"
@@ -71,8 +74,6 @@ const SlotDirEnv = "SANDSTORM_SLOT_DIR"
 // the HTTP server.
 type Engine struct {
 	Runtime  runtime.Runtime
-	Manager  *session.Manager
-	Limits   config.Limits
 	Gateway  *gateway.Gateway
 	Scripted *modelserver.Server
 	// Metrics counts what the engine's runs, gateway and sweeps do.
@@ -82,6 +83,57 @@ type Engine struct {
 	Notices []string
 	stop    func()
 	log     *slog.Logger
+	opts    Options
+	slotDir string
+
+	// mu guards what a reload replaces: the settings and the manager of
+	// new runs (running ones keep theirs), and the warm pool.
+	mu       sync.Mutex
+	settings settings
+	manager  *session.Manager
+	pool     *pool.Pool
+	poolCtx  context.Context
+}
+
+// settings are what the configuration files say, with the flags applied.
+type settings struct {
+	limits   config.Limits
+	project  config.Project
+	warnings []string
+}
+
+// load reads and checks the limits file and sandstorm.json.
+func (o Options) load() (settings, error) {
+	limits, warnings, err := config.LoadLimits(o.limitsPath())
+	if err != nil {
+		return settings{}, err
+	}
+	if o.Isolation != "" {
+		limits.Isolation = o.Isolation
+	}
+	limits.AllowUnenforced = append(limits.AllowUnenforced, o.AllowUnenforced...)
+	if err := limits.Validate(); err != nil {
+		return settings{}, err
+	}
+	project, more, err := config.LoadProject(o.projectDir())
+	if err != nil {
+		return settings{}, err
+	}
+	if limits.NetworkMode == string(oci.NetworkBridge) {
+		more = append(more, "network_mode: bridge gives every sandbox unrestricted network access, to this host's services and the private network included; network_mode: proxy (the default) goes through sandstorm's egress policy")
+	}
+	return settings{limits: limits, project: project, warnings: append(warnings, more...)}, nil
+}
+
+func (o Options) limitsPath() string { return config.FindLimits(o.ConfigPath) }
+
+func (o Options) projectDir() string { return cmp.Or(o.ProjectDir, ".") }
+
+// Files are the configuration files a reload re-reads: the limits file
+// (empty when the built-in defaults are used) and sandstorm.json (which
+// may not exist yet).
+func (e *Engine) Files() (limits, project string) {
+	return e.opts.limitsPath(), filepath.Join(e.opts.projectDir(), config.ProjectFile)
 }
 
 // CredentialsFromEnv reads the provider keys from the environment.
@@ -95,36 +147,18 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	e := &Engine{stop: func() {}, log: log, Metrics: metrics.New()}
+	e := &Engine{stop: func() {}, log: log, Metrics: metrics.New(), opts: o}
 	defer func() {
 		if err != nil {
 			e.Close()
 		}
 	}()
-	limits, warnings, err := config.LoadLimits(config.FindLimits(o.ConfigPath))
+	st, err := o.load()
 	if err != nil {
 		return nil, err
 	}
-	if o.Isolation != "" {
-		limits.Isolation = o.Isolation
-	}
-	limits.AllowUnenforced = append(limits.AllowUnenforced, o.AllowUnenforced...)
-	if err := limits.Validate(); err != nil {
-		return nil, err
-	}
-	isolation, _ := runtime.ParseIsolation(limits.Isolation)
-	allow, _ := runtime.ParseItems(limits.AllowUnenforced)
-	e.Limits = limits
-	e.Notices = append(e.Notices, warnings...)
-	dir := o.ProjectDir
-	if dir == "" {
-		dir = "."
-	}
-	project, warnings, err := config.LoadProject(dir)
-	if err != nil {
-		return nil, err
-	}
-	e.Notices = append(e.Notices, warnings...)
+	e.Notices = append(e.Notices, st.warnings...)
+	isolation, _ := runtime.ParseIsolation(st.limits.Isolation)
 
 	upstream := o.Upstream
 	if upstream == "" {
@@ -163,30 +197,11 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 	if err != nil {
 		return nil, err
 	}
-	egressPolicy, err := limits.EgressPolicy()
-	if err != nil {
+	e.slotDir = cmp.Or(o.SlotDir, os.Getenv(SlotDirEnv), session.DefaultSlotDir)
+	if e.manager, err = e.newManager(st); err != nil {
 		return nil, err
 	}
-	if limits.NetworkMode == string(oci.NetworkBridge) {
-		e.Notices = append(e.Notices, "network_mode: bridge gives every sandbox unrestricted network access, to this host's services and the private network included; network_mode: proxy (the default) goes through sandstorm's egress policy")
-	}
-	secrets, err := limits.LoadSecrets()
-	if err != nil {
-		return nil, err
-	}
-	var ca *egress.CA
-	if len(secrets) > 0 {
-		if ca, err = egress.LoadOrCreateCA(egress.DefaultCADir); err != nil {
-			return nil, err
-		}
-	}
-	runner := &agent.Runner{Runtime: e.Runtime, Gateway: e.Gateway, Image: limits.Image, Policy: limits.Policy(), AllowUnenforced: allow,
-		Egress: egressPolicy, Secrets: secrets, CA: ca, Logger: log}
-	slotDir := cmp.Or(o.SlotDir, os.Getenv(SlotDirEnv), session.DefaultSlotDir)
-	e.Manager, err = session.NewManager(runner, limits, project, o.Credentials, slotDir)
-	if err != nil {
-		return nil, err
-	}
+	e.settings = st
 	e.Metrics.Watch(e.Runtime.Name(), func() api.Health { return e.Health(context.Background()) })
 	swept, err := e.Sweep(ctx, false)
 	if err != nil {
@@ -196,6 +211,115 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 		e.Notices = append(e.Notices, fmt.Sprintf("removed %s left by sandstorm processes that are gone", swept))
 	}
 	return e, nil
+}
+
+// newManager builds the runner and the manager of runs under st.
+func (e *Engine) newManager(st settings) (*session.Manager, error) {
+	allow, _ := runtime.ParseItems(st.limits.AllowUnenforced)
+	egressPolicy, err := st.limits.EgressPolicy()
+	if err != nil {
+		return nil, err
+	}
+	secrets, err := st.limits.LoadSecrets()
+	if err != nil {
+		return nil, err
+	}
+	var ca *egress.CA
+	if len(secrets) > 0 {
+		if ca, err = egress.LoadOrCreateCA(egress.DefaultCADir); err != nil {
+			return nil, err
+		}
+	}
+	runner := &agent.Runner{Runtime: e.Runtime, Gateway: e.Gateway, Image: st.limits.Image, Policy: st.limits.Policy(), AllowUnenforced: allow,
+		Egress: egressPolicy, Secrets: secrets, CA: ca, Logger: e.log}
+	return session.NewManager(runner, st.limits, st.project, e.opts.Credentials, e.slotDir)
+}
+
+// Limits are the limits new runs get.
+func (e *Engine) Limits() config.Limits {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.settings.limits
+}
+
+// Manager is the manager of new runs.
+func (e *Engine) Manager() *session.Manager {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.manager
+}
+
+// ErrRestart: a reload changed a setting only a restart applies.
+var ErrRestart = errors.New("needs a restart")
+
+// restartOnly are the limits keys a running server cannot change: the
+// backend connection, the run store and its upkeep are set up at start.
+var restartOnly = []string{"isolation", "state_dir", "run_retention", "run_store_max_size", "webhook_url"}
+
+// Reload re-reads the limits file and sandstorm.json. Valid settings apply
+// to the runs that start from now on (running ones keep theirs) and the
+// warm pool is started afresh with them; on an error nothing changes. It
+// returns the keys that changed (limits' and sandstorm.json's).
+func (e *Engine) Reload(ctx context.Context) ([]string, error) {
+	st, err := e.opts.load()
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	old := e.settings
+	e.mu.Unlock()
+	changed := append(diff(old.limits, st.limits, ""), diff(old.project, st.project, config.ProjectFile+": ")...)
+	for _, k := range changed {
+		if slices.Contains(restartOnly, k) {
+			return nil, fmt.Errorf("%w: %s: changing it %w (the rest of the file is not applied either)", config.ErrInvalid, k, ErrRestart)
+		}
+	}
+	if len(changed) == 0 {
+		return nil, nil
+	}
+	m, err := e.newManager(st)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range st.warnings {
+		e.log.Warn(w)
+	}
+	e.mu.Lock()
+	oldPool := e.pool
+	e.settings, e.manager, e.pool = st, m, nil
+	restart := oldPool != nil || e.poolCtx != nil
+	e.mu.Unlock()
+	if oldPool != nil {
+		// Its idle sandboxes run the old settings: they go, new ones come.
+		go oldPool.Close()
+	}
+	if restart {
+		e.StartPool(e.poolCtx)
+	}
+	return changed, nil
+}
+
+// untagged names the limits.yaml keys of the Limits fields that are not
+// JSON as they are written there.
+var untagged = map[string]string{"CPULimit": "cpu_limit", "MemoryBytes": "memory_limit", "Egress": "egress", "Secrets": "secrets",
+	"RunRetention": "run_retention", "RunStoreMaxBytes": "run_store_max_size", "MaxOutputBytes": "max_output_bytes"}
+
+// diff names the keys of the fields whose values differ between a and b,
+// two values of one struct type.
+func diff(a, b any, prefix string) []string {
+	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
+	var out []string
+	for i := range va.NumField() {
+		f := va.Type().Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" || name == "" {
+			name = untagged[f.Name]
+		}
+		if name != "" && !reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {
+			out = append(out, prefix+name)
+		}
+	}
+	return out
 }
 
 // Swept is what a sweep removed.
@@ -278,22 +402,23 @@ var _ api.Engine = (*Engine)(nil)
 
 // Admit implements api.Engine.
 func (e *Engine) Admit(ctx context.Context, req api.Request, queued func(position int)) (api.Run, error) {
-	return e.Manager.Admit(ctx, req, queued)
+	return e.Manager().Admit(ctx, req, queued)
 }
 
 // Health implements api.Engine.
 func (e *Engine) Health(ctx context.Context) api.Health {
-	creds := e.Manager.Credentials()
+	m, limits := e.Manager(), e.Limits()
+	creds := m.Credentials()
 	h := api.Health{
 		Status:              api.HealthOK,
 		Backend:             e.Runtime.Name(),
 		APIKeys:             api.KeysSet{Anthropic: creds.AnthropicKey != "", OpenRouter: creds.OpenRouterKey != ""},
 		ScriptedModel:       e.Scripted != nil,
-		Running:             e.Manager.Running(),
-		Queued:              e.Manager.Queued(),
-		MaxConcurrentAgents: e.Limits.MaxConcurrentAgents,
+		Running:             m.Running(),
+		Queued:              m.Queued(),
+		MaxConcurrentAgents: limits.MaxConcurrentAgents,
 	}
-	if p := e.Manager.Pool(); p != nil {
+	if p := m.Pool(); p != nil {
 		st := p.Stats()
 		h.Pool = &st
 	}
@@ -316,12 +441,28 @@ func (e *Engine) Close() error {
 }
 
 // StartPool starts the warm pool the limits ask for (nil when pool.size
-// is 0); Close it before the engine.
+// is 0), and again with each reload; ClosePool removes it.
 func (e *Engine) StartPool(ctx context.Context) *pool.Pool {
-	if e.Limits.Pool.Size == 0 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.poolCtx = ctx
+	l := e.settings.limits
+	if l.Pool.Size == 0 {
 		return nil
 	}
-	return e.Manager.StartPool(ctx, pool.Config{Size: e.Limits.Pool.Size, MaxRefill: e.Limits.Pool.MaxRefillConcurrency}, e.log)
+	e.pool = e.manager.StartPool(ctx, pool.Config{Size: l.Pool.Size, MaxRefill: l.Pool.MaxRefillConcurrency}, e.log)
+	return e.pool
+}
+
+// ClosePool removes the warm pool's sandboxes and stops refilling it.
+func (e *Engine) ClosePool() {
+	e.mu.Lock()
+	p := e.pool
+	e.pool, e.poolCtx = nil, nil
+	e.mu.Unlock()
+	if p != nil {
+		p.Close()
+	}
 }
 
 // WebhookSecretEnv holds the secret webhooks are signed with.
@@ -348,16 +489,17 @@ func StateDir(dir string, l config.Limits) string {
 // over it, marking runs whose process died interrupted and pruning old
 // ones. Close it.
 func (e *Engine) OpenRuns(ctx context.Context, dir string) (*runs.Service, error) {
-	store, err := runstore.Open(ctx, StateDir(dir, e.Limits))
+	limits := e.Limits()
+	store, err := runstore.Open(ctx, StateDir(dir, limits))
 	if err != nil {
 		return nil, err
 	}
-	svc, err := runs.New(e, store, runs.Options{WebhookURL: e.Limits.WebhookURL, Logger: e.log, Metrics: e.Metrics,
+	svc, err := runs.New(e, store, runs.Options{WebhookURL: limits.WebhookURL, Logger: e.log, Metrics: e.Metrics,
 		Webhooks: &webhook.Sender{Secret: []byte(os.Getenv(WebhookSecretEnv)), Logger: e.log}})
 	if err != nil {
 		store.Close()
 		return nil, err
 	}
-	svc.Tidy(ctx, e.Limits.RunRetention, e.Limits.RunStoreMaxBytes)
+	svc.Tidy(ctx, limits.RunRetention, limits.RunStoreMaxBytes)
 	return svc, nil
 }

@@ -142,7 +142,7 @@ func stalledReader(t *testing.T, backend string) {
 	h := startWith(t, backend, scenario, "", Config{WriteTimeout: time.Second}, smallBuffers)
 	conn := dialStalled(t, h.url, `{"prompt":"slow","timeout":300}`)
 	deadline := time.Now().Add(10 * time.Second)
-	for h.eng.Manager.Running() == 0 && time.Now().Before(deadline) {
+	for h.eng.Manager().Running() == 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	// The run fills the buffers, is cut, and leaves nothing, though the

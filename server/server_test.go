@@ -93,7 +93,7 @@ func (h *harness) noSandboxes(t testing.TB, within time.Duration) {
 	deadline := time.Now().Add(within)
 	for {
 		var left []string
-		if n := h.eng.Manager.Running(); n > 0 {
+		if n := h.eng.Manager().Running(); n > 0 {
 			left = append(left, fmt.Sprintf("%d runs hold slots", n))
 		}
 		if entries, _ := os.ReadDir(h.gatewayDir); len(entries) > 0 {
@@ -218,7 +218,7 @@ func streamsLive(t *testing.T, backend string) {
 		// The first assistant message must arrive while the run still holds its slot.
 		if typ == "assistant" && !sawLive {
 			sawLive = true
-			if h.eng.Manager.Running() != 1 {
+			if h.eng.Manager().Running() != 1 {
 				t.Errorf("first assistant message arrived after the run ended")
 			}
 		}

@@ -258,3 +258,30 @@ func TestQueueLeave(t *testing.T) {
 		t.Error("the queue place of a request that left was not freed")
 	}
 }
+
+// Slots fewer than before (a reload lowered max_concurrent_agents) count
+// the higher ones still held: new runs wait until the running ones fit.
+func TestSlotsLowered(t *testing.T) {
+	dir := t.TempDir()
+	wide, _ := NewSlots(dir, 3, 0, 0)
+	var held []func()
+	for range 3 {
+		r := wide.try()
+		if r == nil {
+			t.Fatal("three slots of three: one not free")
+		}
+		held = append(held, r)
+	}
+	narrow, _ := NewSlots(dir, 2, 0, 0)
+	held[0]()
+	if r := narrow.try(); r != nil {
+		t.Error("two of three held, two allowed: a slot was taken")
+	}
+	held[1]()
+	r := narrow.try()
+	if r == nil {
+		t.Fatal("one of three held, two allowed: no slot")
+	}
+	r()
+	held[2]()
+}

@@ -114,8 +114,13 @@ func (s *Slots) counted(count func() int) int {
 	return count()
 }
 
-// try locks the first free slot.
+// try locks the first free slot. Slots beyond n that are held (by a
+// process, or a configuration before a reload, with more of them) count
+// too: a lower n holds new runs back until the running ones fit it.
 func (s *Slots) try() func() {
+	if s.running() >= s.n {
+		return nil
+	}
 	for i := 0; i < s.n; i++ {
 		f, err := os.OpenFile(filepath.Join(s.dir, fmt.Sprintf("slot-%d.lock", i)), os.O_CREATE|os.O_RDWR, 0o600)
 		if err != nil {
@@ -154,11 +159,12 @@ func (s *Slots) Running() int { return s.counted(s.running) }
 // Waiting is how many requests wait in the queue, across the host.
 func (s *Slots) Waiting() int { return s.counted(s.waiting) }
 
-// running counts the held slots.
+// running counts the held slots, every slot file's.
 func (s *Slots) running() int {
 	n := 0
-	for i := 0; i < s.n; i++ {
-		if held(filepath.Join(s.dir, fmt.Sprintf("slot-%d.lock", i))) {
+	files, _ := filepath.Glob(filepath.Join(s.dir, "slot-*.lock"))
+	for _, f := range files {
+		if held(f) {
 			n++
 		}
 	}

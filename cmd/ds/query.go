@@ -133,7 +133,7 @@ func runQuery(cmd *cobra.Command, q *queryFlags, prompt string) error {
 	}
 	queued := func(pos int) {
 		fmt.Fprintf(stderr, "ds: all %d agent slots busy; waiting for one (position %d, at most %ds)\n",
-			eng.Limits.MaxConcurrentAgents, pos, eng.Limits.QueueWaitSeconds)
+			eng.Limits().MaxConcurrentAgents, pos, eng.Limits().QueueWaitSeconds)
 	}
 	svc, err := eng.OpenRuns(cmd.Context(), q.stateDir)
 	if err != nil {

@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -17,6 +19,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/engine"
 	"github.com/sandstorm-dev/sandstorm/internal/logctx"
+	"github.com/sandstorm-dev/sandstorm/internal/watch"
 	"github.com/sandstorm-dev/sandstorm/server"
 )
 
@@ -52,6 +55,7 @@ func newServe() *cobra.Command {
 		insecure  bool
 		stateDir  string
 		logFormat string
+		reload    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -83,6 +87,12 @@ A warm pool (limits.yaml pool.size, default 2; 0 turns it off) keeps sandboxes
 started with sandstorm.json's agent options, the CLI waiting: a request with
 those options starts in one at once ("warm": true in its sandbox created
 event); others run cold and say why (warm_miss). Warm sandboxes hold host slots.
+
+SIGHUP (and, with --reload, any change to sandstorm.json or the limits file)
+re-reads both: valid changes apply to the runs that start afterwards, running
+ones keep theirs, and the warm pool is started afresh; an invalid file is
+logged, naming the key, and the running configuration kept. isolation,
+state_dir, run_retention, run_store_max_size and webhook_url need a restart.
 
 A /query client that disconnects, or accepts no stream data for --write-timeout,
 cancels its run (or leaves the queue); its sandbox is removed at once.
@@ -132,15 +142,18 @@ origins get nothing (403) unless $CORS_ORIGINS lists them ("*" for any).`,
 				return err
 			}
 			defer svc.Close()
-			warm := eng.StartPool(cmd.Context())
-			if warm != nil {
-				defer warm.Close()
-				log.Info("warm pool on", "size", eng.Limits.Pool.Size, "max_refill_concurrency", max(1, eng.Limits.Pool.MaxRefillConcurrency))
+			limits := eng.Limits()
+			if warm := eng.StartPool(cmd.Context()); warm != nil {
+				log.Info("warm pool on", "size", limits.Pool.Size, "max_refill_concurrency", max(1, limits.Pool.MaxRefillConcurrency))
 			}
+			defer eng.ClosePool()
 			sweepCtx, stopSweep := context.WithCancel(context.WithoutCancel(cmd.Context()))
 			defer stopSweep()
 			go eng.SweepEvery(sweepCtx, sweep)
-			go svc.Maintain(sweepCtx, sweep, eng.Limits.RunRetention, eng.Limits.RunStoreMaxBytes)
+			go svc.Maintain(sweepCtx, sweep, limits.RunRetention, limits.RunStoreMaxBytes)
+			if err := reloadOn(sweepCtx, eng, log, reload); err != nil {
+				return err
+			}
 			srv := server.New(eng, svc, server.Config{CORSOrigins: os.Getenv("CORS_ORIGINS"), APIKeys: keys, WriteTimeout: write, Metrics: eng.Metrics.Handler(), Logger: log})
 			addr := net.JoinHostPort(host, strconv.Itoa(port))
 			l, err := net.Listen("tcp", addr)
@@ -148,7 +161,7 @@ origins get nothing (403) unless $CORS_ORIGINS lists them ("*" for any).`,
 				return err
 			}
 			log.Info("sandstorm serving", "addr", "http://"+l.Addr().String(), "backend", eng.Runtime.Name(), "state_dir", svc.Store().Dir(),
-				"max_concurrent_agents", eng.Limits.MaxConcurrentAgents, "image", eng.Limits.Image)
+				"max_concurrent_agents", limits.MaxConcurrentAgents, "image", limits.Image)
 			errc := make(chan error, 1)
 			go func() { errc <- srv.Serve(l) }()
 			select {
@@ -160,15 +173,14 @@ origins get nothing (403) unless $CORS_ORIGINS lists them ("*" for any).`,
 			if err := srv.Shutdown(grace); err != nil && !errors.Is(err, net.ErrClosed) {
 				return err
 			}
-			if warm != nil {
-				warm.Close()
-			}
+			eng.ClosePool()
 			log.Info("shut down; every sandbox removed")
 			return nil
 		},
 	}
 	ef.register(cmd)
 	cmd.Flags().StringVar(&logFormat, "log-format", "text", "log lines as text (key=value) or json (one object per line); lines about a run carry its run_id and the request's request_id")
+	cmd.Flags().BoolVar(&reload, "reload", false, "re-read sandstorm.json and the limits file when they change (SIGHUP always does): valid changes apply to new runs, running ones keep theirs; an invalid file is logged and the running configuration kept")
 	cmd.Flags().StringVar(&host, "host", "127.0.0.1", "address to listen on (0.0.0.0 for every interface: needs SANDSTORM_API_KEY or --insecure)")
 	cmd.Flags().StringVar(&stateDir, "state-dir", "", stateDirHelp)
 	cmd.Flags().BoolVar(&insecure, "insecure", false, "listen on a non-loopback address without SANDSTORM_API_KEY")
@@ -189,4 +201,46 @@ func newLogger(w io.Writer, format string) (*slog.Logger, error) {
 		return slog.New(logctx.Handler{Handler: slog.NewJSONHandler(w, nil)}), nil
 	}
 	return nil, api.Usage(fmt.Errorf("--log-format: %q is neither text nor json", format))
+}
+
+// reloadOn reloads eng's configuration on SIGHUP and, with watch, when its
+// files change, until ctx ends.
+func reloadOn(ctx context.Context, eng *engine.Engine, log *slog.Logger, watchFiles bool) error {
+	apply := func(why string) {
+		changed, err := eng.Reload(ctx)
+		switch {
+		case err != nil:
+			log.Error("configuration not reloaded; the running one is kept", "trigger", why, "err", err)
+		case len(changed) == 0:
+			log.Info("configuration reloaded: nothing changed", "trigger", why)
+		default:
+			log.Info("configuration reloaded: new runs use it, running ones keep theirs", "trigger", why, "changed", changed)
+		}
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				apply("SIGHUP")
+			}
+		}
+	}()
+	if !watchFiles {
+		return nil
+	}
+	limits, project := eng.Files()
+	files := []string{project}
+	if limits != "" {
+		files = append(files, limits)
+	}
+	if err := watch.Files(ctx, files, func() { apply("file changed") }); err != nil {
+		return err
+	}
+	log.Info("watching the configuration", "files", files)
+	return nil
 }
