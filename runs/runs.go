@@ -252,8 +252,9 @@ func (s *Service) Detach(ctx, life context.Context, req api.Request) (string, er
 	if err != nil {
 		return "", err
 	}
-	// The run outlives the request, but its log lines name both.
-	ctx, cancel := context.WithCancelCause(logctx.With(life, append(logctx.Args(ctx), "run_id", id)...))
+	// The run outlives the request; life carries what its log lines say of
+	// the request.
+	ctx, cancel := context.WithCancelCause(logctx.With(life, "run_id", id))
 	s.register(id, cancel)
 	accepted := make(chan error, 1)
 	var acceptOnce sync.Once
@@ -381,7 +382,7 @@ func (r *recorder) send(ev json.RawMessage) error {
 	case bytes.HasPrefix(ev, createdPrefix):
 		var e api.SandboxEvent
 		if json.Unmarshal(ev, &e) == nil {
-			_ = r.s.store.Sandbox(context.Background(), r.id, e.Runtime, e.SandboxID)
+			_ = r.s.store.Sandbox(context.Background(), r.id, e.Runtime, e.SandboxID, e.Warm)
 		}
 	case bytes.HasPrefix(ev, filePrefix):
 		var f api.FileEvent

@@ -73,6 +73,9 @@ type Run struct {
 	Detached  bool            `json:"detached"`
 	Backend   string          `json:"backend,omitempty"`
 	SandboxID string          `json:"sandbox_id,omitempty"`
+	// Warm says whether its sandbox came from the warm pool (unset until
+	// it has one).
+	Warm *bool `json:"warm,omitempty"`
 	// Owner is the process running it (runtime.Owner's form).
 	Owner      string     `json:"-"`
 	CreatedAt  time.Time  `json:"created_at"`
@@ -137,7 +140,8 @@ CREATE TABLE IF NOT EXISTS runs (
 	files TEXT,
 	webhook_url TEXT NOT NULL DEFAULT '',
 	cancel_requested INTEGER NOT NULL DEFAULT 0,
-	bytes INTEGER NOT NULL DEFAULT 0
+	bytes INTEGER NOT NULL DEFAULT 0,
+	warm INTEGER
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status, id);
 CREATE TABLE IF NOT EXISTS events (
@@ -165,11 +169,45 @@ func Open(ctx context.Context, dir string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("%w: %s: %w", ErrUnavailable, path, err)
 	}
+	if err := migrate(ctx, db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("%w: %s: %w", ErrUnavailable, path, err)
+	}
 	if err := os.Chmod(path, 0o600); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	return &Store{db: db, dir: dir}, nil
+}
+
+// added are the columns later versions added to runs, which a store an
+// earlier one made lacks.
+var added = map[string]string{"warm": "INTEGER"}
+
+// migrate adds what a store an earlier version made lacks.
+func migrate(ctx context.Context, db *sql.DB) error {
+	rows, err := db.QueryContext(ctx, `SELECT name FROM pragma_table_info('runs')`)
+	if err != nil {
+		return err
+	}
+	have := map[string]bool{}
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			rows.Close()
+			return err
+		}
+		have[name] = true
+	}
+	rows.Close()
+	for name, typ := range added {
+		if !have[name] {
+			if _, err := db.ExecContext(ctx, `ALTER TABLE runs ADD COLUMN `+name+` `+typ); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Close closes the store.
@@ -244,8 +282,8 @@ func (s *Store) Started(ctx context.Context, id string, at time.Time) error {
 }
 
 // Sandbox records where run id runs.
-func (s *Store) Sandbox(ctx context.Context, id, backend, sandboxID string) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE runs SET backend = ?, sandbox_id = ? WHERE id = ?`, backend, sandboxID, id)
+func (s *Store) Sandbox(ctx context.Context, id, backend, sandboxID string, warm *bool) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE runs SET backend = ?, sandbox_id = ?, warm = ? WHERE id = ?`, backend, sandboxID, warm, id)
 	return wrap(err)
 }
 
@@ -265,7 +303,7 @@ func (s *Store) Finish(ctx context.Context, r Run, bytes int64) error {
 }
 
 const columns = `id, status, request, prompt, detached, backend, sandbox_id, owner, created_at, started_at, finished_at,
-	result, total_cost_usd, num_turns, error_code, error_message, files, webhook_url, cancel_requested,
+	result, total_cost_usd, num_turns, error_code, error_message, files, webhook_url, cancel_requested, warm,
 	(SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = runs.id)`
 
 func scan(row interface{ Scan(...any) error }) (Run, error) {
@@ -274,10 +312,14 @@ func scan(row interface{ Scan(...any) error }) (Run, error) {
 	var created int64
 	var started, finished sql.NullInt64
 	var result, files sql.NullString
+	var warm sql.NullBool
 	err := row.Scan(&r.ID, &r.Status, &req, &r.Prompt, &r.Detached, &r.Backend, &r.SandboxID, &r.Owner, &created, &started, &finished,
-		&result, &r.TotalCostUSD, &r.NumTurns, &r.ErrorCode, &r.ErrorMessage, &files, &r.WebhookURL, &r.CancelRequested, &r.Events)
+		&result, &r.TotalCostUSD, &r.NumTurns, &r.ErrorCode, &r.ErrorMessage, &files, &r.WebhookURL, &r.CancelRequested, &warm, &r.Events)
 	if err != nil {
 		return r, err
+	}
+	if warm.Valid {
+		r.Warm = &warm.Bool
 	}
 	r.Request = json.RawMessage(req)
 	r.CreatedAt = time.UnixMilli(created).UTC()

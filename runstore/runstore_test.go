@@ -162,3 +162,30 @@ func BenchmarkAppend(b *testing.B) {
 		})
 	}
 }
+
+// A store an earlier version made, without the columns added since, is
+// brought up to date when opened, its runs kept.
+func TestMigrate(t *testing.T) {
+	dir := t.TempDir()
+	old, err := Open(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRun(t, old, "o")
+	if _, err := old.db.Exec(`ALTER TABLE runs DROP COLUMN warm`); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	s := open(t, dir)
+	got, err := s.Get(context.Background(), r.ID)
+	if err != nil || got.Warm != nil {
+		t.Fatalf("the old run: %+v %v", got, err)
+	}
+	warm := true
+	if err := s.Sandbox(context.Background(), r.ID, "containerd", "ds-1", &warm); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ = s.Get(context.Background(), r.ID); got.Warm == nil || !*got.Warm || got.SandboxID != "ds-1" {
+		t.Errorf("after Sandbox: %+v", got)
+	}
+}

@@ -34,7 +34,8 @@ DOCKER_SOCK=/var/run/docker.sock
 PODMAN_ROOT_SOCK=/run/podman/podman.sock
 
 PACKAGES=(containerd runc podman docker.io uidmap slirp4netns fuse-overlayfs
-  catatonit containernetworking-plugins iptables busybox-static curl file python3-requests runsc)
+  catatonit containernetworking-plugins iptables busybox-static curl file python3-requests runsc
+  chromium)
 
 # gVisor (isolation: gvisor): every backend runs this one runsc, Debian's with
 # the flags this host needs (runtime.DefaultRunsc says why each).

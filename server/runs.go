@@ -31,9 +31,11 @@ func (s *Server) routeRuns() {
 	s.app.Get("/runs/:id/files/*", s.file)
 }
 
-// runID is the route's run id; one that cannot be an id is not found.
+// runID is the route's run id; one that cannot be an id is not found. It
+// is a copy: fiber's values are reused once the handler returns, and
+// streams use it after that.
 func runID(c *fiber.Ctx) (string, error) {
-	id := c.Params("id")
+	id := strings.Clone(c.Params("id"))
 	if !runstore.ValidID(id) {
 		return "", fmt.Errorf("%w: %q", runstore.ErrNotFound, id)
 	}

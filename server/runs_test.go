@@ -418,3 +418,32 @@ func TestDetachedQueuedThenBusy(t *testing.T) {
 		t.Errorf("%d runs recorded, want 1", len(l.Runs))
 	}
 }
+
+// TestFollowWhileBusy: a follower's run id outlives its handler (fiber
+// reuses a handler's values for the next request), so a stream followed
+// while other requests come and go still follows its own run to the end.
+func TestFollowWhileBusy(t *testing.T) {
+	e := &stepEngine{steps: 20, step: make(chan struct{})}
+	url, _ := serveEngine(t, e, Config{}, runs.Options{})
+	r := detach(t, url, `{"prompt":"work"}`)
+	ch, stop := openEvents(t, url, r.ID, nil)
+	defer stop()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 20 {
+			send(t, "GET", fmt.Sprintf("%s/runs/run-%024x", url, i), "", nil)
+			send(t, "GET", url+"/health?pad="+strings.Repeat("x", 64), "", nil)
+			e.step <- struct{}{}
+		}
+	}()
+	var last frame
+	n := 0
+	for f := range ch {
+		last, n = f, n+1
+	}
+	<-done
+	if n != 22 || last.ev["type"] != "result" {
+		t.Errorf("%d events, the last %v; want 22 ending with the result", n, last.ev)
+	}
+}

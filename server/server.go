@@ -29,6 +29,7 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/config"
+	"github.com/sandstorm-dev/sandstorm/dashboard"
 	"github.com/sandstorm-dev/sandstorm/internal/logctx"
 	"github.com/sandstorm-dev/sandstorm/runs"
 )
@@ -120,6 +121,13 @@ func New(eng api.Engine, svc *runs.Service, cfg Config) *Server {
 	s.app.Use(requestID)
 	s.app.Use(s.checkKey)
 	s.app.Get("/health", s.health)
+	ui := adaptor.HTTPHandler(dashboard.Handler())
+	s.app.Get("/", func(c *fiber.Ctx) error { return c.Redirect(dashboard.Prefix, fiber.StatusFound) })
+	s.app.Get(dashboard.Prefix+"*", func(c *fiber.Ctx) error {
+		c.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+		c.Set("X-Content-Type-Options", "nosniff")
+		return ui(c)
+	})
 	s.app.Get("/openapi.json", func(c *fiber.Ctx) error {
 		c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
 		return c.Send(openAPI)
@@ -156,7 +164,8 @@ func (s *Server) Shutdown(grace time.Duration) error {
 // requestID names the request (the client's X-Request-Id when it is a
 // sane one) in its response and in every log line written for it.
 func requestID(c *fiber.Ctx) error {
-	id := c.Get(fiber.HeaderXRequestID)
+	// A copy: the context outlives the handler (streams, detached runs).
+	id := strings.Clone(c.Get(fiber.HeaderXRequestID))
 	if !validRequestID(id) {
 		id = utils.UUIDv4()
 	}
@@ -196,7 +205,7 @@ func (s *Server) checkOrigin(c *fiber.Ctx) error {
 // checkKey requires a valid key, when keys are set, on every route but
 // GET /health (which then tells an unauthenticated caller only its status).
 func (s *Server) checkKey(c *fiber.Ctx) error {
-	public := c.Path() == "/health" || c.Path() == "/openapi.json"
+	public := c.Path() == "/health" || c.Path() == "/openapi.json" || c.Path() == "/" || strings.HasPrefix(c.Path(), dashboard.Prefix)
 	if s.authorized(c) || (c.Method() == fiber.MethodGet && public) || c.Method() == fiber.MethodOptions {
 		return c.Next()
 	}

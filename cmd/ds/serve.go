@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sandstorm-dev/sandstorm/api"
+	"github.com/sandstorm-dev/sandstorm/dashboard"
 	"github.com/sandstorm-dev/sandstorm/engine"
 	"github.com/sandstorm-dev/sandstorm/internal/logctx"
 	"github.com/sandstorm-dev/sandstorm/internal/watch"
@@ -79,6 +80,8 @@ func newServe() *cobra.Command {
   GET    /metrics               Prometheus metrics: runs by outcome, latencies,
                                 slots, queue, pool, model calls, tokens, cost
   GET    /openapi.json          the OpenAPI 3.1 document of all of these (no key)
+  GET    /ui/                   the dashboard: runs live, a run's events, files,
+                                cancel, host state (GET / redirects there)
 
 Every run is recorded in the run store under --state-dir; runs of a server
 that died are marked interrupted by the next one to start.
@@ -102,9 +105,9 @@ with a cancelled error; requests still queued get 503) and removes their
 sandboxes before exiting.
 
 With $SANDSTORM_API_KEY set (one or more comma-separated keys, each at least
-32 characters), every route but GET /health and GET /openapi.json needs
-"Authorization: Bearer <key>" (401 otherwise), and /health tells an
-unauthenticated caller only its status.
+32 characters), every route but GET /health, GET /openapi.json and the
+dashboard's files needs "Authorization: Bearer <key>" (401 otherwise), and
+/health tells an unauthenticated caller only its status.
 Without keys the server listens only on a loopback address unless --insecure.
 Request bodies must be application/json (415 otherwise). Pages of other
 origins get nothing (403) unless $CORS_ORIGINS lists them ("*" for any).`,
@@ -160,7 +163,7 @@ origins get nothing (403) unless $CORS_ORIGINS lists them ("*" for any).`,
 			if err != nil {
 				return err
 			}
-			log.Info("sandstorm serving", "addr", "http://"+l.Addr().String(), "backend", eng.Runtime.Name(), "state_dir", svc.Store().Dir(),
+			log.Info("sandstorm serving", "addr", "http://"+l.Addr().String(), "dashboard", "http://"+l.Addr().String()+dashboard.Prefix, "backend", eng.Runtime.Name(), "state_dir", svc.Store().Dir(),
 				"max_concurrent_agents", limits.MaxConcurrentAgents, "image", limits.Image)
 			errc := make(chan error, 1)
 			go func() { errc <- srv.Serve(l) }()
