@@ -1,6 +1,7 @@
-// Package client is a Go client of sandstorm's HTTP API (ds serve): start
-// detached runs, follow their events with automatic resume after a dropped
-// connection, list, cancel and delete runs, and download what they made.
+// Package client is a Go client of sandstorm's HTTP API (ds serve): run
+// agents streaming (Query) or detached (Detach), follow a run's events with
+// automatic resume after a dropped connection, list, cancel and delete runs,
+// download what they made, and read the server's health.
 package client
 
 import (
@@ -123,6 +124,24 @@ func (c *Client) json(ctx context.Context, method, path string, body, out any) e
 		return fmt.Errorf("%s %s: bad answer: %w", method, path, err)
 	}
 	return nil
+}
+
+// Query runs req and streams it (POST /query): each event goes to emit
+// with its sequence number as it comes, until the run ends. The run lives
+// as long as the stream: a cancelled ctx, or emit returning an error,
+// cancels it. It returns the run's id (for Get, Files, ...) once the
+// stream has ended.
+func (c *Client) Query(ctx context.Context, req api.Request, emit func(seq int64, ev json.RawMessage) error) (string, error) {
+	h := http.Header{}
+	h.Set("Accept", "text/event-stream")
+	resp, err := c.do(ctx, http.MethodPost, "/query", req, h)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	id := resp.Header.Get("X-Sandstorm-Run-Id")
+	_, err = ReadSSE(resp.Body, 0, emit)
+	return id, err
 }
 
 // Detach starts a detached run (POST /runs).
