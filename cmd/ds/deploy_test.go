@@ -91,7 +91,7 @@ func TestDeployExamples(t *testing.T) {
 		if s.PID != "host" {
 			t.Errorf("pid %q, want host: owners are host pids", s.PID)
 		}
-		for _, same := range []string{"/run/sandstorm:/run/sandstorm", "/var/lib/sandstorm:/var/lib/sandstorm"} {
+		for _, same := range []string{"/run/sandstorm:/run/sandstorm", "/var/lib/sandstorm:/var/lib/sandstorm", "/run/containerd:/run/containerd", "/var/lib/containerd:/var/lib/containerd:ro"} {
 			if !slices.Contains(s.Volumes, same) {
 				t.Errorf("volumes %v lack %s (the daemon mounts these paths as the server names them)", s.Volumes, same)
 			}

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sandstorm-dev/sandstorm/images/agentimage"
+	"github.com/sandstorm-dev/sandstorm/images/serverimage"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/backends"
 )
@@ -22,6 +23,7 @@ func newImageBuild() *cobra.Command {
 		o        agentimage.Options
 		rt       string
 		noImport bool
+		server   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "build",
@@ -32,19 +34,39 @@ daemon: debootstrap, apt, npm ci of the committed lockfile. The result is one ta
 (default build/sandstorm-agent.tar) that containerd, Docker and Podman all import;
 it is then imported into the selected backend unless it already holds it.
 Stages are cached under /var/cache/sandstorm/agent-image: with unchanged inputs a
-rebuild takes seconds. Needs root.`,
+rebuild takes seconds. Needs root.
+
+With --server it builds the image of ds serve itself instead (default
+build/sandstorm-server.tar, localhost/sandstorm-server): this ds binary, the C
+library it links and the host's CA certificates, nothing else; see
+deploy/compose.yaml.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Log = cmd.ErrOrStderr()
-			res, err := agentimage.Build(cmd.Context(), o)
-			if err != nil {
-				return err
+			var path string
+			if server {
+				out := o.Output
+				if !cmd.Flags().Changed("output") {
+					out = serverimage.DefaultOutput
+				}
+				res, err := serverimage.Build(cmd.Context(), serverimage.Options{Output: out, Log: o.Log})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "==> image built: %s (%.1f MB) %v\n", res.Path, float64(res.Size)/1e6, res.References)
+				path = res.Path
+			} else {
+				res, err := agentimage.Build(cmd.Context(), o)
+				if err != nil {
+					return err
+				}
+				state := "built"
+				if res.Cached {
+					state = "up to date"
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "==> image %s: %s (%.1f MB) %v\n", state, res.Path, float64(res.Size)/1e6, res.References)
+				path = res.Path
 			}
-			state := "built"
-			if res.Cached {
-				state = "up to date"
-			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "==> image %s: %s (%.1f MB) %v\n", state, res.Path, float64(res.Size)/1e6, res.References)
 			if noImport {
 				return nil
 			}
@@ -53,10 +75,11 @@ rebuild takes seconds. Needs root.`,
 				return err
 			}
 			defer r.Close()
-			return runtime.EnsureImage(cmd.Context(), r, res.Path, cmd.ErrOrStderr())
+			return runtime.EnsureImage(cmd.Context(), r, path, cmd.ErrOrStderr())
 		},
 	}
 	f := cmd.Flags()
+	f.BoolVar(&server, "server", false, "build the image of ds serve itself (this binary) instead of the agent image")
 	f.StringVarP(&o.Output, "output", "o", agentimage.DefaultOutput, "where to write the image tar")
 	f.BoolVar(&o.Rebuild, "rebuild", false, "ignore every cache")
 	f.StringVar(&o.Mirror, "mirror", "", "Debian mirror URL (default: the one the host's apt uses)")
