@@ -93,6 +93,8 @@ type Engine struct {
 	manager  *session.Manager
 	pool     *pool.Pool
 	poolCtx  context.Context
+	// draining counts pools a reload replaced that are still being removed.
+	draining sync.WaitGroup
 }
 
 // settings are what the configuration files say, with the flags applied.
@@ -285,16 +287,16 @@ func (e *Engine) Reload(ctx context.Context) ([]string, error) {
 		e.log.Warn(w)
 	}
 	e.mu.Lock()
-	oldPool := e.pool
+	oldPool, poolCtx := e.pool, e.poolCtx
 	e.settings, e.manager, e.pool = st, m, nil
-	restart := oldPool != nil || e.poolCtx != nil
 	e.mu.Unlock()
 	if oldPool != nil {
 		// Its idle sandboxes run the old settings: they go, new ones come.
-		go oldPool.Close()
+		e.draining.Add(1)
+		go func() { defer e.draining.Done(); oldPool.Close() }()
 	}
-	if restart {
-		e.StartPool(e.poolCtx)
+	if poolCtx != nil {
+		e.StartPool(poolCtx)
 	}
 	return changed, nil
 }
@@ -454,7 +456,8 @@ func (e *Engine) StartPool(ctx context.Context) *pool.Pool {
 	return e.pool
 }
 
-// ClosePool removes the warm pool's sandboxes and stops refilling it.
+// ClosePool removes the warm pool's sandboxes (and those of pools a
+// reload replaced) and stops refilling it.
 func (e *Engine) ClosePool() {
 	e.mu.Lock()
 	p := e.pool
@@ -463,6 +466,7 @@ func (e *Engine) ClosePool() {
 	if p != nil {
 		p.Close()
 	}
+	e.draining.Wait()
 }
 
 // WebhookSecretEnv holds the secret webhooks are signed with.
