@@ -11,7 +11,7 @@ CI_ENV := set -a; [ -r /run/sandstorm/ci.env ] && . /run/sandstorm/ci.env; set +
 # PHASE NAME CMD...: a start line, a heartbeat every 10s, the duration.
 PHASE := ./scripts/phase.sh
 
-.PHONY: all build test unit lint bench testimage agentimage setup demo smoke clean
+.PHONY: all build test unit lint bench testimage agentimage setup demo smoke clean k8s-build
 
 all: build
 
@@ -31,6 +31,12 @@ agentimage: build
 ## setup: install and start containerd, Docker and Podman (root and rootless) — needs root
 setup:
 	@$(PHASE) "host setup" ./scripts/host-setup.sh
+
+## k8s-build: build kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kubectl
+## (K8S_VERSION, default 1.35.4) from the Go module proxy into /var/cache/sandstorm/k8s (the
+## Kubernetes backend's test cluster; not part of make test yet)
+k8s-build:
+	./scripts/k8s-build.sh
 
 ## demo: set up the host, build ds and the agent image, and run one agent (the README's first command).
 ## With no ANTHROPIC_API_KEY the scripted demo model answers (offline); with one, the real model.
