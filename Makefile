@@ -11,7 +11,7 @@ CI_ENV := set -a; [ -r /run/sandstorm/ci.env ] && . /run/sandstorm/ci.env; set +
 # PHASE NAME CMD...: a start line, a heartbeat every 10s, the duration.
 PHASE := ./scripts/phase.sh
 
-.PHONY: all build test unit lint bench testimage agentimage setup demo smoke clean k8s-build
+.PHONY: all build test unit lint bench testimage agentimage setup demo smoke clean k8s-build k8s-up
 
 all: build
 
@@ -37,6 +37,11 @@ setup:
 ## Kubernetes backend's test cluster; not part of make test yet)
 k8s-build:
 	./scripts/k8s-build.sh
+
+## k8s-up: a single-node Kubernetes on this host (etcd, control plane, a kubelet on a containerd of its
+## own, all on 127.0.0.1, the pause image built here); prints its KUBECONFIG. Not part of make test yet.
+k8s-up:
+	./scripts/k8s-up.sh
 
 ## demo: set up the host, build ds and the agent image, and run one agent (the README's first command).
 ## With no ANTHROPIC_API_KEY the scripted demo model answers (offline); with one, the real model.
