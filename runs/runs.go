@@ -190,9 +190,7 @@ func (s *Service) Admit(ctx context.Context, req api.Request, queued func(positi
 	wait, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	s.register(id, cancel)
-	asked := time.Now()
-	run, err := s.eng.Admit(wait, s.target(req, id), queued)
-	s.opts.Metrics.QueueWait(time.Since(asked))
+	run, err := s.admit(wait, req, id, queued)
 	if err != nil {
 		s.unregister(id)
 		s.forget(id)
@@ -220,6 +218,15 @@ func (s *Service) forget(id string) {
 	if err := s.store.Discard(context.Background(), id); err != nil {
 		s.log.Error("run store", "run_id", id, "err", err)
 	}
+}
+
+// admit admits run id's req through the engine (files handed back to the
+// store), counting how long it waited for its slot.
+func (s *Service) admit(ctx context.Context, req api.Request, id string, queued func(position int)) (api.Run, error) {
+	asked := time.Now()
+	run, err := s.eng.Admit(ctx, s.target(req, id), queued)
+	s.opts.Metrics.QueueWait(time.Since(asked))
+	return run, err
 }
 
 // target sets where req's files are handed back.
@@ -267,9 +274,7 @@ func (s *Service) Detach(ctx, life context.Context, req api.Request) (string, er
 	go func() {
 		defer s.detached.Done()
 		defer cancel(nil)
-		asked := time.Now()
-		run, err := s.eng.Admit(ctx, s.target(req, id), func(int) { accept(nil) })
-		s.opts.Metrics.QueueWait(time.Since(asked))
+		run, err := s.admit(ctx, req, id, func(int) { accept(nil) })
 		if err != nil {
 			if accept(err) {
 				// Refused before it was queued: the caller says so.
@@ -404,10 +409,7 @@ func (r *recorder) send(ev json.RawMessage) error {
 }
 
 func (s *Service) start(ctx context.Context, id string, run api.Run, emit Emit) (api.Outcome, error) {
-	if !hasRunID(ctx) {
-		ctx = logctx.With(ctx, "run_id", id)
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
+	ctx, cancel := context.WithCancelCause(logctx.With(ctx, "run_id", id))
 	defer cancel(nil)
 	s.mu.Lock()
 	if _, ok := s.live[id]; !ok {
@@ -433,16 +435,6 @@ func (s *Service) start(ctx context.Context, id string, run api.Run, emit Emit) 
 	}
 	s.finish(ctx, id, rec, out, err)
 	return out, err
-}
-
-// hasRunID reports whether ctx's log attributes name a run already.
-func hasRunID(ctx context.Context) bool {
-	for _, a := range logctx.Attrs(ctx) {
-		if a.Key == "run_id" {
-			return true
-		}
-	}
-	return false
 }
 
 // finish records how run id ended, logs it, wakes its followers and sends

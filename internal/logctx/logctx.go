@@ -6,17 +6,20 @@ package logctx
 import (
 	"context"
 	"log/slog"
+	"slices"
 )
 
 type key struct{}
 
 // With returns ctx carrying args (slog's key-value pairs or Attrs) on top
-// of those it carries already.
+// of those it carries already; a key it carries already takes the new
+// value, so a line never names one thing twice.
 func With(ctx context.Context, args ...any) context.Context {
 	r := slog.Record{}
 	r.Add(args...)
 	attrs := append([]slog.Attr(nil), Attrs(ctx)...)
 	r.Attrs(func(a slog.Attr) bool {
+		attrs = slices.DeleteFunc(attrs, func(old slog.Attr) bool { return old.Key == a.Key })
 		attrs = append(attrs, a)
 		return true
 	})

@@ -33,4 +33,9 @@ func TestHandler(t *testing.T) {
 	if n := len(Attrs(With(ctx, "x", 1))); n != 3 || len(Attrs(ctx)) != 2 {
 		t.Errorf("attrs %d and %d", n, len(Attrs(ctx)))
 	}
+	// A key given again takes the new value, once.
+	again := Attrs(With(ctx, "run_id", "run-2"))
+	if len(again) != 2 || again[1].Key != "run_id" || again[1].Value.String() != "run-2" || Attrs(ctx)[1].Value.String() != "run-1" {
+		t.Errorf("run_id given again: %v (parent %v)", again, Attrs(ctx))
+	}
 }
