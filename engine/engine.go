@@ -87,12 +87,14 @@ type Engine struct {
 	slotDir string
 
 	// mu guards what a reload replaces: the settings and the manager of
-	// new runs (running ones keep theirs), and the warm pool.
+	// new runs (running ones keep theirs; the manager holds the warm
+	// pool), and the pool's context while one is wanted.
 	mu       sync.Mutex
 	settings settings
 	manager  *session.Manager
-	pool     *pool.Pool
 	poolCtx  context.Context
+	// reloading makes reloads (SIGHUP and a file change at once) one at a time.
+	reloading sync.Mutex
 	// draining counts pools a reload replaced that are still being removed.
 	draining sync.WaitGroup
 }
@@ -263,6 +265,8 @@ var restartOnly = []string{"isolation", "state_dir", "run_retention", "run_store
 // warm pool is started afresh with them; on an error nothing changes. It
 // returns the keys that changed (limits' and sandstorm.json's).
 func (e *Engine) Reload(ctx context.Context) ([]string, error) {
+	e.reloading.Lock()
+	defer e.reloading.Unlock()
 	st, err := e.opts.load()
 	if err != nil {
 		return nil, err
@@ -287,8 +291,8 @@ func (e *Engine) Reload(ctx context.Context) ([]string, error) {
 		e.log.Warn(w)
 	}
 	e.mu.Lock()
-	oldPool, poolCtx := e.pool, e.poolCtx
-	e.settings, e.manager, e.pool = st, m, nil
+	oldPool, poolCtx := e.manager.Pool(), e.poolCtx
+	e.settings, e.manager = st, m
 	e.mu.Unlock()
 	if oldPool != nil {
 		// Its idle sandboxes run the old settings: they go, new ones come.
@@ -452,16 +456,15 @@ func (e *Engine) StartPool(ctx context.Context) *pool.Pool {
 	if l.Pool.Size == 0 {
 		return nil
 	}
-	e.pool = e.manager.StartPool(ctx, pool.Config{Size: l.Pool.Size, MaxRefill: l.Pool.MaxRefillConcurrency}, e.log)
-	return e.pool
+	return e.manager.StartPool(ctx, pool.Config{Size: l.Pool.Size, MaxRefill: l.Pool.MaxRefillConcurrency}, e.log)
 }
 
 // ClosePool removes the warm pool's sandboxes (and those of pools a
 // reload replaced) and stops refilling it.
 func (e *Engine) ClosePool() {
 	e.mu.Lock()
-	p := e.pool
-	e.pool, e.poolCtx = nil, nil
+	p := e.manager.Pool()
+	e.poolCtx = nil
 	e.mu.Unlock()
 	if p != nil {
 		p.Close()

@@ -19,10 +19,11 @@ import (
 // runs that start after it (a new pids limit in the new sandbox's cgroup,
 // its warm pool started afresh) and leaves a running one as it was; an
 // invalid file, or a key only a restart applies, is logged by name and the
-// running configuration kept; SIGHUP reloads sandstorm.json.
+// running configuration kept; SIGHUP reloads sandstorm.json; shutting
+// down leaves nothing, the pools reloads replaced included.
 func TestServeReload(t *testing.T) {
 	const backend = "containerd"
-	agentBackend(t, backend)
+	rt := agentBackend(t, backend)
 	dir := t.TempDir()
 	limits := filepath.Join(dir, "config", "limits.yaml")
 	os.MkdirAll(filepath.Dir(limits), 0o755)
@@ -107,5 +108,14 @@ func TestServeReload(t *testing.T) {
 	logged("trigger=SIGHUP")
 	if h := testenv.Health(t, srv.url); h.Status != api.HealthOK {
 		t.Errorf("after SIGHUP: %+v", h)
+	}
+
+	// Shut down with two runs going and pools replaced by reloads: nothing
+	// of the server's is left, sandboxes or sessions.
+	pid := srv.cmd.Process.Pid
+	srv.cmd.Process.Signal(syscall.SIGTERM)
+	srv.cmd.Wait()
+	if sb, ss := owned(t, rt, pid); len(sb) != 0 || len(ss) != 0 {
+		t.Errorf("after shutdown: %v and %v left", sb, ss)
 	}
 }
