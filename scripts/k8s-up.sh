@@ -18,6 +18,11 @@ B=${SANDSTORM_K8S_CACHE:-/var/cache/sandstorm/k8s}/v$VERSION/bin
 S=/var/lib/sandstorm/k8s
 R=/run/sandstorm/k8s
 L=/var/log/sandstorm
+# The node's address: on an interface of its own, so the API server
+# reaches the kubelet (logs, attach, exec) and Pods reach sandstorm's
+# gateway at an address of this host that no other network uses.
+NODE_IP=${SANDSTORM_K8S_NODE_IP:-10.245.0.1}
+NS=${SANDSTORM_K8S_NAMESPACE:-sandstorm}
 export PATH=/usr/local/go/bin:$PATH
 T0=$(date +%s.%N)
 since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1fs", b - a }'; }
@@ -29,7 +34,15 @@ K() { "$B/kubectl" --kubeconfig "$S/admin.kubeconfig" "$@"; }
 "$here/k8s-build.sh"
 command -v etcd >/dev/null || { say "packages: installing etcd-server"; DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends etcd-server >/dev/null; }
 
-if [[ -f $S/admin.kubeconfig ]] && K get --raw /readyz >/dev/null 2>&1 && K get node sandstorm-k8s -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -q True; then
+if ! ip -4 addr show dev sk8s-node 2>/dev/null | grep -q "inet $NODE_IP/"; then
+  # A bridge with no ports: this kernel has no dummy interfaces.
+  ip link add sk8s-node type bridge 2>/dev/null || true
+  ip addr add "$NODE_IP/32" dev sk8s-node 2>/dev/null || true
+  ip link set sk8s-node up
+  say "node address: $NODE_IP on sk8s-node"
+fi
+
+if [[ -f $S/admin.kubeconfig ]] && pgrep -f "^$B/kubelet " >/dev/null && K get --raw /readyz >/dev/null 2>&1 && K get node sandstorm-k8s -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -q True; then
   say "kubernetes v$VERSION: already up (KUBECONFIG=$S/admin.kubeconfig)"
   exit 0
 fi
@@ -106,7 +119,7 @@ start etcd etcd --data-dir $S/etcd --listen-client-urls http://127.0.0.1:2379 --
 start apiserver $B/kube-apiserver --etcd-servers http://127.0.0.1:2379 --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port 6443 \
   --service-cluster-ip-range 10.96.0.0/24 --client-ca-file $S/pki/ca.crt --tls-cert-file $S/pki/apiserver.crt --tls-private-key-file $S/pki/apiserver.key \
   --service-account-key-file $S/pki/sa.pub --service-account-signing-key-file $S/pki/sa.key --service-account-issuer https://kubernetes.default.svc \
-  --authorization-mode RBAC --kubelet-client-certificate $S/pki/admin.crt --kubelet-client-key $S/pki/admin.key
+  --kubelet-preferred-address-types InternalIP,Hostname --authorization-mode RBAC --kubelet-client-certificate $S/pki/admin.crt --kubelet-client-key $S/pki/admin.key
 wait_for "kube-apiserver: ready" 90 K get --raw /readyz
 start controller-manager $B/kube-controller-manager --kubeconfig $S/admin.kubeconfig --authentication-kubeconfig $S/admin.kubeconfig --authorization-kubeconfig $S/admin.kubeconfig \
   --service-account-private-key-file $S/pki/sa.key --root-ca-file $S/pki/ca.crt --cluster-signing-cert-file $S/pki/ca.crt --cluster-signing-key-file $S/pki/ca.key \
@@ -130,18 +143,28 @@ kind: KubeletConfiguration
 cgroupDriver: cgroupfs
 failCgroupV1: false
 failSwapOn: false
-address: 127.0.0.1
+address: $NODE_IP
+healthzBindAddress: 127.0.0.1
+podPidsLimit: ${SANDSTORM_K8S_POD_PIDS:-1024}
 authentication: {anonymous: {enabled: false}, webhook: {enabled: false}, x509: {clientCAFile: $S/pki/ca.crt}}
 authorization: {mode: AlwaysAllow}
 tlsCertFile: $S/pki/apiserver.crt
 tlsPrivateKeyFile: $S/pki/apiserver.key
 containerRuntimeEndpoint: unix://$R/containerd.sock
-cgroupsPerQOS: false
+cgroupsPerQOS: true
 enforceNodeAllocatable: []
 evictionHard: {}
 imageGCHighThresholdPercent: 100
 resolvConf: /etc/resolv.conf
 EOT
-start kubelet $B/kubelet --kubeconfig $S/admin.kubeconfig --config $S/kubelet.yaml --root-dir $S/kubelet --hostname-override sandstorm-k8s --node-ip 127.0.0.1
+# sandstorm's seccomp profile, where the kubelet looks for Localhost ones
+# (SANDSTORM_K8S_SECCOMP_PROFILE=sandstorm.json selects it).
+mkdir -p $S/kubelet/seccomp
+cp "$repo/oci/seccomp.json" $S/kubelet/seccomp/sandstorm.json
+start kubelet $B/kubelet --kubeconfig $S/admin.kubeconfig --config $S/kubelet.yaml --root-dir $S/kubelet --hostname-override sandstorm-k8s --node-ip $NODE_IP
 wait_for "node sandstorm-k8s: Ready" 120 sh -c "'$B/kubectl' --kubeconfig '$S/admin.kubeconfig' get node sandstorm-k8s -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -q True"
+# sandstorm's namespace, Pod Security restricted enforced.
+K create namespace "$NS" --dry-run=client -o yaml | K apply -f - >/dev/null
+K label --overwrite namespace "$NS" pod-security.kubernetes.io/enforce=restricted pod-security.kubernetes.io/warn=restricted >/dev/null
+say "namespace $NS: Pod Security restricted enforced"
 say "kubernetes v$VERSION up ($(since "$T0")): KUBECONFIG=$S/admin.kubeconfig"

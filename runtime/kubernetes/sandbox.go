@@ -1,0 +1,369 @@
+package kubernetes
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/httpstream"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/remotecommand"
+
+	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/backend"
+)
+
+type podClient = typedcorev1.PodInterface
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// errPodGone: the Pod was deleted while we waited on it.
+var errPodGone = errors.New("pod is gone")
+
+type sandbox struct {
+	rt         *Runtime
+	id         string
+	unenforced []runtime.Item
+	scratch    string
+
+	mu      sync.Mutex
+	started bool
+	// done is closed when the attach ended: every byte of output was delivered.
+	done      chan struct{}
+	streamErr error
+	removed   bool
+}
+
+func (s *sandbox) ID() string                 { return s.id }
+func (s *sandbox) Unenforced() []runtime.Item { return s.unenforced }
+
+// waitPod watches Pod name until done says so; errPodGone when it is deleted.
+func (r *Runtime) waitPod(ctx context.Context, name string, done func(*corev1.Pod) (bool, error)) (*corev1.Pod, error) {
+	for {
+		p, err := r.pods().Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil, errPodGone
+		}
+		if err != nil {
+			return nil, err
+		}
+		if ok, err := done(p); ok || err != nil {
+			return p, err
+		}
+		w, err := r.pods().Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + name, ResourceVersion: p.ResourceVersion})
+		if err != nil {
+			return nil, err
+		}
+		for ev := range w.ResultChan() {
+			if ev.Type == watch.Deleted {
+				w.Stop()
+				return nil, errPodGone
+			}
+			p, isPod := ev.Object.(*corev1.Pod)
+			if !isPod {
+				break
+			}
+			if ok, err := done(p); ok || err != nil {
+				w.Stop()
+				return p, err
+			}
+		}
+		w.Stop()
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// startFailures are container waiting reasons that will not resolve by
+// themselves.
+var startFailures = map[string]bool{
+	"ErrImagePull": true, "ImagePullBackOff": true, "ErrImageNeverPull": true, "InvalidImageName": true,
+	"CreateContainerConfigError": true, "CreateContainerError": true, "RunContainerError": true, "CrashLoopBackOff": true,
+}
+
+// startFailure is a container that will not start; an image that cannot
+// be pulled is runtime.ErrNotFound, as on the other backends.
+func startFailure(pod, container string, w *corev1.ContainerStateWaiting) error {
+	err := fmt.Errorf("pod %s: container %s: %s: %s", pod, container, w.Reason, w.Message)
+	if strings.Contains(w.Reason, "Image") {
+		return fmt.Errorf("%w: %w", runtime.ErrNotFound, err)
+	}
+	return err
+}
+
+// ready waits until both containers run (the sandbox's waits at its gate),
+// at most StartTimeout.
+func (s *sandbox) ready(ctx context.Context) error {
+	wctx, cancel := context.WithTimeout(ctx, s.rt.cfg.StartTimeout)
+	defer cancel()
+	var last *corev1.Pod
+	_, err := s.rt.waitPod(wctx, s.id, func(p *corev1.Pod) (bool, error) {
+		last = p
+		if p.Status.Phase == corev1.PodFailed || p.Status.Phase == corev1.PodSucceeded {
+			return false, fmt.Errorf("pod %s ended before its process started: %s %s", s.id, p.Status.Reason, p.Status.Message)
+		}
+		for _, c := range p.Status.InitContainerStatuses {
+			if w := c.State.Waiting; w != nil && startFailures[w.Reason] {
+				return false, startFailure(s.id, c.Name, w)
+			}
+			if t := c.State.Terminated; t != nil && t.ExitCode != 0 {
+				return false, fmt.Errorf("pod %s: init container %s failed: %s (exit %d) %s", s.id, c.Name, t.Reason, t.ExitCode, t.Message)
+			}
+		}
+		running := 0
+		for _, c := range p.Status.ContainerStatuses {
+			if w := c.State.Waiting; w != nil && startFailures[w.Reason] {
+				return false, startFailure(s.id, c.Name, w)
+			}
+			if t := c.State.Terminated; t != nil {
+				return false, fmt.Errorf("pod %s: container %s ended before its process started: %s (exit %d) %s", s.id, c.Name, t.Reason, t.ExitCode, t.Message)
+			}
+			if c.State.Running != nil {
+				running++
+			}
+		}
+		return running == 2, nil
+	})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+		why := "its containers did not start"
+		if last != nil {
+			for _, c := range last.Status.Conditions {
+				if c.Type == corev1.PodScheduled && c.Status != corev1.ConditionTrue {
+					why = "no node could take it: " + c.Message
+				}
+			}
+		}
+		return fmt.Errorf("%w: kubernetes: pod %s not running within %v: %s", runtime.ErrUnavailable, s.id, s.rt.cfg.StartTimeout, why)
+	case errors.Is(err, errPodGone):
+		return fmt.Errorf("kubernetes: pod %s was deleted before it started", s.id)
+	}
+	return s.rt.apiErr("start Pod "+s.id, err)
+}
+
+// stream connects to a streaming subresource (attach, exec) of the Pod:
+// over WebSocket, or SPDY for an API server that does not upgrade.
+func (s *sandbox) stream(ctx context.Context, sub string, params kruntime.Object, o remotecommand.StreamOptions) error {
+	req := s.rt.client.CoreV1().RESTClient().Post().Namespace(s.rt.cfg.Namespace).Resource("pods").Name(s.id).SubResource(sub).
+		VersionedParams(params, scheme.ParameterCodec)
+	ws, err := remotecommand.NewWebSocketExecutor(s.rt.rest, "GET", req.URL().String())
+	if err != nil {
+		return err
+	}
+	spdy, err := remotecommand.NewSPDYExecutor(s.rt.rest, "POST", req.URL())
+	if err != nil {
+		return err
+	}
+	exec, err := remotecommand.NewFallbackExecutor(ws, spdy, func(err error) bool {
+		return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
+	})
+	if err != nil {
+		return err
+	}
+	return exec.StreamWithContext(ctx, o)
+}
+
+// exec runs cmd in container, with stdin, and returns its stdout.
+func (s *sandbox) exec(ctx context.Context, container string, cmd []string, stdin io.Reader, stdout io.Writer) error {
+	var stderr bytes.Buffer
+	err := s.stream(ctx, "exec", &corev1.PodExecOptions{Container: container, Command: cmd, Stdin: stdin != nil, Stdout: stdout != nil, Stderr: true},
+		remotecommand.StreamOptions{Stdin: stdin, Stdout: stdout, Stderr: &stderr})
+	if err != nil {
+		if msg := strings.TrimSpace(stderr.String()); msg != "" {
+			return fmt.Errorf("%s: %w: %s", strings.Join(cmd, " "), err, msg)
+		}
+		return fmt.Errorf("%s: %w", strings.Join(cmd, " "), err)
+	}
+	return nil
+}
+
+// Start attaches to the sandbox container and opens its gate: the process
+// starts only once its output has somewhere to go.
+func (s *sandbox) Start(ctx context.Context, streams runtime.IO) error {
+	s.mu.Lock()
+	if s.started {
+		s.mu.Unlock()
+		return fmt.Errorf("sandbox %s already started", s.id)
+	}
+	s.started = true
+	s.mu.Unlock()
+	stdin, gateW := io.Pipe()
+	// The attach outlives Start: it ends with the process, or with Remove.
+	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	go func() {
+		defer cancel()
+		err := s.stream(actx, "attach", &corev1.PodAttachOptions{Container: sandboxContainer, Stdin: true, Stdout: true, Stderr: true},
+			remotecommand.StreamOptions{Stdin: stdin, Stdout: backend.OrDiscard(streams.Stdout), Stderr: backend.OrDiscard(streams.Stderr)})
+		stdin.CloseWithError(io.EOF)
+		s.mu.Lock()
+		s.streamErr = err
+		s.mu.Unlock()
+		close(s.done)
+	}()
+	opened := make(chan error, 1)
+	go func() {
+		// The pipe hands the line over only once the attach reads it.
+		_, err := gateW.Write([]byte("go\n"))
+		gateW.Close()
+		opened <- err
+	}()
+	select {
+	case err := <-opened:
+		if err != nil {
+			return fmt.Errorf("kubernetes: attach to pod %s: %w", s.id, s.attachErr(err))
+		}
+		return nil
+	case <-ctx.Done():
+		cancel()
+		return ctx.Err()
+	}
+}
+
+func (s *sandbox) attachErr(err error) error {
+	<-s.done
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.streamErr != nil {
+		return s.rt.apiErr("attach", s.streamErr)
+	}
+	return err
+}
+
+// Wait waits for the attach to end (all output delivered) and the sandbox
+// container to be terminated, and reads how it ended from its status.
+func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
+	s.mu.Lock()
+	started := s.started
+	s.mu.Unlock()
+	if !started {
+		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.id)
+	}
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+		return runtime.ExitStatus{}, ctx.Err()
+	}
+	s.mu.Lock()
+	streamErr := s.streamErr
+	s.mu.Unlock()
+	var term *corev1.ContainerStateTerminated
+	_, err := s.rt.waitPod(ctx, s.id, func(p *corev1.Pod) (bool, error) {
+		for _, c := range p.Status.ContainerStatuses {
+			if c.Name == sandboxContainer && c.State.Terminated != nil {
+				term = c.State.Terminated
+				return true, nil
+			}
+		}
+		// The attach broke while the process runs on: its output is lost
+		// from here, and so is the run.
+		if streamErr != nil {
+			return false, fmt.Errorf("%w: kubernetes: the attach to pod %s broke: %w", runtime.ErrUnavailable, s.id, streamErr)
+		}
+		return false, nil
+	})
+	if errors.Is(err, errPodGone) {
+		return runtime.ExitStatus{}, fmt.Errorf("%w: kubernetes: pod %s was deleted before its exit was seen", runtime.ErrUnavailable, s.id)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return runtime.ExitStatus{}, ctx.Err()
+		}
+		if errors.Is(err, runtime.ErrUnavailable) {
+			return runtime.ExitStatus{}, err
+		}
+		return runtime.ExitStatus{}, s.rt.apiErr("wait for pod "+s.id, err)
+	}
+	return backend.Exit(int(term.ExitCode), term.FinishedAt.Time, term.Reason == "OOMKilled"), nil
+}
+
+// Kill sends SIGKILL to every process of the sandbox but its gate, which
+// then exits with the process's status.
+func (s *sandbox) Kill(ctx context.Context) error {
+	err := s.exec(ctx, sandboxContainer, []string{"/bin/sh", "-c", "kill -9 -1"}, nil, io.Discard)
+	if err == nil {
+		return nil
+	}
+	// A container that ended already has nothing to kill.
+	p, gerr := s.rt.pods().Get(ctx, s.id, metav1.GetOptions{})
+	if apierrors.IsNotFound(gerr) {
+		return nil
+	}
+	if gerr == nil {
+		for _, c := range p.Status.ContainerStatuses {
+			if c.Name == sandboxContainer && c.State.Running == nil {
+				return nil
+			}
+		}
+	}
+	return s.rt.apiErr("kill sandbox "+s.id, err)
+}
+
+// Remove deletes the Pod and the workspace copy; it is safe to call again.
+func (s *sandbox) Remove(ctx context.Context) error {
+	if err := s.rt.remove(ctx, s.id, s.scratch); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.removed = true
+	s.mu.Unlock()
+	return nil
+}
+
+// Workspace copies the workspace out of the keeper (once) and opens the copy.
+func (s *sandbox) Workspace() (*os.Root, error) {
+	dir := filepath.Join(s.scratch, "workspace")
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if err := s.getFiles(ctx, dir); err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("kubernetes: copy the workspace out of pod %s: %w", s.id, err)
+		}
+	}
+	return os.OpenRoot(dir)
+}
+
+// putFiles writes files into the workspace through the keeper, as the
+// sandbox user: a tar stream into tar.
+func (s *sandbox) putFiles(ctx context.Context, files []runtime.File) error {
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(writeTar(pw, files)) }()
+	err := s.exec(ctx, keeperContainer, []string{"tar", "-x", "-o", "-f", "-", "-C", oci.Workspace}, pr, io.Discard)
+	pr.Close()
+	return err
+}
+
+// getFiles reads the workspace out of the keeper into dir.
+func (s *sandbox) getFiles(ctx context.Context, dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		err := readTar(pr, dir)
+		pr.CloseWithError(err)
+		done <- err
+	}()
+	err := s.exec(ctx, keeperContainer, []string{"tar", "-c", "-f", "-", "-C", oci.Workspace, "."}, nil, pw)
+	pw.CloseWithError(err)
+	return errors.Join(err, <-done)
+}
