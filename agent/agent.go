@@ -88,7 +88,30 @@ type Runner struct {
 	Secrets     []egress.Secret
 	CA          *egress.CA
 	EgressRoots *x509.CertPool
+	// GatewayAddr is where sandboxes that cannot have the session's socket
+	// mounted (a backend that enforces no bind mounts: Pods on other
+	// hosts) reach the gateway over TCP (gateway.ServeTCP); GatewayCA,
+	// when the gateway serves TLS there, is the CA they verify it with.
+	GatewayAddr string
+	GatewayCA   []byte
 	Logger      *slog.Logger
+}
+
+// remote reports whether the runtime's sandboxes reach the gateway over
+// the network rather than through a mounted socket.
+func (r *Runner) remote(ctx context.Context) (bool, error) {
+	caps, err := r.Runtime.Capabilities(ctx)
+	if err != nil {
+		return false, err
+	}
+	if caps.Enforced(runtime.ItemBindMounts) {
+		return false, nil
+	}
+	if r.GatewayAddr == "" {
+		return false, fmt.Errorf("%w: the %s backend cannot mount the gateway's socket into a sandbox (%s): serve the gateway on TCP at an address its sandboxes reach (--gateway-listen)",
+			config.ErrInvalid, r.Runtime.Name(), caps[runtime.ItemBindMounts].Reason)
+	}
+	return true, nil
 }
 
 // caFile is the egress CA's certificate in the session directory, which the
@@ -360,7 +383,11 @@ func (r *Runner) begin(ctx context.Context, job Job, send func(json.RawMessage))
 			}
 		}
 	}()
-	if r.Egress != nil && r.CA != nil {
+	remote, err := r.remote(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if r.Egress != nil && r.CA != nil && !remote {
 		if err := os.WriteFile(filepath.Join(m.sess.Dir, caFile), r.CA.CertPEM(), 0o644); err != nil {
 			return nil, fmt.Errorf("egress CA certificate: %w", err)
 		}
@@ -392,8 +419,21 @@ func (r *Runner) begin(ctx context.Context, job Job, send func(json.RawMessage))
 		image = agentimage.Ref
 	}
 	policy := r.Policy
-	policy.Mounts = append(append([]oci.Mount(nil), policy.Mounts...), oci.Mount{Source: m.sess.Dir, Target: agentimage.MountDir, ReadOnly: true})
 	env := append(append([]string{agentimage.TokenEnv + "=" + m.sess.Token}, job.Env...), secretEnv...)
+	if remote {
+		env = append(env, agentimage.GatewayAddrEnv+"="+r.GatewayAddr)
+		if len(r.GatewayCA) > 0 {
+			env = append(env, agentimage.GatewayCAEnv+"="+string(r.GatewayCA))
+		}
+		if r.Egress != nil {
+			env = append(env, agentimage.GatewayEgressEnv+"=1")
+			if r.CA != nil {
+				env = append(env, agentimage.EgressCAEnv+"="+string(r.CA.CertPEM()))
+			}
+		}
+	} else {
+		policy.Mounts = append(append([]oci.Mount(nil), policy.Mounts...), oci.Mount{Source: m.sess.Dir, Target: agentimage.MountDir, ReadOnly: true})
+	}
 	if m.warm {
 		env = append(env, agentimage.WaitEnv+"=1")
 	}

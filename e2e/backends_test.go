@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"os"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
 	"github.com/sandstorm-dev/sandstorm/runtime/docker"
+	"github.com/sandstorm-dev/sandstorm/runtime/kubernetes"
 	"github.com/sandstorm-dev/sandstorm/runtime/podman"
 )
 
@@ -72,6 +74,20 @@ func TestPodmanGVisor(t *testing.T) {
 	d := testenv.StartPodman(t, "e2e-podman-gvisor", "--runtime", runtime.GVisorRuntime)
 	scenarios(t, backend{name: "podman+gvisor", allow: gvisorAllow, open: func(ctx context.Context) (runtime.Runtime, error) {
 		return podman.New(ctx, podman.Config{Socket: d.Address, Isolation: runtime.IsolationGVisor})
+	}})
+}
+
+// kubernetesAllow are the items a Pod cannot have that a default policy
+// needs (see runtime/kubernetes): the runs allow them, and the stream says so.
+var kubernetesAllow = []runtime.Item{runtime.ItemPidsLimit, runtime.ItemNosuidMounts, runtime.ItemNetworkNone}
+
+// TestKubernetes runs the same agent as a Pod on the cluster $KUBECONFIG
+// names (scripts/k8s-up.sh), reaching the gateway over TCP at the node's
+// address of this host.
+func TestKubernetes(t *testing.T) {
+	host := cmp.Or(os.Getenv("SANDSTORM_K8S_GATEWAY_HOST"), "10.245.0.1")
+	scenarios(t, backend{name: "kubernetes", allow: kubernetesAllow, gatewayHost: host, open: func(ctx context.Context) (runtime.Runtime, error) {
+		return kubernetes.New(ctx, kubernetes.FromEnv("", ""))
 	}})
 }
 

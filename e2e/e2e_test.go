@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -31,6 +32,9 @@ type backend struct {
 	name  string // as in SANDSTORM_REQUIRE_RUNTIMES
 	open  func(ctx context.Context) (runtime.Runtime, error)
 	allow []runtime.Item
+	// gatewayHost, for sandboxes on a cluster's nodes, is the address of
+	// this host they reach the gateway's TCP side at.
+	gatewayHost string
 }
 
 // run runs one scenario on rt and returns the events and what the model server saw.
@@ -74,6 +78,15 @@ func runHow(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job, con
 	}
 	r := &agent.Runner{Runtime: rt, Gateway: gw,
 		Policy: oci.Policy{MemoryBytes: 2 << 30}, AllowUnenforced: b.allow}
+	if b.gatewayHost != "" {
+		l, err := net.Listen("tcp", net.JoinHostPort(b.gatewayHost, "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go gw.ServeTCP(l)
+		r.GatewayAddr = l.Addr().String()
+	}
 	if configure != nil {
 		configure(r)
 	}
@@ -108,6 +121,14 @@ func runHow(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job, con
 	})
 	if err != nil {
 		t.Fatalf("run: %v", err)
+	}
+	if !out.Success() {
+		// What the runner said is what explains a failed run.
+		for _, e := range events {
+			if e["type"] == api.TypeStderr || e["type"] == "error" {
+				t.Logf("%s: %v %v", e["type"], e["line"], e["message"])
+			}
+		}
 	}
 	assertGone(t, rt, events)
 	assertUnenforcedSaid(t, rt, events)

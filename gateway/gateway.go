@@ -104,6 +104,7 @@ func (h Hooks) call(status int) {
 type Gateway struct {
 	cfg      Config
 	upstream *url.URL
+	front    front
 }
 
 // New checks the configuration and prepares the session directory.
@@ -147,6 +148,10 @@ type Session struct {
 
 	srv    *http.Server
 	egress *http.Server
+	// modelTCP and egressTCP receive the session's connections from the
+	// gateway's TCP side (ServeTCP).
+	modelTCP, egressTCP *connListener
+	front               *front
 	meter  *meter
 	mu     sync.Mutex
 	closed bool
@@ -308,13 +313,16 @@ func (g *Gateway) Open(id string, o SessionOptions) (*Session, error) {
 		ReadHeaderTimeout: 30 * time.Second,
 		ErrorLog:          slog.NewLogLogger(g.cfg.Logger.Handler(), slog.LevelWarn),
 	}
+	s.modelTCP, s.front = newConnListener(), &g.front
 	go func() { _ = s.srv.Serve(l) }()
+	go func() { _ = s.srv.Serve(s.modelTCP) }()
 	if o.Egress != nil {
 		if err := s.serveEgress(o.Egress, g.cfg.Logger); err != nil {
 			s.Close()
 			return nil, err
 		}
 	}
+	g.front.add(s)
 	return s, nil
 }
 
@@ -328,14 +336,17 @@ func (s *Session) serveEgress(h http.Handler, log *slog.Logger) error {
 		l.Close()
 		return fmt.Errorf("gateway: egress: %w", err)
 	}
+	s.egressTCP = newConnListener()
+	var tcp net.Listener = s.egressTCP
 	// A proxy that serves more than HTTP (SOCKS5) takes its share first.
 	if w, ok := h.(interface {
 		Listener(net.Listener) net.Listener
 	}); ok {
-		l = w.Listener(l)
+		l, tcp = w.Listener(l), w.Listener(tcp)
 	}
 	s.egress = &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	go func() { _ = s.egress.Serve(l) }()
+	go func() { _ = s.egress.Serve(tcp) }()
 	return nil
 }
 
@@ -350,6 +361,7 @@ func (s *Session) Close() error {
 	s.closed = true
 	close(s.done)
 	s.mu.Unlock()
+	s.front.remove(s)
 	err := s.srv.Close()
 	if s.egress != nil {
 		err = errors.Join(err, s.egress.Close())

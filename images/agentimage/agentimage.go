@@ -80,6 +80,9 @@ func Config() imagetar.Config {
 		Env: []string{
 			"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 			"HOME=" + UserHome,
+			// tini reaps orphans also when it is not PID 1 (on Kubernetes a
+			// gate shell is), as a child subreaper.
+			"TINI_SUBREAPER=1",
 		},
 		User:       fmt.Sprintf("%d:%d", UserUID, UserGID),
 		WorkingDir: UserHome,

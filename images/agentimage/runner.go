@@ -18,6 +18,14 @@ const (
 	MountDir = "/run/sandstorm"
 	// TokenEnv passes the gateway session token to the runner.
 	TokenEnv = "SANDSTORM_MODEL_TOKEN"
+	// GatewayAddrEnv, for a sandbox on another host, is the gateway's TCP
+	// address (host:port); GatewayCAEnv the PEM of the CA its TLS
+	// certificate is verified with; GatewayEgressEnv=1 says the session has
+	// an egress proxy there, EgressCAEnv the PEM of the CA it intercepts with.
+	GatewayAddrEnv   = "SANDSTORM_GATEWAY_ADDR"
+	GatewayCAEnv     = "SANDSTORM_GATEWAY_CA"
+	GatewayEgressEnv = "SANDSTORM_GATEWAY_EGRESS"
+	EgressCAEnv      = "SANDSTORM_EGRESS_CA"
 	// WaitEnv=1 makes the runner of a warm sandbox wait for its config as
 	// long as it takes (the gateway answers when a request claims it).
 	WaitEnv = "SANDSTORM_RUNNER_WAIT"

@@ -3,7 +3,10 @@
 // Input: the model gateway's Unix socket (SANDSTORM_MODEL_SOCKET, default
 // /run/sandstorm/model.sock), which also serves the run's JSON config
 // (GET /sandstorm/runner.json with the session token: no file holds it at
-// rest), or a config file named by SANDSTORM_RUNNER_CONFIG. The sandbox has
+// rest), or a config file named by SANDSTORM_RUNNER_CONFIG. A sandbox on
+// another host (a Kubernetes Pod) reaches the gateway over TCP instead
+// (SANDSTORM_GATEWAY_ADDR, TLS when SANDSTORM_GATEWAY_CA holds the CA's
+// PEM): each connection opens with "SANDSTORM/1 <token> <service>". The sandbox has
 // no network but loopback: a tiny TCP -> Unix forwarder on 127.0.0.1 gives the
 // Claude Code CLI an HTTP base URL that reaches the gateway. The CLI
 // authenticates with the per-session token SANDSTORM_MODEL_TOKEN, which the
@@ -28,6 +31,7 @@ import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import process from 'node:process';
+import tls from 'node:tls';
 
 const CONFIG_PATH = '/sandstorm/runner.json';
 // A warm sandbox's options, served before its run (no prompt).
@@ -198,9 +202,10 @@ function readConfig(path) {
 
 // fetchText GETs a document the gateway serves the session (timeout 0:
 // none), rejecting on an HTTP status other than 200.
-function fetchText(socketPath, token, where, timeout) {
+function fetchText(gw, token, where, timeout) {
   return new Promise((resolve, reject) => {
-    const req = http.get({ socketPath, path: where, headers: { 'x-api-key': token }, timeout }, (res) => {
+    const opts = { createConnection: () => gw.dial('model'), path: where, headers: { 'x-api-key': token }, timeout };
+    const req = http.get(opts, (res) => {
       const chunks = [];
       res.on('data', (c) => chunks.push(c));
       res.on('error', reject);
@@ -218,12 +223,12 @@ function fetchText(socketPath, token, where, timeout) {
 // with warm, the warm sandbox's options). A warm sandbox's runner waits for
 // its run's config as long as it takes: the gateway answers when a request
 // has claimed the sandbox.
-async function fetchConfig(socketPath, token, { warm = false, wait = false } = {}) {
+async function fetchConfig(gw, token, { warm = false, wait = false } = {}) {
   const where = warm ? WARM_PATH : CONFIG_PATH;
-  const source = `gateway ${socketPath}${where}`;
+  const source = `${gw.where}${where}`;
   let text;
   try {
-    text = await fetchText(socketPath, token, where, wait ? 0 : CONFIG_TIMEOUT_MS);
+    text = await fetchText(gw, token, where, wait ? 0 : CONFIG_TIMEOUT_MS);
   } catch (err) {
     throw new ConfigError(`config from ${source}: ${errorText(err)}`);
   }
@@ -287,21 +292,74 @@ function isSocket(p) {
   }
 }
 
+// gatewayFrom says how the gateway is reached: through its Unix socket,
+// mounted into the sandbox (SANDSTORM_MODEL_SOCKET, the egress proxy's
+// next to it), or, for a sandbox on another host, at its TCP address
+// (SANDSTORM_GATEWAY_ADDR host:port; TLS verified with the CA in
+// SANDSTORM_GATEWAY_CA when set), where every connection first names the
+// session's token and the service. There the egress proxy is there when
+// SANDSTORM_GATEWAY_EGRESS=1, its CA in SANDSTORM_EGRESS_CA.
+function gatewayFrom(env, token) {
+  const addr = env.SANDSTORM_GATEWAY_ADDR || '';
+  if (addr === '') {
+    const socketPath = env.SANDSTORM_MODEL_SOCKET || DEFAULT_SOCKET;
+    const egressSocket = path.join(path.dirname(socketPath), EGRESS_SOCKET);
+    const caPath = path.join(path.dirname(socketPath), EGRESS_CA);
+    return {
+      where: `model socket ${socketPath}`,
+      check() {
+        try {
+          if (!fs.statSync(socketPath).isSocket()) throw new Error('not a socket');
+        } catch (err) {
+          const why = err.code === 'ENOENT' ? 'no such file' : errorText(err);
+          return `model socket ${socketPath}: ${why} (SANDSTORM_MODEL_SOCKET; the host's gateway serves it)`;
+        }
+        return '';
+      },
+      dial: (service) => net.connect({ path: service === 'egress' ? egressSocket : socketPath, allowHalfOpen: true }),
+      hasEgress: () => isSocket(egressSocket),
+      egressCA: () => (fs.existsSync(caPath) ? caPath : ''),
+    };
+  }
+  const colon = addr.lastIndexOf(':');
+  const host = addr.slice(0, colon).replace(/^\[(.*)\]$/, '$1');
+  const port = Number(addr.slice(colon + 1));
+  const ca = env.SANDSTORM_GATEWAY_CA || '';
+  return {
+    where: `gateway ${ca ? 'tls' : 'tcp'}://${addr}`,
+    check: () => (colon > 0 && port > 0 && port < 65536 ? '' : `SANDSTORM_GATEWAY_ADDR ${JSON.stringify(addr)} is not host:port`),
+    dial(service) {
+      const opts = { host, port, allowHalfOpen: true };
+      const sock = ca ? tls.connect({ ...opts, ca, servername: net.isIP(host) ? undefined : host }) : net.connect(opts);
+      sock.write(`SANDSTORM/1 ${token} ${service}\n`);
+      return sock;
+    },
+    hasEgress: () => env.SANDSTORM_GATEWAY_EGRESS === '1',
+    egressCA() {
+      if (!env.SANDSTORM_EGRESS_CA) return '';
+      const p = '/tmp/sandstorm-egress-ca.pem';
+      fs.writeFileSync(p, env.SANDSTORM_EGRESS_CA, { mode: 0o644 });
+      return p;
+    },
+  };
+}
+
 // startForwarder listens on an ephemeral 127.0.0.1 port and pipes every
-// connection, byte for byte and in both directions, to the Unix socket. It
-// never buffers a whole request or response: streamed replies stream.
-function startForwarder(socketPath, what = 'model socket') {
+// connection, byte for byte and in both directions, to the gateway's
+// service. It never buffers a whole request or response: streamed replies
+// stream.
+function startForwarder(gw, service, what) {
   const open = new Set();
   let reported = false;
   const server = net.createServer({ allowHalfOpen: true }, (client) => {
-    const upstream = net.connect({ path: socketPath, allowHalfOpen: true });
+    const upstream = gw.dial(service);
     open.add(client);
     open.add(upstream);
     client.setNoDelay(true);
     const fail = (side) => (err) => {
       if (!reported) {
         reported = true; // once: the CLI retries and would repeat it
-        logErr(`${what} ${socketPath}: ${side}: ${errorText(err)}`);
+        logErr(`${what} (${gw.where}): ${side}: ${errorText(err)}`);
       }
       client.destroy();
       upstream.destroy();
@@ -413,10 +471,10 @@ function childEnv(port, token, egressPort, caVars) {
 }
 
 // getJSON fetches a JSON document the gateway serves a session.
-async function getJSON(socketPath, token, where) {
+async function getJSON(gw, token, where) {
   let text;
   try {
-    text = await fetchText(socketPath, token, where, CONFIG_TIMEOUT_MS);
+    text = await fetchText(gw, token, where, CONFIG_TIMEOUT_MS);
   } catch (err) {
     throw new Error(`${where}: ${errorText(err)}`);
   }
@@ -519,7 +577,6 @@ async function main() {
   });
   sdk.catch(() => {}); // failures are reported where it is awaited
   const configPath = process.env.SANDSTORM_RUNNER_CONFIG || '';
-  const socketPath = process.env.SANDSTORM_MODEL_SOCKET || DEFAULT_SOCKET;
   const cwd = process.env.SANDSTORM_WORKSPACE || DEFAULT_WORKSPACE;
   const token = process.env.SANDSTORM_MODEL_TOKEN || '';
 
@@ -539,12 +596,9 @@ async function main() {
     return failWith('invalid_config', err.message);
   }
 
-  try {
-    if (!fs.statSync(socketPath).isSocket()) throw new Error('not a socket');
-  } catch (err) {
-    const why = err.code === 'ENOENT' ? 'no such file' : errorText(err);
-    return failWith('model_unreachable', `model socket ${socketPath}: ${why} (SANDSTORM_MODEL_SOCKET; the host's gateway serves it)`);
-  }
+  const gw = gatewayFrom(process.env, token);
+  const unreachable = gw.check();
+  if (unreachable !== '') return failWith('model_unreachable', unreachable);
 
   // A warm sandbox (SANDSTORM_RUNNER_WAIT=1) gets its options first and
   // starts the CLI with them, then waits for its run's config.
@@ -553,9 +607,9 @@ async function main() {
   if (cfg === undefined) {
     try {
       if (process.env.SANDSTORM_RUNNER_WAIT === '1') {
-        warmCfg = await fetchConfig(socketPath, token, { warm: true });
+        warmCfg = await fetchConfig(gw, token, { warm: true });
       } else {
-        cfg = await fetchConfig(socketPath, token);
+        cfg = await fetchConfig(gw, token);
       }
     } catch (err) {
       if (!(err instanceof ConfigError)) throw err;
@@ -565,25 +619,29 @@ async function main() {
 
   mark('config_received');
   try {
-    forwarder = await startForwarder(socketPath);
+    forwarder = await startForwarder(gw, 'model', 'model gateway');
   } catch (err) {
     const msg = `cannot listen on 127.0.0.1 for the model forwarder: ${errorText(err)} (is the loopback interface up?)`;
     return failWith('forwarder_failed', msg);
   }
   // The gateway serves an egress proxy next to the model when the run's
   // network mode is proxy.
-  const egressSocket = path.join(path.dirname(socketPath), EGRESS_SOCKET);
-  if (isSocket(egressSocket)) {
+  if (gw.hasEgress()) {
     try {
-      egressForwarder = await startForwarder(egressSocket, 'egress proxy');
+      egressForwarder = await startForwarder(gw, 'egress', 'egress proxy');
     } catch (err) {
       const msg = `cannot listen on 127.0.0.1 for the egress forwarder: ${errorText(err)}`;
       return failWith('forwarder_failed', msg);
     }
   }
   let caVars = null;
-  const caPath = path.join(path.dirname(socketPath), EGRESS_CA);
-  if (fs.existsSync(caPath)) {
+  let caPath = '';
+  try {
+    caPath = gw.egressCA();
+  } catch (err) {
+    return failWith('internal', `cannot write the egress CA: ${errorText(err)}`);
+  }
+  if (caPath !== '') {
     try {
       caVars = trustEgressCA(caPath);
     } catch (err) {
@@ -660,7 +718,7 @@ async function main() {
       mark('settled');
       // Waiting for the run tells the host this sandbox is ready.
       try {
-        cfg = await fetchConfig(socketPath, token, { wait: true });
+        cfg = await fetchConfig(gw, token, { wait: true });
       } catch (err) {
         if (!(err instanceof ConfigError)) throw err;
         return failWith('invalid_config', err.message);
@@ -670,7 +728,7 @@ async function main() {
         return failWith('invalid_config', "the run's agent options differ from the warm sandbox's");
       }
       try {
-        writeFiles(cwd, await getJSON(socketPath, token, FILES_PATH));
+        writeFiles(cwd, await getJSON(gw, token, FILES_PATH));
       } catch (err) {
         return failWith('invalid_config', `the run's files: ${errorText(err)}`);
       }
