@@ -152,9 +152,9 @@ type Session struct {
 	// gateway's TCP side (ServeTCP).
 	modelTCP, egressTCP *connListener
 	front               *front
-	meter  *meter
-	mu     sync.Mutex
-	closed bool
+	meter               *meter
+	mu                  sync.Mutex
+	closed              bool
 	// active is closed once the session serves a run (at Open, or at
 	// Activate for a pending one); done when the session is closed.
 	active, done  chan struct{}
