@@ -7,7 +7,7 @@ GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 # Loads the daemon sockets host-setup.sh found, if it ran.
-CI_ENV := set -a; [ -r /run/sandstorm/ci.env ] && . /run/sandstorm/ci.env; set +a
+CI_ENV := set -a; [ -r /run/sandstorm/ci.env ] && . /run/sandstorm/ci.env; [ -r /run/sandstorm/k8s.env ] && . /run/sandstorm/k8s.env; set +a
 # PHASE NAME CMD...: a start line, a heartbeat every 10s, the duration.
 PHASE := ./scripts/phase.sh
 
@@ -39,7 +39,8 @@ k8s-build:
 	./scripts/k8s-build.sh
 
 ## k8s-up: a single-node Kubernetes on this host (etcd, control plane, a kubelet on a containerd of its
-## own, all on 127.0.0.1, the pause image built here); prints its KUBECONFIG. Not part of make test yet.
+## own, the pause image built here, sandstorm's namespace with Pod Security restricted); writes what the
+## kubernetes backend's tests need to /run/sandstorm/k8s.env.
 k8s-up:
 	./scripts/k8s-up.sh
 
@@ -66,7 +67,7 @@ unit:
 	@$(PHASE) "unit tests" $(GO) test -short -count=1 ./...
 
 ## test: the whole suite — lint, unit tests, the conformance suite and the agent end-to-end tests on every backend
-test: lint setup testimage agentimage
+test: lint setup testimage agentimage k8s-up
 	@$(CI_ENV); $(PHASE) "go test (every package, every backend)" $(GO) test -count=1 -timeout 25m ./...
 
 ## bench: sandstorm vs `ctr run --rm`, `docker run --rm` and `podman run --rm` of the same image with the

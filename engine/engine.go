@@ -7,9 +7,12 @@ package engine
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -64,7 +67,15 @@ type Options struct {
 	// $SANDSTORM_SLOT_DIR, then session.DefaultSlotDir. Every process
 	// sharing it shares max_concurrent_agents.
 	SlotDir string
-	Logger  *slog.Logger
+	// Kubeconfig selects the cluster of the kubernetes backend.
+	Kubeconfig string
+	// GatewayListen, HOST:PORT, also serves the gateway on TCP, for
+	// sandboxes that cannot have its socket mounted (Pods): HOST must be
+	// an address of this host they reach. GatewayTLS serves TLS there,
+	// with a certificate of a CA made at start that the sandboxes trust.
+	GatewayListen string
+	GatewayTLS    bool
+	Logger        *slog.Logger
 }
 
 // SlotDirEnv overrides where the host-wide slots are kept.
@@ -85,6 +96,10 @@ type Engine struct {
 	log     *slog.Logger
 	opts    Options
 	slotDir string
+	// gatewayAddr and gatewayCA are where sandboxes dial the gateway's
+	// TCP side, and the CA of its TLS certificate.
+	gatewayAddr string
+	gatewayCA   []byte
 
 	// mu guards what a reload replaces: the settings and the manager of
 	// new runs (running ones keep theirs; the manager holds the warm
@@ -191,7 +206,7 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 	}
 	// The backend first: a daemon that does not answer is the likeliest failure.
 	bopts := backends.FromEnv()
-	bopts.Isolation = isolation
+	bopts.Isolation, bopts.Kubeconfig = isolation, o.Kubeconfig
 	e.Runtime, err = backends.Open(ctx, o.Runtime, bopts)
 	if err != nil {
 		return nil, err
@@ -199,6 +214,9 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 	e.Gateway, err = gateway.New(gateway.Config{Upstream: upstream, Dir: o.GatewayDir, Logger: log,
 		Hooks: gateway.Hooks{Call: e.Metrics.ModelCall, UpstreamError: e.Metrics.UpstreamError, Usage: e.Metrics.Usage}})
 	if err != nil {
+		return nil, err
+	}
+	if err := e.listenGateway(ctx); err != nil {
 		return nil, err
 	}
 	e.slotDir = cmp.Or(o.SlotDir, os.Getenv(SlotDirEnv), session.DefaultSlotDir)
@@ -215,6 +233,58 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 		e.Notices = append(e.Notices, fmt.Sprintf("removed %s left by sandstorm processes that are gone", swept))
 	}
 	return e, nil
+}
+
+// listenGateway serves the gateway on TCP when asked to, and refuses a
+// backend whose sandboxes need that when it is not.
+func (e *Engine) listenGateway(ctx context.Context) error {
+	caps, err := e.Runtime.Capabilities(ctx)
+	if err != nil {
+		return err
+	}
+	addr := e.opts.GatewayListen
+	if addr == "" {
+		if !caps.Enforced(runtime.ItemBindMounts) {
+			return fmt.Errorf("%w: the %s backend's sandboxes cannot have the gateway's socket mounted: serve it on TCP with --gateway-listen HOST:PORT, "+
+				"HOST an address of this host they reach (--gateway-tls to encrypt it)", config.ErrInvalid, e.Runtime.Name())
+		}
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%w: --gateway-listen %q: %w", config.ErrInvalid, addr, err)
+	}
+	if ip, _ := netip.ParseAddr(host); host == "" || ip.IsUnspecified() {
+		return fmt.Errorf("%w: --gateway-listen %q: name the address sandboxes reach this host at, not every interface", config.ErrInvalid, addr)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("gateway: listen on %s: %w", addr, err)
+	}
+	e.gatewayAddr = l.Addr().String()
+	if e.opts.GatewayTLS {
+		ca, _, err := egress.NewCA("sandstorm gateway")
+		if err != nil {
+			l.Close()
+			return err
+		}
+		leaf, err := ca.Leaf(host)
+		if err != nil {
+			l.Close()
+			return fmt.Errorf("gateway: TLS certificate: %w", err)
+		}
+		e.gatewayCA = ca.CertPEM()
+		l = tls.NewListener(l, &tls.Config{Certificates: []tls.Certificate{*leaf}, MinVersion: tls.VersionTLS12})
+	}
+	go func() {
+		if err := e.Gateway.ServeTCP(l); err != nil {
+			e.log.Error("gateway: TCP side stopped", "err", err)
+		}
+	}()
+	stop := e.stop
+	e.stop = func() { l.Close(); stop() }
+	e.log.Debug("gateway: serving sessions on TCP", "addr", e.gatewayAddr, "tls", e.opts.GatewayTLS)
+	return nil
 }
 
 // newManager builds the runner and the manager of runs under st.
@@ -235,7 +305,7 @@ func (e *Engine) newManager(st settings) (*session.Manager, error) {
 		}
 	}
 	runner := &agent.Runner{Runtime: e.Runtime, Gateway: e.Gateway, Image: st.limits.Image, Policy: st.limits.Policy(), AllowUnenforced: allow,
-		Egress: egressPolicy, Secrets: secrets, CA: ca, Logger: e.log}
+		Egress: egressPolicy, Secrets: secrets, CA: ca, GatewayAddr: e.gatewayAddr, GatewayCA: e.gatewayCA, Logger: e.log}
 	return session.NewManager(runner, st.limits, st.project, e.opts.Credentials, e.slotDir)
 }
 

@@ -42,12 +42,25 @@ if ! ip -4 addr show dev sk8s-node 2>/dev/null | grep -q "inet $NODE_IP/"; then
   say "node address: $NODE_IP on sk8s-node"
 fi
 
+# What the kubernetes backend and its tests need to find this cluster.
+write_env() {
+  cat > /run/sandstorm/k8s.env <<EOT
+# Written by sandstorm scripts/k8s-up.sh: the project's single-node cluster.
+KUBECONFIG=$S/admin.kubeconfig
+SANDSTORM_K8S_NAMESPACE=$NS
+SANDSTORM_K8S_NODE_CONTAINERD=$R/containerd.sock
+SANDSTORM_K8S_SECCOMP_PROFILE=sandstorm.json
+SANDSTORM_K8S_GATEWAY_HOST=$NODE_IP
+EOT
+}
+
 if [[ -f $S/admin.kubeconfig ]] && pgrep -f "^$B/kubelet " >/dev/null && K get --raw /readyz >/dev/null 2>&1 && K get node sandstorm-k8s -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -q True; then
-  say "kubernetes v$VERSION: already up (KUBECONFIG=$S/admin.kubeconfig)"
+  write_env
+  say "kubernetes v$VERSION: already up (KUBECONFIG=$S/admin.kubeconfig; env in /run/sandstorm/k8s.env)"
   exit 0
 fi
 
-mkdir -p $S/pki $S/etcd $S/kubelet $S/containerd $R/containerd $S/cni/net.d $L
+mkdir -p /run/sandstorm $S/pki $S/etcd $S/kubelet $S/containerd $R/containerd $S/cni/net.d $L
 cd $S/pki
 if [[ ! -f ca.crt ]]; then
   openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 -subj "/CN=sandstorm-k8s-ca" 2>/dev/null
@@ -167,4 +180,5 @@ wait_for "node sandstorm-k8s: Ready" 120 sh -c "'$B/kubectl' --kubeconfig '$S/ad
 K create namespace "$NS" --dry-run=client -o yaml | K apply -f - >/dev/null
 K label --overwrite namespace "$NS" pod-security.kubernetes.io/enforce=restricted pod-security.kubernetes.io/warn=restricted >/dev/null
 say "namespace $NS: Pod Security restricted enforced"
-say "kubernetes v$VERSION up ($(since "$T0")): KUBECONFIG=$S/admin.kubeconfig"
+write_env
+say "kubernetes v$VERSION up ($(since "$T0")): KUBECONFIG=$S/admin.kubeconfig; env in /run/sandstorm/k8s.env"

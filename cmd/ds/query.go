@@ -22,16 +22,21 @@ type engineFlags struct {
 	anthropicKey, openrouter  string
 	isolation                 string
 	allow                     []string
+	kubeconfig, gatewayListen string
+	gatewayTLS                bool
 }
 
 func (f *engineFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
-	fl.StringVar(&f.runtime, "runtime", envOr("SANDBOX_BACKEND", backends.Auto), "container backend: "+fmt.Sprint(backends.Names)+" or auto (env SANDBOX_BACKEND)")
+	fl.StringVar(&f.runtime, "runtime", envOr("SANDBOX_BACKEND", backends.Auto), "container backend: "+fmt.Sprint(backends.Names)+", kubernetes, or auto (the first local one that answers) (env SANDBOX_BACKEND)")
 	fl.StringVar(&f.isolation, "isolation", "", isolationHelp+" (default: the limits file's isolation, runc)")
 	fl.StringSliceVar(&f.allow, "allow-unenforced", nil, allowHelp+" (adds to the limits file's allow_unenforced)")
 	fl.StringVar(&f.config, "config", "", "limits file (default $SANDSTORM_CONFIG, then ./config/limits.yaml, then built-in defaults)")
 	fl.StringVar(&f.anthropicKey, "anthropic-key", "", "Anthropic API key (default $ANTHROPIC_API_KEY)")
 	fl.StringVar(&f.openrouter, "openrouter-key", "", "OpenRouter API key (default $OPENROUTER_API_KEY)")
+	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "the kubernetes backend's cluster (default $KUBECONFIG, ~/.kube/config, or in-cluster)")
+	fl.StringVar(&f.gatewayListen, "gateway-listen", os.Getenv("SANDSTORM_GATEWAY_LISTEN"), "also serve the model gateway on TCP at HOST:PORT, HOST an address of this host the sandboxes reach: needed by sandboxes that cannot have its socket mounted (kubernetes) (env SANDSTORM_GATEWAY_LISTEN)")
+	fl.BoolVar(&f.gatewayTLS, "gateway-tls", os.Getenv("SANDSTORM_GATEWAY_TLS") == "1", "serve the gateway's TCP side over TLS, with a certificate of a CA made at start that the sandboxes are given (env SANDSTORM_GATEWAY_TLS=1)")
 	fl.StringVar(&f.scripted, "scripted-model", "", "serve the model from sandstorm's scripted server: a builtin scenario (demo, hello-python, structured-output, model-error, slow-steps) or a scenario file; used with demo when no key is set")
 }
 
@@ -40,7 +45,8 @@ func (f *engineFlags) options() engine.Options {
 	if f.anthropicKey != "" || f.openrouter != "" {
 		creds = gateway.Credentials{AnthropicKey: f.anthropicKey, OpenRouterKey: f.openrouter}
 	}
-	return engine.Options{Runtime: f.runtime, Isolation: f.isolation, AllowUnenforced: f.allow, ConfigPath: f.config, Credentials: creds, ScriptedModel: f.scripted}
+	return engine.Options{Runtime: f.runtime, Isolation: f.isolation, AllowUnenforced: f.allow, ConfigPath: f.config, Credentials: creds, ScriptedModel: f.scripted,
+		Kubeconfig: f.kubeconfig, GatewayListen: f.gatewayListen, GatewayTLS: f.gatewayTLS}
 }
 
 type queryFlags struct {

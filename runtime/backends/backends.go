@@ -14,6 +14,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
 	"github.com/sandstorm-dev/sandstorm/runtime/docker"
+	"github.com/sandstorm-dev/sandstorm/runtime/kubernetes"
 	"github.com/sandstorm-dev/sandstorm/runtime/podman"
 )
 
@@ -37,6 +38,9 @@ type Options struct {
 	PodmanSocket string
 	// Isolation is what the opened backend runs sandboxes with; default runc.
 	Isolation runtime.Isolation
+	// Kubeconfig is the cluster of the kubernetes backend; empty means
+	// $KUBECONFIG, ~/.kube/config, or the in-cluster service account.
+	Kubeconfig string
 }
 
 // FromEnv reads backend settings from the environment.
@@ -58,6 +62,8 @@ func Open(ctx context.Context, name string, opts Options) (runtime.Runtime, erro
 		return opened(docker.New(ctx, docker.Config{Host: opts.DockerHost, Isolation: opts.Isolation}))
 	case podman.Name:
 		return opened(podman.New(ctx, podman.Config{Socket: opts.PodmanSocket, Isolation: opts.Isolation}))
+	case kubernetes.Name:
+		return opened(kubernetes.New(ctx, kubernetes.FromEnv(opts.Kubeconfig, opts.Isolation)))
 	case Auto, "":
 		var errs []error
 		for _, n := range Names {
@@ -69,7 +75,7 @@ func Open(ctx context.Context, name string, opts Options) (runtime.Runtime, erro
 		}
 		return nil, fmt.Errorf("%w: no backend answers: %w", runtime.ErrUnavailable, errors.Join(errs...))
 	}
-	return nil, fmt.Errorf("%w: unknown runtime %q (choose one of %s, %s)", runtime.ErrInvalidSpec, name, strings.Join(Names, ", "), Auto)
+	return nil, fmt.Errorf("%w: unknown runtime %q (choose one of %s, %s, %s)", runtime.ErrInvalidSpec, name, strings.Join(Names, ", "), kubernetes.Name, Auto)
 }
 
 // Found is one backend instance found on the host.
@@ -100,7 +106,38 @@ func Discover(ctx context.Context, opts Options) []Found {
 			return opened(podman.New(ctx, podman.Config{Socket: sock, Isolation: opts.Isolation}))
 		})
 	}
+	// A cluster only when one is configured: auto never picks one.
+	if kubeconfig := kubeconfigFound(opts.Kubeconfig); kubeconfig != "" {
+		try(kubernetes.Name, kubeconfig, func() (runtime.Runtime, error) {
+			return opened(kubernetes.New(ctx, kubernetes.FromEnv(opts.Kubeconfig, opts.Isolation)))
+		})
+	}
 	return found
+}
+
+// kubeconfigFound names the cluster configuration the kubernetes backend
+// would use, or "" when there is none.
+func kubeconfigFound(explicit string) string {
+	if explicit != "" {
+		return explicit
+	}
+	if k := os.Getenv("KUBECONFIG"); k != "" {
+		return k
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		if p := filepath.Join(home, ".kube", "config"); fileExists(p) {
+			return p
+		}
+	}
+	if os.Getenv("KUBERNETES_SERVICE_HOST") != "" {
+		return "in-cluster"
+	}
+	return ""
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // podmanSockets lists Podman services to try, without duplicates.

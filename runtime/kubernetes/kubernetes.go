@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"net"
 	"os"
@@ -25,12 +26,26 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/backend"
 )
+
+// LabelHost names the host of the sandstorm process that made a Pod: an
+// owner (boot, pid, start) is judged alive or gone only on its own host.
+const LabelHost = "sandstorm.host"
+
+// host is this host's name, as LabelHost holds it.
+var host = sync.OnceValue(func() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return "unknown"
+	}
+	return h
+})
 
 // Name is the backend's name.
 const Name = "kubernetes"
@@ -125,6 +140,9 @@ type Runtime struct {
 // New connects to the cluster and makes sure sandstorm's namespace is there.
 func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	cfg = cfg.withDefaults()
+	// client-go reports through klog, to stderr by default: into slog
+	// instead, with everything else sandstorm logs.
+	klog.SetSlogLogger(slog.Default())
 	rc, err := restConfig(cfg.Kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("%w: kubernetes: %w", runtime.ErrUnavailable, err)
@@ -341,6 +359,7 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (runtime.Sandbo
 		return nil, err
 	}
 	all := oci.Container{SessionID: spec.SessionID, Labels: prep.Labels}.AllLabels()
+	all[LabelHost] = host()
 	sb := &sandbox{rt: r, id: prep.ID, unenforced: prep.Unenforced, scratch: filepath.Join(r.cfg.State, prep.ID), done: make(chan struct{})}
 	pod := r.podFor(prep, spec, all)
 	made, err := r.pods().Create(ctx, pod, metav1.CreateOptions{})
@@ -406,6 +425,11 @@ func (r *Runtime) List(ctx context.Context, want map[string]string) ([]runtime.S
 		have := labelsOf(p)
 		if !backend.Matches(have, sel) {
 			continue
+		}
+		if have[LabelHost] != host() {
+			// Its owner runs on another host: whether it is alive is not
+			// this process's to judge (its boot id means nothing here).
+			delete(have, oci.LabelOwner)
 		}
 		out = append(out, runtime.SandboxInfo{ID: p.Name, SessionID: have[oci.LabelSession], Labels: have, Running: p.Status.Phase == corev1.PodRunning || p.Status.Phase == corev1.PodPending})
 	}

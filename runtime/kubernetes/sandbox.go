@@ -360,6 +360,10 @@ func (s *sandbox) getFiles(ctx context.Context, dir string) error {
 	done := make(chan error, 1)
 	go func() {
 		err := readTar(pr, dir)
+		if err == nil {
+			// tar pads its archive past the end marker readTar stops at.
+			_, err = io.Copy(io.Discard, pr)
+		}
 		pr.CloseWithError(err)
 		done <- err
 	}()
