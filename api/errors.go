@@ -121,6 +121,7 @@ var table = []row{
 	{ErrInvalidRequest, CodeInvalidRequest, http.StatusBadRequest, ExitUsage},
 	{ErrUsage, CodeInvalidRequest, http.StatusBadRequest, ExitUsage},
 	{ErrBusy, CodeBusy, http.StatusTooManyRequests, ExitBusy},
+	{runtime.ErrNoCapacity, CodeBusy, http.StatusTooManyRequests, ExitBusy},
 	{ErrUnauthorized, CodeUnauthorized, http.StatusUnauthorized, ExitUsage},
 	{ErrForbiddenOrigin, CodeForbidden, http.StatusForbidden, ExitUsage},
 	{ErrMediaType, CodeMediaType, http.StatusUnsupportedMediaType, ExitUsage},

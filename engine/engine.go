@@ -206,7 +206,9 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 	}
 	// The backend first: a daemon that does not answer is the likeliest failure.
 	bopts := backends.FromEnv()
-	bopts.Isolation, bopts.Kubeconfig = isolation, o.Kubeconfig
+	// On a cluster, max_concurrent_agents also bounds the sandboxes of every
+	// sandstorm using it (counted from its Pods), not only this host's.
+	bopts.Isolation, bopts.Kubeconfig, bopts.MaxSandboxes = isolation, o.Kubeconfig, st.limits.MaxConcurrentAgents
 	e.Runtime, err = backends.Open(ctx, o.Runtime, bopts)
 	if err != nil {
 		return nil, err

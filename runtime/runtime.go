@@ -27,6 +27,9 @@ var (
 	ErrInvalidSpec = errors.New("invalid sandbox spec")
 	// ErrPolicyNotApplied: the backend accepted a sandbox but dropped or changed a setting.
 	ErrPolicyNotApplied = errors.New("policy not applied by backend")
+	// ErrNoCapacity: the backend's own limit of sandboxes (a cluster's,
+	// shared by every sandstorm using it) left no room in time.
+	ErrNoCapacity = errors.New("no capacity for another sandbox")
 )
 
 // Spec is a request for one sandbox.

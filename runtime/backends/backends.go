@@ -41,6 +41,9 @@ type Options struct {
 	// Kubeconfig is the cluster of the kubernetes backend; empty means
 	// $KUBECONFIG, ~/.kube/config, or the in-cluster service account.
 	Kubeconfig string
+	// MaxSandboxes bounds a cluster's sandboxes (kubernetes), shared by
+	// every sandstorm using it; 0 means no bound of the backend's own.
+	MaxSandboxes int
 }
 
 // FromEnv reads backend settings from the environment.
@@ -63,7 +66,9 @@ func Open(ctx context.Context, name string, opts Options) (runtime.Runtime, erro
 	case podman.Name:
 		return opened(podman.New(ctx, podman.Config{Socket: opts.PodmanSocket, Isolation: opts.Isolation}))
 	case kubernetes.Name:
-		return opened(kubernetes.New(ctx, kubernetes.FromEnv(opts.Kubeconfig, opts.Isolation)))
+		cfg := kubernetes.FromEnv(opts.Kubeconfig, opts.Isolation)
+		cfg.MaxSandboxes = opts.MaxSandboxes
+		return opened(kubernetes.New(ctx, cfg))
 	case Auto, "":
 		var errs []error
 		for _, n := range Names {

@@ -77,6 +77,11 @@ type Config struct {
 	NodeSelector map[string]string
 	// StartTimeout: see DefaultStartTimeout.
 	StartTimeout time.Duration
+	// MaxSandboxes, if set, bounds the sandboxes in the namespace, counted
+	// from its Pods: every sandstorm using the cluster shares it. A Pod
+	// over it waits, ungated for the scheduler only when its turn comes
+	// (first come, first served), at most StartTimeout.
+	MaxSandboxes int
 	// NodeContainerd is the address of the node's containerd, for a cluster
 	// whose node is this host (the project's test cluster): images are
 	// imported there. Without it ImportImage refuses: a real cluster pulls
@@ -362,6 +367,9 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (runtime.Sandbo
 	all[LabelHost] = host()
 	sb := &sandbox{rt: r, id: prep.ID, unenforced: prep.Unenforced, scratch: filepath.Join(r.cfg.State, prep.ID), done: make(chan struct{})}
 	pod := r.podFor(prep, spec, all)
+	if r.cfg.MaxSandboxes > 0 {
+		pod.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: capacityGate}}
+	}
 	made, err := r.pods().Create(ctx, pod, metav1.CreateOptions{})
 	if err != nil {
 		if apierrors.IsAlreadyExists(err) {
@@ -372,6 +380,11 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (runtime.Sandbo
 	r.uidMu.Lock()
 	r.uids[prep.ID] = string(made.UID)
 	r.uidMu.Unlock()
+	if err := r.admit(ctx, made); err != nil {
+		cctx, cancel := backend.CleanupContext(ctx)
+		defer cancel()
+		return nil, errors.Join(err, sb.Remove(cctx))
+	}
 	if err := sb.ready(ctx); err != nil {
 		cctx, cancel := backend.CleanupContext(ctx)
 		defer cancel()
@@ -480,7 +493,9 @@ func (r *Runtime) remove(ctx context.Context, name, scratch string) error {
 func (r *Runtime) Leftovers(ctx context.Context, id, sessionID string) ([]string, error) {
 	var left []string
 	uid := r.uid(id)
-	if pod, err := r.pods().Get(ctx, id, metav1.GetOptions{}); err == nil {
+	if id == "" {
+		// Only the session's objects are asked for.
+	} else if pod, err := r.pods().Get(ctx, id, metav1.GetOptions{}); err == nil {
 		left = append(left, "pod "+id)
 		uid = string(pod.UID)
 		for _, c := range slices.Concat(pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses) {
@@ -491,7 +506,7 @@ func (r *Runtime) Leftovers(ctx context.Context, id, sessionID string) ([]string
 	} else if !apierrors.IsNotFound(err) {
 		return nil, r.apiErr("get Pod", err)
 	}
-	if r.cfg.NodeContainerd != "" {
+	if r.cfg.NodeContainerd != "" && id != "" {
 		node, err := r.nodeLeftovers(ctx, id, uid)
 		if err != nil {
 			return nil, err
@@ -520,7 +535,7 @@ func (r *Runtime) Leftovers(ctx context.Context, id, sessionID string) ([]string
 	for _, c := range cms.Items {
 		left = append(left, "configmap "+c.Name)
 	}
-	if _, err := os.Stat(filepath.Join(r.cfg.State, id)); err == nil {
+	if _, err := os.Stat(filepath.Join(r.cfg.State, id)); err == nil && id != "" {
 		left = append(left, "workspace copy "+filepath.Join(r.cfg.State, id))
 	}
 	return left, nil
