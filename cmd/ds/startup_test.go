@@ -87,7 +87,7 @@ func TestStartupErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"hi", "--runtime", "kubernetes"}, "unknown runtime"},
+		{[]string{"hi", "--runtime", "nomad"}, "unknown runtime"},
 		{[]string{"hi", "--no-such-flag"}, "unknown flag"},
 		{[]string{"hi", "--timeout", "ten"}, "invalid argument"},
 		{[]string{"serve", "--port", "0"}, "--port"},
