@@ -70,12 +70,13 @@ unit:
 test: lint setup testimage agentimage k8s-up
 	@$(CI_ENV); $(PHASE) "go test (every package, every backend)" $(GO) test -count=1 -timeout 25m ./...
 
-## bench: sandstorm vs `ctr run --rm`, `docker run --rm` and `podman run --rm` of the same image with the
-## same limits, alternating in one run, printed as ratios; gVisor vs runc cold start on containerd and Docker;
-## then time to the first SDK message on containerd
-bench: setup build testimage agentimage
-	$(CI_ENV); for rt in containerd docker podman; do ./bin/ds image import --runtime $$rt build/sandstorm-test.tar || exit 1; done
+## bench: sandstorm vs `ctr run --rm`, `docker run --rm`, `podman run --rm` and `kubectl run --rm` of the
+## same image with the same limits, alternating in one run, printed as ratios; gVisor vs runc cold start on
+## containerd and Docker; then time to the first SDK message on containerd
+bench: setup build testimage agentimage k8s-up
+	$(CI_ENV); for rt in containerd docker podman kubernetes; do ./bin/ds image import --runtime $$rt build/sandstorm-test.tar || exit 1; done
 	$(CI_ENV); $(GO) test -count=1 -run '^$$' -bench 'RunTrue|GVisor' -benchtime 30x ./runtime/containerd/ ./runtime/docker/ ./runtime/podman/ | tee build/bench.txt
+	$(CI_ENV); $(GO) test -count=1 -run '^$$' -bench 'RunTrue' -benchtime 10x ./runtime/kubernetes/ | tee -a build/bench.txt
 	$(CI_ENV); $(GO) test -count=1 -run '^$$' -bench 'FirstMessage|ColdPhases' -benchtime 10x ./e2e/ | tee -a build/bench.txt
 	$(CI_ENV); $(GO) test -count=1 -run '^$$' -bench 'Warm' -benchtime 30x ./e2e/ | tee -a build/bench.txt
 	$(CI_ENV); $(GO) test -count=1 -run '^$$' -bench 'MemberCost' -benchtime 3x ./e2e/ | tee -a build/bench.txt
