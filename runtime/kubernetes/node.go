@@ -11,7 +11,9 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	criv1 "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -71,11 +73,11 @@ func (r *Runtime) nodeLeftovers(ctx context.Context, id, uid string) ([]string, 
 // node's CRI at once, as that collection would; the kubelet then drops the
 // Pod's cgroups within its 2 s housekeeping.
 func (r *Runtime) waitNode(ctx context.Context, id, uid string) error {
-	if err := r.removePodSandboxes(ctx, id); err != nil {
-		return err
-	}
 	var left []string
 	for {
+		if err := r.removePodSandboxes(ctx, id); err != nil {
+			return err
+		}
 		var err error
 		if left, err = r.nodeLeftovers(ctx, id, uid); err != nil {
 			return err
@@ -106,7 +108,9 @@ func (r *Runtime) removePodSandboxes(ctx context.Context, id string) error {
 		return fmt.Errorf("node CRI: list pod sandboxes: %w", err)
 	}
 	for _, sb := range list.Items {
-		if _, err := cri.RemovePodSandbox(ctx, &criv1.RemovePodSandboxRequest{PodSandboxId: sb.Id}); err != nil {
+		// The kubelet may be removing the same at once: what it took first is
+		// gone, which is what is wanted (waitNode looks again).
+		if _, err := cri.RemovePodSandbox(ctx, &criv1.RemovePodSandboxRequest{PodSandboxId: sb.Id}); err != nil && status.Code(err) != codes.NotFound {
 			return fmt.Errorf("node CRI: remove pod sandbox %s: %w", sb.Id, err)
 		}
 	}
