@@ -11,7 +11,7 @@ CI_ENV := set -a; [ -r /run/sandstorm/ci.env ] && . /run/sandstorm/ci.env; [ -r 
 # PHASE NAME CMD...: a start line, a heartbeat every 10s, the duration.
 PHASE := ./scripts/phase.sh
 
-.PHONY: all build test unit lint bench testimage agentimage setup demo smoke clean k8s-build k8s-up
+.PHONY: all build test unit lint bench testimage agentimage setup demo smoke clean k8s-build k8s-up k8s-down
 
 all: build
 
@@ -43,6 +43,10 @@ k8s-build:
 ## kubernetes backend's tests need to /run/sandstorm/k8s.env.
 k8s-up:
 	./scripts/k8s-up.sh
+
+## k8s-down: stop that cluster (its Pods, the kubelet, the control plane, etcd, its containerd); state stays
+k8s-down:
+	./scripts/k8s-down.sh
 
 ## demo: set up the host, build ds and the agent image, and run one agent (the README's first command).
 ## With no ANTHROPIC_API_KEY the scripted demo model answers (offline); with one, the real model.

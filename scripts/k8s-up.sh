@@ -175,6 +175,8 @@ EOT
 mkdir -p $S/kubelet/seccomp
 cp "$repo/oci/seccomp.json" $S/kubelet/seccomp/sandstorm.json
 start kubelet $B/kubelet --kubeconfig $S/admin.kubeconfig --config $S/kubelet.yaml --root-dir $S/kubelet --hostname-override sandstorm-k8s --node-ip $NODE_IP
+# The node's Ready in etcd may be a stopped kubelet's: its own health first.
+wait_for "kubelet: healthy" 60 curl -fsS http://127.0.0.1:10248/healthz
 wait_for "node sandstorm-k8s: Ready" 120 sh -c "'$B/kubectl' --kubeconfig '$S/admin.kubeconfig' get node sandstorm-k8s -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -q True"
 # sandstorm's namespace, Pod Security restricted enforced.
 K create namespace "$NS" --dry-run=client -o yaml | K apply -f - >/dev/null
