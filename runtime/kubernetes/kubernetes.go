@@ -23,6 +23,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -370,12 +371,29 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (runtime.Sandbo
 	if r.cfg.MaxSandboxes > 0 {
 		pod.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: capacityGate}}
 	}
-	made, err := r.pods().Create(ctx, pod, metav1.CreateOptions{})
-	if err != nil {
+	secrets := r.client.CoreV1().Secrets(r.cfg.Namespace)
+	if _, err := secrets.Create(ctx, r.secretFor(prep, spec, all), metav1.CreateOptions{}); err != nil {
 		if apierrors.IsAlreadyExists(err) {
 			return nil, fmt.Errorf("%w: sandbox id %s is taken", runtime.ErrInvalidSpec, prep.ID)
 		}
-		return nil, r.apiErr("create Pod", err)
+		return nil, r.apiErr("create Secret", err)
+	}
+	made, err := r.pods().Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		cctx, cancel := backend.CleanupContext(ctx)
+		defer cancel()
+		derr := secrets.Delete(cctx, prep.ID, metav1.DeleteOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			return nil, errors.Join(fmt.Errorf("%w: sandbox id %s is taken", runtime.ErrInvalidSpec, prep.ID), derr)
+		}
+		return nil, errors.Join(r.apiErr("create Pod", err), derr)
+	}
+	// The Secret goes with its Pod, also when no sandstorm is left to remove it.
+	owner := fmt.Sprintf(`{"metadata":{"ownerReferences":[{"apiVersion":"v1","kind":"Pod","name":%q,"uid":%q}]}}`, made.Name, made.UID)
+	if _, err := secrets.Patch(ctx, prep.ID, types.MergePatchType, []byte(owner), metav1.PatchOptions{}); err != nil {
+		cctx, cancel := backend.CleanupContext(ctx)
+		defer cancel()
+		return nil, errors.Join(r.apiErr("own the Secret by its Pod", err), sb.Remove(cctx))
 	}
 	r.uidMu.Lock()
 	r.uids[prep.ID] = string(made.UID)
@@ -474,6 +492,9 @@ func (r *Runtime) remove(ctx context.Context, name, scratch string) error {
 			return r.apiErr("wait for Pod "+name+" to go", err)
 		}
 	}
+	if err := r.client.CoreV1().Secrets(r.cfg.Namespace).Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return r.apiErr("delete Secret "+name, err)
+	}
 	if r.cfg.NodeContainerd != "" {
 		if err := r.waitNode(ctx, name, uid); err != nil {
 			return err
@@ -526,7 +547,14 @@ func (r *Runtime) Leftovers(ctx context.Context, id, sessionID string) ([]string
 		return nil, r.apiErr("list Secrets", err)
 	}
 	for _, s := range secrets.Items {
-		left = append(left, "secret "+s.Name)
+		left = append(left, "secret "+s.Name+" of session "+sessionID)
+	}
+	if id != "" {
+		if _, err := r.client.CoreV1().Secrets(r.cfg.Namespace).Get(ctx, id, metav1.GetOptions{}); err == nil {
+			left = append(left, "secret "+id)
+		} else if !apierrors.IsNotFound(err) {
+			return nil, r.apiErr("get Secret", err)
+		}
 	}
 	cms, err := r.client.CoreV1().ConfigMaps(r.cfg.Namespace).List(ctx, sel)
 	if err != nil {

@@ -91,11 +91,6 @@ func (r *Runtime) podFor(prep runtime.Prepared, spec runtime.Spec, labels map[st
 	memory := *resource.NewQuantity(p.MemoryBytes, resource.BinarySI)
 	cpu := *resource.NewMilliQuantity(int64(p.CPUs*1000+0.5), resource.DecimalSI)
 	tmp := *resource.NewQuantity(p.TmpBytes, resource.BinarySI)
-	env := make([]corev1.EnvVar, 0, len(spec.Env))
-	for _, kv := range spec.Env {
-		k, v, _ := strings.Cut(kv, "=")
-		env = append(env, corev1.EnvVar{Name: k, Value: v})
-	}
 	mounts := []corev1.VolumeMount{{Name: "tmp", MountPath: "/tmp"}, {Name: "workspace", MountPath: oci.Workspace, SubPath: "user"}}
 	command := append([]string{"/bin/sh", "-c", gate, "sandstorm-gate", strconv.FormatUint(p.NoFile, 10), strconv.Itoa(oci.DefaultNProc)}, spec.Args...)
 	annotations := map[string]string{}
@@ -126,8 +121,9 @@ func (r *Runtime) podFor(prep runtime.Prepared, spec runtime.Spec, labels map[st
 			Containers: []corev1.Container{
 				{
 					Name: sandboxContainer, Image: spec.Image, ImagePullPolicy: corev1.PullIfNotPresent,
-					Command: command, Env: env, WorkingDir: oci.Workspace,
-					Stdin: true, StdinOnce: true,
+					Command: command, WorkingDir: oci.Workspace,
+					EnvFrom: []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: prep.ID}}}},
+					Stdin:   true, StdinOnce: true,
 					SecurityContext: security(),
 					Resources: corev1.ResourceRequirements{
 						Limits:   corev1.ResourceList{corev1.ResourceCPU: cpu, corev1.ResourceMemory: memory},
@@ -157,6 +153,26 @@ func (r *Runtime) podFor(prep runtime.Prepared, spec runtime.Spec, labels map[st
 		pod.Spec.RuntimeClassName = &r.cfg.RuntimeClass
 	}
 	return pod
+}
+
+// secretFor holds the sandbox's environment: the session token is in it,
+// and a Pod's spec is read by whoever may list Pods (a Secret's only by
+// whoever may read Secrets). It goes with its Pod.
+func (r *Runtime) secretFor(prep runtime.Prepared, spec runtime.Spec, labels map[string]string) *corev1.Secret {
+	data := map[string][]byte{}
+	for _, kv := range spec.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		data[k] = []byte(v)
+	}
+	annotations := map[string]string{}
+	for k, v := range labels {
+		annotations[annotationPrefix+k] = v
+	}
+	return &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: prep.ID, Namespace: r.cfg.Namespace, Labels: kubeLabels(labels), Annotations: annotations},
+		Type:       corev1.SecretTypeOpaque,
+		Data:       data,
+	}
 }
 
 // kubeLabels are the labels Kubernetes accepts as they are; the others are

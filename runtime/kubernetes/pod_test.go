@@ -14,7 +14,8 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden Pod specs")
 
-// TestPodGolden: the Pod of a sandbox, as the API server is sent it, for
+// TestPodGolden: the Secret (its environment) and the Pod of a sandbox, as
+// the API server is sent them, for
 // the default policy with sandstorm's seccomp profile and for a policy of
 // its own under gVisor.
 func TestPodGolden(t *testing.T) {
@@ -33,7 +34,7 @@ func TestPodGolden(t *testing.T) {
 			spec := runtime.Spec{SessionID: "sess-1", Image: "localhost/sandstorm-agent:latest", Args: []string{"tini", "--", "node", "runner.mjs"},
 				Env: []string{"SANDSTORM_MODEL_TOKEN=tok", "A=b=c"}}
 			labels := oci.Container{SessionID: spec.SessionID, Labels: map[string]string{oci.LabelOwner: "boot.1.2", LabelHost: "h", "team": "a value Kubernetes refuses as a label"}}.AllLabels()
-			got, err := json.MarshalIndent(r.podFor(prep, spec, labels), "", "  ")
+			got, err := json.MarshalIndent([]any{r.secretFor(prep, spec, labels), r.podFor(prep, spec, labels)}, "", "  ")
 			if err != nil {
 				t.Fatal(err)
 			}
