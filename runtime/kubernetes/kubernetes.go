@@ -6,6 +6,7 @@ package kubernetes
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -283,7 +284,7 @@ func (r *Runtime) podPidsLimits(ctx context.Context, nodes []corev1.Node) string
 				PodPidsLimit *int64 `json:"podPidsLimit"`
 			} `json:"kubeletconfig"`
 		}
-		if jsonUnmarshal(raw, &cfg) == nil && cfg.KubeletConfig.PodPidsLimit != nil {
+		if json.Unmarshal(raw, &cfg) == nil && cfg.KubeletConfig.PodPidsLimit != nil {
 			seen = append(seen, fmt.Sprintf("%s: %d", n.Name, *cfg.KubeletConfig.PodPidsLimit))
 		}
 	}

@@ -129,8 +129,7 @@ func (r *Runtime) podFor(prep runtime.Prepared, spec runtime.Spec, labels map[st
 						Limits:   corev1.ResourceList{corev1.ResourceCPU: cpu, corev1.ResourceMemory: memory},
 						Requests: corev1.ResourceList{corev1.ResourceCPU: minQuantity(cpu, sandboxRequestCPU), corev1.ResourceMemory: minQuantity(memory, sandboxRequestMemory)},
 					},
-					VolumeMounts:             mounts,
-					TerminationMessagePolicy: corev1.TerminationMessageReadFile,
+					VolumeMounts: mounts,
 				},
 				{
 					Name: keeperContainer, Image: spec.Image, ImagePullPolicy: corev1.PullIfNotPresent,

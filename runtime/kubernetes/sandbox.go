@@ -3,7 +3,6 @@ package kubernetes
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -30,8 +29,6 @@ import (
 
 type podClient = typedcorev1.PodInterface
 
-func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
-
 // errPodGone: the Pod was deleted while we waited on it.
 var errPodGone = errors.New("pod is gone")
 
@@ -46,7 +43,6 @@ type sandbox struct {
 	// done is closed when the attach ended: every byte of output was delivered.
 	done      chan struct{}
 	streamErr error
-	removed   bool
 }
 
 func (s *sandbox) ID() string                 { return s.id }
@@ -318,13 +314,7 @@ func (s *sandbox) Kill(ctx context.Context) error {
 
 // Remove deletes the Pod and the workspace copy; it is safe to call again.
 func (s *sandbox) Remove(ctx context.Context) error {
-	if err := s.rt.remove(ctx, s.id, s.scratch); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	s.removed = true
-	s.mu.Unlock()
-	return nil
+	return s.rt.remove(ctx, s.id, s.scratch)
 }
 
 // Workspace copies the workspace out of the keeper (once) and opens the copy.
