@@ -97,6 +97,42 @@ func TestDeployExamples(t *testing.T) {
 			}
 		}
 	})
+	t.Run("kubernetes", func(t *testing.T) {
+		data, err := os.ReadFile("../../deploy/kubernetes.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, doc := range strings.Split(string(data), "\n---\n") {
+			var d struct {
+				Kind string `json:"kind"`
+				Spec struct {
+					Template struct {
+						Spec struct {
+							Containers []struct {
+								Args []string `json:"args"`
+							} `json:"containers"`
+						} `json:"spec"`
+					} `json:"template"`
+				} `json:"spec"`
+			}
+			if err := yaml.Unmarshal([]byte(doc), &d); err != nil {
+				t.Fatal(err)
+			}
+			if d.Kind != "Deployment" {
+				continue
+			}
+			found = true
+			for _, c := range d.Spec.Template.Spec.Containers {
+				// The kubelet puts the Pod's address in for $(POD_IP).
+				args := strings.Split(strings.ReplaceAll(strings.Join(c.Args, "\x00"), "$(POD_IP)", "10.0.0.9"), "\x00")
+				serveArgs(t, "Deployment args", args)
+			}
+		}
+		if !found {
+			t.Error("no Deployment of ds serve")
+		}
+	})
 	t.Run("Containerfile", func(t *testing.T) {
 		data, err := os.ReadFile("../../deploy/Containerfile")
 		if err != nil {
