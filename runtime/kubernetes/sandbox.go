@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/remotecommand"
+	utilexec "k8s.io/client-go/util/exec"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
@@ -294,20 +295,26 @@ func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 // then exits with the process's status.
 func (s *sandbox) Kill(ctx context.Context) error {
 	err := s.exec(ctx, sandboxContainer, []string{"/bin/sh", "-c", "kill -9 -1"}, nil, io.Discard)
-	if err == nil {
+	// Its kill ends the process, then the gate, then the container, whose
+	// end takes the exec's shell along (137): the kill was done.
+	var exit utilexec.ExitError
+	if err == nil || errors.As(err, &exit) && exit.ExitStatus() == 128+9 {
 		return nil
 	}
-	// A container that ended already has nothing to kill.
-	p, gerr := s.rt.pods().Get(ctx, s.id, metav1.GetOptions{})
-	if apierrors.IsNotFound(gerr) {
-		return nil
-	}
-	if gerr == nil {
+	// Otherwise the container may have ended on its own while the exec
+	// started, and there is nothing left to kill.
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	_, werr := s.rt.waitPod(wctx, s.id, func(p *corev1.Pod) (bool, error) {
 		for _, c := range p.Status.ContainerStatuses {
-			if c.Name == sandboxContainer && c.State.Running == nil {
-				return nil
+			if c.Name == sandboxContainer && c.State.Terminated != nil {
+				return true, nil
 			}
 		}
+		return false, nil
+	})
+	if werr == nil || errors.Is(werr, errPodGone) {
+		return nil
 	}
 	return s.rt.apiErr("kill sandbox "+s.id, err)
 }
