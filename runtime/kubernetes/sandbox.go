@@ -261,6 +261,38 @@ func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 	s.mu.Lock()
 	streamErr := s.streamErr
 	s.mu.Unlock()
+	wctx := ctx
+	if streamErr != nil {
+		// An attach that ended in an error while the process ended too is
+		// told apart by the status, which the kubelet updates within its
+		// relist (1 s); one whose process runs on broke: the output is lost
+		// from here, and so is the run.
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithTimeout(ctx, attachGrace)
+		defer cancel()
+	}
+	term, err := s.terminated(wctx)
+	if streamErr != nil && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return runtime.ExitStatus{}, fmt.Errorf("%w: kubernetes: the attach to pod %s broke: %w", runtime.ErrUnavailable, s.id, streamErr)
+	}
+	if errors.Is(err, errPodGone) {
+		return runtime.ExitStatus{}, fmt.Errorf("%w: kubernetes: pod %s was deleted before its exit was seen", runtime.ErrUnavailable, s.id)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return runtime.ExitStatus{}, ctx.Err()
+		}
+		return runtime.ExitStatus{}, s.rt.apiErr("wait for pod "+s.id, err)
+	}
+	return backend.Exit(int(term.ExitCode), term.FinishedAt.Time, term.Reason == "OOMKilled"), nil
+}
+
+// attachGrace is how long a broken attach waits for the status to say the
+// process ended.
+const attachGrace = 5 * time.Second
+
+// terminated waits until the sandbox container's status says it ended.
+func (s *sandbox) terminated(ctx context.Context) (*corev1.ContainerStateTerminated, error) {
 	var term *corev1.ContainerStateTerminated
 	_, err := s.rt.waitPod(ctx, s.id, func(p *corev1.Pod) (bool, error) {
 		for _, c := range p.Status.ContainerStatuses {
@@ -269,26 +301,9 @@ func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 				return true, nil
 			}
 		}
-		// The attach broke while the process runs on: its output is lost
-		// from here, and so is the run.
-		if streamErr != nil {
-			return false, fmt.Errorf("%w: kubernetes: the attach to pod %s broke: %w", runtime.ErrUnavailable, s.id, streamErr)
-		}
 		return false, nil
 	})
-	if errors.Is(err, errPodGone) {
-		return runtime.ExitStatus{}, fmt.Errorf("%w: kubernetes: pod %s was deleted before its exit was seen", runtime.ErrUnavailable, s.id)
-	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return runtime.ExitStatus{}, ctx.Err()
-		}
-		if errors.Is(err, runtime.ErrUnavailable) {
-			return runtime.ExitStatus{}, err
-		}
-		return runtime.ExitStatus{}, s.rt.apiErr("wait for pod "+s.id, err)
-	}
-	return backend.Exit(int(term.ExitCode), term.FinishedAt.Time, term.Reason == "OOMKilled"), nil
+	return term, err
 }
 
 // Kill sends SIGKILL to every process of the sandbox but its gate, which
@@ -305,15 +320,7 @@ func (s *sandbox) Kill(ctx context.Context) error {
 	// started, and there is nothing left to kill.
 	wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	_, werr := s.rt.waitPod(wctx, s.id, func(p *corev1.Pod) (bool, error) {
-		for _, c := range p.Status.ContainerStatuses {
-			if c.Name == sandboxContainer && c.State.Terminated != nil {
-				return true, nil
-			}
-		}
-		return false, nil
-	})
-	if werr == nil || errors.Is(werr, errPodGone) {
+	if _, werr := s.terminated(wctx); werr == nil || errors.Is(werr, errPodGone) {
 		return nil
 	}
 	return s.rt.apiErr("kill sandbox "+s.id, err)
