@@ -88,30 +88,14 @@ type Runner struct {
 	Secrets     []egress.Secret
 	CA          *egress.CA
 	EgressRoots *x509.CertPool
-	// GatewayAddr is where sandboxes that cannot have the session's socket
-	// mounted (a backend that enforces no bind mounts: Pods on other
-	// hosts) reach the gateway over TCP (gateway.ServeTCP); GatewayCA,
-	// when the gateway serves TLS there, is the CA they verify it with.
+	// GatewayAddr, if set, is where the sandboxes reach the gateway over
+	// TCP (gateway.ServeTCP) instead of through its socket mounted into
+	// them: for a backend that cannot mount it (Pods on other hosts; the
+	// engine sets it for those only). GatewayCA, when the gateway serves
+	// TLS there, is the CA they verify it with.
 	GatewayAddr string
 	GatewayCA   []byte
 	Logger      *slog.Logger
-}
-
-// remote reports whether the runtime's sandboxes reach the gateway over
-// the network rather than through a mounted socket.
-func (r *Runner) remote(ctx context.Context) (bool, error) {
-	caps, err := r.Runtime.Capabilities(ctx)
-	if err != nil {
-		return false, err
-	}
-	if caps.Enforced(runtime.ItemBindMounts) {
-		return false, nil
-	}
-	if r.GatewayAddr == "" {
-		return false, fmt.Errorf("%w: the %s backend cannot mount the gateway's socket into a sandbox (%s): serve the gateway on TCP at an address its sandboxes reach (--gateway-listen)",
-			config.ErrInvalid, r.Runtime.Name(), caps[runtime.ItemBindMounts].Reason)
-	}
-	return true, nil
 }
 
 // caFile is the egress CA's certificate in the session directory, which the
@@ -383,10 +367,7 @@ func (r *Runner) begin(ctx context.Context, job Job, send func(json.RawMessage))
 			}
 		}
 	}()
-	remote, err := r.remote(ctx)
-	if err != nil {
-		return nil, err
-	}
+	remote := r.GatewayAddr != ""
 	if r.Egress != nil && r.CA != nil && !remote {
 		if err := os.WriteFile(filepath.Join(m.sess.Dir, caFile), r.CA.CertPEM(), 0o644); err != nil {
 			return nil, fmt.Errorf("egress CA certificate: %w", err)

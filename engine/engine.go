@@ -96,8 +96,9 @@ type Engine struct {
 	log     *slog.Logger
 	opts    Options
 	slotDir string
-	// gatewayAddr and gatewayCA are where sandboxes dial the gateway's
-	// TCP side, and the CA of its TLS certificate.
+	// gatewayAddr and gatewayCA are where sandboxes that cannot have the
+	// gateway's socket mounted dial its TCP side, and the CA of its TLS
+	// certificate.
 	gatewayAddr string
 	gatewayCA   []byte
 
@@ -263,7 +264,11 @@ func (e *Engine) listenGateway(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("gateway: listen on %s: %w", addr, err)
 	}
-	e.gatewayAddr = l.Addr().String()
+	// Sandboxes that can have the socket mounted keep it (theirs may have
+	// no network at all); the others dial this address.
+	if !caps.Enforced(runtime.ItemBindMounts) {
+		e.gatewayAddr = l.Addr().String()
+	}
 	if e.opts.GatewayTLS {
 		ca, _, err := egress.NewCA("sandstorm gateway")
 		if err != nil {
@@ -285,7 +290,7 @@ func (e *Engine) listenGateway(ctx context.Context) error {
 	}()
 	stop := e.stop
 	e.stop = func() { l.Close(); stop() }
-	e.log.Debug("gateway: serving sessions on TCP", "addr", e.gatewayAddr, "tls", e.opts.GatewayTLS)
+	e.log.Debug("gateway: serving sessions on TCP", "addr", l.Addr().String(), "tls", e.opts.GatewayTLS)
 	return nil
 }
 

@@ -510,30 +510,16 @@ func (r *Runtime) remove(ctx context.Context, name, scratch string) error {
 	return nil
 }
 
-// Leftovers names what is left of sandbox id: its Pod, Pods, Secrets or
-// ConfigMaps of its session, its workspace copy.
+// Leftovers names what is left of sandbox id (none when id is empty) and
+// of its session: Pods, their containers, Secrets, ConfigMaps, the
+// workspace copy, and on a node of this host what the node holds.
 func (r *Runtime) Leftovers(ctx context.Context, id, sessionID string) ([]string, error) {
 	var left []string
-	uid := r.uid(id)
-	if id == "" {
-		// Only the session's objects are asked for.
-	} else if pod, err := r.pods().Get(ctx, id, metav1.GetOptions{}); err == nil {
-		left = append(left, "pod "+id)
-		uid = string(pod.UID)
-		for _, c := range slices.Concat(pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses) {
-			if c.ContainerID != "" && c.State.Terminated == nil || c.Name == sandboxContainer && c.ContainerID != "" {
-				left = append(left, "container "+id+"/"+c.Name+" "+c.ContainerID)
-			}
-		}
-	} else if !apierrors.IsNotFound(err) {
-		return nil, r.apiErr("get Pod", err)
-	}
-	if r.cfg.NodeContainerd != "" && id != "" {
-		node, err := r.nodeLeftovers(ctx, id, uid)
-		if err != nil {
+	if id != "" {
+		var err error
+		if left, err = r.sandboxLeftovers(ctx, id); err != nil {
 			return nil, err
 		}
-		left = append(left, node...)
 	}
 	sel := metav1.ListOptions{LabelSelector: labels.SelectorFromSet(kubeLabels(map[string]string{oci.LabelSession: sessionID, oci.LabelManaged: "true"})).String()}
 	pods, err := r.pods().List(ctx, sel)
@@ -550,13 +536,6 @@ func (r *Runtime) Leftovers(ctx context.Context, id, sessionID string) ([]string
 	for _, s := range secrets.Items {
 		left = append(left, "secret "+s.Name+" of session "+sessionID)
 	}
-	if id != "" {
-		if _, err := r.client.CoreV1().Secrets(r.cfg.Namespace).Get(ctx, id, metav1.GetOptions{}); err == nil {
-			left = append(left, "secret "+id)
-		} else if !apierrors.IsNotFound(err) {
-			return nil, r.apiErr("get Secret", err)
-		}
-	}
 	cms, err := r.client.CoreV1().ConfigMaps(r.cfg.Namespace).List(ctx, sel)
 	if err != nil {
 		return nil, r.apiErr("list ConfigMaps", err)
@@ -564,8 +543,43 @@ func (r *Runtime) Leftovers(ctx context.Context, id, sessionID string) ([]string
 	for _, c := range cms.Items {
 		left = append(left, "configmap "+c.Name)
 	}
-	if _, err := os.Stat(filepath.Join(r.cfg.State, id)); err == nil && id != "" {
+	return left, nil
+}
+
+// sandboxLeftovers names what is left of sandbox id by its name.
+func (r *Runtime) sandboxLeftovers(ctx context.Context, id string) ([]string, error) {
+	var left []string
+	uid := r.uid(id)
+	if pod, err := r.pods().Get(ctx, id, metav1.GetOptions{}); err == nil {
+		left = append(left, "pod "+id)
+		uid = string(pod.UID)
+		for _, c := range slices.Concat(pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses) {
+			if c.ContainerID != "" && c.State.Terminated == nil || c.Name == sandboxContainer && c.ContainerID != "" {
+				left = append(left, "container "+id+"/"+c.Name+" "+c.ContainerID)
+			}
+		}
+	} else if !apierrors.IsNotFound(err) {
+		return nil, r.apiErr("get Pod", err)
+	}
+	if _, err := r.client.CoreV1().Secrets(r.cfg.Namespace).Get(ctx, id, metav1.GetOptions{}); err == nil {
+		left = append(left, "secret "+id)
+	} else if !apierrors.IsNotFound(err) {
+		return nil, r.apiErr("get Secret", err)
+	}
+	if _, err := os.Stat(filepath.Join(r.cfg.State, id)); err == nil {
 		left = append(left, "workspace copy "+filepath.Join(r.cfg.State, id))
+	}
+	if r.cfg.NodeContainerd != "" {
+		n, err := r.openNode()
+		if err != nil {
+			return nil, err
+		}
+		defer n.close()
+		more, err := n.leftovers(ctx, r.cfg.Namespace, id, uid)
+		if err != nil {
+			return nil, err
+		}
+		left = append(left, more...)
 	}
 	return left, nil
 }

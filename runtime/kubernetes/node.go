@@ -2,6 +2,7 @@ package kubernetes
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -26,18 +27,36 @@ func (r *Runtime) uid(id string) string {
 	return r.uids[id]
 }
 
-// nodeLeftovers names what the node (this host, NodeContainerd) still
-// holds of Pod id: its containers with their tasks and snapshots in the
-// CRI's containerd, and its cgroups.
-func (r *Runtime) nodeLeftovers(ctx context.Context, id, uid string) ([]string, error) {
+// node is a node of this host (NodeContainerd): its containerd, and the
+// CRI the kubelet drives it through.
+type node struct {
+	ctr  *containerd.Client
+	conn *grpc.ClientConn
+	cri  criv1.RuntimeServiceClient
+}
+
+func (r *Runtime) openNode() (*node, error) {
 	c, err := containerd.New(r.cfg.NodeContainerd, containerd.WithDefaultNamespace(criNamespace))
 	if err != nil {
 		return nil, fmt.Errorf("node containerd %s: %w", r.cfg.NodeContainerd, err)
 	}
-	defer c.Close()
+	conn, err := grpc.NewClient("unix://"+r.cfg.NodeContainerd, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("node CRI %s: %w", r.cfg.NodeContainerd, err)
+	}
+	return &node{ctr: c, conn: conn, cri: criv1.NewRuntimeServiceClient(conn)}, nil
+}
+
+func (n *node) close() error { return errors.Join(n.ctr.Close(), n.conn.Close()) }
+
+// leftovers names what the node still holds of Pod id (of namespace ns):
+// its containers with their tasks and snapshots in the CRI's containerd,
+// and its cgroups (uid is the Pod's).
+func (n *node) leftovers(ctx context.Context, ns, id, uid string) ([]string, error) {
 	ctx = namespaces.WithNamespace(ctx, criNamespace)
-	filter := fmt.Sprintf(`labels."io.kubernetes.pod.namespace"==%q,labels."io.kubernetes.pod.name"==%q`, r.cfg.Namespace, id)
-	found, err := c.Containers(ctx, filter)
+	filter := fmt.Sprintf(`labels."io.kubernetes.pod.namespace"==%q,labels."io.kubernetes.pod.name"==%q`, ns, id)
+	found, err := n.ctr.Containers(ctx, filter)
 	if err != nil {
 		return nil, fmt.Errorf("node containerd: list containers: %w", err)
 	}
@@ -51,7 +70,7 @@ func (r *Runtime) nodeLeftovers(ctx context.Context, id, uid string) ([]string, 
 		}
 		info, err := ctr.Info(ctx)
 		if err == nil && info.SnapshotKey != "" {
-			if _, err := c.SnapshotService(info.Snapshotter).Stat(ctx, info.SnapshotKey); err == nil {
+			if _, err := n.ctr.SnapshotService(info.Snapshotter).Stat(ctx, info.SnapshotKey); err == nil {
 				left = append(left, "node snapshot "+info.SnapshotKey)
 			}
 		}
@@ -67,19 +86,41 @@ func (r *Runtime) nodeLeftovers(ctx context.Context, id, uid string) ([]string, 
 	return left, nil
 }
 
+// removeSandboxes removes Pod id's sandboxes (and so their containers)
+// through the CRI.
+func (n *node) removeSandboxes(ctx context.Context, ns, id string) error {
+	list, err := n.cri.ListPodSandbox(ctx, &criv1.ListPodSandboxRequest{Filter: &criv1.PodSandboxFilter{LabelSelector: map[string]string{
+		"io.kubernetes.pod.namespace": ns, "io.kubernetes.pod.name": id}}})
+	if err != nil {
+		return fmt.Errorf("node CRI: list pod sandboxes: %w", err)
+	}
+	for _, sb := range list.Items {
+		// The kubelet may be removing the same at once: what it took first is
+		// gone, which is what is wanted (waitNode looks again).
+		if _, err := n.cri.RemovePodSandbox(ctx, &criv1.RemovePodSandboxRequest{PodSandboxId: sb.Id}); err != nil && status.Code(err) != codes.NotFound {
+			return fmt.Errorf("node CRI: remove pod sandbox %s: %w", sb.Id, err)
+		}
+	}
+	return nil
+}
+
 // waitNode waits until the node holds nothing of Pod id. The kubelet
 // removes a deleted Pod's containers only at its next garbage collection
 // (up to a minute, measured), so the Pod's sandbox is removed through the
 // node's CRI at once, as that collection would; the kubelet then drops the
 // Pod's cgroups within its 2 s housekeeping.
 func (r *Runtime) waitNode(ctx context.Context, id, uid string) error {
-	var left []string
+	n, err := r.openNode()
+	if err != nil {
+		return err
+	}
+	defer n.close()
 	for {
-		if err := r.removePodSandboxes(ctx, id); err != nil {
+		if err := n.removeSandboxes(ctx, r.cfg.Namespace, id); err != nil {
 			return err
 		}
-		var err error
-		if left, err = r.nodeLeftovers(ctx, id, uid); err != nil {
+		left, err := n.leftovers(ctx, r.cfg.Namespace, id, uid)
+		if err != nil {
 			return err
 		}
 		if len(left) == 0 {
@@ -91,28 +132,4 @@ func (r *Runtime) waitNode(ctx context.Context, id, uid string) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-}
-
-// removePodSandboxes removes Pod id's sandboxes (and so their containers)
-// through the CRI of the node's containerd.
-func (r *Runtime) removePodSandboxes(ctx context.Context, id string) error {
-	conn, err := grpc.NewClient("unix://"+r.cfg.NodeContainerd, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return fmt.Errorf("node CRI %s: %w", r.cfg.NodeContainerd, err)
-	}
-	defer conn.Close()
-	cri := criv1.NewRuntimeServiceClient(conn)
-	list, err := cri.ListPodSandbox(ctx, &criv1.ListPodSandboxRequest{Filter: &criv1.PodSandboxFilter{LabelSelector: map[string]string{
-		"io.kubernetes.pod.namespace": r.cfg.Namespace, "io.kubernetes.pod.name": id}}})
-	if err != nil {
-		return fmt.Errorf("node CRI: list pod sandboxes: %w", err)
-	}
-	for _, sb := range list.Items {
-		// The kubelet may be removing the same at once: what it took first is
-		// gone, which is what is wanted (waitNode looks again).
-		if _, err := cri.RemovePodSandbox(ctx, &criv1.RemovePodSandboxRequest{PodSandboxId: sb.Id}); err != nil && status.Code(err) != codes.NotFound {
-			return fmt.Errorf("node CRI: remove pod sandbox %s: %w", sb.Id, err)
-		}
-	}
-	return nil
 }

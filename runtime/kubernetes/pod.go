@@ -93,12 +93,8 @@ func (r *Runtime) podFor(prep runtime.Prepared, spec runtime.Spec, labels map[st
 	tmp := *resource.NewQuantity(p.TmpBytes, resource.BinarySI)
 	mounts := []corev1.VolumeMount{{Name: "tmp", MountPath: "/tmp"}, {Name: "workspace", MountPath: oci.Workspace, SubPath: "user"}}
 	command := append([]string{"/bin/sh", "-c", gate, "sandstorm-gate", strconv.FormatUint(p.NoFile, 10), strconv.Itoa(oci.DefaultNProc)}, spec.Args...)
-	annotations := map[string]string{}
-	for k, v := range labels {
-		annotations[annotationPrefix+k] = v
-	}
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: prep.ID, Namespace: r.cfg.Namespace, Labels: kubeLabels(labels), Annotations: annotations},
+		ObjectMeta: metav1.ObjectMeta{Name: prep.ID, Namespace: r.cfg.Namespace, Labels: kubeLabels(labels), Annotations: annotationsOf(labels)},
 		Spec: corev1.PodSpec{
 			RestartPolicy:                 corev1.RestartPolicyNever,
 			AutomountServiceAccountToken:  &no,
@@ -163,12 +159,8 @@ func (r *Runtime) secretFor(prep runtime.Prepared, spec runtime.Spec, labels map
 		k, v, _ := strings.Cut(kv, "=")
 		data[k] = []byte(v)
 	}
-	annotations := map[string]string{}
-	for k, v := range labels {
-		annotations[annotationPrefix+k] = v
-	}
 	return &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: prep.ID, Namespace: r.cfg.Namespace, Labels: kubeLabels(labels), Annotations: annotations},
+		ObjectMeta: metav1.ObjectMeta{Name: prep.ID, Namespace: r.cfg.Namespace, Labels: kubeLabels(labels), Annotations: annotationsOf(labels)},
 		Type:       corev1.SecretTypeOpaque,
 		Data:       data,
 	}
@@ -182,6 +174,15 @@ func kubeLabels(labels map[string]string) map[string]string {
 		if len(validation.IsQualifiedName(k)) == 0 && len(validation.IsValidLabelValue(v)) == 0 {
 			out[k] = v
 		}
+	}
+	return out
+}
+
+// annotationsOf holds every label, as labelsOf reads them back.
+func annotationsOf(labels map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range labels {
+		out[annotationPrefix+k] = v
 	}
 	return out
 }
