@@ -32,7 +32,14 @@ K() { "$B/kubectl" --kubeconfig "$S/admin.kubeconfig" "$@"; }
 
 [[ $EUID -eq 0 ]] || die "must run as root"
 "$here/k8s-build.sh"
-command -v etcd >/dev/null || { say "packages: installing etcd-server"; DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends etcd-server >/dev/null; }
+# etcd, and openssl for the certificates: on a fresh machine these may be missing.
+need=()
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v openssl >/dev/null || need+=(openssl)
+if ((${#need[@]})); then
+  say "packages: installing ${need[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >/dev/null
+fi
 
 if ! ip -4 addr show dev sk8s-node 2>/dev/null | grep -q "inet $NODE_IP/"; then
   # A bridge with no ports: this kernel has no dummy interfaces.
