@@ -145,6 +145,23 @@ func TestParseLimits(t *testing.T) {
 		{"bad network", "network_mode: host\n", "network_mode", nil},
 		{"timeout range", "session_timeout_seconds: 2\n", "session_timeout_seconds", nil},
 		{"not a mapping", "- a\n- b\n", "mapping", nil},
+		{"unknown pool key", "pool:\n  sizes: 1\n", `pool: unknown key "sizes" (keys: size, max_refill_concurrency)`, nil},
+		{"pool type", "pool:\n  size: many\n", "pool: size: must be a number", nil},
+		{"unknown secret key", "secrets:\n  T:\n    from_envs: X\n", "(keys: from_env, from_file, hosts)", nil},
+		{"bad retention", "run_retention: soon\n", "run_retention: must be a number of days", nil},
+		{"bad store size", "run_store_max_size: big\n", "run_store_max_size", nil},
+		{"bad old name", "docker_image: 3\n", "docker_image: must be a string", nil},
+		{"null keeps the default", "memory_limit:\ncpu_limit: null\nrun_retention:\n", "", func(t *testing.T, l Limits) {
+			d := DefaultLimits()
+			if l.MemoryBytes != d.MemoryBytes || l.CPULimit != d.CPULimit || l.RunRetention != d.RunRetention {
+				t.Errorf("%+v", l)
+			}
+		}},
+		{"a key's case is its own", "Image: x:1\n", "", func(t *testing.T, l Limits) {
+			if l.Image != DefaultLimits().Image {
+				t.Errorf("Image set image: %q", l.Image)
+			}
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

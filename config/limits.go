@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,22 +28,25 @@ const LimitsEnv = "SANDSTORM_CONFIG"
 // DefaultLimitsPath is tried last, relative to the working directory.
 const DefaultLimitsPath = "config/limits.yaml"
 
-// Limits is limits.yaml: what this host allows every run.
+// Limits is limits.yaml: what this host allows every run. Each field's
+// json tag is its key and its limits tag how a reload treats it (see
+// limitsKey): the keys, the reload's diff, ds serve --help and README's
+// example are all read from here.
 type Limits struct {
-	MaxConcurrentAgents   int     `json:"max_concurrent_agents"`
-	CPULimit              float64 `json:"-"`
-	MemoryBytes           int64   `json:"-"`
-	PidsLimit             int64   `json:"pids_limit"`
-	SessionTimeoutSeconds int     `json:"session_timeout_seconds"`
-	Image                 string  `json:"image"`
+	MaxConcurrentAgents   int    `json:"max_concurrent_agents"`
+	CPULimit              Cores  `json:"cpu_limit"`
+	MemoryBytes           Bytes  `json:"memory_limit"`
+	PidsLimit             int64  `json:"pids_limit"`
+	SessionTimeoutSeconds int    `json:"session_timeout_seconds"`
+	Image                 string `json:"image" limits:"was=docker_image"`
 	// NetworkMode is proxy (default: egress only through the gateway's
 	// policy proxy), none (nothing but the model) or bridge (unrestricted).
 	NetworkMode string `json:"network_mode"`
 	// Egress is the proxy's policy (network_mode: proxy).
-	Egress egress.Config `json:"-"`
+	Egress Egress `json:"egress"`
 	// Secrets are values the sandbox never sees, by the name of the
 	// environment variable that holds a placeholder in the sandbox.
-	Secrets map[string]SecretSource `json:"-"`
+	Secrets Secrets `json:"secrets"`
 	// QueueSize requests may wait for a free slot, each at most QueueWaitSeconds.
 	QueueSize        int `json:"queue_size"`
 	QueueWaitSeconds int `json:"queue_wait_seconds"`
@@ -52,37 +56,32 @@ type Limits struct {
 	MaxBudgetUSD     float64 `json:"max_budget_usd"`
 	MaxModelRequests int     `json:"max_model_requests"`
 	MaxOutputTokens  int64   `json:"max_output_tokens"`
-	// Isolation is runc (default) or gvisor (see runtime.Isolation).
-	Isolation string `json:"isolation"`
+	// Isolation is runc (default) or gvisor (see runtime.Isolation); the
+	// backend is opened with it at start.
+	Isolation string `json:"isolation" limits:"restart"`
 	// AllowUnenforced lists the policy items runs may go without where the
 	// backend cannot enforce them (each run's stream says so); any other
 	// missing item fails the run closed.
 	AllowUnenforced []string `json:"allow_unenforced"`
 	// StateDir holds the run store (runs.db) and each run's files; default
 	// DefaultStateDir (root) or ~/.local/state/sandstorm.
-	StateDir string `json:"state_dir"`
+	StateDir string `json:"state_dir" limits:"restart"`
 	// RunRetention is how long a finished run is kept; RunStoreMaxBytes
-	// bounds the store (the oldest finished runs go first).
-	RunRetention     time.Duration `json:"-"`
-	RunStoreMaxBytes int64         `json:"-"`
+	// bounds the store (the oldest finished runs go first). The store's
+	// upkeep is started with them.
+	RunRetention     Days  `json:"run_retention" limits:"restart"`
+	RunStoreMaxBytes Bytes `json:"run_store_max_size" limits:"restart"`
 	// MaxOutputFiles and MaxOutputBytes bound the files handed back from
 	// each run's workspace; over them, the largest are skipped.
 	MaxOutputFiles int   `json:"max_output_files"`
-	MaxOutputBytes int64 `json:"-"`
+	MaxOutputBytes Bytes `json:"max_output_bytes"`
 	// WebhookURL, if set, gets every finished run's summary (a request may
-	// name its own).
-	WebhookURL string `json:"webhook_url"`
+	// name its own); the run service is opened with it.
+	WebhookURL string `json:"webhook_url" limits:"restart"`
 	// Pool is ds serve's warm pool.
 	Pool Pool `json:"pool"`
 	// Source is the file these came from, or "" for built-in defaults.
 	Source string `json:"-"`
-}
-
-// Pool is limits.yaml's pool block: warm sandboxes kept ready for ds
-// serve's requests (each holds one of max_concurrent_agents).
-type Pool struct {
-	Size                 int `json:"size"`
-	MaxRefillConcurrency int `json:"max_refill_concurrency"`
 }
 
 // DefaultLimits are used when no limits file exists.
@@ -98,18 +97,13 @@ func DefaultLimits() Limits {
 		QueueSize:             100,
 		QueueWaitSeconds:      60,
 		Isolation:             string(runtime.IsolationRunc),
-		RunRetention:          7 * 24 * time.Hour,
+		RunRetention:          Days(7 * 24 * time.Hour),
 		RunStoreMaxBytes:      1 << 30,
 		MaxOutputFiles:        1000,
 		MaxOutputBytes:        100 << 20,
 		Pool:                  Pool{Size: 2, MaxRefillConcurrency: 1},
 	}
 }
-
-var limitsKeys = []string{"max_concurrent_agents", "cpu_limit", "memory_limit", "pids_limit",
-	"session_timeout_seconds", "image", "docker_image", "network_mode", "queue_size", "queue_wait_seconds",
-	"isolation", "allow_unenforced", "egress", "max_budget_usd", "max_model_requests", "max_output_tokens", "secrets",
-	"state_dir", "run_retention", "run_store_max_size", "max_output_files", "max_output_bytes", "webhook_url", "pool"}
 
 // NetworkProxy is the network mode in which the sandbox has only loopback
 // and reaches the network through the gateway's egress proxy.
@@ -162,61 +156,82 @@ func ParseLimits(data []byte) (Limits, []string, error) {
 	if err := json.Unmarshal(j, &raw); err != nil {
 		return l, nil, fmt.Errorf("%w: must be a mapping of keys to values", ErrInvalid)
 	}
-	warnings := unknownKeys(sortedKeys(raw), limitsKeys)
-	if err := json.Unmarshal(j, &l); err != nil {
-		return l, warnings, fmt.Errorf("%w: %s", ErrInvalid, describeJSONError(err))
-	}
-	if img, ok := raw["docker_image"]; ok {
-		warnings = append(warnings, `"docker_image" is the old name of "image"`)
-		if _, has := raw["image"]; !has {
-			if err := json.Unmarshal(img, &l.Image); err != nil {
-				return l, warnings, fmt.Errorf("%w: docker_image: must be a string", ErrInvalid)
+	warnings := unknownKeys(sortedKeys(raw), acceptedKeys())
+	fields := reflect.ValueOf(&l).Elem()
+	for _, k := range limitsKeys {
+		key := k.name
+		v, ok := raw[key]
+		if old, was := raw[k.was]; k.was != "" && was {
+			warnings = append(warnings, fmt.Sprintf("%q is the old name of %q", k.was, k.name))
+			if !ok {
+				key, v, ok = k.was, old, true
 			}
 		}
-	}
-	if v, ok := raw["cpu_limit"]; ok {
-		if l.CPULimit, err = number(v); err != nil {
-			return l, warnings, fmt.Errorf("%w: cpu_limit: %w", ErrInvalid, err)
+		if !ok {
+			continue
+		}
+		if err := json.Unmarshal(v, fields.Field(k.field).Addr().Interface()); err != nil {
+			return l, warnings, fmt.Errorf("%w: %s: %s", ErrInvalid, key, describeJSONError(err))
 		}
 	}
-	if v, ok := raw["secrets"]; ok {
-		if l.Secrets, err = parseSecrets(v); err != nil {
-			return l, warnings, fmt.Errorf("%w: secrets: %w", ErrInvalid, err)
-		}
-	}
-	if v, ok := raw["egress"]; ok {
-		if l.Egress, err = parseEgress(v); err != nil {
-			return l, warnings, fmt.Errorf("%w: egress: %w", ErrInvalid, err)
-		}
-	}
-	if v, ok := raw["pool"]; ok {
-		if err := strict(v, &l.Pool); err != nil {
-			msg := strings.Replace(describeJSONError(err), "json: unknown field", "unknown key", 1)
-			return l, warnings, fmt.Errorf("%w: pool: %s (keys: size, max_refill_concurrency)", ErrInvalid, msg)
-		}
-	} else {
+	if _, ok := raw["pool"]; !ok {
 		// By default at most half the slots wait warm: the rest stay free
 		// for runs that fit no warm sandbox, and for other processes.
 		l.Pool.Size = min(l.Pool.Size, l.MaxConcurrentAgents/2)
 	}
-	if v, ok := raw["run_retention"]; ok {
-		if l.RunRetention, err = days(v); err != nil {
-			return l, warnings, fmt.Errorf("%w: run_retention: %w", ErrInvalid, err)
-		}
-	}
-	for key, dst := range map[string]*int64{"run_store_max_size": &l.RunStoreMaxBytes, "max_output_bytes": &l.MaxOutputBytes} {
-		if v, ok := raw[key]; ok {
-			if *dst, err = size(v); err != nil {
-				return l, warnings, fmt.Errorf("%w: %s: %w", ErrInvalid, key, err)
-			}
-		}
-	}
-	if v, ok := raw["memory_limit"]; ok {
-		if l.MemoryBytes, err = size(v); err != nil {
-			return l, warnings, fmt.Errorf("%w: memory_limit: %w", ErrInvalid, err)
-		}
-	}
 	return l, warnings, l.Validate()
+}
+
+// Cores is a number of CPU cores: 2, 2.5 or "2".
+type Cores float64
+
+// UnmarshalJSON leaves c as it is on null, as encoding/json does.
+func (c *Cores) UnmarshalJSON(v []byte) error {
+	if isNull(v) {
+		return nil
+	}
+	f, err := number(v)
+	*c = Cores(f)
+	return err
+}
+
+// Bytes is a size: "4gb", "512m" or a bare number of bytes.
+type Bytes int64
+
+// UnmarshalJSON leaves b as it is on null, as encoding/json does.
+func (b *Bytes) UnmarshalJSON(v []byte) error {
+	if isNull(v) {
+		return nil
+	}
+	n, err := size(v)
+	*b = Bytes(n)
+	return err
+}
+
+// Days is a duration written as 7 (days), "7d", or "36h".
+type Days time.Duration
+
+// UnmarshalJSON leaves d as it is on null, as encoding/json does.
+func (d *Days) UnmarshalJSON(v []byte) error {
+	if isNull(v) {
+		return nil
+	}
+	n, err := days(v)
+	*d = Days(n)
+	return err
+}
+
+// Pool is limits.yaml's pool block: warm sandboxes kept ready for ds
+// serve's requests (each holds one of max_concurrent_agents).
+type Pool struct {
+	Size                 int `json:"size"`
+	MaxRefillConcurrency int `json:"max_refill_concurrency"`
+}
+
+// UnmarshalJSON refuses keys the pool block does not have.
+func (p *Pool) UnmarshalJSON(v []byte) error {
+	type plain Pool
+	return strict(v, (*plain)(p))
 }
 
 // SecretSource is where a secret's value comes from on the host, and the
@@ -227,24 +242,27 @@ type SecretSource struct {
 	Hosts    []string `json:"hosts"`
 }
 
-// parseSecrets reads the secrets block: NAME: {from_env|from_file, hosts}.
-func parseSecrets(v json.RawMessage) (map[string]SecretSource, error) {
+// Secrets is the secrets block: NAME: {from_env|from_file, hosts}.
+type Secrets map[string]SecretSource
+
+func (s *Secrets) UnmarshalJSON(v []byte) error {
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(v, &raw); err != nil {
-		return nil, errors.New("must map names to {from_env or from_file, hosts}")
+		return errors.New("must map names to {from_env or from_file, hosts}")
 	}
-	out := map[string]SecretSource{}
+	out := Secrets{}
 	for _, name := range sortedKeys(raw) {
-		var s SecretSource
-		if err := strict(raw[name], &s); err != nil {
-			return nil, fmt.Errorf("%s: %s (keys: from_env, from_file, hosts)", name, describeJSONError(err))
+		var src SecretSource
+		if err := strict(raw[name], &src); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
 		}
-		if err := s.validate(name); err != nil {
-			return nil, err
+		if err := src.validate(name); err != nil {
+			return err
 		}
-		out[name] = s
+		out[name] = src
 	}
-	return out, nil
+	*s = out
+	return nil
 }
 
 func (s SecretSource) validate(name string) error {
@@ -308,36 +326,44 @@ func (l Limits) LoadSecrets() ([]egress.Secret, error) {
 	return out, nil
 }
 
-// parseEgress reads the egress block: allow, deny, ports, max_bytes.
-func parseEgress(v json.RawMessage) (egress.Config, error) {
-	var raw struct {
+// Egress is the egress block: allow, deny, ports, max_bytes.
+type Egress egress.Config
+
+func (e *Egress) UnmarshalJSON(v []byte) error {
+	var block struct {
 		Allow    []string        `json:"allow"`
 		Deny     []string        `json:"deny"`
 		Ports    []int           `json:"ports"`
 		MaxBytes json.RawMessage `json:"max_bytes"`
 	}
-	if err := strict(v, &raw); err != nil {
-		return egress.Config{}, fmt.Errorf("%s (keys: allow, deny, ports, max_bytes)", describeJSONError(err))
+	if err := strict(v, &block); err != nil {
+		return err
 	}
-	c := egress.Config{Allow: raw.Allow, Deny: raw.Deny, Ports: raw.Ports}
-	if len(raw.MaxBytes) > 0 && string(raw.MaxBytes) != "null" {
-		n, err := size(raw.MaxBytes)
+	c := egress.Config{Allow: block.Allow, Deny: block.Deny, Ports: block.Ports}
+	if !isNull(block.MaxBytes) {
+		n, err := size(block.MaxBytes)
 		if err != nil {
-			return c, fmt.Errorf("max_bytes: %w", err)
+			return fmt.Errorf("max_bytes: %w", err)
 		}
 		c.MaxBytes = n
 	}
 	if _, err := c.Policy(); err != nil {
-		return c, err
+		return err
 	}
-	return c, nil
+	*e = Egress(c)
+	return nil
 }
 
-// strict decodes v into dst, refusing keys dst does not have.
+// strict decodes v into dst, refusing keys dst does not have and naming
+// those it has instead.
 func strict(v json.RawMessage, dst any) error {
 	dec := json.NewDecoder(bytes.NewReader(v))
 	dec.DisallowUnknownFields()
-	return dec.Decode(dst)
+	if err := dec.Decode(dst); err != nil {
+		msg := strings.Replace(describeJSONError(err), "json: unknown field", "unknown key", 1)
+		return fmt.Errorf("%s (keys: %s)", msg, fieldNames(reflect.TypeOf(dst).Elem()))
+	}
+	return nil
 }
 
 // size accepts "4gb", "512m" or a bare number of bytes.
@@ -419,8 +445,8 @@ func (l Limits) Validate() error {
 		return bad("max_output_tokens", "%d is negative", l.MaxOutputTokens)
 	}
 	switch {
-	case l.RunRetention < time.Minute:
-		return bad("run_retention", "%v is below 1m", l.RunRetention)
+	case time.Duration(l.RunRetention) < time.Minute:
+		return bad("run_retention", "%v is below 1m", time.Duration(l.RunRetention))
 	case l.RunStoreMaxBytes < 1<<20:
 		return bad("run_store_max_size", "%d bytes is below 1 MiB", l.RunStoreMaxBytes)
 	case l.MaxOutputFiles < 0 || l.MaxOutputFiles > 100000:
@@ -466,7 +492,7 @@ func (l Limits) EgressPolicy() (*egress.Policy, error) {
 	if l.NetworkMode != NetworkProxy {
 		return nil, nil
 	}
-	p, err := l.Egress.Policy()
+	p, err := egress.Config(l.Egress).Policy()
 	if err != nil {
 		return nil, fmt.Errorf("%w: egress: %w", ErrInvalid, err)
 	}
@@ -475,8 +501,8 @@ func (l Limits) EgressPolicy() (*egress.Policy, error) {
 
 func (l Limits) Policy() oci.Policy {
 	return oci.Policy{
-		MemoryBytes: l.MemoryBytes,
-		CPUs:        l.CPULimit,
+		MemoryBytes: int64(l.MemoryBytes),
+		CPUs:        float64(l.CPULimit),
 		Pids:        l.PidsLimit,
 		Network:     l.sandboxNetwork(),
 	}

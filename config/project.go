@@ -222,7 +222,11 @@ func unknownKeys(keys, known []string) []string {
 func describeJSONError(err error) string {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
-		return fmt.Sprintf("%s: must be %s, not %s", te.Field, JSONKind(te.Type.Kind().String()), te.Value)
+		msg := fmt.Sprintf("must be %s, not %s", JSONKind(te.Type.Kind().String()), te.Value)
+		if te.Field == "" {
+			return msg
+		}
+		return te.Field + ": " + msg
 	}
 	var se *json.SyntaxError
 	if errors.As(err, &se) {

@@ -15,7 +15,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -333,10 +332,6 @@ func (e *Engine) Manager() *session.Manager {
 // ErrRestart: a reload changed a setting only a restart applies.
 var ErrRestart = errors.New("needs a restart")
 
-// restartOnly are the limits keys a running server cannot change: the
-// backend connection, the run store and its upkeep are set up at start.
-var restartOnly = []string{"isolation", "state_dir", "run_retention", "run_store_max_size", "webhook_url"}
-
 // Reload re-reads the limits file and sandstorm.json. Valid settings apply
 // to the runs that start from now on (running ones keep theirs) and the
 // warm pool is started afresh with them; on an error nothing changes. It
@@ -351,11 +346,14 @@ func (e *Engine) Reload(ctx context.Context) ([]string, error) {
 	e.mu.Lock()
 	old := e.settings
 	e.mu.Unlock()
-	changed := append(diff(old.limits, st.limits, ""), diff(old.project, st.project, config.ProjectFile+": ")...)
+	changed := config.Diff(old.limits, st.limits)
 	for _, k := range changed {
-		if slices.Contains(restartOnly, k) {
+		if slices.Contains(config.RestartOnly(), k) {
 			return nil, fmt.Errorf("%w: %s: changing it %w (the rest of the file is not applied either)", config.ErrInvalid, k, ErrRestart)
 		}
+	}
+	for _, k := range config.Diff(old.project, st.project) {
+		changed = append(changed, config.ProjectFile+": "+k)
 	}
 	if len(changed) == 0 {
 		return nil, nil
@@ -380,29 +378,6 @@ func (e *Engine) Reload(ctx context.Context) ([]string, error) {
 		e.StartPool(poolCtx)
 	}
 	return changed, nil
-}
-
-// untagged names the limits.yaml keys of the Limits fields that are not
-// JSON as they are written there.
-var untagged = map[string]string{"CPULimit": "cpu_limit", "MemoryBytes": "memory_limit", "Egress": "egress", "Secrets": "secrets",
-	"RunRetention": "run_retention", "RunStoreMaxBytes": "run_store_max_size", "MaxOutputBytes": "max_output_bytes"}
-
-// diff names the keys of the fields whose values differ between a and b,
-// two values of one struct type.
-func diff(a, b any, prefix string) []string {
-	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
-	var out []string
-	for i := range va.NumField() {
-		f := va.Type().Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-		if name == "-" || name == "" {
-			name = untagged[f.Name]
-		}
-		if name != "" && !reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {
-			out = append(out, prefix+name)
-		}
-	}
-	return out
 }
 
 // Swept is what a sweep removed.
@@ -584,6 +559,6 @@ func (e *Engine) OpenRuns(ctx context.Context, dir string) (*runs.Service, error
 		store.Close()
 		return nil, err
 	}
-	svc.Tidy(ctx, limits.RunRetention, limits.RunStoreMaxBytes)
+	svc.Tidy(ctx, time.Duration(limits.RunRetention), int64(limits.RunStoreMaxBytes))
 	return svc, nil
 }

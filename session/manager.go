@@ -188,7 +188,7 @@ func (m *Manager) Job(req api.Request) (agent.Job, error) {
 		Credentials: creds, Env: append([]string(nil), m.env...), Budget: budget, EgressAllow: narrow}
 	if req.Output != nil && !req.NoOutput && m.limits.MaxOutputFiles > 0 && m.limits.MaxOutputBytes > 0 {
 		job.Output = &agent.Output{Dir: req.Output.Dir, URL: req.Output.URL, Options: outfiles.Options{
-			MaxFiles: m.limits.MaxOutputFiles, MaxBytes: m.limits.MaxOutputBytes, IncludeCaches: req.OutputCaches, InlineMax: InlineMax}}
+			MaxFiles: m.limits.MaxOutputFiles, MaxBytes: int64(m.limits.MaxOutputBytes), IncludeCaches: req.OutputCaches, InlineMax: InlineMax}}
 	}
 	return job, nil
 }

@@ -153,7 +153,7 @@ origins get nothing (403) unless $CORS_ORIGINS lists them ("*" for any).`,
 			sweepCtx, stopSweep := context.WithCancel(context.WithoutCancel(cmd.Context()))
 			defer stopSweep()
 			go eng.SweepEvery(sweepCtx, sweep)
-			go svc.Maintain(sweepCtx, sweep, limits.RunRetention, limits.RunStoreMaxBytes)
+			go svc.Maintain(sweepCtx, sweep, time.Duration(limits.RunRetention), int64(limits.RunStoreMaxBytes))
 			if err := reloadOn(sweepCtx, eng, log, reload); err != nil {
 				return err
 			}
