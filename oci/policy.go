@@ -60,7 +60,7 @@ type Policy struct {
 	CPUs float64 `json:"cpus"`
 	// Pids is the maximum number of processes and threads.
 	Pids int64 `json:"pids"`
-	// NoFile is the open-files limit; clamped to what the host allows.
+	// NoFile is the open-files limit (RLIMIT_NOFILE, soft and hard).
 	NoFile uint64 `json:"nofile"`
 	// TmpBytes is the size of the tmpfs at /tmp.
 	TmpBytes int64 `json:"tmp_bytes"`
@@ -79,8 +79,10 @@ const (
 	DefaultCPUs        = 2
 	DefaultPids        = 512
 	DefaultNoFile      = 4096
-	DefaultTmpBytes    = 512 << 20
-	DefaultHostname    = "sandbox"
+	// MaxNoFile is the kernel's default fs.nr_open: no process gets more.
+	MaxNoFile       = 1 << 20
+	DefaultTmpBytes = 512 << 20
+	DefaultHostname = "sandbox"
 )
 
 // WithDefaults returns p with every unset field given its safe default.
@@ -139,8 +141,8 @@ func (p Policy) Validate() error {
 		return bad("cpus", "%g is outside 0.01..1024", p.CPUs)
 	case p.Pids < 8 || p.Pids > 1<<22:
 		return bad("pids", "%d is outside 8..4194304", p.Pids)
-	case p.NoFile < 64:
-		return bad("nofile", "%d is below 64", p.NoFile)
+	case p.NoFile < 64 || p.NoFile > MaxNoFile:
+		return bad("nofile", "%d is outside 64..%d", p.NoFile, MaxNoFile)
 	case p.TmpBytes < 1<<20:
 		return bad("tmp", "%d bytes is below 1 MiB", p.TmpBytes)
 	case p.Seccomp != SeccompDefault && p.Seccomp != SeccompUnconfined:

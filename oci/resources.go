@@ -2,11 +2,13 @@ package oci
 
 import (
 	"context"
+	"slices"
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 // CPUPeriod is the CFS period in microseconds (the kernel's default) that
@@ -38,24 +40,88 @@ func CPUQuota(cpus float64) int64 { return int64(cpus*CPUPeriod + 0.5) }
 // limit bounds each sandbox.
 const DefaultNProc = 32768
 
-// Rlimits are the resource limits of a sandbox's process, set explicitly on
-// every backend (each would otherwise pass on its daemon's own): open files
-// as the policy says, processes DefaultNProc, and no core dumps (a dump is
-// the agent's memory, secrets included, written where the host's
-// core_pattern says). Each is lowered to the host's hard limit, as a higher
-// one would make the runtime fail to start the process.
-func (h Host) Rlimits(p Policy) []specs.POSIXRlimit {
-	limit := func(typ string, v, hard uint64) specs.POSIXRlimit {
-		if hard > 0 && v > hard {
-			v = hard
-		}
-		return specs.POSIXRlimit{Type: typ, Hard: v, Soft: v}
-	}
+// Unlimited is RLIM_INFINITY, as the runtime spec writes it.
+const Unlimited = ^uint64(0)
+
+// Rlimits are every resource limit of a sandbox's process, all of them set
+// explicitly on every backend: one left out is inherited from the daemon,
+// and several of those the kernel sizes from the host (SIGPENDING and NPROC
+// from its memory), so a sandbox would differ from host to host. The values
+// are at or under the kernel's own defaults, so that a runtime that cannot
+// raise a limit (rootless, or the unprivileged gate on Kubernetes) can still
+// set them; the probe prints each one, and TestRlimitsCoverEveryResource
+// keeps this list whole.
+func Rlimits(p Policy) []specs.POSIXRlimit {
+	both := func(typ string, v uint64) specs.POSIXRlimit { return specs.POSIXRlimit{Type: typ, Soft: v, Hard: v} }
 	return []specs.POSIXRlimit{
-		limit("RLIMIT_CORE", 0, 0),
-		limit("RLIMIT_NOFILE", p.NoFile, h.NoFileHard),
-		limit("RLIMIT_NPROC", DefaultNProc, h.NProcHard),
+		// Bounded by the memory cgroup, not per process.
+		both("RLIMIT_AS", Unlimited),
+		// No core dumps: a dump is the agent's memory, secrets included,
+		// written where the host's core_pattern says.
+		both("RLIMIT_CORE", 0),
+		both("RLIMIT_CPU", Unlimited),
+		both("RLIMIT_DATA", Unlimited),
+		// Bounded by the workspace's and /tmp's sizes.
+		both("RLIMIT_FSIZE", Unlimited),
+		both("RLIMIT_LOCKS", Unlimited),
+		// Locked memory would escape the memory cgroup's reclaim; 64 KiB is
+		// the kernel's default before 5.16, and gVisor's.
+		both("RLIMIT_MEMLOCK", 64<<10),
+		// The kernel's default (MQ_BYTES_MAX), the same on every host.
+		both("RLIMIT_MSGQUEUE", 819200),
+		// No raising of priorities, normal or real-time.
+		both("RLIMIT_NICE", 0),
+		both("RLIMIT_NOFILE", p.NoFile),
+		both("RLIMIT_NPROC", DefaultNProc),
+		both("RLIMIT_RSS", Unlimited),
+		both("RLIMIT_RTPRIO", 0),
+		// Only real-time tasks count it, and RTPRIO 0 allows none.
+		both("RLIMIT_RTTIME", Unlimited),
+		// Pending signals, counted per host uid like NPROC.
+		both("RLIMIT_SIGPENDING", DefaultSigPending),
+		// The usual 8 MiB stack; the hard limit stays open, as everywhere, for
+		// the tools that raise their own.
+		{Type: "RLIMIT_STACK", Soft: 8 << 20, Hard: Unlimited},
 	}
+}
+
+// DefaultSigPending bounds the signals queued to the sandbox user: the
+// kernel's default for a host of 1 GiB, well above what the agent's tools
+// queue at once.
+const DefaultSigPending = 4096
+
+// Fit lowers each limit to the host's hard limit, for a runtime that cannot
+// raise one (a rootless service): a higher one would make it fail to start
+// the process. It also returns the limits it lowered, which are where the
+// sandbox differs from the policy on this host.
+func (h Host) Fit(limits []specs.POSIXRlimit) (fitted, lowered []specs.POSIXRlimit) {
+	fitted = slices.Clone(limits)
+	for i, l := range fitted {
+		hard, ok := h.HardLimits[l.Type]
+		if !ok || hard >= l.Hard {
+			continue
+		}
+		l.Hard, l.Soft = hard, min(l.Soft, hard)
+		fitted[i] = l
+		lowered = append(lowered, l)
+	}
+	return fitted, lowered
+}
+
+// rlimitResources are the kernel's numbers of the limits Rlimits sets.
+var rlimitResources = map[string]int{
+	"RLIMIT_AS": unix.RLIMIT_AS, "RLIMIT_CORE": unix.RLIMIT_CORE, "RLIMIT_CPU": unix.RLIMIT_CPU,
+	"RLIMIT_DATA": unix.RLIMIT_DATA, "RLIMIT_FSIZE": unix.RLIMIT_FSIZE, "RLIMIT_LOCKS": unix.RLIMIT_LOCKS,
+	"RLIMIT_MEMLOCK": unix.RLIMIT_MEMLOCK, "RLIMIT_MSGQUEUE": unix.RLIMIT_MSGQUEUE, "RLIMIT_NICE": unix.RLIMIT_NICE,
+	"RLIMIT_NOFILE": unix.RLIMIT_NOFILE, "RLIMIT_NPROC": unix.RLIMIT_NPROC, "RLIMIT_RSS": unix.RLIMIT_RSS,
+	"RLIMIT_RTPRIO": unix.RLIMIT_RTPRIO, "RLIMIT_RTTIME": unix.RLIMIT_RTTIME, "RLIMIT_SIGPENDING": unix.RLIMIT_SIGPENDING,
+	"RLIMIT_STACK": unix.RLIMIT_STACK,
+}
+
+// RlimitResource is the kernel's number of a limit type ("RLIMIT_NOFILE").
+func RlimitResource(typ string) (int, bool) {
+	r, ok := rlimitResources[typ]
+	return r, ok
 }
 
 // RlimitName is the short name Docker and Podman take: "RLIMIT_NOFILE"

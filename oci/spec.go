@@ -41,10 +41,9 @@ type Container struct {
 
 // Host is what the host allows; the spec is fitted to it.
 type Host struct {
-	// NoFileHard is the host's open-files hard limit: a sandbox cannot get more.
-	NoFileHard uint64
-	// NProcHard is the host's processes hard limit.
-	NProcHard uint64
+	// HardLimits are this process's hard resource limits by type
+	// ("RLIMIT_NOFILE"): what a runtime it starts unprivileged cannot exceed.
+	HardLimits map[string]uint64
 	// SwapAccounting tells whether memory+swap can be limited (cgroup v1 memsw or v2 swap.max).
 	SwapAccounting bool
 }
@@ -103,7 +102,7 @@ func Options(sb Container, host Host) ([]oci.SpecOpts, error) {
 		withMemory(p.MemoryBytes, host.SwapAccounting),
 		withCPUs(p.CPUs),
 		oci.WithPidsLimit(p.Pids),
-		withRlimits(host.Rlimits(p)),
+		withRlimits(Rlimits(p)),
 	}
 	return opts, nil
 }

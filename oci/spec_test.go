@@ -20,7 +20,7 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files")
 
-var testHost = Host{NoFileHard: 20000, SwapAccounting: true}
+var testHost = Host{SwapAccounting: true}
 
 func sandbox(p Policy) Container {
 	return Container{
@@ -52,12 +52,12 @@ func TestBuildGolden(t *testing.T) {
 				{Source: "/srv/data", Target: "/data", ReadOnly: true},
 			},
 		}), testHost},
-		{"bridge-netns-small-host", func() Container {
+		{"bridge-netns-most-files-no-swap", func() Container {
 			sb := sandbox(Policy{Network: NetworkBridge, NoFile: 1 << 20})
 			sb.NetNS = "/var/run/netns/sandstorm-sb-test"
 			sb.Labels = map[string]string{"team": "infra"}
 			return sb
-		}(), Host{NoFileHard: 8192}},
+		}(), Host{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -147,4 +147,29 @@ func build(ctx context.Context, sb Container, host Host) (*specs.Spec, error) {
 		return nil, fmt.Errorf("build spec for sandbox %s: %w", sb.ID, err)
 	}
 	return s, nil
+}
+
+// TestRlimitsCoverEveryResource: a limit left out of Rlimits would be the
+// daemon's, which the kernel sizes from the host for some.
+func TestRlimitsCoverEveryResource(t *testing.T) {
+	seen := map[int]string{}
+	for _, l := range Rlimits(Policy{}.WithDefaults()) {
+		r, ok := RlimitResource(l.Type)
+		if !ok {
+			t.Errorf("%s: no kernel number", l.Type)
+		}
+		if prev, dup := seen[r]; dup {
+			t.Errorf("%s and %s are both resource %d", prev, l.Type, r)
+		}
+		seen[r] = l.Type
+		if l.Soft > l.Hard {
+			t.Errorf("%s: soft %d above hard %d", l.Type, l.Soft, l.Hard)
+		}
+	}
+	// RLIM_NLIMITS: the kernel's resources are numbered 0 to 15.
+	for r := range 16 {
+		if _, ok := seen[r]; !ok {
+			t.Errorf("resource %d is not set", r)
+		}
+	}
 }

@@ -1,7 +1,12 @@
 package runtime
 
 import (
+	"fmt"
 	"path/filepath"
+	"strconv"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"golang.org/x/sys/unix"
 
@@ -11,13 +16,12 @@ import (
 
 // DetectHost reads what this host allows, so specs fit it.
 func DetectHost() oci.Host {
-	var h oci.Host
-	var rl unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil {
-		h.NoFileHard = rl.Max
-	}
-	if err := unix.Getrlimit(unix.RLIMIT_NPROC, &rl); err == nil {
-		h.NProcHard = rl.Max
+	h := oci.Host{HardLimits: map[string]uint64{}}
+	for _, l := range oci.Rlimits(oci.Policy{}) {
+		var rl unix.Rlimit
+		if res, ok := oci.RlimitResource(l.Type); ok && unix.Getrlimit(res, &rl) == nil {
+			h.HardLimits[l.Type] = rl.Max
+		}
 	}
 	// v1 memsw accounting, or v2's swap.max on any child cgroup.
 	for _, pattern := range []string{"memory/memory.memsw.limit_in_bytes", "*/memory.swap.max"} {
@@ -26,4 +30,29 @@ func DetectHost() oci.Host {
 		}
 	}
 	return h
+}
+
+// Rlimits are p's resource limits (oci.Rlimits) as a backend sets them:
+// as they are where its runtime runs privileged; lowered to this host's
+// hard limits where it cannot raise one (rootless: a higher one would make
+// it fail to start the process), with a Difference for each one lowered.
+func Rlimits(h oci.Host, rootless bool, p oci.Policy) ([]specs.POSIXRlimit, []Difference) {
+	if !rootless {
+		return oci.Rlimits(p), nil
+	}
+	fitted, lowered := h.Fit(oci.Rlimits(p))
+	value := func(v uint64) string {
+		if v == oci.Unlimited {
+			return "unlimited"
+		}
+		return strconv.FormatUint(v, 10)
+	}
+	var diffs []Difference
+	for _, l := range lowered {
+		diffs = append(diffs, Difference{
+			Line: "rlimit " + strings.TrimPrefix(l.Type, "RLIMIT_"), Value: value(l.Soft) + ":" + value(l.Hard), OfHost: true,
+			Reason: fmt.Sprintf("rootless: %s cannot be raised above this host's hard limit", l.Type),
+		})
+	}
+	return fitted, diffs
 }

@@ -183,6 +183,10 @@ type Difference struct {
 	// Line is the fingerprint line's key ("mount /dev"); Value what the backend's sandboxes show.
 	Line, Value string
 	Reason      string
+	// OfHost: the value is this host's, not the backend's (a limit it cannot
+	// raise to the policy's, lowered to the host's own): no golden file can
+	// hold it, so the conformance suite takes it from here.
+	OfHost bool
 }
 
 // Reap removes every sandbox carrying the given labels (strays after a

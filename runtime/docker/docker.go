@@ -115,6 +115,7 @@ func probe(ctx context.Context, cfg Config, cli *client.Client) (*Runtime, error
 	if err != nil {
 		return nil, err
 	}
+	rootless := slices.Contains(info.Info.SecurityOptions, "name=rootless")
 	r := &Runtime{
 		cfg:   cfg,
 		state: state,
@@ -123,11 +124,12 @@ func probe(ctx context.Context, cfg Config, cli *client.Client) (*Runtime, error
 			CgroupDriver: info.Info.CgroupDriver,
 			SwapLimit:    info.Info.SwapLimit,
 			Host:         runtime.DetectHost(),
+			Rootless:     rootless,
 			Seccomp:      seccomp,
 			Runtime:      ociRuntime,
 		},
 		caps:     capabilities(info.Info, bridgeErr, ociRuntime != ""),
-		rootless: slices.Contains(info.Info.SecurityOptions, "name=rootless"),
+		rootless: rootless,
 	}
 	return r, nil
 }
@@ -183,6 +185,8 @@ func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
 	if r.cfg.Isolation == runtime.IsolationGVisor {
 		info.Differences[0].Value = "tmpfs rw" // gVisor's mounts show no nosuid
 	}
+	_, lowered := runtime.Rlimits(r.d.Host, r.rootless, oci.Policy{}.WithDefaults())
+	info.Differences = append(info.Differences, lowered...)
 	return info, nil
 }
 

@@ -15,7 +15,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
-var testDaemon = daemon{CgroupDriver: "cgroupfs", SwapLimit: true, Host: oci.Host{NoFileHard: 20000}, Seccomp: []byte(`{"defaultAction":"SCMP_ACT_ERRNO"}`)}
+var testDaemon = daemon{CgroupDriver: "cgroupfs", SwapLimit: true, Seccomp: []byte(`{"defaultAction":"SCMP_ACT_ERRNO"}`)}
 
 func testSandbox(p oci.Policy) oci.Container {
 	return oci.Container{
@@ -57,9 +57,17 @@ func TestBuildRequestDefaults(t *testing.T) {
 	if h.PidsLimit == nil || *h.PidsLimit != oci.DefaultPids {
 		t.Errorf("pids %v", h.PidsLimit)
 	}
-	if len(h.Ulimits) != 3 || *h.Ulimits[0] != (container.Ulimit{Name: "core"}) || *h.Ulimits[1] != (container.Ulimit{Name: "nofile", Soft: 4096, Hard: 4096}) ||
-		*h.Ulimits[2] != (container.Ulimit{Name: "nproc", Soft: oci.DefaultNProc, Hard: oci.DefaultNProc}) {
-		t.Errorf("ulimits %v", h.Ulimits)
+	// Every limit, as Docker spells it: -1 is unlimited.
+	wantUlimits := map[string]container.Ulimit{"core": {Name: "core"}, "nofile": {Name: "nofile", Soft: 4096, Hard: 4096},
+		"nproc": {Name: "nproc", Soft: oci.DefaultNProc, Hard: oci.DefaultNProc}, "as": {Name: "as", Soft: -1, Hard: -1},
+		"stack": {Name: "stack", Soft: 8 << 20, Hard: -1}, "sigpending": {Name: "sigpending", Soft: oci.DefaultSigPending, Hard: oci.DefaultSigPending}}
+	if len(h.Ulimits) != 16 {
+		t.Errorf("%d ulimits, want all 16: %v", len(h.Ulimits), h.Ulimits)
+	}
+	for _, u := range h.Ulimits {
+		if w, ok := wantUlimits[u.Name]; ok && *u != w {
+			t.Errorf("ulimit %+v, want %+v", *u, w)
+		}
 	}
 	if h.CgroupParent != "/sandstorm/sb-1" {
 		t.Errorf("cgroup parent %q", h.CgroupParent)
@@ -80,7 +88,7 @@ func TestBuildRequestPolicy(t *testing.T) {
 		CPUs: 0.5, NoFile: 1 << 20, UID: 1234, GID: 2345,
 		Mounts: []oci.Mount{{Source: "/srv/data", Target: "/mnt/data", ReadOnly: true}, {Source: "/run/x.sock", Target: "/run/x.sock"}},
 	}
-	d := daemon{CgroupDriver: "systemd", Host: oci.Host{NoFileHard: 20000}}
+	d := daemon{CgroupDriver: "systemd"}
 	req := buildRequest(testSandbox(p), "img", d)
 	c, h := req.Config, req.Host
 	if c.User != "1234:2345" {
@@ -98,8 +106,12 @@ func TestBuildRequestPolicy(t *testing.T) {
 	if h.MemorySwap != 0 {
 		t.Errorf("memory swap %d set on a daemon without swap limit support", h.MemorySwap)
 	}
-	if h.Ulimits[1].Soft != 20000 || h.Ulimits[1].Hard != 20000 {
-		t.Errorf("nofile %+v not clamped to the host's hard limit", h.Ulimits[1])
+	if h.Ulimits[9].Name != "nofile" || h.Ulimits[9].Soft != 1<<20 || h.Ulimits[9].Hard != 1<<20 {
+		t.Errorf("nofile %+v, want the policy's, whatever this host's limit", h.Ulimits[9])
+	}
+	rootless := daemon{Rootless: true, Host: oci.Host{HardLimits: map[string]uint64{"RLIMIT_NOFILE": 20000}}}
+	if u := buildRequest(testSandbox(p), "img", rootless).Host.Ulimits[9]; u.Soft != 20000 || u.Hard != 20000 {
+		t.Errorf("rootless nofile %+v, want it lowered to the host's hard limit", u)
 	}
 	if h.CgroupParent != "sandstorm.slice" {
 		t.Errorf("systemd cgroup parent %q", h.CgroupParent)

@@ -29,20 +29,65 @@ const (
 const annotationPrefix = "sandstorm.dev/label."
 
 // gate is the sandbox container's PID 1. It waits for the line Start sends
-// once the attach is in place (so no output is lost); sets the rlimits the
-// other backends set through the OCI spec (Kubernetes has none: no core
-// dumps, open files as the policy says, oci.DefaultNProc processes; soft
-// and hard both, which the unprivileged process cannot raise again; dash
-// spells processes -p, busybox -u); then runs the command as its child:
-// PID 1 of a namespace ignores signals from inside it, and Kill needs a
-// process that "kill -9 -1" from an exec reaches. The kubelet's SIGTERM
-// (the Pod deleted) ends it at once rather than after a grace period.
+// once the attach is in place (so no output is lost); sets every rlimit the
+// other backends set through the OCI spec (Kubernetes has none), each word
+// of $1 one ulimit call ("-n 4096"; soft and hard both, which the
+// unprivileged process cannot raise again; a failure ends the sandbox
+// before the command runs); then runs the command as its child: PID 1 of a
+// namespace ignores signals from inside it, and Kill needs a process that
+// "kill -9 -1" from an exec reaches. The kubelet's SIGTERM (the Pod
+// deleted) ends it at once rather than after a grace period.
 const gate = `trap 'kill -9 $! 2>/dev/null; exit 143' TERM
 IFS= read -r _ || exit 125
-ulimit -c 0 && ulimit -n "$1" && { ulimit -u "$2" 2>/dev/null || ulimit -p "$2"; } || exit 125
-shift 2
+for l in $1; do
+  ulimit -${l%%=*} "${l#*=}" || { echo "sandstorm-gate: ulimit -${l%%=*} ${l#*=} failed" >&2; exit 125; }
+done
+shift
 "$@" &
 wait $!`
+
+// gateShell runs the gate in bash where the image has it, else in its sh
+// (busybox's ash): both spell every limit as ulimitFlags does, which dash
+// (Debian's sh) does not.
+const gateShell = `[ -x /bin/bash ] && exec /bin/bash -c "$0" sandstorm-gate "$@"; exec /bin/sh -c "$0" sandstorm-gate "$@"`
+
+// ulimitFlags are the flag of each rlimit in bash's and busybox's ulimit,
+// and the unit it counts in.
+var ulimitFlags = map[string]struct {
+	flag string
+	unit uint64
+}{
+	"RLIMIT_AS": {"v", 1024}, "RLIMIT_CORE": {"c", 512}, "RLIMIT_CPU": {"t", 1}, "RLIMIT_DATA": {"d", 1024},
+	"RLIMIT_FSIZE": {"f", 512}, "RLIMIT_LOCKS": {"x", 1}, "RLIMIT_MEMLOCK": {"l", 1024}, "RLIMIT_MSGQUEUE": {"q", 1},
+	"RLIMIT_NICE": {"e", 1}, "RLIMIT_NOFILE": {"n", 1}, "RLIMIT_NPROC": {"u", 1}, "RLIMIT_RSS": {"m", 1024},
+	"RLIMIT_RTPRIO": {"r", 1}, "RLIMIT_SIGPENDING": {"i", 1}, "RLIMIT_STACK": {"s", 1024},
+}
+
+// gateLimits is the gate's $1: a ulimit word per limit of the policy, the
+// hard limit before the soft one where they differ. RLIMIT_RTTIME is left
+// out: busybox's ulimit has no flag for it, and it counts only real-time
+// tasks, which RLIMIT_RTPRIO 0 allows none of.
+func gateLimits(p oci.Policy) string {
+	value := func(v, unit uint64) string {
+		if v == oci.Unlimited {
+			return "unlimited"
+		}
+		return strconv.FormatUint(v/unit, 10)
+	}
+	var words []string
+	for _, l := range oci.Rlimits(p) {
+		f, ok := ulimitFlags[l.Type]
+		if !ok {
+			continue
+		}
+		if l.Soft == l.Hard {
+			words = append(words, f.flag+"="+value(l.Hard, f.unit))
+			continue
+		}
+		words = append(words, "H"+f.flag+"="+value(l.Hard, f.unit), "S"+f.flag+"="+value(l.Soft, f.unit))
+	}
+	return strings.Join(words, " ")
+}
 
 // mkWorkspace is the init container's command: the workspace is a
 // directory of the emptyDir made as the sandbox user, who owns it then, as
@@ -92,7 +137,7 @@ func (r *Runtime) podFor(prep runtime.Prepared, spec runtime.Spec, labels map[st
 	cpu := *resource.NewMilliQuantity(int64(p.CPUs*1000+0.5), resource.DecimalSI)
 	tmp := *resource.NewQuantity(p.TmpBytes, resource.BinarySI)
 	mounts := []corev1.VolumeMount{{Name: "tmp", MountPath: "/tmp"}, {Name: "workspace", MountPath: oci.Workspace, SubPath: "user"}}
-	command := append([]string{"/bin/sh", "-c", gate, "sandstorm-gate", strconv.FormatUint(p.NoFile, 10), strconv.Itoa(oci.DefaultNProc)}, spec.Args...)
+	command := append([]string{"/bin/sh", "-c", gateShell, gate, gateLimits(p)}, spec.Args...)
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: prep.ID, Namespace: r.cfg.Namespace, Labels: kubeLabels(labels), Annotations: annotationsOf(labels)},
 		Spec: corev1.PodSpec{

@@ -32,9 +32,10 @@ type plan struct {
 	network string
 	// swap: the host can limit memory+swap, so swap is set to the memory limit.
 	swap bool
-	// rlimits are sandstorm's, fitted to the host (oci.Host.Rlimits). Set
-	// explicitly, nproc among them, they also keep Podman from raising nproc
-	// to 1048576, which fails where root lacks CAP_SYS_RESOURCE.
+	// rlimits are the policy's (oci.Rlimits), lowered to the host's for a
+	// rootless service. Set explicitly, nproc among them, they also keep
+	// Podman from raising nproc to 1048576, which fails where root lacks
+	// CAP_SYS_RESOURCE.
 	rlimits []specs.POSIXRlimit
 	// cgroupLimits: the service drops resource limits (rootless, cgroup v1),
 	// so sandstorm writes them into the container's cgroup itself.

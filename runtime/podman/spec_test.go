@@ -25,7 +25,7 @@ func testPlan() plan {
 		labels: map[string]string{oci.LabelManaged: "true", oci.LabelSession: "s1"},
 		policy: pol, workspace: "/var/lib/sandstorm/podman/sb-1/home", mounts: pol.Mounts,
 		cgroupParent: "/sandstorm/sb-1", network: "none", swap: true,
-		rlimits: oci.Host{}.Rlimits(pol),
+		rlimits: oci.Rlimits(pol),
 		seccomp: testSeccomp,
 	}
 }
