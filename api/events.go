@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"time"
 
@@ -17,6 +18,34 @@ const (
 	TypeStderr  = "stderr"
 	TypeStdout  = "stdout"
 )
+
+// TypeOf is ev's "type", which tells sandstorm's own events from each other
+// and from the SDK's messages, wherever the field stands in the object; ""
+// when ev is not an object with a string "type". It reads no further than
+// that field, which the SDK and sandstorm write first, so telling a large
+// message apart stays cheap; the kinds it names are then decoded whole.
+func TypeOf(ev json.RawMessage) string {
+	dec := json.NewDecoder(bytes.NewReader(ev))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return ""
+	}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		if key == "type" {
+			v, _ := dec.Token()
+			s, _ := v.(string)
+			return s
+		}
+		var skip json.RawMessage
+		if dec.Decode(&skip) != nil {
+			return ""
+		}
+	}
+	return ""
+}
 
 // Steps of a sandbox's life, in the sandbox event's "event" field.
 const (

@@ -7,7 +7,6 @@
 package metrics
 
 import (
-	"bytes"
 	"cmp"
 	"encoding/json"
 	"net/http"
@@ -20,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sandstorm-dev/sandstorm/api"
+	"github.com/sandstorm-dev/sandstorm/egress"
 	"github.com/sandstorm-dev/sandstorm/gateway"
 )
 
@@ -185,19 +185,17 @@ type Run struct {
 	messaged bool
 }
 
-// Events of interest are told by their start, as the run store tells them.
-var (
-	sandboxPrefix = []byte(`{"type":"sandbox",`)
-	egressPrefix  = []byte(`{"type":"egress",`)
-)
+// sdkTypes are the types of the SDK's messages (system, assistant, user,
+// result), as against sandstorm's own events.
+var sdkTypes = []string{"system", "assistant", "user", "result"}
 
-// Event reads one event of the run.
+// Event reads one event of the run; only the kinds counted are decoded whole.
 func (r *Run) Event(ev json.RawMessage) {
 	if r == nil {
 		return
 	}
-	switch {
-	case bytes.HasPrefix(ev, sandboxPrefix):
+	switch typ := api.TypeOf(ev); {
+	case typ == api.TypeSandbox:
 		var e api.SandboxEvent
 		if json.Unmarshal(ev, &e) != nil {
 			return
@@ -217,13 +215,12 @@ func (r *Run) Event(ev json.RawMessage) {
 		case api.SandboxStarted, api.SandboxRemoved:
 			r.m.sandboxStep.WithLabelValues(r.backend, stepOf(e.Event)).Observe(float64(e.DurationMS) / 1000)
 		}
-	case bytes.HasPrefix(ev, egressPrefix):
-		// Decisions as package egress names them.
-		var e struct{ Decision string }
-		if json.Unmarshal(ev, &e) == nil && (e.Decision == "allow" || e.Decision == "deny") {
+	case typ == egress.TypeEvent:
+		var e egress.Event
+		if json.Unmarshal(ev, &e) == nil && (e.Decision == egress.Allow || e.Decision == egress.Deny) {
 			r.m.egress.WithLabelValues(e.Decision).Inc()
 		}
-	case !r.messaged && isSDKMessage(ev):
+	case !r.messaged && slices.Contains(sdkTypes, typ):
 		r.messaged = true
 		r.m.firstMessage.WithLabelValues(r.backend, r.warm).Observe(time.Since(r.start).Seconds())
 	}
@@ -249,16 +246,6 @@ func stepOf(event string) string {
 		return "start"
 	}
 	return "remove"
-}
-
-// isSDKMessage tells the SDK's messages (system, assistant, user, result)
-// from sandstorm's own events.
-func isSDKMessage(ev json.RawMessage) bool {
-	var m struct{ Type string }
-	if json.Unmarshal(ev, &m) != nil {
-		return false
-	}
-	return m.Type == "system" || m.Type == "assistant" || m.Type == "user" || m.Type == "result"
 }
 
 // Finish counts the run's end with its outcome.

@@ -7,7 +7,6 @@
 package runs
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -352,14 +351,6 @@ type recorder struct {
 	metrics  *metrics.Run
 }
 
-// Events of interest are told by their start: sandstorm's own events and
-// the runner's error events are encoded with "type" first.
-var (
-	createdPrefix = []byte(`{"type":"sandbox","event":"created"`)
-	filePrefix    = []byte(`{"type":"file",`)
-	errorPrefix   = []byte(`{"type":"error",`)
-)
-
 // send records ev and passes it on. A failed write to the store cancels
 // the run and tells the client; a client that fails is the caller's to
 // handle (api.Emit's contract).
@@ -383,19 +374,21 @@ func (r *recorder) send(ev json.RawMessage) error {
 	}
 	r.bytes += int64(len(ev))
 	r.metrics.Event(ev)
-	switch {
-	case bytes.HasPrefix(ev, createdPrefix):
+	// Only the kinds recorded are decoded whole; the runner's error events
+	// count as sandstorm's own.
+	switch api.TypeOf(ev) {
+	case api.TypeSandbox:
 		var e api.SandboxEvent
-		if json.Unmarshal(ev, &e) == nil {
+		if json.Unmarshal(ev, &e) == nil && e.Event == api.SandboxCreated {
 			_ = r.s.store.Sandbox(context.Background(), r.id, e.Runtime, e.SandboxID, e.Warm)
 		}
-	case bytes.HasPrefix(ev, filePrefix):
+	case api.TypeFile:
 		var f api.FileEvent
 		if json.Unmarshal(ev, &f) == nil {
 			r.files = append(r.files, f.File)
 			r.bytes += f.Size
 		}
-	case bytes.HasPrefix(ev, errorPrefix):
+	case api.TypeError:
 		var e api.ErrorEvent
 		if json.Unmarshal(ev, &e) == nil {
 			r.lastError = e.Message
