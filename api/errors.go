@@ -1,15 +1,8 @@
 package api
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"net/http"
-
-	"github.com/sandstorm-dev/sandstorm/config"
-	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runstore"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
 // Code is an error code, in error events and error bodies; clients switch on it.
@@ -47,7 +40,7 @@ const (
 )
 
 // Errors of the API itself; the backends' and the configuration's are
-// defined where they arise and mapped here.
+// defined where they arise, and package errcode maps them all to codes.
 var (
 	// ErrInvalidRequest is wrapped by every request validation error (see FieldError).
 	ErrInvalidRequest = errors.New("invalid request")
@@ -108,86 +101,11 @@ const (
 // StatusClientClosed is the status of a request whose client left (nginx's 499).
 const StatusClientClosed = 499
 
-type row struct {
-	err  error
-	code Code
-	http int
-	exit int
-}
-
-// table is the one mapping from an error to its code, HTTP status and exit
-// code; the first row err matches (errors.Is) wins.
-var table = []row{
-	{ErrInvalidRequest, CodeInvalidRequest, http.StatusBadRequest, ExitUsage},
-	{ErrUsage, CodeInvalidRequest, http.StatusBadRequest, ExitUsage},
-	{ErrBusy, CodeBusy, http.StatusTooManyRequests, ExitBusy},
-	{runtime.ErrNoCapacity, CodeBusy, http.StatusTooManyRequests, ExitBusy},
-	{ErrUnauthorized, CodeUnauthorized, http.StatusUnauthorized, ExitUsage},
-	{ErrForbiddenOrigin, CodeForbidden, http.StatusForbidden, ExitUsage},
-	{ErrMediaType, CodeMediaType, http.StatusUnsupportedMediaType, ExitUsage},
-	{config.ErrInvalid, CodeInvalidConfig, http.StatusBadRequest, ExitConfig},
-	{runtime.ErrInvalidSpec, CodeInvalidConfig, http.StatusBadRequest, ExitUsage},
-	{oci.ErrInvalidPolicy, CodeInvalidConfig, http.StatusBadRequest, ExitUsage},
-	{runtime.ErrNotFound, CodeNotFound, http.StatusNotFound, ExitNotFound},
-	{runstore.ErrNotFound, CodeNotFound, http.StatusNotFound, ExitNotFound},
-	{runstore.ErrNotFinished, CodeConflict, http.StatusConflict, ExitFailure},
-	{runstore.ErrUnavailable, CodeStoreUnavailable, http.StatusServiceUnavailable, ExitUnavailable},
-	{runtime.ErrUnavailable, CodeRuntimeUnavailable, http.StatusServiceUnavailable, ExitUnavailable},
-	{runtime.ErrNotEnforceable, CodeInvalidConfig, http.StatusUnprocessableEntity, ExitConfig},
-	{runtime.ErrPolicyNotApplied, CodeInvalidConfig, http.StatusInternalServerError, ExitConfig},
-	{context.DeadlineExceeded, CodeTimeout, http.StatusGatewayTimeout, ExitTimeout},
-	{ErrShuttingDown, CodeCancelled, http.StatusServiceUnavailable, ExitCancelled},
-	{context.Canceled, CodeCancelled, StatusClientClosed, ExitCancelled},
-}
-
 // byCode maps the codes of a run's own ending (error events) to exit codes.
 var byCode = map[Code]int{
 	CodeTimeout:   ExitTimeout,
 	CodeCancelled: ExitCancelled,
 	CodeOOM:       ExitOOM,
-}
-
-func lookup(err error) (row, bool) {
-	for _, r := range table {
-		if errors.Is(err, r.err) {
-			return r, true
-		}
-	}
-	return row{}, false
-}
-
-// CodeOf is err's code; "internal" for an error the table does not know.
-func CodeOf(err error) Code {
-	if r, ok := lookup(err); ok {
-		return r.code
-	}
-	return CodeInternal
-}
-
-// HTTPStatus is err's status; 200 for nil.
-func HTTPStatus(err error) int {
-	if err == nil {
-		return http.StatusOK
-	}
-	if r, ok := lookup(err); ok {
-		return r.http
-	}
-	return http.StatusInternalServerError
-}
-
-// ExitCode is the process exit code for err; 0 for nil.
-func ExitCode(err error) int {
-	if err == nil {
-		return 0
-	}
-	var rf *RunFailed
-	if errors.As(err, &rf) {
-		return ExitCodeOf(rf.Code)
-	}
-	if r, ok := lookup(err); ok {
-		return r.exit
-	}
-	return ExitFailure
 }
 
 // ExitCodeOf is the exit code of a run that ended with code.

@@ -168,9 +168,6 @@ func NewError(code Code, msg string) json.RawMessage {
 	return Marshal(ErrorEvent{Type: TypeError, Code: code, Message: msg})
 }
 
-// ErrorFor is the error event saying why err stopped a run.
-func ErrorFor(err error) json.RawMessage { return NewError(CodeOf(err), err.Error()) }
-
 // Marshal encodes one of this package's events.
 func Marshal(v any) json.RawMessage {
 	b, err := json.Marshal(v)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/api"
+	"github.com/sandstorm-dev/sandstorm/errcode"
 	"github.com/sandstorm-dev/sandstorm/internal/logctx"
 	"github.com/sandstorm-dev/sandstorm/metrics"
 	"github.com/sandstorm-dev/sandstorm/outfiles"
@@ -283,8 +284,8 @@ func (s *Service) Detach(ctx, life context.Context, req api.Request) (string, er
 			}
 			rec := &recorder{s: s, id: id}
 			rec.send(api.Marshal(api.RunEvent{Type: api.TypeRun, RunID: id, Events: api.RunURLs(id)["events"]}))
-			rec.send(api.ErrorFor(err))
-			s.finish(ctx, id, rec, api.Outcome{Code: api.CodeOf(err)}, err)
+			rec.send(errcode.Event(err))
+			s.finish(ctx, id, rec, api.Outcome{Code: errcode.Of(err)}, err)
 			return
 		}
 		accept(nil)
@@ -420,8 +421,8 @@ func (s *Service) start(ctx context.Context, id string, run api.Run, emit Emit) 
 	out, err := run.Start(ctx, func(ev json.RawMessage) error { return rec.send(ev) })
 	if err != nil && out.Code == "" {
 		// The run could not start: say so in the stream, which has begun.
-		_ = rec.send(api.ErrorFor(err))
-		out.Code = api.CodeOf(err)
+		_ = rec.send(errcode.Event(err))
+		out.Code = errcode.Of(err)
 	}
 	if rec.storeErr != nil && out.Code == "" {
 		out.Code = api.CodeStoreUnavailable

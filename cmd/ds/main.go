@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sandstorm-dev/sandstorm/api"
+	"github.com/sandstorm-dev/sandstorm/errcode"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -34,7 +35,7 @@ func main() {
 		os.Exit(ee.code)
 	default:
 		fmt.Fprintln(os.Stderr, "ds:", err)
-		os.Exit(api.ExitCode(err))
+		os.Exit(errcode.ExitCode(err))
 	}
 }
 
