@@ -50,13 +50,13 @@ func loadDocument(t *testing.T) document {
 }
 
 // TestOpenAPI keeps openapi.json true: every route the server registers is
-// in it and nothing else is; every field of every request, response and
+// in it and nothing else is, needing a key as Routes says; every field of every request, response and
 // event type is in its schema and nothing else is; every event type and
 // every error code is named.
 func TestOpenAPI(t *testing.T) {
 	d := loadDocument(t)
 	f := &fakeEngine{}
-	srv := New(f, openRuns(t, f, runs.Options{}), Config{Metrics: http.NotFoundHandler()})
+	srv := New(f, openRuns(t, f, runs.Options{}), Config{})
 	registered := map[string]bool{}
 	for _, r := range srv.app.GetRoutes(true) {
 		if r.Method == http.MethodHead {
@@ -70,6 +70,22 @@ func TestOpenAPI(t *testing.T) {
 	for p, ops := range d.Paths {
 		for m := range ops {
 			documented[m+" "+p] = true
+		}
+	}
+	for _, r := range Routes() {
+		op := d.Paths[r.Path][strings.ToLower(r.Method)]
+		if op == nil {
+			continue // named below as not in openapi.json
+		}
+		var o struct {
+			Security *[]any `json:"security"`
+		}
+		if err := json.Unmarshal(op, &o); err != nil {
+			t.Fatalf("%s %s: %v", r.Method, r.Path, err)
+		}
+		// An empty security list is OpenAPI's "no key"; none inherits apiKey.
+		if public := o.Security != nil && len(*o.Security) == 0; public != r.Public {
+			t.Errorf("openapi.json: %s %s: needs no key %v, the route table says %v", r.Method, r.Path, public, r.Public)
 		}
 	}
 	for r := range registered {

@@ -19,18 +19,6 @@ import (
 // MaxListLimit bounds a page of GET /runs.
 const MaxListLimit = 500
 
-func (s *Server) routeRuns() {
-	s.app.Post("/runs", s.detach)
-	s.app.Get("/runs", s.list)
-	s.app.Get("/runs/:id", s.get)
-	s.app.Get("/runs/:id/events", s.events)
-	s.app.Post("/runs/:id/cancel", s.cancelRun)
-	s.app.Delete("/runs/:id", s.deleteRun)
-	s.app.Get("/runs/:id/files", s.files)
-	s.app.Get("/runs/:id/files.tar.gz", s.archive)
-	s.app.Get("/runs/:id/files/*", s.file)
-}
-
 // runID is the route's run id; one that cannot be an id is not found. It
 // is a copy: fiber's values are reused once the handler returns, and
 // streams use it after that.

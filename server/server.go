@@ -30,6 +30,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/dashboard"
+	"github.com/sandstorm-dev/sandstorm/errcode"
 	"github.com/sandstorm-dev/sandstorm/internal/logctx"
 	"github.com/sandstorm-dev/sandstorm/runs"
 )
@@ -57,13 +58,15 @@ type Config struct {
 	// the API; empty means same-origin only, "*" any (only when set so).
 	CORSOrigins string
 	// APIKeys, when set, are required as Authorization: Bearer <key> on
-	// every route but GET /health (several, so keys can be rotated).
+	// every route Routes does not mark Public (several, so keys can be
+	// rotated).
 	APIKeys []string
 	// WriteTimeout cuts a client that accepts no stream data for this long
 	// (its run is cancelled and removed, as on a disconnect); default
 	// DefaultWriteTimeout.
 	WriteTimeout time.Duration
-	// Metrics, if set, is served at GET /metrics (behind the API keys).
+	// Metrics is served at GET /metrics (behind the API keys); without
+	// it the route answers 404.
 	Metrics http.Handler
 	Logger  *slog.Logger
 }
@@ -82,6 +85,8 @@ type Server struct {
 	writeTimeout time.Duration
 	keys         [][]byte
 	origins      []string
+	// ui serves the dashboard's files, prometheus Config.Metrics.
+	ui, prometheus fiber.Handler
 }
 
 // New builds the server over svc, whose engine is eng.
@@ -90,7 +95,11 @@ func New(eng api.Engine, svc *runs.Service, cfg Config) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{eng: eng, svc: svc, log: log, writeTimeout: cfg.WriteTimeout}
+	s := &Server{eng: eng, svc: svc, log: log, writeTimeout: cfg.WriteTimeout, ui: adaptor.HTTPHandler(dashboard.Handler())}
+	if cfg.Metrics == nil {
+		cfg.Metrics = http.NotFoundHandler()
+	}
+	s.prometheus = adaptor.HTTPHandler(cfg.Metrics)
 	if s.writeTimeout <= 0 {
 		s.writeTimeout = DefaultWriteTimeout
 	}
@@ -119,24 +128,7 @@ func New(eng api.Engine, svc *runs.Service, cfg Config) *Server {
 		s.app.Use(cors.New(cors.Config{AllowOrigins: strings.Join(s.origins, ","), AllowHeaders: "Content-Type, Authorization"}))
 	}
 	s.app.Use(requestID)
-	s.app.Use(s.checkKey)
-	s.app.Get("/health", s.health)
-	ui := adaptor.HTTPHandler(dashboard.Handler())
-	s.app.Get("/", func(c *fiber.Ctx) error { return c.Redirect(dashboard.Prefix, fiber.StatusFound) })
-	s.app.Get(dashboard.Prefix+"*", func(c *fiber.Ctx) error {
-		c.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
-		c.Set("X-Content-Type-Options", "nosniff")
-		return ui(c)
-	})
-	s.app.Get("/openapi.json", func(c *fiber.Ctx) error {
-		c.Set(fiber.HeaderContentType, fiber.MIMEApplicationJSON)
-		return c.Send(openAPI)
-	})
-	if cfg.Metrics != nil {
-		s.app.Get("/metrics", adaptor.HTTPHandler(cfg.Metrics))
-	}
-	s.app.Post("/query", s.query)
-	s.routeRuns()
+	s.route()
 	return s
 }
 
@@ -202,11 +194,10 @@ func (s *Server) checkOrigin(c *fiber.Ctx) error {
 	return writeError(c, fmt.Errorf("%w: %s", api.ErrForbiddenOrigin, origin))
 }
 
-// checkKey requires a valid key, when keys are set, on every route but
-// GET /health (which then tells an unauthenticated caller only its status).
+// checkKey lets through only a request with a valid key, when keys are
+// set; route puts it before every route that is not public.
 func (s *Server) checkKey(c *fiber.Ctx) error {
-	public := c.Path() == "/health" || c.Path() == "/openapi.json" || c.Path() == "/" || strings.HasPrefix(c.Path(), dashboard.Prefix)
-	if s.authorized(c) || (c.Method() == fiber.MethodGet && public) || c.Method() == fiber.MethodOptions {
+	if s.authorized(c) {
 		return c.Next()
 	}
 	return writeError(c, api.ErrUnauthorized)
@@ -248,12 +239,12 @@ func (s *Server) errorHandler(c *fiber.Ctx, err error) error {
 
 // writeError answers err with the status the one mapping gives it.
 func writeError(c *fiber.Ctx, err error) error {
-	body := apiError{Error: api.CodeOf(err), Message: err.Error()}
+	body := apiError{Error: errcode.Of(err), Message: err.Error()}
 	var fe *api.FieldError
 	if errors.As(err, &fe) {
 		body.Field = fe.Field
 	}
-	return c.Status(api.HTTPStatus(err)).JSON(body)
+	return c.Status(errcode.HTTPStatus(err)).JSON(body)
 }
 
 func (s *Server) health(c *fiber.Ctx) error {
