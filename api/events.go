@@ -7,7 +7,6 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/outfiles"
-	"github.com/sandstorm-dev/sandstorm/runstore"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
@@ -88,28 +87,6 @@ type RunEvent struct {
 	RunID string `json:"run_id"`
 	// Events is the URL that replays and follows the run's events.
 	Events string `json:"events_url"`
-}
-
-// RunURLs are the URLs of run id's resources, relative to the server.
-func RunURLs(id string) map[string]string {
-	base := "/runs/" + id
-	return map[string]string{"run": base, "events": base + "/events", "cancel": base + "/cancel", "files": base + "/files", "archive": base + "/files.tar.gz"}
-}
-
-// RunView is a run as the API shows it: its record and its URLs.
-type RunView struct {
-	runstore.Run
-	URLs map[string]string `json:"urls"`
-}
-
-// ViewOf is r's view.
-func ViewOf(r runstore.Run) RunView { return RunView{Run: r, URLs: RunURLs(r.ID)} }
-
-// RunList is GET /runs's body: a page, newest first, and the cursor of the
-// next one (pass it as ?before=).
-type RunList struct {
-	Runs []RunView `json:"runs"`
-	Next string    `json:"next,omitempty"`
 }
 
 // FileList is GET /runs/ID/files's body.

@@ -72,7 +72,7 @@ func ExampleClient_OpenFile() {
 func ExampleClient_List() {
 	ctx := context.Background()
 	c := client.New("http://127.0.0.1:8000", os.Getenv("SANDSTORM_API_KEY"))
-	page, err := c.List(ctx, runstore.Filter{Status: []runstore.Status{runstore.Running}, Limit: 100})
+	page, err := c.List(ctx, runstore.Filter{Status: []api.RunStatus{api.StatusRunning}, Limit: 100})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -103,7 +103,7 @@ const webhookGrace = 10 * time.Second
 // Get returns run id.
 func (s *Service) Get(ctx context.Context, id string) (api.RunView, error) {
 	r, err := s.store.Get(ctx, id)
-	return api.ViewOf(r), err
+	return api.ViewOf(r.RunRecord), err
 }
 
 // List returns a page of runs, newest first, and the next page's cursor.
@@ -111,7 +111,7 @@ func (s *Service) List(ctx context.Context, f runstore.Filter) (api.RunList, err
 	page, next, err := s.store.List(ctx, f)
 	out := api.RunList{Runs: []api.RunView{}, Next: next}
 	for _, r := range page {
-		out.Runs = append(out.Runs, api.ViewOf(r))
+		out.Runs = append(out.Runs, api.ViewOf(r.RunRecord))
 	}
 	return out, err
 }
@@ -205,8 +205,8 @@ func (s *Service) create(ctx context.Context, req api.Request, detached bool) (s
 	}
 	now := time.Now()
 	id := runstore.NewID(now)
-	r := runstore.Run{ID: id, Status: runstore.Queued, Request: req.Stored(), Prompt: head(req.Prompt), Detached: detached,
-		Owner: s.owner, CreatedAt: now, WebhookURL: req.WebhookURL}
+	r := runstore.Run{RunRecord: api.RunRecord{ID: id, Status: api.StatusQueued, Request: req.Stored(), Prompt: head(req.Prompt), Detached: detached, CreatedAt: now},
+		Owner: s.owner, WebhookURL: req.WebhookURL}
 	if err := s.store.Create(ctx, r); err != nil {
 		return "", err
 	}
@@ -487,23 +487,23 @@ func (s *Service) finish(ctx context.Context, id string, rec *recorder, out api.
 func Summary(r runstore.Run) []byte {
 	return api.Marshal(struct {
 		Event string `json:"event"`
-		runstore.Run
+		api.RunRecord
 		URLs map[string]string `json:"urls"`
-	}{"run.finished", r, api.RunURLs(r.ID)})
+	}{"run.finished", r.RunRecord, api.RunURLs(r.ID)})
 }
 
-func statusOf(code api.Code) runstore.Status {
+func statusOf(code api.Code) api.RunStatus {
 	switch code {
 	case "":
-		return runstore.Succeeded
+		return api.StatusSucceeded
 	case api.CodeTimeout:
-		return runstore.Timeout
+		return api.StatusTimeout
 	case api.CodeCancelled:
-		return runstore.Cancelled
+		return api.StatusCancelled
 	case api.CodeInterrupted:
-		return runstore.Interrupted
+		return api.StatusInterrupted
 	}
-	return runstore.Failed
+	return api.StatusFailed
 }
 
 // Follow passes run id's events after seq after to emit, then those that
@@ -553,7 +553,7 @@ func (s *Service) Follow(ctx context.Context, id string, after int64, emit Emit)
 func (s *Service) Cancel(ctx context.Context, id string) (api.RunView, error) {
 	r, err := s.store.Get(ctx, id)
 	if err != nil || r.Status.Done() {
-		return api.ViewOf(r), err
+		return api.ViewOf(r.RunRecord), err
 	}
 	s.mu.Lock()
 	l, here := s.live[id]
@@ -561,10 +561,10 @@ func (s *Service) Cancel(ctx context.Context, id string) (api.RunView, error) {
 	if here && l.cancel != nil {
 		l.cancel(ErrCancelRequested)
 	} else if _, err = s.store.RequestCancel(ctx, id); err != nil {
-		return api.ViewOf(r), err
+		return api.ViewOf(r.RunRecord), err
 	}
 	r.CancelRequested = true
-	return api.ViewOf(r), nil
+	return api.ViewOf(r.RunRecord), nil
 }
 
 // Delete removes finished run id and its files.

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/runstore"
 )
@@ -23,7 +24,7 @@ func TestDiskFull(t *testing.T) {
 	}
 	defer s.Close()
 	ctx := context.Background()
-	r := runstore.Run{ID: runstore.NewID(time.Now()), Status: runstore.Running, Request: []byte(`{}`), CreatedAt: time.Now()}
+	r := runstore.Run{RunRecord: api.RunRecord{ID: runstore.NewID(time.Now()), Status: api.StatusRunning, Request: []byte(`{}`), CreatedAt: time.Now()}}
 	if err := s.Create(ctx, r); err != nil {
 		t.Fatal(err)
 	}

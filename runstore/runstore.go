@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -23,6 +22,8 @@ import (
 	// The SQLite driver is already in the binary (the Podman bindings' image
 	// cache uses it): no second SQLite.
 	_ "github.com/mattn/go-sqlite3"
+
+	"github.com/sandstorm-dev/sandstorm/api"
 )
 
 // DefaultDir is the state directory of a root sandstorm.
@@ -40,71 +41,13 @@ var (
 	ErrUnavailable = errors.New("run store unavailable")
 )
 
-// Status is where a run is in its life.
-type Status string
-
-// Statuses.
-const (
-	Queued      Status = "queued"
-	Running     Status = "running"
-	Succeeded   Status = "succeeded"
-	Failed      Status = "failed"
-	Cancelled   Status = "cancelled"
-	Timeout     Status = "timeout"
-	Interrupted Status = "interrupted"
-)
-
-// Statuses lists every status.
-var Statuses = []Status{Queued, Running, Succeeded, Failed, Cancelled, Timeout, Interrupted}
-
-// Valid reports whether s is one of Statuses.
-func (s Status) Valid() bool { return slices.Contains(Statuses, s) }
-
-// Done reports whether a run with this status has ended.
-func (s Status) Done() bool { return s != Queued && s != Running }
-
-// Run is one run's record.
+// Run is one run's record: what the API shows of it, and what only the
+// store and the run's owner need.
 type Run struct {
-	ID     string `json:"id"`
-	Status Status `json:"status"`
-	// Request is the request as given, without keys or file contents.
-	Request   json.RawMessage `json:"request"`
-	Prompt    string          `json:"prompt"`
-	Detached  bool            `json:"detached"`
-	Backend   string          `json:"backend,omitempty"`
-	SandboxID string          `json:"sandbox_id,omitempty"`
-	// Warm says whether its sandbox came from the warm pool (unset until
-	// it has one).
-	Warm *bool `json:"warm,omitempty"`
+	api.RunRecord
 	// Owner is the process running it (runtime.Owner's form).
-	Owner      string     `json:"-"`
-	CreatedAt  time.Time  `json:"created_at"`
-	StartedAt  *time.Time `json:"started_at,omitempty"`
-	FinishedAt *time.Time `json:"finished_at,omitempty"`
-	// Result is the SDK's result message, if one arrived.
-	Result       json.RawMessage `json:"result,omitempty"`
-	TotalCostUSD float64         `json:"total_cost_usd"`
-	NumTurns     int             `json:"num_turns"`
-	ErrorCode    string          `json:"error_code,omitempty"`
-	ErrorMessage string          `json:"error_message,omitempty"`
-	// Events is the sequence number of its last event.
-	Events int64 `json:"events"`
-	// Files are what the agent handed back (outfiles' JSON).
-	Files      json.RawMessage `json:"files,omitempty"`
-	WebhookURL string          `json:"-"`
-	// CancelRequested: someone asked its owner to cancel it.
-	CancelRequested bool `json:"cancel_requested,omitempty"`
-}
-
-// Duration is how long it ran (so far).
-func (r Run) Duration(now time.Time) time.Duration {
-	if r.StartedAt == nil {
-		return 0
-	}
-	if r.FinishedAt != nil {
-		return r.FinishedAt.Sub(*r.StartedAt)
-	}
-	return now.Sub(*r.StartedAt)
+	Owner      string `json:"-"`
+	WebhookURL string `json:"-"`
 }
 
 // Event is one event of a run's log.
@@ -277,7 +220,7 @@ func (s *Store) Append(ctx context.Context, id string, seq int64, data []byte) e
 
 // Started records that run id holds a slot and runs.
 func (s *Store) Started(ctx context.Context, id string, at time.Time) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE runs SET status = ?, started_at = ? WHERE id = ?`, Running, at.UnixMilli(), id)
+	_, err := s.db.ExecContext(ctx, `UPDATE runs SET status = ?, started_at = ? WHERE id = ?`, api.StatusRunning, at.UnixMilli(), id)
 	return wrap(err)
 }
 
@@ -352,7 +295,7 @@ func (s *Store) Get(ctx context.Context, id string) (Run, error) {
 // Filter selects runs to list.
 type Filter struct {
 	// Status, if set, keeps only runs with one of these.
-	Status []Status
+	Status []api.RunStatus
 	// Before is a cursor: only runs older than this id.
 	Before string
 	Limit  int
@@ -424,7 +367,7 @@ func (s *Store) Events(ctx context.Context, id string, after int64, limit int) (
 // RequestCancel asks the owner of run id to cancel it; it reports whether
 // the run was still going.
 func (s *Store) RequestCancel(ctx context.Context, id string) (bool, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE runs SET cancel_requested = 1 WHERE id = ? AND status IN (?, ?)`, id, Queued, Running)
+	res, err := s.db.ExecContext(ctx, `UPDATE runs SET cancel_requested = 1 WHERE id = ? AND status IN (?, ?)`, id, api.StatusQueued, api.StatusRunning)
 	if err != nil {
 		return false, wrap(err)
 	}
@@ -492,7 +435,7 @@ func (s *Store) Discard(ctx context.Context, id string) error {
 // (orphaned reports it) as interrupted, ending each log with the event
 // final gives; it returns their ids. What they streamed stays readable.
 func (s *Store) Interrupt(ctx context.Context, orphaned func(owner string) bool, final func(Run) []byte) ([]string, error) {
-	going, _, err := s.List(ctx, Filter{Status: []Status{Queued, Running}, Limit: 10000})
+	going, _, err := s.List(ctx, Filter{Status: []api.RunStatus{api.StatusQueued, api.StatusRunning}, Limit: 10000})
 	if err != nil {
 		return nil, err
 	}
@@ -505,7 +448,7 @@ func (s *Store) Interrupt(ctx context.Context, orphaned func(owner string) bool,
 		if err := s.Append(ctx, r.ID, r.Events+1, final(r)); err != nil {
 			return ids, err
 		}
-		r.Status, r.FinishedAt, r.ErrorCode = Interrupted, &now, "interrupted"
+		r.Status, r.FinishedAt, r.ErrorCode = api.StatusInterrupted, &now, "interrupted"
 		r.ErrorMessage = "the sandstorm process running it went away"
 		if r.StartedAt == nil {
 			r.StartedAt = &now
@@ -523,7 +466,7 @@ func (s *Store) Interrupt(ctx context.Context, orphaned func(owner string) bool,
 // files. It returns how many it removed.
 func (s *Store) Prune(ctx context.Context, retention time.Duration, maxBytes int64) (int, error) {
 	cutoff := time.Now().Add(-retention).UnixMilli()
-	rows, err := s.db.QueryContext(ctx, `SELECT id, finished_at < ?, bytes FROM runs WHERE status NOT IN (?, ?) ORDER BY id`, cutoff, Queued, Running)
+	rows, err := s.db.QueryContext(ctx, `SELECT id, finished_at < ?, bytes FROM runs WHERE status NOT IN (?, ?) ORDER BY id`, cutoff, api.StatusQueued, api.StatusRunning)
 	if err != nil {
 		return 0, wrap(err)
 	}

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sandstorm-dev/sandstorm/api"
 )
 
 func open(t testing.TB, dir string) *Store {
@@ -25,7 +27,7 @@ func open(t testing.TB, dir string) *Store {
 
 func newRun(t testing.TB, s *Store, owner string) Run {
 	t.Helper()
-	r := Run{ID: NewID(time.Now()), Status: Queued, Request: json.RawMessage(`{"prompt":"p"}`), Prompt: "p", Owner: owner, CreatedAt: time.Now()}
+	r := Run{RunRecord: api.RunRecord{ID: NewID(time.Now()), Status: api.StatusQueued, Request: json.RawMessage(`{"prompt":"p"}`), Prompt: "p", CreatedAt: time.Now()}, Owner: owner}
 	if err := s.Create(context.Background(), r); err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +59,7 @@ func TestTwoProcesses(t *testing.T) {
 				}
 			}
 			now := time.Now()
-			r.Status, r.FinishedAt = Succeeded, &now
+			r.Status, r.FinishedAt = api.StatusSucceeded, &now
 			if err := s.Finish(ctx, r, 1000); err != nil {
 				t.Error(err)
 			}
@@ -66,7 +68,7 @@ func TestTwoProcesses(t *testing.T) {
 	wg.Wait()
 	for _, id := range ids {
 		r, err := b.Get(ctx, id)
-		if err != nil || r.Events != 200 || r.Status != Succeeded {
+		if err != nil || r.Events != 200 || r.Status != api.StatusSucceeded {
 			t.Errorf("%s: %+v %v", id, r, err)
 		}
 		evs, err := a.Events(ctx, id, 150, 100)
@@ -93,10 +95,10 @@ func TestInterruptAndPrune(t *testing.T) {
 	}
 	r, _ := s.Get(ctx, dead.ID)
 	evs, _ := s.Events(ctx, dead.ID, 0, 10)
-	if r.Status != Interrupted || r.ErrorCode != "interrupted" || len(evs) != 3 || string(evs[2].Data) != `{"type":"error","code":"interrupted"}` {
+	if r.Status != api.StatusInterrupted || r.ErrorCode != "interrupted" || len(evs) != 3 || string(evs[2].Data) != `{"type":"error","code":"interrupted"}` {
 		t.Errorf("interrupted run %+v, events %v", r, evs)
 	}
-	if r, _ := s.Get(ctx, alive.ID); r.Status != Running {
+	if r, _ := s.Get(ctx, alive.ID); r.Status != api.StatusRunning {
 		t.Errorf("a live owner's run is %s", r.Status)
 	}
 	if err := s.Delete(ctx, alive.ID); !errors.Is(err, ErrNotFinished) {
@@ -108,7 +110,7 @@ func TestInterruptAndPrune(t *testing.T) {
 	for range 3 {
 		r := newRun(t, s, "")
 		now := time.Now()
-		r.Status, r.FinishedAt = Failed, &now
+		r.Status, r.FinishedAt = api.StatusFailed, &now
 		s.Finish(ctx, r, 600)
 		os.MkdirAll(s.FilesDir(r.ID), 0o700)
 		finished = append(finished, r.ID)

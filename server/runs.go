@@ -61,10 +61,10 @@ func (s *Server) list(c *fiber.Ctx) error {
 	}
 	if v := c.Query("status"); v != "" {
 		for _, st := range strings.Split(v, ",") {
-			if !runstore.Status(st).Valid() {
-				return writeError(c, api.Invalid("status", "%q is not one of %v", st, runstore.Statuses))
+			if !api.RunStatus(st).Valid() {
+				return writeError(c, api.Invalid("status", "%q is not one of %v", st, api.RunStatuses))
 			}
-			f.Status = append(f.Status, runstore.Status(st))
+			f.Status = append(f.Status, api.RunStatus(st))
 		}
 	}
 	page, err := s.svc.List(c.UserContext(), f)

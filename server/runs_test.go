@@ -163,7 +163,7 @@ func TestDetachFollowResume(t *testing.T) {
 	_, _, data := send(t, "GET", url+"/runs/"+r.ID, "", nil)
 	var got api.RunView
 	json.Unmarshal(data, &got)
-	if got.Status != runstore.Succeeded || got.TotalCostUSD != 0.25 || got.NumTurns != 3 || got.Events != 8 || got.FinishedAt == nil || !got.Detached {
+	if got.Status != api.StatusSucceeded || got.TotalCostUSD != 0.25 || got.NumTurns != 3 || got.Events != 8 || got.FinishedAt == nil || !got.Detached {
 		t.Errorf("record %s", data)
 	}
 	// A replay of a finished run, from the start or after a point.
@@ -204,7 +204,7 @@ func TestCancelThroughAPI(t *testing.T) {
 	code, _, data := send(t, "POST", url+"/runs/"+r.ID+"/cancel", "", nil)
 	var got api.RunView
 	json.Unmarshal(data, &got)
-	if code != 200 || got.Status != runstore.Cancelled || got.ErrorCode != "cancelled" {
+	if code != 200 || got.Status != api.StatusCancelled || got.ErrorCode != "cancelled" {
 		t.Errorf("second cancel: %d %s", code, data)
 	}
 }
@@ -400,15 +400,15 @@ func TestDetachedQueuedThenBusy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r, _ := svc.Get(context.Background(), id); r.Status != runstore.Queued {
+	if r, _ := svc.Get(context.Background(), id); r.Status != api.StatusQueued {
 		t.Errorf("status while waiting %s", r.Status)
 	}
 	close(e.step)
 	var last api.ErrorEvent
 	svc.Follow(context.Background(), id, 0, func(_ int64, ev json.RawMessage) error { return json.Unmarshal(ev, &last) })
 	r, _ := svc.Get(context.Background(), id)
-	if last.Code != api.CodeBusy || r.Status != runstore.Failed || r.ErrorCode != string(api.CodeBusy) {
-		t.Errorf("last event %+v, run %+v", last, r.Run)
+	if last.Code != api.CodeBusy || r.Status != api.StatusFailed || r.ErrorCode != string(api.CodeBusy) {
+		t.Errorf("last event %+v, run %+v", last, r.RunRecord)
 	}
 	// Refused at once (not queued): an error, and no record.
 	if _, err := svc.Detach(context.Background(), context.Background(), api.Request{}); !errors.Is(err, api.ErrInvalidRequest) {

@@ -43,7 +43,7 @@ func TestClient(t *testing.T) {
 	if err != nil || !runstore.ValidID(id) || types[0] != "run" || types[len(types)-1] != "model_usage" && types[len(types)-1] != "sandbox" {
 		t.Fatalf("Query: %q %v, events %v", id, err, types)
 	}
-	if r, err := c.Get(ctx, id); err != nil || r.Status != runstore.Succeeded {
+	if r, err := c.Get(ctx, id); err != nil || r.Status != api.StatusSucceeded {
 		t.Errorf("the streamed run: %+v %v", r, err)
 	}
 
@@ -83,11 +83,11 @@ func TestClient(t *testing.T) {
 	if err != nil || len(page.Runs) != 3 {
 		t.Fatalf("List: %+v %v", page, err)
 	}
-	got := map[string]runstore.Status{}
+	got := map[string]api.RunStatus{}
 	for _, r := range page.Runs {
 		got[r.ID] = r.Status
 	}
-	if got[id] != runstore.Succeeded || got[run.ID] != runstore.Succeeded || got[waiting.ID] != runstore.Cancelled {
+	if got[id] != api.StatusSucceeded || got[run.ID] != api.StatusSucceeded || got[waiting.ID] != api.StatusCancelled {
 		t.Errorf("statuses %v", got)
 	}
 	if h, err := c.Health(ctx); err != nil || h.Backend != backend {

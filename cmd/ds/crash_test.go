@@ -21,7 +21,6 @@ import (
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runstore"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/backends"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
@@ -207,7 +206,7 @@ func TestServeCrash(t *testing.T) {
 			c := client.New(restarted.url, "")
 			for _, id := range ids {
 				r, err := c.Get(context.Background(), id)
-				if err != nil || r.Status != runstore.Interrupted || r.ErrorCode != string(api.CodeInterrupted) {
+				if err != nil || r.Status != api.StatusInterrupted || r.ErrorCode != string(api.CodeInterrupted) {
 					t.Errorf("run %s after kill -9: %+v %v", id, r, err)
 					continue
 				}

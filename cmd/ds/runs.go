@@ -107,9 +107,9 @@ prompt. Every run of "ds" and "ds serve" on this host is in the run store.
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			f := runstore.Filter{Limit: limit, Before: before}
 			for _, s := range status {
-				st := runstore.Status(s)
+				st := api.RunStatus(s)
 				if !st.Valid() {
-					return api.Usage(fmt.Errorf("--status: %q is not one of %v", s, runstore.Statuses))
+					return api.Usage(fmt.Errorf("--status: %q is not one of %v", s, api.RunStatuses))
 				}
 				f.Status = append(f.Status, st)
 			}

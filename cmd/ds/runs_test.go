@@ -85,7 +85,7 @@ func TestDetachedRun(t *testing.T) {
 		return nil
 	})
 	got, _ := c.Get(context.Background(), h.ID)
-	if err != nil || got.Status != runstore.Cancelled || last.Type != api.TypeError || last.Code != api.CodeCancelled {
-		t.Errorf("cancelled run: %+v, last event %+v, %v", got.Run, last, err)
+	if err != nil || got.Status != api.StatusCancelled || last.Type != api.TypeError || last.Code != api.CodeCancelled {
+		t.Errorf("cancelled run: %+v, last event %+v, %v", got.RunRecord, last, err)
 	}
 }
