@@ -90,11 +90,17 @@ func Rlimits(p Policy) []specs.POSIXRlimit {
 // queue at once.
 const DefaultSigPending = 4096
 
-// Fit lowers each limit to the host's hard limit, for a runtime that cannot
-// raise one (a rootless service): a higher one would make it fail to start
-// the process. It also returns the limits it lowered, which are where the
-// sandbox differs from the policy on this host.
-func (h Host) Fit(limits []specs.POSIXRlimit) (fitted, lowered []specs.POSIXRlimit) {
+// Fit lowers each limit to this host's hard limit: a runtime that cannot
+// raise one (rootless, or root without CAP_SYS_RESOURCE, as in some VMs and
+// containers) would fail to start the process, and a daemon on this host
+// has at most this process's limits when they were started alike.
+func (h Host) Fit(limits []specs.POSIXRlimit) []specs.POSIXRlimit {
+	fitted, _ := h.Lower(limits)
+	return fitted
+}
+
+// Lower is Fit, also returning the limits it lowered.
+func (h Host) Lower(limits []specs.POSIXRlimit) (fitted, lowered []specs.POSIXRlimit) {
 	fitted = slices.Clone(limits)
 	for i, l := range fitted {
 		hard, ok := h.HardLimits[l.Type]

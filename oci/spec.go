@@ -102,7 +102,7 @@ func Options(sb Container, host Host) ([]oci.SpecOpts, error) {
 		withMemory(p.MemoryBytes, host.SwapAccounting),
 		withCPUs(p.CPUs),
 		oci.WithPidsLimit(p.Pids),
-		withRlimits(Rlimits(p)),
+		withRlimits(host.Fit(Rlimits(p))),
 	}
 	return opts, nil
 }

@@ -173,3 +173,30 @@ func TestRlimitsCoverEveryResource(t *testing.T) {
 		}
 	}
 }
+
+func TestHostFit(t *testing.T) {
+	limits := []specs.POSIXRlimit{
+		{Type: "RLIMIT_NOFILE", Soft: 4096, Hard: 4096},
+		{Type: "RLIMIT_STACK", Soft: 8 << 20, Hard: Unlimited},
+		{Type: "RLIMIT_CORE"},
+	}
+	tests := []struct {
+		name          string
+		hard          map[string]uint64
+		fitted, lower []specs.POSIXRlimit
+	}{
+		{"unknown host", nil, limits, nil},
+		{"host above the policy", map[string]uint64{"RLIMIT_NOFILE": 1 << 20, "RLIMIT_STACK": Unlimited}, limits, nil},
+		{"host below the policy", map[string]uint64{"RLIMIT_NOFILE": 1024, "RLIMIT_STACK": 4 << 20, "RLIMIT_CORE": 0},
+			[]specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Soft: 1024, Hard: 1024}, {Type: "RLIMIT_STACK", Soft: 4 << 20, Hard: 4 << 20}, {Type: "RLIMIT_CORE"}},
+			[]specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Soft: 1024, Hard: 1024}, {Type: "RLIMIT_STACK", Soft: 4 << 20, Hard: 4 << 20}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fitted, lowered := Host{HardLimits: tt.hard}.Lower(limits)
+			if !reflect.DeepEqual(fitted, tt.fitted) || !reflect.DeepEqual(lowered, tt.lower) {
+				t.Errorf("fitted %v lowered %v, want %v and %v", fitted, lowered, tt.fitted, tt.lower)
+			}
+		})
+	}
+}

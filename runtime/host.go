@@ -6,8 +6,6 @@ import (
 	"strconv"
 	"strings"
 
-	specs "github.com/opencontainers/runtime-spec/specs-go"
-
 	"golang.org/x/sys/unix"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
@@ -32,15 +30,11 @@ func DetectHost() oci.Host {
 	return h
 }
 
-// Rlimits are p's resource limits (oci.Rlimits) as a backend sets them:
-// as they are where its runtime runs privileged; lowered to this host's
-// hard limits where it cannot raise one (rootless: a higher one would make
-// it fail to start the process), with a Difference for each one lowered.
-func Rlimits(h oci.Host, rootless bool, p oci.Policy) ([]specs.POSIXRlimit, []Difference) {
-	if !rootless {
-		return oci.Rlimits(p), nil
-	}
-	fitted, lowered := h.Fit(oci.Rlimits(p))
+// Lowered are the Differences of the default policy's limits that this host
+// does not allow (oci.Host.Fit), as the probe prints them: every backend
+// that fits its limits to the host reports them in its Info.
+func Lowered(h oci.Host) []Difference {
+	_, lowered := h.Lower(oci.Rlimits(oci.Policy{}.WithDefaults()))
 	value := func(v uint64) string {
 		if v == oci.Unlimited {
 			return "unlimited"
@@ -51,8 +45,8 @@ func Rlimits(h oci.Host, rootless bool, p oci.Policy) ([]specs.POSIXRlimit, []Di
 	for _, l := range lowered {
 		diffs = append(diffs, Difference{
 			Line: "rlimit " + strings.TrimPrefix(l.Type, "RLIMIT_"), Value: value(l.Soft) + ":" + value(l.Hard), OfHost: true,
-			Reason: fmt.Sprintf("rootless: %s cannot be raised above this host's hard limit", l.Type),
+			Reason: fmt.Sprintf("this host's hard %s is below the policy's, and a runtime without CAP_SYS_RESOURCE cannot raise it", l.Type),
 		})
 	}
-	return fitted, diffs
+	return diffs
 }

@@ -129,7 +129,8 @@ func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
 	if err != nil {
 		return runtime.Info{}, fmt.Errorf("%w: containerd version: %w", runtime.ErrUnavailable, err)
 	}
-	return runtime.Info{Name: Name, Version: v.Version, Socket: r.cfg.Address, Rootless: os.Geteuid() != 0, Isolation: r.cfg.Isolation}, nil
+	return runtime.Info{Name: Name, Version: v.Version, Socket: r.cfg.Address, Rootless: os.Geteuid() != 0, Isolation: r.cfg.Isolation,
+		Differences: runtime.Lowered(r.host)}, nil
 }
 
 // Capabilities implements runtime.Runtime. As root with runc, containerd

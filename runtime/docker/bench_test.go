@@ -46,7 +46,7 @@ func BenchmarkRunTrue(b *testing.B) {
 		"--cgroupns", "private", "--cgroup-parent", parent, "--log-driver", "none",
 		"--workdir", oci.Workspace, "--mount", "type=bind,source=" + workspace + ",target=" + oci.Workspace,
 	}
-	for _, u := range ulimits(rt.d.rlimits(policy)) {
+	for _, u := range ulimits(rt.d.Host.Fit(oci.Rlimits(policy))) {
 		args = append(args, "--ulimit", fmt.Sprintf("%s=%d:%d", u.Name, u.Soft, u.Hard))
 	}
 	args = append(args, "--entrypoint", "true", conformance.TestImage)

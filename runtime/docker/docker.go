@@ -115,7 +115,6 @@ func probe(ctx context.Context, cfg Config, cli *client.Client) (*Runtime, error
 	if err != nil {
 		return nil, err
 	}
-	rootless := slices.Contains(info.Info.SecurityOptions, "name=rootless")
 	r := &Runtime{
 		cfg:   cfg,
 		state: state,
@@ -124,12 +123,11 @@ func probe(ctx context.Context, cfg Config, cli *client.Client) (*Runtime, error
 			CgroupDriver: info.Info.CgroupDriver,
 			SwapLimit:    info.Info.SwapLimit,
 			Host:         runtime.DetectHost(),
-			Rootless:     rootless,
 			Seccomp:      seccomp,
 			Runtime:      ociRuntime,
 		},
 		caps:     capabilities(info.Info, bridgeErr, ociRuntime != ""),
-		rootless: rootless,
+		rootless: slices.Contains(info.Info.SecurityOptions, "name=rootless"),
 	}
 	return r, nil
 }
@@ -185,8 +183,7 @@ func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
 	if r.cfg.Isolation == runtime.IsolationGVisor {
 		info.Differences[0].Value = "tmpfs rw" // gVisor's mounts show no nosuid
 	}
-	_, lowered := runtime.Rlimits(r.d.Host, r.rootless, oci.Policy{}.WithDefaults())
-	info.Differences = append(info.Differences, lowered...)
+	info.Differences = append(info.Differences, runtime.Lowered(r.d.Host)...)
 	return info, nil
 }
 

@@ -26,8 +26,6 @@ type daemon struct {
 	SwapLimit bool
 	// Host is what the daemon's host allows (it is this host).
 	Host oci.Host
-	// Rootless: the daemon cannot raise a resource limit above the host's.
-	Rootless bool
 	// Runtime is the daemon's OCI runtime to use; empty for its default (runc).
 	Runtime string
 	// Seccomp is sandstorm's seccomp profile as compact JSON.
@@ -52,12 +50,6 @@ func cgroupParent(driver, id string) string {
 		return systemdSlice
 	}
 	return ""
-}
-
-// rlimits are the policy's resource limits as this daemon can set them.
-func (d daemon) rlimits(p oci.Policy) []specs.POSIXRlimit {
-	limits, _ := runtime.Rlimits(d.Host, d.Rootless, p)
-	return limits
 }
 
 // ulimits are rlimits as Docker names them ("nofile" for RLIMIT_NOFILE).
@@ -104,7 +96,7 @@ func buildRequest(sb oci.Container, image string, d daemon) request {
 			CPUPeriod:    oci.CPUPeriod,
 			CPUQuota:     oci.CPUQuota(p.CPUs),
 			PidsLimit:    &pids,
-			Ulimits:      ulimits(d.rlimits(p)),
+			Ulimits:      ulimits(d.Host.Fit(oci.Rlimits(p))),
 		},
 		Mounts: mounts,
 		// The same lists as every backend (Docker's own miss some).

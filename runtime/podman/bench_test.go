@@ -41,7 +41,7 @@ func BenchmarkRunTrue(b *testing.B) {
 	}
 	// sandstorm's rlimits (without an explicit nproc the CLI, like the API,
 	// raises it beyond what root may here).
-	for _, l := range rt.rlimits(policy) {
+	for _, l := range rt.host.Fit(oci.Rlimits(policy)) {
 		args = append(args, "--ulimit", fmt.Sprintf("%s=%d:%d", oci.RlimitName(l.Type), l.Soft, l.Hard))
 	}
 	args = append(args, conformance.TestImage, "true")

@@ -23,7 +23,6 @@ import (
 	"strings"
 	"syscall"
 
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"go.podman.io/podman/v6/pkg/bindings"
 	"go.podman.io/podman/v6/pkg/bindings/containers"
 	"go.podman.io/podman/v6/pkg/bindings/images"
@@ -247,15 +246,8 @@ func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
 	if err != nil {
 		return runtime.Info{}, fmt.Errorf("%w: podman info: %w", runtime.ErrUnavailable, err)
 	}
-	_, lowered := runtime.Rlimits(r.host, r.svc.rootless, oci.Policy{}.WithDefaults())
 	return runtime.Info{Name: Name, Version: info.Version.Version, Socket: r.cfg.Socket, Rootless: info.Host.Security.Rootless,
-		Isolation: r.cfg.Isolation, Differences: lowered}, nil
-}
-
-// rlimits are the policy's resource limits as this service can set them.
-func (r *Runtime) rlimits(p oci.Policy) []specs.POSIXRlimit {
-	limits, _ := runtime.Rlimits(r.host, r.svc.rootless, p)
-	return limits
+		Isolation: r.cfg.Isolation, Differences: runtime.Lowered(r.host)}, nil
 }
 
 // limitsReason is Podman's own warning when it drops a rootless container's

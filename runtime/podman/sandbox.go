@@ -49,7 +49,7 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 	p := plan{
 		id: id, image: spec.Image, args: spec.Args, env: spec.Env,
 		labels: oci.Container{ID: id, SessionID: spec.SessionID, Labels: prep.Labels}.AllLabels(),
-		policy: pol, mounts: pol.Mounts, rlimits: r.rlimits(pol), swap: r.host.SwapAccounting,
+		policy: pol, mounts: pol.Mounts, rlimits: r.host.Fit(oci.Rlimits(pol)), swap: r.host.SwapAccounting,
 		network: r.networkMode(pol.Network), unenforced: prep.Unenforced, seccomp: r.seccomp, ociRuntime: r.ociRuntime,
 	}
 	if pol.Seccomp == oci.SeccompUnconfined {

@@ -32,8 +32,7 @@ type plan struct {
 	network string
 	// swap: the host can limit memory+swap, so swap is set to the memory limit.
 	swap bool
-	// rlimits are the policy's (oci.Rlimits), lowered to the host's for a
-	// rootless service. Set explicitly, nproc among them, they also keep
+	// rlimits are the policy's (oci.Rlimits), fitted to the host. Set explicitly, nproc among them, they also keep
 	// Podman from raising nproc to 1048576, which fails where root lacks
 	// CAP_SYS_RESOURCE.
 	rlimits []specs.POSIXRlimit
@@ -217,15 +216,19 @@ func (p plan) verify(got *define.InspectContainerData) []string {
 		fail(string(runtime.ItemPidsLimit), "%d, want %d", hc.PidsLimit, pol.Pids)
 	}
 	for _, l := range p.rlimits {
-		if !slices.ContainsFunc(hc.Ulimits, func(u define.InspectUlimit) bool {
-			return oci.RlimitName(u.Name) == oci.RlimitName(l.Type) && u.Soft == int64(l.Soft) && u.Hard == int64(l.Hard)
-		}) {
-			item := "rlimit " + oci.RlimitName(l.Type)
-			if l.Type == "RLIMIT_NOFILE" {
-				item = string(runtime.ItemNoFileLimit)
-			}
-			fail(item, "ulimits %v, want %d:%d", hc.Ulimits, l.Soft, l.Hard)
+		i := slices.IndexFunc(hc.Ulimits, func(u define.InspectUlimit) bool { return oci.RlimitName(u.Name) == oci.RlimitName(l.Type) })
+		if i >= 0 && hc.Ulimits[i].Soft == int64(l.Soft) && hc.Ulimits[i].Hard == int64(l.Hard) {
+			continue
 		}
+		item := "rlimit " + oci.RlimitName(l.Type)
+		if l.Type == "RLIMIT_NOFILE" {
+			item = string(runtime.ItemNoFileLimit)
+		}
+		got := "not set"
+		if i >= 0 {
+			got = fmt.Sprintf("%d:%d", hc.Ulimits[i].Soft, hc.Ulimits[i].Hard)
+		}
+		fail(item, "%s, want %d:%d", got, int64(l.Soft), int64(l.Hard))
 	}
 	if opts := strings.Split(hc.Tmpfs["/tmp"], ","); !slices.Contains(opts, fmt.Sprintf("size=%d", pol.TmpBytes)) || !slices.Contains(opts, "mode=1777") {
 		fail("tmpfs /tmp", "options %q", hc.Tmpfs["/tmp"])

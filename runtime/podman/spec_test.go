@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"go.podman.io/podman/v6/libpod/define"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
@@ -44,12 +45,8 @@ func inspectOf(p plan) *define.InspectContainerData {
 			ReadonlyRootfs: true,
 			Memory:         96 << 20, MemorySwap: 96 << 20,
 			CpuQuota: 50000, CpuPeriod: 100000,
-			PidsLimit: 77,
-			Ulimits: []define.InspectUlimit{
-				{Name: "RLIMIT_CORE", Soft: 0, Hard: 0},
-				{Name: "RLIMIT_NOFILE", Soft: 1500, Hard: 1500},
-				{Name: "RLIMIT_NPROC", Soft: 32768, Hard: 32768},
-			},
+			PidsLimit:    77,
+			Ulimits:      inspectUlimits(p.rlimits),
 			Tmpfs:        map[string]string{"/tmp": "rw,nosuid,nodev,mode=1777,size=536870912,tmpcopyup"},
 			NetworkMode:  "none",
 			CgroupMode:   "private",
@@ -101,7 +98,8 @@ func TestVerify(t *testing.T) {
 		{"cpu quota dropped", nil, func(d *define.InspectContainerData) { d.HostConfig.CpuQuota = 0 }, []string{"cpu_limit"}},
 		{"pids limit changed", nil, func(d *define.InspectContainerData) { d.HostConfig.PidsLimit = 2048 }, []string{"pids_limit"}},
 		{"nofile from the service's defaults", nil, func(d *define.InspectContainerData) {
-			d.HostConfig.Ulimits[1] = define.InspectUlimit{Name: "RLIMIT_NOFILE", Soft: 20000, Hard: 20000}
+			i := slices.IndexFunc(d.HostConfig.Ulimits, func(u define.InspectUlimit) bool { return u.Name == "RLIMIT_NOFILE" })
+			d.HostConfig.Ulimits[i] = define.InspectUlimit{Name: "RLIMIT_NOFILE", Soft: 20000, Hard: 20000}
 		}, []string{"nofile_limit"}},
 		{"tmpfs without size", nil, func(d *define.InspectContainerData) { d.HostConfig.Tmpfs["/tmp"] = "rw,nosuid,nodev,mode=1777" }, []string{"tmpfs /tmp"}},
 		{"tmpfs missing", nil, func(d *define.InspectContainerData) { d.HostConfig.Tmpfs = nil }, []string{"tmpfs /tmp"}},
@@ -127,7 +125,7 @@ func TestVerify(t *testing.T) {
 		}, nil},
 		{"several at once", nil, func(d *define.InspectContainerData) {
 			d.HostConfig.SecurityOpt, d.HostConfig.ReadonlyRootfs, d.HostConfig.Ulimits = nil, false, nil
-		}, []string{"no_new_privileges", "read_only_root", "rlimit core", "nofile_limit", "rlimit nproc"}},
+		}, append([]string{"no_new_privileges", "read_only_root"}, rlimitItems...)},
 		{"no host config at all", nil, func(d *define.InspectContainerData) { d.HostConfig = nil }, []string{"inspect data"}},
 	}
 	for _, tt := range tests {
@@ -171,8 +169,12 @@ func TestSpecgen(t *testing.T) {
 			t.Errorf("nofile %+v, want the policy's 1500", r)
 		}
 	}
-	if !slices.Equal(rl, []string{"core", "nofile", "nproc"}) {
-		t.Errorf("rlimits %v, want sandstorm's core, nofile and nproc", rl)
+	var want []string
+	for _, l := range oci.Rlimits(p.policy) {
+		want = append(want, oci.RlimitName(l.Type))
+	}
+	if !slices.Equal(rl, want) {
+		t.Errorf("rlimits %v, want the policy's %v", rl, want)
 	}
 	if r := s.ResourceLimits; r == nil || *r.Memory.Limit != 96<<20 || *r.Memory.Swap != 96<<20 || *r.CPU.Quota != 50000 || *r.CPU.Period != 100000 || *r.Pids.Limit != 77 {
 		t.Errorf("resource limits %+v", r)
@@ -235,3 +237,25 @@ func TestCapabilities(t *testing.T) {
 		})
 	}
 }
+
+// inspectUlimits are limits as the service's inspect shows them.
+func inspectUlimits(limits []specs.POSIXRlimit) []define.InspectUlimit {
+	var out []define.InspectUlimit
+	for _, l := range limits {
+		out = append(out, define.InspectUlimit{Name: l.Type, Soft: int64(l.Soft), Hard: int64(l.Hard)})
+	}
+	return out
+}
+
+// rlimitItems are the items verify names when every limit is missing.
+var rlimitItems = func() []string {
+	var out []string
+	for _, l := range oci.Rlimits(oci.Policy{}) {
+		if l.Type == "RLIMIT_NOFILE" {
+			out = append(out, string(runtime.ItemNoFileLimit))
+			continue
+		}
+		out = append(out, "rlimit "+oci.RlimitName(l.Type))
+	}
+	return out
+}()
