@@ -1,28 +1,35 @@
 // sandstorm agent runner: runs one Claude Agent SDK query inside a sandbox.
 //
-// Input: the model gateway's Unix socket (SANDSTORM_MODEL_SOCKET, default
-// /run/sandstorm/model.sock), which also serves the run's JSON config
-// (GET /sandstorm/runner.json with the session token: no file holds it at
-// rest), or a config file named by SANDSTORM_RUNNER_CONFIG. A sandbox on
-// another host (a Kubernetes Pod) reaches the gateway over TCP instead
-// (SANDSTORM_GATEWAY_ADDR, TLS when SANDSTORM_GATEWAY_CA holds the CA's
-// PEM): each connection opens with "SANDSTORM/1 <token> <service>". The sandbox has
-// no network but loopback: a tiny TCP -> Unix forwarder on 127.0.0.1 gives the
-// Claude Code CLI an HTTP base URL that reaches the gateway. The CLI
-// authenticates with the per-session token SANDSTORM_MODEL_TOKEN, which the
+// What it speaks with sandstorm (its environment, the gateway's socket or
+// TCP address, the documents the gateway serves it, its stdout lines, its
+// exit status) is described once, in the Go package runnerproto; the
+// PROTOCOL block below is generated from it.
+//
+// Input: the model gateway's Unix socket (PROTOCOL.env.socket, default in
+// the session directory PROTOCOL.session_dir), which also serves the run's
+// JSON config (PROTOCOL.docs.config, with the session token: no file holds
+// it at rest), or a config file named by PROTOCOL.env.config_file. A sandbox
+// on another host (a Kubernetes Pod) reaches the gateway over TCP instead
+// (PROTOCOL.env.gateway_addr, TLS when PROTOCOL.env.gateway_ca holds the
+// CA's PEM): each connection opens with the PROTOCOL.hello line. A tiny
+// forwarder on 127.0.0.1 gives the Claude Code CLI an HTTP base URL that
+// reaches the gateway. The CLI
+// authenticates with the per-session token (PROTOCOL.env.token), which the
 // gateway swaps for the real credential; no real key is ever in the sandbox.
 //
 // Output: exactly one JSON line per SDK message on stdout and nothing else
-// (plus, when the runner itself fails, one line {"type":"error",...}).
-// Diagnostics go to stderr. Secrets are never printed.
+// (plus, when the runner itself fails, one line {"type":"error",...} with a
+// code of PROTOCOL.error_codes). Diagnostics go to stderr. Secrets are never
+// printed.
 //
-// Exit status: 0 when the final result message has subtype "success" and
-// is_error false; 1 otherwise (bad config, agent error, SDK failure);
-// 128+signal after SIGTERM, SIGINT or SIGHUP aborted the query.
+// Exit status (PROTOCOL.exit): succeeded when the final result message has
+// subtype "success" and is_error false; failed otherwise (bad config, agent
+// error, SDK failure); signal_base+signal after SIGTERM, SIGINT or SIGHUP
+// aborted the query.
 //
-// With SANDSTORM_RUNNER_TIMINGS=1 it also prints, on stderr, when each step
-// of its start was reached ("sandstorm-runner timing PHASE UNIX-MS"), for
-// the cold-start breakdown of make bench.
+// With PROTOCOL.env.timings=1 it also prints, on stderr, when each step of
+// its start was reached (PROTOCOL.timing_prefix, the phase, the Unix time in
+// ms), for the cold-start breakdown of make bench.
 //
 // Only Node's standard library and the SDK are used.
 
@@ -33,14 +40,83 @@ import path from 'node:path';
 import process from 'node:process';
 import tls from 'node:tls';
 
-const CONFIG_PATH = '/sandstorm/runner.json';
-// A warm sandbox's options, served before its run (no prompt).
-const WARM_PATH = '/sandstorm/warm.json';
-// A warm sandbox's run's workspace files, served with its run.
-const FILES_PATH = '/sandstorm/files.json';
+// ---- protocol (generated from package runnerproto: do not edit) -----------
+// `go test ./images/agentimage -run TestRunnerProtocolBlock -update` writes it.
+const PROTOCOL = {
+  "env": {
+    "token": "SANDSTORM_MODEL_TOKEN",
+    "gateway_addr": "SANDSTORM_GATEWAY_ADDR",
+    "gateway_ca": "SANDSTORM_GATEWAY_CA",
+    "gateway_egress": "SANDSTORM_GATEWAY_EGRESS",
+    "egress_ca": "SANDSTORM_EGRESS_CA",
+    "wait": "SANDSTORM_RUNNER_WAIT",
+    "timings": "SANDSTORM_RUNNER_TIMINGS",
+    "socket": "SANDSTORM_MODEL_SOCKET",
+    "config_file": "SANDSTORM_RUNNER_CONFIG",
+    "workspace": "SANDSTORM_WORKSPACE",
+    "claude_executable": "SANDSTORM_CLAUDE_EXECUTABLE"
+  },
+  "session_dir": {
+    "mount": "/run/sandstorm",
+    "model_socket": "model.sock",
+    "egress_socket": "egress.sock",
+    "egress_ca": "ca.pem"
+  },
+  "docs": {
+    "config": "/sandstorm/runner.json",
+    "warm": "/sandstorm/warm.json",
+    "files": "/sandstorm/files.json",
+    "token_header": "x-api-key"
+  },
+  "hello": {
+    "magic": "SANDSTORM/1",
+    "model": "model",
+    "egress": "egress"
+  },
+  "config_fields": [
+    "prompt",
+    "model",
+    "max_turns",
+    "system_prompt",
+    "output_format",
+    "agents",
+    "mcp_servers",
+    "allowed_tools",
+    "include_partial_messages"
+  ],
+  "error_type": "error",
+  "result_type": "result",
+  "error_codes": [
+    "invalid_config",
+    "model_unreachable",
+    "forwarder_failed",
+    "sdk_missing",
+    "sdk_error",
+    "no_result",
+    "aborted",
+    "unencodable_message",
+    "internal"
+  ],
+  "timing_prefix": "sandstorm-runner timing ",
+  "timing_phases": [
+    "runner_started",
+    "config_received",
+    "sdk_loaded",
+    "query_called",
+    "settled",
+    "released"
+  ],
+  "exit": {
+    "succeeded": 0,
+    "failed": 1,
+    "signal_base": 128
+  }
+};
+// ---- end of protocol -------------------------------------------------------
+
 // The config must arrive well before anything else can happen.
 const CONFIG_TIMEOUT_MS = 10000;
-const DEFAULT_SOCKET = '/run/sandstorm/model.sock';
+const DEFAULT_SOCKET = path.join(PROTOCOL.session_dir.mount, PROTOCOL.session_dir.model_socket);
 const DEFAULT_WORKSPACE = '/home/user';
 const DEFAULT_MAX_RETRIES = '2';
 const DEFAULT_CLAUDE_CONFIG_DIR = '/tmp/sandstorm-claude';
@@ -59,7 +135,7 @@ for (const name of ['log', 'info', 'debug', 'dir', 'table']) {
 // prints (stdout lines, stderr diagnostics, the CLI's stderr).
 const secrets = new Set();
 for (const name of [
-  'SANDSTORM_MODEL_TOKEN',
+  PROTOCOL.env.token,
   'ANTHROPIC_API_KEY',
   'ANTHROPIC_AUTH_TOKEN',
   'CLAUDE_CODE_OAUTH_TOKEN',
@@ -108,7 +184,7 @@ function emit(obj) {
     line = JSON.stringify(obj);
   } catch (err) {
     line = JSON.stringify({
-      type: 'error',
+      type: PROTOCOL.error_type,
       code: 'unencodable_message',
       message: scrub(`message of type ${obj && obj.type} could not be encoded: ${errorText(err)}`),
     });
@@ -120,7 +196,7 @@ function emit(obj) {
 }
 
 function emitError(code, message) {
-  emit({ type: 'error', code, message: scrub(message) });
+  emit({ type: PROTOCOL.error_type, code, message: scrub(message) });
 }
 
 // ---- config ----------------------------------------------------------------
@@ -195,7 +271,7 @@ function readConfig(path) {
     text = fs.readFileSync(path, 'utf8');
   } catch (err) {
     const why = err.code === 'ENOENT' ? 'no such file' : err.code === 'EACCES' ? 'permission denied' : errorText(err);
-    throw new ConfigError(`config ${path}: ${why} (set SANDSTORM_RUNNER_CONFIG or mount it)`);
+    throw new ConfigError(`config ${path}: ${why} (set ${PROTOCOL.env.config_file} or mount it)`);
   }
   return parseConfig(text, path);
 }
@@ -204,7 +280,12 @@ function readConfig(path) {
 // none), rejecting on an HTTP status other than 200.
 function fetchText(gw, token, where, timeout) {
   return new Promise((resolve, reject) => {
-    const opts = { createConnection: () => gw.dial('model'), path: where, headers: { 'x-api-key': token }, timeout };
+    const opts = {
+      createConnection: () => gw.dial(PROTOCOL.hello.model),
+      path: where,
+      headers: { [PROTOCOL.docs.token_header]: token },
+      timeout,
+    };
     const req = http.get(opts, (res) => {
       const chunks = [];
       res.on('data', (c) => chunks.push(c));
@@ -224,7 +305,7 @@ function fetchText(gw, token, where, timeout) {
 // its run's config as long as it takes: the gateway answers when a request
 // has claimed the sandbox.
 async function fetchConfig(gw, token, { warm = false, wait = false } = {}) {
-  const where = warm ? WARM_PATH : CONFIG_PATH;
+  const where = warm ? PROTOCOL.docs.warm : PROTOCOL.docs.config;
   const source = `${gw.where}${where}`;
   let text;
   try {
@@ -260,10 +341,6 @@ function parseConfig(text, path, warm = false) {
 
 // ---- TCP -> Unix forwarder --------------------------------------------------
 
-// EGRESS_SOCKET is the gateway's egress proxy, next to the model socket;
-// EGRESS_CA the certificate of the CA it intercepts hosts with secrets by.
-const EGRESS_SOCKET = 'egress.sock';
-const EGRESS_CA = 'ca.pem';
 const SYSTEM_BUNDLE = '/etc/ssl/certs/ca-certificates.crt';
 const CA_BUNDLE = '/tmp/sandstorm-ca-bundle.pem';
 const CA_VARS = ['SSL_CERT_FILE', 'REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE', 'GIT_SSL_CAINFO'];
@@ -293,18 +370,19 @@ function isSocket(p) {
 }
 
 // gatewayFrom says how the gateway is reached: through its Unix socket,
-// mounted into the sandbox (SANDSTORM_MODEL_SOCKET, the egress proxy's
-// next to it), or, for a sandbox on another host, at its TCP address
-// (SANDSTORM_GATEWAY_ADDR host:port; TLS verified with the CA in
-// SANDSTORM_GATEWAY_CA when set), where every connection first names the
+// mounted into the sandbox (PROTOCOL.env.socket, the egress proxy's and
+// its CA next to it), or, for a sandbox on another host, at its TCP address
+// (PROTOCOL.env.gateway_addr host:port; TLS verified with the CA in
+// PROTOCOL.env.gateway_ca when set), where every connection first names the
 // session's token and the service. There the egress proxy is there when
-// SANDSTORM_GATEWAY_EGRESS=1, its CA in SANDSTORM_EGRESS_CA.
+// PROTOCOL.env.gateway_egress=1, its CA in PROTOCOL.env.egress_ca.
 function gatewayFrom(env, token) {
-  const addr = env.SANDSTORM_GATEWAY_ADDR || '';
+  const names = PROTOCOL.env;
+  const addr = env[names.gateway_addr] || '';
   if (addr === '') {
-    const socketPath = env.SANDSTORM_MODEL_SOCKET || DEFAULT_SOCKET;
-    const egressSocket = path.join(path.dirname(socketPath), EGRESS_SOCKET);
-    const caPath = path.join(path.dirname(socketPath), EGRESS_CA);
+    const socketPath = env[names.socket] || DEFAULT_SOCKET;
+    const egressSocket = path.join(path.dirname(socketPath), PROTOCOL.session_dir.egress_socket);
+    const caPath = path.join(path.dirname(socketPath), PROTOCOL.session_dir.egress_ca);
     return {
       where: `model socket ${socketPath}`,
       check() {
@@ -312,11 +390,12 @@ function gatewayFrom(env, token) {
           if (!fs.statSync(socketPath).isSocket()) throw new Error('not a socket');
         } catch (err) {
           const why = err.code === 'ENOENT' ? 'no such file' : errorText(err);
-          return `model socket ${socketPath}: ${why} (SANDSTORM_MODEL_SOCKET; the host's gateway serves it)`;
+          return `model socket ${socketPath}: ${why} (${names.socket}; the host's gateway serves it)`;
         }
         return '';
       },
-      dial: (service) => net.connect({ path: service === 'egress' ? egressSocket : socketPath, allowHalfOpen: true }),
+      dial: (service) =>
+        net.connect({ path: service === PROTOCOL.hello.egress ? egressSocket : socketPath, allowHalfOpen: true }),
       hasEgress: () => isSocket(egressSocket),
       egressCA: () => (fs.existsSync(caPath) ? caPath : ''),
     };
@@ -324,21 +403,21 @@ function gatewayFrom(env, token) {
   const colon = addr.lastIndexOf(':');
   const host = addr.slice(0, colon).replace(/^\[(.*)\]$/, '$1');
   const port = Number(addr.slice(colon + 1));
-  const ca = env.SANDSTORM_GATEWAY_CA || '';
+  const ca = env[names.gateway_ca] || '';
   return {
     where: `gateway ${ca ? 'tls' : 'tcp'}://${addr}`,
-    check: () => (colon > 0 && port > 0 && port < 65536 ? '' : `SANDSTORM_GATEWAY_ADDR ${JSON.stringify(addr)} is not host:port`),
+    check: () => (colon > 0 && port > 0 && port < 65536 ? '' : `${names.gateway_addr} ${JSON.stringify(addr)} is not host:port`),
     dial(service) {
       const opts = { host, port, allowHalfOpen: true };
       const sock = ca ? tls.connect({ ...opts, ca, servername: net.isIP(host) ? undefined : host }) : net.connect(opts);
-      sock.write(`SANDSTORM/1 ${token} ${service}\n`);
+      sock.write(`${PROTOCOL.hello.magic} ${token} ${service}\n`);
       return sock;
     },
-    hasEgress: () => env.SANDSTORM_GATEWAY_EGRESS === '1',
+    hasEgress: () => env[names.gateway_egress] === '1',
     egressCA() {
-      if (!env.SANDSTORM_EGRESS_CA) return '';
+      if (!env[names.egress_ca]) return '';
       const p = '/tmp/sandstorm-egress-ca.pem';
-      fs.writeFileSync(p, env.SANDSTORM_EGRESS_CA, { mode: 0o644 });
+      fs.writeFileSync(p, env[names.egress_ca], { mode: 0o644 });
       return p;
     },
   };
@@ -429,7 +508,7 @@ function childEnv(port, token, egressPort, caVars) {
   // The CLI must authenticate only with the session token, only at the
   // forwarder: drop every other way it could pick a credential or endpoint,
   // unless a provider mode was asked for explicitly.
-  const strip = ['SANDSTORM_MODEL_TOKEN', 'ANTHROPIC_AUTH_TOKEN', 'CLAUDE_CODE_OAUTH_TOKEN'];
+  const strip = [PROTOCOL.env.token, 'ANTHROPIC_AUTH_TOKEN', 'CLAUDE_CODE_OAUTH_TOKEN'];
   if (!providerMode(process.env)) {
     strip.push(...PROVIDER_SWITCHES, 'ANTHROPIC_BEDROCK_BASE_URL', 'ANTHROPIC_VERTEX_BASE_URL');
   }
@@ -519,7 +598,7 @@ function sameOptions(a, b) {
 function failWith(code, msg) {
   logErr(msg);
   emitError(code, msg);
-  return finish(1);
+  return finish(PROTOCOL.exit.failed);
 }
 
 // A CLI just spawned goes on with deferred start-up work (plugins, file
@@ -562,9 +641,9 @@ async function settle() {
   }
 }
 
-const timings = process.env.SANDSTORM_RUNNER_TIMINGS === '1';
+const timings = process.env[PROTOCOL.env.timings] === '1';
 function mark(phase) {
-  if (timings) process.stderr.write(`sandstorm-runner timing ${phase} ${Date.now()}\n`);
+  if (timings) process.stderr.write(`${PROTOCOL.timing_prefix}${phase} ${Date.now()}\n`);
 }
 
 async function main() {
@@ -576,21 +655,22 @@ async function main() {
     return m;
   });
   sdk.catch(() => {}); // failures are reported where it is awaited
-  const configPath = process.env.SANDSTORM_RUNNER_CONFIG || '';
-  const cwd = process.env.SANDSTORM_WORKSPACE || DEFAULT_WORKSPACE;
-  const token = process.env.SANDSTORM_MODEL_TOKEN || '';
+  const names = PROTOCOL.env;
+  const configPath = process.env[names.config_file] || '';
+  const cwd = process.env[names.workspace] || DEFAULT_WORKSPACE;
+  const token = process.env[names.token] || '';
 
   let cfg;
   try {
     if (configPath !== '') cfg = readConfig(configPath);
-    if (token === '') throw new ConfigError('SANDSTORM_MODEL_TOKEN is not set: the model gateway needs the session token');
+    if (token === '') throw new ConfigError(`${names.token} is not set: the model gateway needs the session token`);
     let st;
     try {
       st = fs.statSync(cwd);
     } catch {
-      throw new ConfigError(`workspace ${cwd} does not exist (SANDSTORM_WORKSPACE)`);
+      throw new ConfigError(`workspace ${cwd} does not exist (${names.workspace})`);
     }
-    if (!st.isDirectory()) throw new ConfigError(`workspace ${cwd} is not a directory (SANDSTORM_WORKSPACE)`);
+    if (!st.isDirectory()) throw new ConfigError(`workspace ${cwd} is not a directory (${names.workspace})`);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     return failWith('invalid_config', err.message);
@@ -600,13 +680,13 @@ async function main() {
   const unreachable = gw.check();
   if (unreachable !== '') return failWith('model_unreachable', unreachable);
 
-  // A warm sandbox (SANDSTORM_RUNNER_WAIT=1) gets its options first and
+  // A warm sandbox (PROTOCOL.env.wait=1) gets its options first and
   // starts the CLI with them, then waits for its run's config.
   let warmCfg = null;
   let pending = null;
   if (cfg === undefined) {
     try {
-      if (process.env.SANDSTORM_RUNNER_WAIT === '1') {
+      if (process.env[names.wait] === '1') {
         warmCfg = await fetchConfig(gw, token, { warm: true });
       } else {
         cfg = await fetchConfig(gw, token);
@@ -619,7 +699,7 @@ async function main() {
 
   mark('config_received');
   try {
-    forwarder = await startForwarder(gw, 'model', 'model gateway');
+    forwarder = await startForwarder(gw, PROTOCOL.hello.model, 'model gateway');
   } catch (err) {
     const msg = `cannot listen on 127.0.0.1 for the model forwarder: ${errorText(err)} (is the loopback interface up?)`;
     return failWith('forwarder_failed', msg);
@@ -628,7 +708,7 @@ async function main() {
   // network mode is proxy.
   if (gw.hasEgress()) {
     try {
-      egressForwarder = await startForwarder(gw, 'egress', 'egress proxy');
+      egressForwarder = await startForwarder(gw, PROTOCOL.hello.egress, 'egress proxy');
     } catch (err) {
       const msg = `cannot listen on 127.0.0.1 for the egress forwarder: ${errorText(err)}`;
       return failWith('forwarder_failed', msg);
@@ -662,10 +742,10 @@ async function main() {
   const onSignal = (sig, num) => {
     if (signalled) {
       // Second signal: no more patience.
-      process.stdout.write('', () => process.exit(128 + num));
+      process.stdout.write('', () => process.exit(PROTOCOL.exit.signal_base + num));
       return;
     }
-    signalled = { sig, code: 128 + num };
+    signalled = { sig, code: PROTOCOL.exit.signal_base + num };
     logErr(`${sig}: aborting the query`);
     abortController.abort();
     setTimeout(() => {
@@ -692,8 +772,8 @@ async function main() {
   for (const [key, f] of Object.entries(FIELDS)) {
     if (f.option && optionsOf[key] !== undefined && optionsOf[key] !== null) options[f.option] = optionsOf[key];
   }
-  if (process.env.SANDSTORM_CLAUDE_EXECUTABLE) {
-    options.pathToClaudeCodeExecutable = process.env.SANDSTORM_CLAUDE_EXECUTABLE;
+  if (process.env[names.claude_executable]) {
+    options.pathToClaudeCodeExecutable = process.env[names.claude_executable];
   }
 
   let last = null;
@@ -728,7 +808,7 @@ async function main() {
         return failWith('invalid_config', "the run's agent options differ from the warm sandbox's");
       }
       try {
-        writeFiles(cwd, await getJSON(gw, token, FILES_PATH));
+        writeFiles(cwd, await getJSON(gw, token, PROTOCOL.docs.files));
       } catch (err) {
         return failWith('invalid_config', `the run's files: ${errorText(err)}`);
       }
@@ -740,7 +820,7 @@ async function main() {
     }
     for await (const message of messages) {
       emit(message);
-      if (message && message.type === 'result') {
+      if (message && message.type === PROTOCOL.result_type) {
         last = message;
         ended();
       }
@@ -761,24 +841,24 @@ async function main() {
     const msg = 'the query ended without a result message';
     return failWith('no_result', msg);
   }
-  if (last.subtype === 'success' && last.is_error === false) return finish(0);
+  if (last.subtype === 'success' && last.is_error === false) return finish(PROTOCOL.exit.succeeded);
   logErr(`result: subtype ${last.subtype}, is_error ${last.is_error}`);
-  return finish(1);
+  return finish(PROTOCOL.exit.failed);
 }
 
 process.on('uncaughtException', (err) => {
   logErr(`internal error: ${errorText(err)}`);
   emitError('internal', errorText(err));
-  finish(1);
+  finish(PROTOCOL.exit.failed);
 });
 process.on('unhandledRejection', (err) => {
   logErr(`internal error: ${errorText(err)}`);
   emitError('internal', errorText(err));
-  finish(1);
+  finish(PROTOCOL.exit.failed);
 });
 
 main().catch((err) => {
   logErr(`internal error: ${errorText(err)}`);
   emitError('internal', errorText(err));
-  finish(1);
+  finish(PROTOCOL.exit.failed);
 });
