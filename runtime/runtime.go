@@ -1,6 +1,8 @@
-// Package runtime is the one interface every container backend implements
-// (containerd, Podman, Docker), the report of what each really enforces, and
-// the conformance suite that proves it inside real sandboxes.
+// Package runtime is the one interface every sandbox backend implements
+// (containerd, Docker, Podman root and rootless, each under runc or gVisor,
+// and Kubernetes, a Pod per sandbox), the report of what each really
+// enforces, and the policy every one of them applies; its conformance
+// subpackage proves it inside real sandboxes.
 package runtime
 
 import (
