@@ -1,26 +1,27 @@
 // Package api is sandstorm's vocabulary, shared by the engine and its front
-// ends (the ds CLI and the HTTP server): the request a client sends, the
-// events of sandstorm's own a run streams back (next to the SDK's messages),
-// the error codes, the one table from an error to its code, HTTP status and
-// exit code, and the small interface a front end runs requests through.
+// ends (the ds CLI, the HTTP server, the Go client): the request a client
+// sends, the events of sandstorm's own a run streams back (next to the
+// SDK's messages), a run's record, the error and exit codes, and the small
+// interface a front end runs requests through. Like moby's api/types it
+// imports the standard library only: the packages that own the other side
+// convert to its types, package errcode maps their errors to its codes, and
+// session.Validate checks what they require of a request's parts.
 package api
 
 import (
 	"context"
 	"encoding/json"
-
-	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
 // Emit receives each event of a run, in order. An error from Emit (the
 // client went away) cancels the run.
 type Emit func(json.RawMessage) error
 
-// Outcome is how a run ended.
+// Outcome is how a run ended; how its process exited is in the sandbox's
+// "exited" event.
 type Outcome struct {
 	// Result is the SDK's final result message, if one arrived.
 	Result json.RawMessage
-	Exit   runtime.ExitStatus
 	// Code is the error code when the run failed ("" on success).
 	Code Code
 }

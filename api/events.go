@@ -4,10 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"time"
-
-	"github.com/sandstorm-dev/sandstorm/gateway"
-	"github.com/sandstorm-dev/sandstorm/outfiles"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
 // Event types of sandstorm's own; the SDK's messages pass through unchanged.
@@ -66,7 +62,7 @@ type SandboxEvent struct {
 	Signal     string `json:"signal,omitempty"`
 	OOMKilled  bool   `json:"oom_killed,omitempty"`
 	// Unenforced names policy items the caller allowed the backend to skip.
-	Unenforced []runtime.Item `json:"unenforced,omitempty"`
+	Unenforced []string `json:"unenforced,omitempty"`
 	// Warm (created only) says whether the sandbox came from the warm pool
 	// (started before the request); WarmMiss, on a cold one, why none fit.
 	Warm     *bool  `json:"warm,omitempty"`
@@ -104,14 +100,30 @@ const (
 // FileEvent is type "file".
 type FileEvent struct {
 	Type string `json:"type"`
-	outfiles.File
+	OutputFile
 	URL string `json:"url,omitempty"`
+}
+
+// OutputFile is one file handed back (package outfiles collects them).
+type OutputFile struct {
+	Path    string  `json:"path"` // slash-separated, relative to the workspace
+	Size    int64   `json:"size"`
+	SHA256  string  `json:"sha256"`
+	Mode    string  `json:"mode"` // permission bits in octal, e.g. "0644" (setuid/setgid/sticky never kept)
+	Content *string `json:"content,omitempty"`
 }
 
 // FilesSkippedEvent is type "files_skipped".
 type FilesSkippedEvent struct {
-	Type    string             `json:"type"`
-	Skipped []outfiles.Skipped `json:"skipped"`
+	Type    string        `json:"type"`
+	Skipped []SkippedFile `json:"skipped"`
+}
+
+// SkippedFile is a file not handed back, and why.
+type SkippedFile struct {
+	Path   string `json:"path"`
+	Size   int64  `json:"size,omitempty"`
+	Reason string `json:"reason"` // one of outfiles' Reason* values
 }
 
 // TypeModelUsage is the event with what the run's model calls used, as the
@@ -121,8 +133,33 @@ const TypeModelUsage = "model_usage"
 // UsageEvent is type "model_usage": the usage, and the budget it ran under.
 type UsageEvent struct {
 	Type string `json:"type"`
-	gateway.Usage
-	Budget gateway.Budget `json:"budget"`
+	ModelUsage
+	Budget Budget `json:"budget"`
+}
+
+// ModelUsage is what a session's model calls used, summed from the usage
+// each response reports (streamed or not), as the gateway counts it.
+type ModelUsage struct {
+	Requests         int     `json:"requests"`
+	InputTokens      int64   `json:"input_tokens"`
+	OutputTokens     int64   `json:"output_tokens"`
+	CacheReadTokens  int64   `json:"cache_read_input_tokens,omitempty"`
+	CacheWriteTokens int64   `json:"cache_creation_input_tokens,omitempty"`
+	CostUSD          float64 `json:"cost_usd"`
+	// Exceeded says which bound refused a call; empty while within budget.
+	Exceeded string `json:"exceeded,omitempty"`
+}
+
+// Budget bounds a session's model use at the gateway, the one place that
+// sees every model call (code in the sandbox can call the model with the
+// session token, past the SDK's own limits). Zero fields are no bound.
+type Budget struct {
+	// MaxUSD bounds the estimated cost (list prices, see gateway.Price).
+	MaxUSD float64 `json:"max_usd,omitempty"`
+	// MaxRequests bounds the Messages API calls.
+	MaxRequests int `json:"max_requests,omitempty"`
+	// MaxOutputTokens bounds the output tokens, summed over all calls.
+	MaxOutputTokens int64 `json:"max_output_tokens,omitempty"`
 }
 
 // LineEvent carries one line of the runner's stderr ("stderr"), or a stdout

@@ -3,19 +3,15 @@ package api
 import (
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"maps"
 	"regexp"
 	"slices"
 	"strings"
 	"unicode/utf8"
-
-	"github.com/sandstorm-dev/sandstorm/config"
-	"github.com/sandstorm-dev/sandstorm/egress"
-	"github.com/sandstorm-dev/sandstorm/runtime"
-	"github.com/sandstorm-dev/sandstorm/webhook"
 )
 
-// Request limits, as the seed's API documents them.
+// Request limits, as the README and openapi.json document them.
 const (
 	MaxPromptChars  = 1_000_000
 	MaxFiles        = 20
@@ -44,9 +40,9 @@ type Request struct {
 	// Files maps a path relative to the workspace to its content.
 	Files map[string]string `json:"files,omitempty"`
 	// BinaryFiles are files whose content is not text (the CLI's -f).
-	BinaryFiles      []runtime.File `json:"-"`
-	AnthropicAPIKey  string         `json:"anthropic_api_key,omitempty"`
-	OpenRouterAPIKey string         `json:"openrouter_api_key,omitempty"`
+	BinaryFiles      []WorkspaceFile `json:"-"`
+	AnthropicAPIKey  string          `json:"anthropic_api_key,omitempty"`
+	OpenRouterAPIKey string          `json:"openrouter_api_key,omitempty"`
 	// WebhookURL gets the run's summary when it ends (instead of the limits
 	// file's webhook_url).
 	WebhookURL string `json:"webhook_url,omitempty"`
@@ -56,6 +52,16 @@ type Request struct {
 	OutputCaches bool `json:"output_caches,omitempty"`
 	// Output is where the run's files go; the run service sets it.
 	Output *OutputTarget `json:"-"`
+}
+
+// WorkspaceFile is one file a request places in the workspace (the
+// sandbox's runtime.File).
+type WorkspaceFile struct {
+	// Path is relative to the workspace.
+	Path    string
+	Content []byte
+	// Mode is the permission bits; 0 means 0644.
+	Mode fs.FileMode
 }
 
 // OutputTarget is where a run's handed-back files are written, and the URL
@@ -110,23 +116,10 @@ type RequestEgress struct {
 	Allow []string `json:"allow"`
 }
 
-// EgressRules parses the request's egress.allow.
-func (r Request) EgressRules() ([]egress.Rule, error) {
-	if r.Egress == nil {
-		return nil, nil
-	}
-	var out []egress.Rule
-	for i, s := range r.Egress.Allow {
-		rule, err := egress.ParseRule(s)
-		if err != nil {
-			return nil, Invalid(fmt.Sprintf("egress.allow[%d]", i), "%s", strings.TrimPrefix(err.Error(), egress.ErrInvalid.Error()+": "))
-		}
-		out = append(out, rule)
-	}
-	return out, nil
-}
-
-// Validate checks every field, naming the first bad one.
+// Validate checks the fields against the request's own bounds, naming the
+// first bad one. What the packages acting on a request require of its parts
+// (egress rules, webhook URL, output format, file paths) they check
+// themselves (session.Validate checks it all).
 func (r Request) Validate() error {
 	n := utf8.RuneCountInString(r.Prompt)
 	switch {
@@ -147,19 +140,6 @@ func (r Request) Validate() error {
 	if r.Egress != nil && len(r.Egress.Allow) == 0 {
 		return Invalid("egress.allow", "is empty: name what the run may reach, or leave egress out")
 	}
-	if _, err := r.EgressRules(); err != nil {
-		return err
-	}
-	if r.WebhookURL != "" {
-		if err := webhook.ValidURL(r.WebhookURL); err != nil {
-			return Invalid("webhook_url", "%v", err)
-		}
-	}
-	if err := config.ValidateOutputFormat(r.OutputFormat); err != nil {
-		// config names the key ("output_format.type: ..."): keep its naming.
-		field, msg, _ := strings.Cut(strings.TrimPrefix(err.Error(), config.ErrInvalid.Error()+": "), ": ")
-		return Invalid(field, "%s", msg)
-	}
 	files := r.WorkspaceFiles()
 	if len(files) > MaxFiles {
 		return Invalid("files", "%d files is over the limit of %d", len(files), MaxFiles)
@@ -171,17 +151,14 @@ func (r Request) Validate() error {
 	if total > MaxFilesBytes {
 		return Invalid("files", "%d bytes in all is over the limit of %d", total, MaxFilesBytes)
 	}
-	if err := runtime.ValidateFiles(files); err != nil {
-		return Invalid("files", "%s", strings.TrimPrefix(err.Error(), runtime.ErrInvalidSpec.Error()+": "))
-	}
 	return nil
 }
 
 // WorkspaceFiles returns every file of the request, text and binary.
-func (r Request) WorkspaceFiles() []runtime.File {
-	files := append([]runtime.File(nil), r.BinaryFiles...)
+func (r Request) WorkspaceFiles() []WorkspaceFile {
+	files := append([]WorkspaceFile(nil), r.BinaryFiles...)
 	for _, p := range sortedKeys(r.Files) {
-		files = append(files, runtime.File{Path: p, Content: []byte(r.Files[p])})
+		files = append(files, WorkspaceFile{Path: p, Content: []byte(r.Files[p])})
 	}
 	return files
 }

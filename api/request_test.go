@@ -1,7 +1,6 @@
 package api
 
 import (
-	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -25,13 +24,9 @@ func TestValidate(t *testing.T) {
 		{"timeout high", Request{Prompt: "hi", Timeout: 3601}, "timeout"},
 		{"max_turns", Request{Prompt: "hi", MaxTurns: -1}, "max_turns"},
 		{"max_budget_usd", Request{Prompt: "hi", MaxBudgetUSD: -1}, "max_budget_usd"},
-		{"egress rule", Request{Prompt: "hi", Egress: &RequestEgress{Allow: []string{"github.com", "not a host"}}}, "egress.allow[1]"},
 		{"egress empty", Request{Prompt: "hi", Egress: &RequestEgress{}}, "egress.allow"},
-		{"absolute file", Request{Prompt: "hi", Files: map[string]string{"/etc/passwd": "x"}}, "files"},
-		{"dotdot file", Request{Prompt: "hi", Files: map[string]string{"../x": "x"}}, "files"},
 		{"too many files", Request{Prompt: "hi", Files: manyFiles(21)}, "files"},
 		{"too large files", Request{Prompt: "hi", Files: map[string]string{"a": strings.Repeat("x", MaxFilesBytes+1)}}, "files"},
-		{"bad output format", Request{Prompt: "hi", OutputFormat: json.RawMessage(`{"type":"text"}`)}, "output_format"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -201,7 +201,7 @@ func (c *Client) Files(ctx context.Context, id string) ([]outfiles.File, error) 
 	}
 	out := make([]outfiles.File, 0, len(l.Files))
 	for _, f := range l.Files {
-		out = append(out, f.File)
+		out = append(out, f.OutputFile)
 	}
 	return out, nil
 }

@@ -34,7 +34,7 @@ func scenarios(t *testing.T, b backend) {
 	t.Run("hello-python", func(t *testing.T) {
 		events, out, srv, _ := run(t, b, builtin(t, "hello-python"), agent.Job{Config: agent.Config{Prompt: "Create hello.py and run it"}})
 		if !out.Success() {
-			t.Fatalf("run failed: %s (exit %+v)", out.Code, out.Exit)
+			t.Fatalf("run failed: %s (sandbox events %v)", out.Code, find(events, "sandbox"))
 		}
 		if inits := find(events, "system"); len(inits) == 0 || inits[0]["subtype"] != "init" {
 			t.Errorf("no system init message")

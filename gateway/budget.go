@@ -7,32 +7,18 @@ import (
 	"io"
 	"strings"
 	"sync"
+
+	"github.com/sandstorm-dev/sandstorm/api"
 )
 
-// Budget bounds a session's model use at the gateway, the one place that
-// sees every model call (code in the sandbox can call the model with the
-// session token, past the SDK's own limits). Zero fields are no bound.
-type Budget struct {
-	// MaxUSD bounds the estimated cost (list prices, see Price).
-	MaxUSD float64 `json:"max_usd,omitempty"`
-	// MaxRequests bounds the Messages API calls.
-	MaxRequests int `json:"max_requests,omitempty"`
-	// MaxOutputTokens bounds the output tokens, summed over all calls.
-	MaxOutputTokens int64 `json:"max_output_tokens,omitempty"`
-}
+// Budget bounds a session's model use at the gateway; its shape is the
+// API's, in the model_usage event.
+type Budget = api.Budget
 
 // Usage is what a session's model calls used, summed from the usage each
-// response reports (streamed or not).
-type Usage struct {
-	Requests         int     `json:"requests"`
-	InputTokens      int64   `json:"input_tokens"`
-	OutputTokens     int64   `json:"output_tokens"`
-	CacheReadTokens  int64   `json:"cache_read_input_tokens,omitempty"`
-	CacheWriteTokens int64   `json:"cache_creation_input_tokens,omitempty"`
-	CostUSD          float64 `json:"cost_usd"`
-	// Exceeded says which bound refused a call; empty while within budget.
-	Exceeded string `json:"exceeded,omitempty"`
-}
+// response reports (streamed or not); its shape is the API's, in the
+// model_usage event.
+type Usage = api.ModelUsage
 
 // Price is the list price per million tokens, input and output, of a
 // model, by family; an unknown model is priced as the dearest, so that a

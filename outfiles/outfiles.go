@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"unicode/utf8"
 
+	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/internal/ctxio"
 )
 
@@ -43,21 +44,13 @@ type Options struct {
 	InlineMax int
 }
 
-// File is one file handed back; it is also the JSON of a "file" event's fields.
-type File struct {
-	Path    string  `json:"path"` // slash-separated, relative to the workspace
-	Size    int64   `json:"size"`
-	SHA256  string  `json:"sha256"`
-	Mode    string  `json:"mode"` // permission bits in octal, e.g. "0644" (setuid/setgid/sticky never kept)
-	Content *string `json:"content,omitempty"`
-}
+// File is one file handed back; its shape is the API's, the JSON of a
+// "file" event's fields.
+type File = api.OutputFile
 
-// Skipped is a file not handed back, and why.
-type Skipped struct {
-	Path   string `json:"path"`
-	Size   int64  `json:"size,omitempty"`
-	Reason string `json:"reason"` // one of the Reason* constants
-}
+// Skipped is a file not handed back, and why (Reason is one of the Reason*
+// constants); its shape is the API's, in a "files_skipped" event.
+type Skipped = api.SkippedFile
 
 // Reasons a file is skipped.
 const (

@@ -24,6 +24,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/outfiles"
 	"github.com/sandstorm-dev/sandstorm/runstore"
 	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/session"
 	"github.com/sandstorm-dev/sandstorm/webhook"
 )
 
@@ -200,7 +201,7 @@ func (s *Service) Admit(ctx context.Context, req api.Request, queued func(positi
 }
 
 func (s *Service) create(ctx context.Context, req api.Request, detached bool) (string, error) {
-	if err := req.Validate(); err != nil {
+	if err := session.Validate(req); err != nil {
 		return "", err
 	}
 	now := time.Now()
@@ -386,7 +387,7 @@ func (r *recorder) send(ev json.RawMessage) error {
 	case api.TypeFile:
 		var f api.FileEvent
 		if json.Unmarshal(ev, &f) == nil {
-			r.files = append(r.files, f.File)
+			r.files = append(r.files, f.OutputFile)
 			r.bytes += f.Size
 		}
 	case api.TypeError:

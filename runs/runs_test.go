@@ -9,7 +9,6 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/internal/testenv"
-	"github.com/sandstorm-dev/sandstorm/outfiles"
 	"github.com/sandstorm-dev/sandstorm/runstore"
 )
 
@@ -105,7 +104,7 @@ func TestRecordedEvents(t *testing.T) {
 	created := api.NewSandboxEvent(api.SandboxCreated, "ds-1", "s-1", "docker", 0)
 	created.Warm = &warm
 	content := "print('hi')\n"
-	file := api.FileEvent{Type: api.TypeFile, File: outfiles.File{Path: "hello.py", Size: int64(len(content)), SHA256: "ab", Mode: "0644", Content: &content}}
+	file := api.FileEvent{Type: api.TypeFile, OutputFile: api.OutputFile{Path: "hello.py", Size: int64(len(content)), SHA256: "ab", Mode: "0644", Content: &content}}
 	events := []any{
 		created,
 		api.NewSandboxEvent(api.SandboxStarted, "ds-2", "s-1", "podman", 0),

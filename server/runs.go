@@ -161,7 +161,7 @@ func (s *Server) files(c *fiber.Ctx) error {
 	out := api.FileList{Files: []api.FileEvent{}}
 	for _, f := range files {
 		f.Content = nil
-		out.Files = append(out.Files, api.FileEvent{Type: api.TypeFile, File: f, URL: api.RunURLs(id)["files"] + "/" + outfiles.URLPath(f.Path)})
+		out.Files = append(out.Files, api.FileEvent{Type: api.TypeFile, OutputFile: f, URL: api.RunURLs(id)["files"] + "/" + outfiles.URLPath(f.Path)})
 	}
 	return c.JSON(out)
 }

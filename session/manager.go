@@ -149,7 +149,7 @@ func (m *Manager) Credentials() gateway.Credentials { return m.creds }
 // Job merges req with the project config and limits. An explicit request
 // value always wins; an absent one falls back to sandstorm.json.
 func (m *Manager) Job(req api.Request) (agent.Job, error) {
-	if err := req.Validate(); err != nil {
+	if err := Validate(req); err != nil {
 		return agent.Job{}, err
 	}
 	c := agent.Config{Prompt: req.Prompt, Project: m.project}
@@ -173,7 +173,7 @@ func (m *Manager) Job(req api.Request) (agent.Job, error) {
 		}
 		budget.MaxUSD = req.MaxBudgetUSD
 	}
-	narrow, err := req.EgressRules()
+	narrow, err := egressRules(req)
 	if err != nil {
 		return agent.Job{}, err
 	}
@@ -184,7 +184,7 @@ func (m *Manager) Job(req api.Request) (agent.Job, error) {
 	if req.AnthropicAPIKey != "" || req.OpenRouterAPIKey != "" {
 		creds = gateway.Credentials{AnthropicKey: req.AnthropicAPIKey, OpenRouterKey: req.OpenRouterAPIKey}
 	}
-	job := agent.Job{Config: c, Files: append(req.WorkspaceFiles(), m.files...), Timeout: time.Duration(timeout) * time.Second,
+	job := agent.Job{Config: c, Files: append(workspaceFiles(req), m.files...), Timeout: time.Duration(timeout) * time.Second,
 		Credentials: creds, Env: append([]string(nil), m.env...), Budget: budget, EgressAllow: narrow}
 	if req.Output != nil && !req.NoOutput && m.limits.MaxOutputFiles > 0 && m.limits.MaxOutputBytes > 0 {
 		job.Output = &agent.Output{Dir: req.Output.Dir, URL: req.Output.URL, Options: outfiles.Options{

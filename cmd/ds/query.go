@@ -14,6 +14,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/internal/render"
 	"github.com/sandstorm-dev/sandstorm/runtime/backends"
+	"github.com/sandstorm-dev/sandstorm/session"
 )
 
 // engineFlags are shared by query and serve.
@@ -110,9 +111,9 @@ func runQuery(cmd *cobra.Command, q *queryFlags, prompt string) error {
 		if err != nil {
 			return err
 		}
-		req.BinaryFiles = append(req.BinaryFiles, file)
+		req.BinaryFiles = append(req.BinaryFiles, api.WorkspaceFile(file))
 	}
-	if err := req.Validate(); err != nil {
+	if err := session.Validate(req); err != nil {
 		return err
 	}
 	stderr, stdout := cmd.ErrOrStderr(), cmd.OutOrStdout()
