@@ -228,7 +228,7 @@ func (r *Run) Event(ev json.RawMessage) {
 
 // backends are the label values a backend may have, so the label set
 // stays bounded.
-var backends = []string{"containerd", "docker", "podman"}
+var backends = []string{"containerd", "docker", "podman", "kubernetes"}
 
 // bounded is name if it is a backend's, otherwise or.
 func bounded(name, or string) string {
