@@ -19,7 +19,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/gateway"
-	"github.com/sandstorm-dev/sandstorm/images/agentimage"
+	"github.com/sandstorm-dev/sandstorm/runnerproto"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
@@ -64,20 +64,20 @@ func (f *fakeRuntime) Create(_ context.Context, s runtime.Spec) (runtime.Sandbox
 	defer f.mu.Unlock()
 	f.created = append(f.created, s)
 	// Read the runner's config as the runner does: from the gateway socket
-	// mounted at MountDir, with the session token.
+	// mounted at runnerproto.SessionDir.Mount, with the session token.
 	token := ""
 	for _, e := range s.Env {
-		if v, ok := strings.CutPrefix(e, agentimage.TokenEnv+"="); ok {
+		if v, ok := strings.CutPrefix(e, runnerproto.Env.Token+"="); ok {
 			token = v
 		}
 	}
 	for _, m := range s.Policy.Mounts {
-		if m.Target == agentimage.MountDir {
+		if m.Target == runnerproto.SessionDir.Mount {
 			c := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(m.Source, gateway.SocketName))
+				return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(m.Source, runnerproto.SessionDir.ModelSocket))
 			}}}
-			req, _ := http.NewRequest("GET", "http://sandbox"+gateway.ConfigPath, nil)
-			req.Header.Set("x-api-key", token)
+			req, _ := http.NewRequest("GET", "http://sandbox"+runnerproto.Docs.Config, nil)
+			req.Header.Set(runnerproto.Docs.TokenHeader, token)
 			if resp, err := c.Do(req); err == nil {
 				_ = json.NewDecoder(resp.Body).Decode(&f.configSeen)
 				resp.Body.Close()
@@ -236,7 +236,7 @@ func TestRunEvents(t *testing.T) {
 				t.Errorf("runner config not readable at create: %+v", tt.f.configSeen)
 			}
 			env := strings.Join(tt.f.created[0].Env, " ")
-			if !strings.Contains(env, agentimage.TokenEnv+"=sandstorm-session-") {
+			if !strings.Contains(env, runnerproto.Env.Token+"=sandstorm-session-") {
 				t.Errorf("no session token in env: %s", env)
 			}
 		})

@@ -14,6 +14,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/agent"
 	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
+	"github.com/sandstorm-dev/sandstorm/runnerproto"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
 	"github.com/sandstorm-dev/sandstorm/runtime/docker"
@@ -92,7 +93,7 @@ func coldPhases(b *testing.B, rt runtime.Runtime) map[string]time.Duration {
 			got[p] = at.Sub(start)
 		}
 	}
-	job := agent.Job{Config: agent.Config{Prompt: "hi"}, Env: []string{"SANDSTORM_RUNNER_TIMINGS=1"}}
+	job := agent.Job{Config: agent.Config{Prompt: "hi"}, Env: []string{runnerproto.Env.Timings + "=1"}}
 	out, err := r.Run(context.Background(), job, func(ev json.RawMessage) error {
 		now := time.Now()
 		var m struct{ Type, Event, Line string }
@@ -100,7 +101,7 @@ func coldPhases(b *testing.B, rt runtime.Runtime) map[string]time.Duration {
 		switch {
 		case m.Type == "sandbox" && (m.Event == "created" || m.Event == "started"):
 			note(m.Event, now)
-		case m.Type == "stderr" && strings.HasPrefix(m.Line, "sandstorm-runner timing "):
+		case m.Type == "stderr" && strings.HasPrefix(m.Line, runnerproto.TimingPrefix):
 			f := strings.Fields(m.Line)
 			if ms, err := strconv.ParseInt(f[len(f)-1], 10, 64); err == nil && len(f) == 4 {
 				note(f[2], time.UnixMilli(ms))

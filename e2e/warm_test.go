@@ -15,6 +15,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
 	"github.com/sandstorm-dev/sandstorm/pool"
+	"github.com/sandstorm-dev/sandstorm/runnerproto"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 )
@@ -33,7 +34,7 @@ func BenchmarkWarm(b *testing.B) {
 		r, srv := benchRunner(b, rt, sc)
 		job := agent.Job{Config: agent.Config{Prompt: "hi"}, Timeout: time.Minute}
 		warmJob := job
-		warmJob.Env = []string{"SANDSTORM_RUNNER_TIMINGS=1"}
+		warmJob.Env = []string{runnerproto.Env.Timings + "=1"}
 		p := pool.New(pool.Config{Size: 1}, r, warmJob, func() func() { return func() {} }, nil)
 		p.Start(context.Background())
 		defer p.Close()
@@ -80,7 +81,7 @@ func firstMessages(b *testing.B, run func(api.Emit) (api.Outcome, error)) (first
 	out, err := run(func(ev json.RawMessage) error {
 		var m struct{ Type, Line string }
 		json.Unmarshal(ev, &m)
-		if at, ok := strings.CutPrefix(m.Line, "sandstorm-runner timing released "); ok && m.Type == "stderr" {
+		if at, ok := strings.CutPrefix(m.Line, runnerproto.TimingPrefix+"released "); ok && m.Type == "stderr" {
 			if ms, err := strconv.ParseInt(at, 10, 64); err == nil {
 				released = time.UnixMilli(ms)
 			}

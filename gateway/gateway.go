@@ -25,28 +25,15 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sandstorm-dev/sandstorm/runnerproto"
 )
 
 // DefaultUpstream is the public Anthropic API.
 const DefaultUpstream = "https://api.anthropic.com"
 
-// SocketName is the socket's file name inside a session directory.
-const SocketName = "model.sock"
-
-// EgressSocketName is the session's egress proxy socket, when it has one.
-const EgressSocketName = "egress.sock"
-
 // DefaultDir holds the session directories.
 const DefaultDir = "/run/sandstorm/sessions"
-
-// ConfigPath is where the socket serves the runner's config.
-const ConfigPath = "/sandstorm/runner.json"
-
-// WarmConfigPath is where a pending session serves its warm options.
-const WarmConfigPath = "/sandstorm/warm.json"
-
-// FilesPath is where an activated session serves its Grant's files.
-const FilesPath = "/sandstorm/files.json"
 
 // ownerFile names the process a session directory belongs to (see Sweep).
 const ownerFile = "owner"
@@ -186,7 +173,7 @@ var ErrNotPending = errors.New("gateway: session is not waiting to be activated"
 type Grant struct {
 	Credentials  Credentials
 	RunnerConfig []byte
-	// Files, if set, are served at FilesPath: the workspace files the
+	// Files, if set, are served at runnerproto.Docs.Files: the workspace files the
 	// runner writes itself (it runs as the agent user, on any backend).
 	Files  []byte
 	Budget Budget
@@ -238,19 +225,21 @@ func (s *Session) credentials() Credentials {
 func (s *Session) Usage() Usage { return s.meter.snapshot() }
 
 // SocketPath is the host path of the session's socket.
-func (s *Session) SocketPath() string { return filepath.Join(s.Dir, SocketName) }
+func (s *Session) SocketPath() string {
+	return filepath.Join(s.Dir, runnerproto.SessionDir.ModelSocket)
+}
 
 // SessionOptions are what a session serves and who it belongs to.
 type SessionOptions struct {
 	Credentials Credentials
-	// RunnerConfig is served at ConfigPath to a request with the token.
+	// RunnerConfig is served at runnerproto.Docs.Config to a request with the token.
 	RunnerConfig []byte
 	// Owner names the process the session belongs to; Sweep removes the
 	// directories of owners that are gone.
 	Owner string
 	// Budget bounds the session's model calls.
 	Budget Budget
-	// Egress, if set, is served on EgressSocketName: the sandbox's only
+	// Egress, if set, is served on runnerproto.SessionDir.EgressSocket: the sandbox's only
 	// way to the network. Like the socket's directory, it is the
 	// sandbox's alone; the proxy's policy is what guards it.
 	Egress http.Handler
@@ -258,7 +247,7 @@ type SessionOptions struct {
 	// and Budget are ignored, and Activate gives them later (a warm
 	// sandbox waiting for a request).
 	Pending bool
-	// WarmConfig (pending only) is served at once at WarmConfigPath: the
+	// WarmConfig (pending only) is served at once at runnerproto.Docs.Warm: the
 	// agent options a warm sandbox's runner starts its CLI with.
 	WarmConfig []byte
 	// Logger, if set, logs the session's failures (default the gateway's,
@@ -327,7 +316,7 @@ func (g *Gateway) Open(id string, o SessionOptions) (*Session, error) {
 }
 
 func (s *Session) serveEgress(h http.Handler, log *slog.Logger) error {
-	path := filepath.Join(s.Dir, EgressSocketName)
+	path := filepath.Join(s.Dir, runnerproto.SessionDir.EgressSocket)
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		return fmt.Errorf("gateway: egress: listen: %w", err)
@@ -380,7 +369,7 @@ func (s *Session) authorized(r *http.Request) bool {
 	if closed {
 		return false
 	}
-	got := r.Header.Get("x-api-key")
+	got := r.Header.Get(runnerproto.Docs.TokenHeader)
 	if got == "" {
 		got, _ = strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	}
@@ -440,12 +429,12 @@ func (g *Gateway) handler(s *Session, warm []byte) http.Handler {
 			apiError(w, http.StatusUnauthorized, "authentication_error", "sandstorm gateway: invalid session token")
 			return
 		}
-		if r.URL.Path == WarmConfigPath && r.Method == http.MethodGet && warm != nil {
+		if r.URL.Path == runnerproto.Docs.Warm && r.Method == http.MethodGet && warm != nil {
 			w.Header().Set("Content-Type", "application/json")
 			_, _ = w.Write(warm)
 			return
 		}
-		if r.URL.Path == ConfigPath && r.Method == http.MethodGet {
+		if r.URL.Path == runnerproto.Docs.Config && r.Method == http.MethodGet {
 			// A pending session's runner waits here for its run.
 			s.mu.Lock()
 			s.waiting++
@@ -477,7 +466,7 @@ func (g *Gateway) handler(s *Session, warm []byte) http.Handler {
 			apiError(w, http.StatusForbidden, "permission_error", "sandstorm gateway: this sandbox has no run yet")
 			return
 		}
-		if r.URL.Path == FilesPath && r.Method == http.MethodGet {
+		if r.URL.Path == runnerproto.Docs.Files && r.Method == http.MethodGet {
 			s.mu.Lock()
 			files := s.files
 			s.mu.Unlock()

@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sandstorm-dev/sandstorm/runnerproto"
 )
 
 const realKey = "sk-ant-api03-REAL-SECRET-KEY-DO-NOT-LEAK"
@@ -215,7 +217,7 @@ func TestBadConfig(t *testing.T) {
 func TestRunnerConfig(t *testing.T) {
 	s := open(t, "http://127.0.0.1:1", Credentials{}, nil)
 	get := func(token string) (int, string) {
-		req, _ := http.NewRequest("GET", "http://sandbox"+ConfigPath, nil)
+		req, _ := http.NewRequest("GET", "http://sandbox"+runnerproto.Docs.Config, nil)
 		if token != "" {
 			req.Header.Set("x-api-key", token)
 		}
@@ -236,7 +238,7 @@ func TestRunnerConfig(t *testing.T) {
 	entries, _ := os.ReadDir(s.Dir)
 	for _, e := range entries {
 		fi, _ := os.Lstat(filepath.Join(s.Dir, e.Name()))
-		if e.Name() != SocketName && fi.Mode().Perm()&0o044 != 0 {
+		if e.Name() != runnerproto.SessionDir.ModelSocket && fi.Mode().Perm()&0o044 != 0 {
 			t.Errorf("%s is readable by others: %v", e.Name(), fi.Mode())
 		}
 		if data, _ := os.ReadFile(filepath.Join(s.Dir, e.Name())); strings.Contains(string(data), "prompt") {
@@ -299,7 +301,7 @@ func TestPending(t *testing.T) {
 	}
 	config := make(chan string, 1)
 	go func() {
-		req, _ := http.NewRequest("GET", "http://sandbox"+ConfigPath, nil)
+		req, _ := http.NewRequest("GET", "http://sandbox"+runnerproto.Docs.Config, nil)
 		req.Header.Set("x-api-key", s.Token)
 		resp, err := client(s).Do(req)
 		if err != nil {

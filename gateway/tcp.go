@@ -8,27 +8,20 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/sandstorm-dev/sandstorm/runnerproto"
 )
 
 // Sandboxes that cannot have a session's socket mounted (Pods on other
 // hosts) reach the gateway over TCP instead: one listener for every
 // session, where each connection first names its session's token and the
-// service it wants, in one line,
+// service it wants, in one line (runnerproto.Hello),
 //
 //	SANDSTORM/1 <token> model|egress\n
 //
 // and is then served exactly as a connection to that session's socket.
 // An unknown token or a bad line closes the connection. The model key
 // still never leaves the host: the token is worth only its session.
-
-// TCPMagic starts the line a connection opens with.
-const TCPMagic = "SANDSTORM/1"
-
-// The services a TCP connection may name.
-const (
-	ServiceModel  = "model"
-	ServiceEgress = "egress"
-)
 
 // maxHello bounds the opening line; helloTimeout bounds its arrival.
 const (
@@ -92,7 +85,7 @@ func (g *Gateway) hello(c net.Conn) {
 		return
 	}
 	fields := bytes.Fields(line)
-	if len(fields) != 3 || string(fields[0]) != TCPMagic {
+	if len(fields) != 3 || string(fields[0]) != runnerproto.Hello.Magic {
 		g.cfg.Logger.Warn("gateway: TCP connection with a malformed opening line", "remote", c.RemoteAddr().String())
 		c.Close()
 		return
@@ -106,9 +99,9 @@ func (g *Gateway) hello(c net.Conn) {
 	_ = c.SetReadDeadline(time.Time{})
 	var l *connListener
 	switch string(fields[2]) {
-	case ServiceModel:
+	case runnerproto.Hello.Model:
 		l = s.modelTCP
-	case ServiceEgress:
+	case runnerproto.Hello.Egress:
 		l = s.egressTCP
 	}
 	if l == nil {

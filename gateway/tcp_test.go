@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/egress"
+	"github.com/sandstorm-dev/sandstorm/runnerproto"
 )
 
 // tcpGateway serves a session on 127.0.0.1 over TCP (wrapped by wrap, if set).
@@ -47,7 +48,7 @@ func getConfig(t *testing.T, c net.Conn, hello, token string) (int, string, erro
 	if _, err := io.WriteString(c, hello); err != nil {
 		return 0, "", err
 	}
-	req, _ := http.NewRequest("GET", "http://sandbox"+ConfigPath, nil)
+	req, _ := http.NewRequest("GET", "http://sandbox"+runnerproto.Docs.Config, nil)
 	req.Header.Set("x-api-key", token)
 	if err := req.Write(c); err != nil {
 		return 0, "", err
@@ -70,22 +71,22 @@ func TestTCPFront(t *testing.T) {
 		}
 		return c
 	}
-	if code, body, err := getConfig(t, dial(), TCPMagic+" "+s.Token+" model\n", s.Token); err != nil || code != 200 || body != `{"prompt":"p"}` {
+	if code, body, err := getConfig(t, dial(), runnerproto.Hello.Line(s.Token, runnerproto.Hello.Model), s.Token); err != nil || code != 200 || body != `{"prompt":"p"}` {
 		t.Errorf("with the session's token: %d %q %v", code, body, err)
 	}
 	for name, hello := range map[string]string{
-		"unknown token":       TCPMagic + " sandstorm-session-guess model\n",
-		"no egress here":      TCPMagic + " " + s.Token + " egress\n",
-		"unknown service":     TCPMagic + " " + s.Token + " upstream\n",
+		"unknown token":       runnerproto.Hello.Magic + " sandstorm-session-guess model\n",
+		"no egress here":      runnerproto.Hello.Magic + " " + s.Token + " egress\n",
+		"unknown service":     runnerproto.Hello.Magic + " " + s.Token + " upstream\n",
 		"wrong magic":         "HELLO " + s.Token + " model\n",
-		"plain HTTP, no line": "GET " + ConfigPath + " HTTP/1.1\r\nHost: x\r\nx-api-key: " + s.Token + "\r\n\r\n",
+		"plain HTTP, no line": "GET " + runnerproto.Docs.Config + " HTTP/1.1\r\nHost: x\r\nx-api-key: " + s.Token + "\r\n\r\n",
 	} {
 		if code, _, err := getConfig(t, dial(), hello, s.Token); err == nil {
 			t.Errorf("%s: answered %d, want the connection closed", name, code)
 		}
 	}
 	s.Close()
-	if _, _, err := getConfig(t, dial(), TCPMagic+" "+s.Token+" model\n", s.Token); err == nil {
+	if _, _, err := getConfig(t, dial(), runnerproto.Hello.Line(s.Token, runnerproto.Hello.Model), s.Token); err == nil {
 		t.Error("a closed session's token still opens a connection")
 	}
 }
@@ -108,7 +109,7 @@ func TestTCPFrontTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if code, body, err := getConfig(t, c, TCPMagic+" "+s.Token+" model\n", s.Token); err != nil || code != 200 || body != `{"prompt":"p"}` {
+	if code, body, err := getConfig(t, c, runnerproto.Hello.Line(s.Token, runnerproto.Hello.Model), s.Token); err != nil || code != 200 || body != `{"prompt":"p"}` {
 		t.Errorf("over TLS: %d %q %v", code, body, err)
 	}
 	if _, err := tls.Dial("tcp", addr, &tls.Config{}); err == nil {
