@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runnerproto"
 )
 
@@ -54,5 +55,13 @@ func fill(t *testing.T, v reflect.Value) {
 		v.Set(reflect.ValueOf([]string{"x"}).Convert(v.Type()))
 	default:
 		t.Fatalf("fill: give a %s a value here", v.Type())
+	}
+}
+
+// The runner works in its default workspace, which must be the one the
+// policy mounts: sandstorm does not tell it otherwise.
+func TestWorkspaceIsThePolicys(t *testing.T) {
+	if oci.Workspace != runnerproto.DefaultWorkspace {
+		t.Errorf("the policy's workspace is %s, the runner's %s", oci.Workspace, runnerproto.DefaultWorkspace)
 	}
 }

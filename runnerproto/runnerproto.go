@@ -84,6 +84,10 @@ type SessionDirFiles struct {
 // SessionDir names them.
 var SessionDir = SessionDirFiles{Mount: "/run/sandstorm", ModelSocket: "model.sock", EgressSocket: "egress.sock", EgressCA: "ca.pem"}
 
+// DefaultWorkspace is the runner's working directory unless
+// Env.Workspace says otherwise: the sandbox policy's workspace.
+const DefaultWorkspace = "/home/user"
+
 // Documents are the paths where the model socket serves the runner, to a
 // GET with the session token in TokenHeader.
 type Documents struct {
@@ -211,6 +215,7 @@ var Exit = ExitCodes{Succeeded: 0, Failed: 1, SignalBase: 128}
 type Description struct {
 	Env          EnvNames        `json:"env"`
 	SessionDir   SessionDirFiles `json:"session_dir"`
+	Workspace    string          `json:"default_workspace"`
 	Docs         Documents       `json:"docs"`
 	Hello        TCPHello        `json:"hello"`
 	ConfigFields []string        `json:"config_fields"`
@@ -224,7 +229,7 @@ type Description struct {
 
 // Describe describes the protocol.
 func Describe() Description {
-	return Description{Env: Env, SessionDir: SessionDir, Docs: Docs, Hello: Hello, ConfigFields: jsonNames(Config{}),
+	return Description{Env: Env, SessionDir: SessionDir, Workspace: DefaultWorkspace, Docs: Docs, Hello: Hello, ConfigFields: jsonNames(Config{}),
 		ErrorType: TypeError, ResultType: TypeResult, Codes: Codes, TimingPrefix: TimingPrefix, Phases: Phases, Exit: Exit}
 }
 

@@ -62,6 +62,7 @@ const PROTOCOL = {
     "egress_socket": "egress.sock",
     "egress_ca": "ca.pem"
   },
+  "default_workspace": "/home/user",
   "docs": {
     "config": "/sandstorm/runner.json",
     "warm": "/sandstorm/warm.json",
@@ -117,7 +118,6 @@ const PROTOCOL = {
 // The config must arrive well before anything else can happen.
 const CONFIG_TIMEOUT_MS = 10000;
 const DEFAULT_SOCKET = path.join(PROTOCOL.session_dir.mount, PROTOCOL.session_dir.model_socket);
-const DEFAULT_WORKSPACE = '/home/user';
 const DEFAULT_MAX_RETRIES = '2';
 const DEFAULT_CLAUDE_CONFIG_DIR = '/tmp/sandstorm-claude';
 // How long an aborted query may take to wind down before the runner exits anyway.
@@ -520,7 +520,7 @@ function childEnv(port, token, egressPort, caVars) {
   env.CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = '1';
   env.CLAUDE_CODE_MAX_RETRIES = process.env.CLAUDE_CODE_MAX_RETRIES || DEFAULT_MAX_RETRIES;
   env.CLAUDE_AGENT_SDK_CLIENT_APP = 'sandstorm-runner/1';
-  if (!env.HOME) env.HOME = DEFAULT_WORKSPACE;
+  if (!env.HOME) env.HOME = PROTOCOL.default_workspace;
   // The CLI keeps its state (~/.claude.json, ~/.claude/) under
   // CLAUDE_CONFIG_DIR, else HOME, which is the workspace: keep the workspace
   // to what the agent itself writes.
@@ -657,7 +657,7 @@ async function main() {
   sdk.catch(() => {}); // failures are reported where it is awaited
   const names = PROTOCOL.env;
   const configPath = process.env[names.config_file] || '';
-  const cwd = process.env[names.workspace] || DEFAULT_WORKSPACE;
+  const cwd = process.env[names.workspace] || PROTOCOL.default_workspace;
   const token = process.env[names.token] || '';
 
   let cfg;
