@@ -161,9 +161,10 @@ func ParseLimits(data []byte) (Limits, []string, error) {
 	for _, k := range limitsKeys {
 		key := k.name
 		v, ok := raw[key]
-		if old, was := raw[k.was]; k.was != "" && was {
+		if old, used := raw[k.was]; used && k.was != "" {
 			warnings = append(warnings, fmt.Sprintf("%q is the old name of %q", k.was, k.name))
 			if !ok {
+				// The new name wins when a file has both.
 				key, v, ok = k.was, old, true
 			}
 		}
