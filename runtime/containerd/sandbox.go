@@ -46,12 +46,25 @@ type sandbox struct {
 }
 
 // Create implements runtime.Runtime.
-func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sandbox, err error) {
-	prep, _, err := backend.Prepare(ctx, r, spec)
-	if err != nil {
-		return nil, err
-	}
-	id, policy := prep.ID, prep.Policy
+func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (runtime.Sandbox, error) {
+	return backend.Create(ctx, r, spec, r.steps)
+}
+
+// creation is one Create's steps (see backend.Create).
+type creation struct {
+	r     *Runtime
+	prep  runtime.Prepared
+	files []runtime.File
+	img   client.Image
+	sb    sboci.Container
+	// labels are the container's: the sandbox's, and its network namespace.
+	labels map[string]string
+	opts   []oci.SpecOpts
+	ctr    client.Container
+}
+
+// steps finds the image, unpacked, before anything is made.
+func (r *Runtime) steps(ctx context.Context, spec runtime.Spec, prep runtime.Prepared, _ runtime.Capabilities) (backend.Steps, error) {
 	ctx = r.ctx(ctx)
 	img, err := r.client.GetImage(ctx, spec.Image)
 	if err != nil {
@@ -65,80 +78,84 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 			return nil, fmt.Errorf("unpack image %s: %w", spec.Image, err)
 		}
 	}
-
 	sb := sboci.Container{
-		ID: id, SessionID: spec.SessionID, Args: spec.Args, Env: spec.Env,
-		Labels: prep.Labels, Policy: policy,
+		ID: prep.ID, SessionID: spec.SessionID, Args: spec.Args, Env: spec.Env,
+		Labels: prep.Labels, Policy: prep.Policy,
 	}
-	if err := backend.Checkpoint(ctx, "create sandbox "+id); err != nil {
-		return nil, err
-	}
-	// The scratch directory claims the id: a sandbox holding it already
-	// must not be undone below.
-	if sb.Workspace, err = r.state.Claim(id, sb.AllLabels(), spec.Files, int(policy.UID), int(policy.GID)); err != nil {
-		return nil, err
-	}
-	// From here on, everything made so far is undone on failure, and the
-	// daemon calls that make objects are not cut half-way (see backend.Detached).
-	defer func() {
-		if err != nil {
-			_ = r.cleanup(ctx, id)
+	return &creation{r: r, prep: prep, files: spec.Files, img: img, sb: sb}, nil
+}
+
+// Claim makes the scratch directory, which claims the id.
+func (c *creation) Claim(context.Context) (err error) {
+	p := c.sb.Policy
+	c.sb.Workspace, err = c.r.state.Claim(c.sb.ID, c.sb.AllLabels(), c.files, int(p.UID), int(p.GID))
+	return err
+}
+
+// Setup gives the sandbox its network namespace and builds its OCI spec.
+func (c *creation) Setup(ctx, dctx context.Context) (err error) {
+	r, id := c.r, c.sb.ID
+	c.labels = c.sb.AllLabels()
+	if c.sb.Policy.Network == sboci.NetworkBridge {
+		if err := backend.Checkpoint(ctx, backend.Creating(id)); err != nil {
+			return err
 		}
-	}()
-	dctx, cancel := backend.Detached(ctx)
-	defer cancel()
-	labels := sb.AllLabels()
-	if policy.Network == sboci.NetworkBridge {
-		if err := backend.Checkpoint(ctx, "create sandbox "+id); err != nil {
-			return nil, err
+		if c.sb.NetNS, err = r.net.setup(r.ctx(dctx), id, r.state.Scratch(id)); err != nil {
+			return err
 		}
-		if sb.NetNS, err = r.net.setup(dctx, id, r.state.Scratch(id)); err != nil {
-			return nil, err
-		}
-		labels[labelNetNS] = sb.NetNS
+		c.labels[labelNetNS] = c.sb.NetNS
 	} else if r.runsc != "" {
 		// runsc refuses a fresh namespace of its own making ("network
 		// enabled in root network namespace"): it is given an empty one.
-		if sb.NetNS, err = r.net.empty(r.state.Scratch(id)); err != nil {
-			return nil, err
+		if c.sb.NetNS, err = r.net.empty(r.state.Scratch(id)); err != nil {
+			return err
 		}
-		labels[labelNetNS] = sb.NetNS
+		c.labels[labelNetNS] = c.sb.NetNS
 	}
-	sb.GVisor = r.runsc != ""
-	opts, err := sboci.Options(sb, r.host)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", runtime.ErrInvalidSpec, err)
+	c.sb.GVisor = r.runsc != ""
+	if c.opts, err = sboci.Options(c.sb, r.host); err != nil {
+		return fmt.Errorf("%w: %w", runtime.ErrInvalidSpec, err)
 	}
-	if err := backend.Checkpoint(ctx, "create sandbox "+id); err != nil {
-		return nil, err
-	}
+	return nil
+}
+
+// Make creates the container and its snapshot.
+func (c *creation) Make(ctx, dctx context.Context) (err error) {
+	r, id := c.r, c.sb.ID
+	dctx = r.ctx(dctx)
 	// The lease holds the snapshot until the container does; it carries the
 	// sandbox's labels, so one a crash left behind is found and removed.
-	lctx, release, err := r.client.WithLease(dctx, leases.WithID(leaseID(id)), leases.WithLabels(sb.AllLabels()), leases.WithExpiration(leaseTTL))
+	lctx, release, err := r.client.WithLease(dctx, leases.WithID(leaseID(id)), leases.WithLabels(c.sb.AllLabels()), leases.WithExpiration(leaseTTL))
 	if err != nil {
-		return nil, fmt.Errorf("lease for sandbox %s: %w", id, err)
+		return fmt.Errorf("lease for sandbox %s: %w", id, err)
 	}
 	defer release(context.WithoutCancel(dctx))
-	ctr, err := r.client.NewContainer(lctx, id,
+	c.ctr, err = r.client.NewContainer(lctx, id,
 		r.withRuntime(),
-		client.WithImage(img),
+		client.WithImage(c.img),
 		client.WithSnapshotter(r.cfg.Snapshotter),
-		client.WithNewSnapshot(id, img, snapshots.WithLabels(sb.AllLabels())),
+		client.WithNewSnapshot(id, c.img, snapshots.WithLabels(c.sb.AllLabels())),
 		// A step inside NewContainer: the snapshot exists, the container not yet.
 		func(context.Context, *client.Client, *containers.Container) error {
-			return backend.Checkpoint(ctx, "create sandbox "+id)
+			return backend.Checkpoint(ctx, backend.Creating(id))
 		},
-		client.WithContainerLabels(labels),
-		client.WithNewSpec(append([]oci.SpecOpts{oci.WithImageConfig(img)}, opts...)...),
+		client.WithContainerLabels(c.labels),
+		client.WithNewSpec(append([]oci.SpecOpts{oci.WithImageConfig(c.img)}, c.opts...)...),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("create container %s: %w", id, err)
+		return fmt.Errorf("create container %s: %w", id, err)
 	}
-	if err := backend.Checkpoint(ctx, "create sandbox "+id); err != nil {
-		return nil, err
-	}
-	return &sandbox{Sandbox: backend.NewSandbox(prep, sb.Workspace), r: r, cgroup: sb.CgroupPath(), ctr: ctr}, nil
+	return nil
 }
+
+// Verify has nothing to read back: the OCI spec is sandstorm's own, not
+// a daemon's mapping of a request.
+func (c *creation) Verify(context.Context) (runtime.Sandbox, error) {
+	return &sandbox{Sandbox: backend.NewSandbox(c.prep, c.sb.Workspace), r: c.r, cgroup: c.sb.CgroupPath(), ctr: c.ctr}, nil
+}
+
+// Undo removes everything of the sandbox: this Create claimed the id.
+func (c *creation) Undo(ctx context.Context) error { return c.r.cleanup(ctx, c.sb.ID) }
 
 // deleteUnstarted deletes a task that is not stopped but could not be
 // killed: one runsc created and never started ("cannot signal container in

@@ -40,105 +40,112 @@ type sandbox struct {
 }
 
 // Create implements runtime.Runtime.
-func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sandbox, err error) {
-	prep, _, err := backend.Prepare(ctx, r, spec)
-	if err != nil {
-		return nil, err
-	}
-	id, policy := prep.ID, prep.Policy
+func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (runtime.Sandbox, error) {
+	return backend.Create(ctx, r, spec, r.steps)
+}
+
+// creation is one Create's steps (see backend.Create).
+type creation struct {
+	r     *Runtime
+	prep  runtime.Prepared
+	image string
+	files []runtime.File
+	sb    oci.Container
+	req   request
+	// containerID is the container this Create made, once it made one.
+	containerID string
+	warnings    []string
+}
+
+func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepared, _ runtime.Capabilities) (backend.Steps, error) {
 	sb := oci.Container{
-		ID: id, SessionID: spec.SessionID, Args: spec.Args, Env: spec.Env,
-		Labels: prep.Labels, Policy: policy,
+		ID: prep.ID, SessionID: spec.SessionID, Args: spec.Args, Env: spec.Env,
+		Labels: prep.Labels, Policy: prep.Policy,
 	}
-	step := "create sandbox " + id
-	if err := backend.Checkpoint(ctx, step); err != nil {
-		return nil, err
-	}
-	// The scratch directory claims the id: a sandbox holding it already
-	// must not be undone below.
-	if sb.Workspace, err = r.state.Claim(id, sb.AllLabels(), spec.Files, int(policy.UID), int(policy.GID)); err != nil {
-		return nil, err
-	}
-	containerID := ""
-	// From here on, what this call made is undone on failure, and only that:
-	// a name conflict must not remove the sandbox that holds the name.
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, r.undo(ctx, id, containerID))
-		}
-	}()
+	return &creation{r: r, prep: prep, image: spec.Image, files: spec.Files, sb: sb}, nil
+}
+
+// Claim makes the scratch directory, which claims the id.
+func (c *creation) Claim(context.Context) (err error) {
+	p := c.sb.Policy
+	c.sb.Workspace, err = c.r.state.Claim(c.sb.ID, c.sb.AllLabels(), c.files, int(p.UID), int(p.GID))
+	return err
+}
+
+// Setup seals the sandbox's bind mounts and builds the request.
+func (c *creation) Setup(context.Context, context.Context) (err error) {
 	// Docker's API cannot make a bind mount nosuid,nodev: the workspace and
 	// the policy's host paths are sealed so beforehand, and the daemon's
 	// mounts of them inherit that. It takes root; a non-root sandstorm's
 	// are not sealed (no-new-privileges still keeps setuid files from
 	// granting anything).
 	if os.Geteuid() == 0 {
-		if err := r.state.Seal(sb.Workspace); err != nil {
-			return nil, err
+		if err := c.r.state.Seal(c.sb.Workspace); err != nil {
+			return err
 		}
-		if sb.Policy.Mounts, err = r.state.SealMounts(id, sb.Policy.Mounts); err != nil {
-			return nil, err
+		if c.sb.Policy.Mounts, err = c.r.state.SealMounts(c.sb.ID, c.sb.Policy.Mounts); err != nil {
+			return err
 		}
-		if r.d.Runtime == "" {
+		if c.r.d.Runtime == "" {
 			// runc makes a bind mount read-only by remounting it with that
 			// flag alone, which clears nosuid and nodev; a plain bind mount
 			// of the sealed, read-only one is read-only and keeps them.
 			// (runsc mounts the host path anew, and needs to be told.)
-			for i := range sb.Policy.Mounts {
-				sb.Policy.Mounts[i].ReadOnly = false
+			for i := range c.sb.Policy.Mounts {
+				c.sb.Policy.Mounts[i].ReadOnly = false
 			}
 		}
 	}
-	req := buildRequest(sb, spec.Image, r.d)
-	if err := backend.Checkpoint(ctx, step); err != nil {
-		return nil, err
-	}
-	// Not cut half-way: a create cancelled in flight can complete on the
-	// daemon after the undo ran.
-	dctx, cancel := backend.Detached(ctx)
-	defer cancel()
-	created, err := r.cli.ContainerCreate(dctx, client.ContainerCreateOptions{Name: id, Config: req.Config, HostConfig: req.Host})
+	c.req = buildRequest(c.sb, c.image, c.r.d)
+	return nil
+}
+
+// Make creates the container, named by the sandbox id.
+func (c *creation) Make(_, dctx context.Context) error {
+	id := c.sb.ID
+	created, err := c.r.cli.ContainerCreate(dctx, client.ContainerCreateOptions{Name: id, Config: c.req.Config, HostConfig: c.req.Host})
 	switch {
 	case notFound(err):
-		return nil, fmt.Errorf("%w: image %s in docker (import it first): %w", runtime.ErrNotFound, spec.Image, err)
+		return fmt.Errorf("%w: image %s in docker (import it first): %w", runtime.ErrNotFound, c.image, err)
 	case cerrdefs.IsConflict(err):
-		return nil, fmt.Errorf("%w: sandbox id %s is in use: %w", runtime.ErrInvalidSpec, id, err)
+		return fmt.Errorf("%w: sandbox id %s is in use: %w", runtime.ErrInvalidSpec, id, err)
 	case cerrdefs.IsInvalidArgument(err):
-		return nil, fmt.Errorf("%w: docker refused the container: %w", runtime.ErrInvalidSpec, err)
+		return fmt.Errorf("%w: docker refused the container: %w", runtime.ErrInvalidSpec, err)
 	case err != nil:
-		return nil, fmt.Errorf("create container %s: %w", id, err)
+		return fmt.Errorf("create container %s: %w", id, err)
 	}
-	containerID = created.ID
-	if err := backend.Checkpoint(ctx, step); err != nil {
-		return nil, err
-	}
-	got, err := r.cli.ContainerInspect(ctx, containerID, client.ContainerInspectOptions{})
+	c.containerID, c.warnings = created.ID, created.Warnings
+	return nil
+}
+
+// Verify checks the container as the daemon reports it against the request.
+func (c *creation) Verify(ctx context.Context) (runtime.Sandbox, error) {
+	id, r := c.sb.ID, c.r
+	got, err := r.cli.ContainerInspect(ctx, c.containerID, client.ContainerInspectOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("inspect container %s: %w", id, err)
 	}
-	if err := verify(req, got.Container); err != nil {
-		if len(created.Warnings) > 0 {
-			err = fmt.Errorf("%w (daemon warnings: %v)", err, created.Warnings)
+	if err := verify(c.req, got.Container); err != nil {
+		if len(c.warnings) > 0 {
+			err = fmt.Errorf("%w (daemon warnings: %v)", err, c.warnings)
 		}
 		return nil, fmt.Errorf("sandbox %s: %w", id, err)
 	}
-	s := &sandbox{Sandbox: backend.NewSandbox(prep, sb.Workspace), r: r, containerID: containerID}
+	s := &sandbox{Sandbox: backend.NewSandbox(c.prep, c.sb.Workspace), r: r, containerID: c.containerID}
 	if r.d.CgroupDriver == "cgroupfs" {
 		s.oomCgroup = cgroupParent(r.d.CgroupDriver, id)
 	}
 	return s, nil
 }
 
-// undo removes what a failed Create made: the container it created, if any,
-// and the scratch directory.
-func (r *Runtime) undo(ctx context.Context, id, containerID string) error {
-	ctx, cancel := backend.CleanupContext(ctx)
-	defer cancel()
+// Undo removes the container this Create made, if any, and the scratch
+// directory; not a container of the same name it did not make.
+func (c *creation) Undo(ctx context.Context) error {
 	var errs []error
-	if containerID != "" {
-		errs = append(errs, r.removeContainer(ctx, id, containerID))
+	if c.containerID != "" {
+		errs = append(errs, c.r.removeContainer(ctx, c.sb.ID, c.containerID))
 	}
-	return errors.Join(append(errs, r.state.RemoveScratch(id))...)
+	return errors.Join(append(errs, c.r.state.RemoveScratch(c.sb.ID))...)
 }
 
 // Start implements runtime.Sandbox. Output is attached before the start, so

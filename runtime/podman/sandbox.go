@@ -39,13 +39,28 @@ type sandbox struct {
 }
 
 // Create implements runtime.Runtime.
-func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sandbox, err error) {
-	prep, caps, err := backend.Prepare(ctx, r, spec)
-	if err != nil {
-		return nil, err
-	}
+func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (runtime.Sandbox, error) {
+	return backend.Create(ctx, r, spec, r.steps)
+}
+
+// creation is one Create's steps (see backend.Create).
+type creation struct {
+	r     *Runtime
+	prep  runtime.Prepared
+	caps  runtime.Capabilities
+	files []runtime.File
+	p     plan
+	// uid and gid are the host ids the sandbox user maps to.
+	uid, gid int
+	// ctrID is the container this Create made, once it made one (its name
+	// may be taken by a stranger).
+	ctrID    string
+	warnings []string
+}
+
+// steps plans the container and finds the host ids of its user.
+func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepared, caps runtime.Capabilities) (backend.Steps, error) {
 	id, pol := prep.ID, prep.Policy
-	root := r.delegates()
 	p := plan{
 		id: id, image: spec.Image, args: spec.Args, env: spec.Env,
 		labels: oci.Container{ID: id, SessionID: spec.SessionID, Labels: prep.Labels}.AllLabels(),
@@ -63,89 +78,87 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (_ runtime.Sand
 	if err != nil {
 		return nil, fmt.Errorf("%w: group: %w", runtime.ErrInvalidSpec, err)
 	}
+	return &creation{r: r, prep: prep, caps: caps, files: spec.Files, p: p, uid: uid, gid: gid}, nil
+}
 
-	// The workspace belongs to the host ids the sandbox user maps to, so the
-	// sandbox sees it as its own (uid 1000 is 100999 on the host for a
-	// rootless service whose subordinate ids start at 100000). Making the
-	// scratch directory claims the id.
-	step := "create sandbox " + id
-	if err := backend.Checkpoint(ctx, step); err != nil {
-		return nil, err
-	}
-	scratch := r.state.Scratch(id)
-	if p.workspace, err = r.state.Claim(id, p.labels, spec.Files, uid, gid); err != nil {
-		return nil, err
-	}
-	// From here on, everything made so far is undone on failure; the
-	// container only once it is ours (its name may be taken by a stranger).
-	created := false
-	defer func() {
-		if err != nil {
-			_ = r.cleanup(ctx, id, created)
-		}
-	}()
-	if ownCgroup(r.svc, root) {
-		p.cgroupParent = cgroupParent(id)
+// Claim makes the scratch directory, which claims the id. The workspace
+// belongs to the host ids the sandbox user maps to, so the sandbox sees it
+// as its own (uid 1000 is 100999 on the host for a rootless service whose
+// subordinate ids start at 100000).
+func (c *creation) Claim(context.Context) (err error) {
+	c.p.workspace, err = c.r.state.Claim(c.p.id, c.p.labels, c.files, c.uid, c.gid)
+	return err
+}
+
+// Setup gives the sandbox a cgroup parent of its own where Podman's can
+// be, and mediates its host paths for a rootless service.
+func (c *creation) Setup(ctx, _ context.Context) (err error) {
+	r, id := c.r, c.p.id
+	if ownCgroup(r.svc, r.delegates()) {
+		c.p.cgroupParent = cgroupParent(id)
 		if r.svc.rootless {
-			p.cgroupLimits = true
+			c.p.cgroupLimits = true
 			owner, err := hostID(r.svc.uidMap, 0)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			group, err := hostID(r.svc.gidMap, 0)
 			if err != nil {
-				return nil, err
+				return err
 			}
-			if err := delegate(p.cgroupParent, owner, group); err != nil {
-				return nil, err
+			if err := delegate(c.p.cgroupParent, owner, group); err != nil {
+				return err
 			}
 		}
 	}
 	if r.mediates() {
-		if err := backend.Checkpoint(ctx, step); err != nil {
-			return nil, err
+		if err := backend.Checkpoint(ctx, backend.Creating(id)); err != nil {
+			return err
 		}
-		if p.mounts, err = r.mediate(ctx, scratch, pol.Mounts); err != nil {
-			return nil, err
+		if c.p.mounts, err = r.mediate(ctx, r.state.Scratch(id), c.p.policy.Mounts); err != nil {
+			return err
 		}
 	}
-	if err := backend.Checkpoint(ctx, step); err != nil {
-		return nil, err
-	}
-	// Not cut half-way: a create cancelled in flight can complete in the
-	// service after the undo ran.
-	dctx, cancel := backend.Detached(ctx)
-	defer cancel()
-	resp, err := containers.CreateWithSpec(r.ctx(dctx), p.specgen(), nil)
+	return nil
+}
+
+// Make creates the container, named by the sandbox id.
+func (c *creation) Make(ctx, dctx context.Context) error {
+	resp, err := containers.CreateWithSpec(c.r.ctx(dctx), c.p.specgen(), nil)
 	if err != nil {
-		return nil, r.imageErr(ctx, spec.Image, fmt.Errorf("create container %s: %w", id, err))
+		return c.r.imageErr(ctx, c.p.image, fmt.Errorf("create container %s: %w", c.p.id, err))
 	}
-	created = true
-	if err := backend.Checkpoint(ctx, step); err != nil {
-		return nil, err
-	}
-	cctx := r.ctx(ctx)
-	got, err := containers.Inspect(cctx, resp.ID, nil)
+	c.ctrID, c.warnings = resp.ID, resp.Warnings
+	return nil
+}
+
+// Verify checks the container as the service reports it against the plan.
+func (c *creation) Verify(ctx context.Context) (runtime.Sandbox, error) {
+	r, p := c.r, c.p
+	got, err := containers.Inspect(r.ctx(ctx), c.ctrID, nil)
 	if err != nil {
-		return nil, fmt.Errorf("inspect container %s: %w", id, err)
+		return nil, fmt.Errorf("inspect container %s: %w", p.id, err)
 	}
 	if bad := p.verify(got); len(bad) > 0 {
 		msg := strings.Join(bad, "; ")
-		if len(resp.Warnings) > 0 {
-			msg += "; podman warned: " + strings.Join(resp.Warnings, "; ")
+		if len(c.warnings) > 0 {
+			msg += "; podman warned: " + strings.Join(c.warnings, "; ")
 		}
 		return nil, fmt.Errorf("%w: podman %s dropped or changed: %s", runtime.ErrPolicyNotApplied, r.svc.version, msg)
 	}
-	sb := &sandbox{Sandbox: backend.NewSandbox(prep, p.workspace), r: r, ctrID: resp.ID}
+	sb := &sandbox{Sandbox: backend.NewSandbox(c.prep, p.workspace), r: r, ctrID: c.ctrID}
 	if p.cgroupParent != "" {
-		sb.cgroup = containerCgroup(p.cgroupParent, resp.ID)
-		sb.watchOOM = caps.Enforced(runtime.ItemOOMDetection)
+		sb.cgroup = containerCgroup(p.cgroupParent, c.ctrID)
+		sb.watchOOM = c.caps.Enforced(runtime.ItemOOMDetection)
 		if p.cgroupLimits {
-			sb.limits = v1Limits(pol, p.swap)
+			sb.limits = v1Limits(p.policy, p.swap)
 		}
 	}
 	return sb, nil
 }
+
+// Undo removes what this Create made: the container only if it made it.
+func (c *creation) Undo(ctx context.Context) error { return c.r.cleanup(ctx, c.p.id, c.ctrID != "") }
 
 // networkMode is Podman's network mode for a policy's network.
 func (r *Runtime) networkMode(n oci.Network) string {

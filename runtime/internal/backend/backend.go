@@ -1,7 +1,8 @@
-// Package backend holds what every container backend (containerd, Docker,
-// Podman) does the same way: the Create prologue, the state folder with one
-// scratch directory per sandbox, cleanup that outlives the caller, exit
-// statuses, label selectors, and removing a sandbox once.
+// Package backend holds what the backends do the same way: every backend's
+// Create sequence (containerd, Docker, Podman and Kubernetes supply its
+// steps), cleanup that outlives the caller, exit statuses, label
+// selectors; and what the backends of one host share: the state folder
+// with one scratch directory per sandbox, and removing a sandbox once.
 package backend
 
 import (
@@ -32,22 +33,6 @@ const CleanupTimeout = 30 * time.Second
 // cancellation, and at most CleanupTimeout.
 func CleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), CleanupTimeout)
-}
-
-// CapabilitySource is what reports the items a backend enforces.
-type CapabilitySource interface {
-	Capabilities(ctx context.Context) (runtime.Capabilities, error)
-}
-
-// Prepare is the prologue of every Create: the backend's capabilities, then
-// runtime.Prepare (defaults, validation, fail closed).
-func Prepare(ctx context.Context, src CapabilitySource, spec runtime.Spec) (runtime.Prepared, runtime.Capabilities, error) {
-	caps, err := src.Capabilities(ctx)
-	if err != nil {
-		return runtime.Prepared{}, nil, err
-	}
-	prep, err := runtime.Prepare(spec, caps)
-	return prep, caps, err
 }
 
 // AllEnforced is a report in which every item is enforced; backends then
@@ -384,32 +369,3 @@ func (s *Sandbox) ID() string { return s.id }
 
 // Unenforced implements runtime.Sandbox.
 func (s *Sandbox) Unenforced() []runtime.Item { return s.unenforced }
-
-// Detached is the context of a daemon call that makes an object of a
-// sandbox: it is not cut by the caller's cancellation (a call cancelled
-// half-way can still complete on the daemon, after the undo has run, and
-// leave an object behind), only bounded by CleanupTimeout. Create and Start
-// call Checkpoint between such calls to honour a cancellation.
-func Detached(ctx context.Context) (context.Context, context.CancelFunc) {
-	return CleanupContext(ctx)
-}
-
-type checkpointKey struct{}
-
-// Checkpoint returns an error wrapping ctx's cause when ctx has ended; the
-// point a Create or Start reaches between two daemon calls.
-func Checkpoint(ctx context.Context, step string) error {
-	if f, ok := ctx.Value(checkpointKey{}).(func(string)); ok {
-		f(step)
-	}
-	if ctx.Err() != nil {
-		return fmt.Errorf("%s: %w", step, runtime.Cause(ctx))
-	}
-	return nil
-}
-
-// WithCheckpoints calls f at every Checkpoint reached with ctx: tests
-// cancel there, at each step in turn.
-func WithCheckpoints(ctx context.Context, f func(step string)) context.Context {
-	return context.WithValue(ctx, checkpointKey{}, f)
-}

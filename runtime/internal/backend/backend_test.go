@@ -5,6 +5,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -109,5 +111,131 @@ func TestCheckpoint(t *testing.T) {
 	}
 	if len(steps) != 2 {
 		t.Errorf("steps %v", steps)
+	}
+}
+
+// fakeSteps records what Create calls, and fails where told.
+type fakeSteps struct {
+	calls []string
+	fail  string
+	// cancelIn cancels the caller's context midway through that step.
+	cancelIn string
+	cancel   context.CancelFunc
+	// cut: a daemon call was cut by that cancellation.
+	cut      bool
+	undoLive bool
+}
+
+func (f *fakeSteps) step(name string, dctx context.Context) error {
+	f.calls = append(f.calls, name)
+	if f.cancelIn == name {
+		f.cancel()
+		f.cut = dctx.Err() != nil
+	}
+	if f.fail == name {
+		return errors.New(name + " failed")
+	}
+	return nil
+}
+
+func (f *fakeSteps) Claim(dctx context.Context) error    { return f.step("claim", dctx) }
+func (f *fakeSteps) Setup(_, dctx context.Context) error { return f.step("setup", dctx) }
+func (f *fakeSteps) Make(_, dctx context.Context) error  { return f.step("make", dctx) }
+func (f *fakeSteps) Verify(context.Context) (runtime.Sandbox, error) {
+	if err := f.step("verify", nil); err != nil {
+		return nil, err
+	}
+	return made, nil
+}
+
+// made is the sandbox fakeSteps' Verify returns: the methods Create never calls are left out.
+var made = struct{ runtime.Sandbox }{}
+
+func (f *fakeSteps) Undo(ctx context.Context) error {
+	f.undoLive = ctx.Err() == nil
+	return f.step("undo", nil)
+}
+
+type allCaps struct{}
+
+func (allCaps) Capabilities(context.Context) (runtime.Capabilities, error) { return AllEnforced(), nil }
+
+func TestCreate(t *testing.T) {
+	tests := []struct {
+		name string
+		fail string
+		// cancelAt cancels the caller's context at the nth checkpoint (from 1).
+		cancelAt int
+		cancelIn string
+		want     []string
+		wantErr  []string
+	}{
+		{"every step", "", 0, "", []string{"claim", "setup", "make", "verify"}, nil},
+		{"claim fails: nothing to undo", "claim", 0, "", []string{"claim"}, []string{"claim failed"}},
+		{"setup fails", "setup", 0, "", []string{"claim", "setup", "undo"}, []string{"setup failed"}},
+		{"make fails", "make", 0, "", []string{"claim", "setup", "make", "undo"}, []string{"make failed"}},
+		{"verify fails", "verify", 0, "", []string{"claim", "setup", "make", "verify", "undo"}, []string{"verify failed"}},
+		{"undo fails too", "undo", 3, "", []string{"claim", "setup", "make", "undo"}, []string{"context canceled", "undo failed"}},
+		{"cancelled before claim", "", 1, "", nil, []string{"context canceled"}},
+		{"cancelled after setup", "", 2, "", []string{"claim", "setup", "undo"}, []string{"context canceled"}},
+		{"cancelled after make", "", 3, "", []string{"claim", "setup", "make", "undo"}, []string{"context canceled"}},
+		{"cancelled during claim: it completes, then is undone", "", 0, "claim", []string{"claim", "setup", "undo"}, []string{"context canceled"}},
+		{"cancelled during make: it completes, then is undone", "", 0, "make", []string{"claim", "setup", "make", "undo"}, []string{"context canceled"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			n := 0
+			ctx = WithCheckpoints(ctx, func(step string) {
+				if step != Creating("sb-1") {
+					t.Errorf("checkpoint %q", step)
+				}
+				if n++; n == tt.cancelAt {
+					cancel()
+				}
+			})
+			f := &fakeSteps{fail: tt.fail, cancelIn: tt.cancelIn, cancel: cancel}
+			plan := func(context.Context, runtime.Spec, runtime.Prepared, runtime.Capabilities) (Steps, error) {
+				return f, nil
+			}
+			spec := runtime.Spec{ID: "sb-1", SessionID: "s", Image: "img", Args: []string{"true"}}
+			sb, err := Create(ctx, allCaps{}, spec, plan)
+			if !slices.Equal(f.calls, tt.want) {
+				t.Errorf("calls %v, want %v", f.calls, tt.want)
+			}
+			if f.cut {
+				t.Errorf("the caller's cancellation cut %s's daemon call", tt.cancelIn)
+			}
+			if slices.Contains(f.calls, "undo") && !f.undoLive {
+				t.Error("undo ran in the caller's ended context")
+			}
+			if len(tt.wantErr) == 0 {
+				if err != nil || sb != made {
+					t.Errorf("Create = %v, %v", sb, err)
+				}
+				return
+			}
+			if (tt.cancelAt > 0 || tt.cancelIn != "") && !errors.Is(err, context.Canceled) {
+				t.Errorf("error %v, want a cancellation", err)
+			}
+			for _, w := range tt.wantErr {
+				if err == nil || !strings.Contains(err.Error(), w) {
+					t.Errorf("error %v, want it to say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestCreatePrepares(t *testing.T) {
+	planned := false
+	plan := func(context.Context, runtime.Spec, runtime.Prepared, runtime.Capabilities) (Steps, error) {
+		planned = true
+		return &fakeSteps{}, nil
+	}
+	_, err := Create(context.Background(), allCaps{}, runtime.Spec{ID: "sb-1", SessionID: "s", Image: "img"}, plan)
+	if !errors.Is(err, runtime.ErrInvalidSpec) || planned {
+		t.Errorf("a spec without a command: %v, planned %v; want ErrInvalidSpec before any step", err, planned)
 	}
 }
