@@ -26,6 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -358,10 +359,22 @@ func (r *Runtime) nodeContainerd(ctx context.Context) (*containerd.Runtime, erro
 // containers run and the workspace files are in: the process itself waits
 // for Start.
 func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (runtime.Sandbox, error) {
-	prep, _, err := backend.Prepare(ctx, r, spec)
-	if err != nil {
-		return nil, err
-	}
+	return backend.Create(ctx, r, spec, r.steps)
+}
+
+// creation is one Create's steps (see backend.Create).
+type creation struct {
+	r      *Runtime
+	spec   runtime.Spec
+	prep   runtime.Prepared
+	labels map[string]string
+	sb     *sandbox
+	pod    *corev1.Pod
+	// made is the Pod this Create made, once it made one.
+	made *corev1.Pod
+}
+
+func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepared, _ runtime.Capabilities) (backend.Steps, error) {
 	if err := checkName(prep.ID); err != nil {
 		return nil, err
 	}
@@ -372,51 +385,73 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (runtime.Sandbo
 	if r.cfg.MaxSandboxes > 0 {
 		pod.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: capacityGate}}
 	}
-	secrets := r.client.CoreV1().Secrets(r.cfg.Namespace)
-	if _, err := secrets.Create(ctx, r.secretFor(prep, spec, all), metav1.CreateOptions{}); err != nil {
+	return &creation{r: r, spec: spec, prep: prep, labels: all, sb: sb, pod: pod}, nil
+}
+
+// Claim creates the sandbox's Secret, named by its id, which claims it.
+func (c *creation) Claim(dctx context.Context) error {
+	if _, err := c.secrets().Create(dctx, c.r.secretFor(c.prep, c.spec, c.labels), metav1.CreateOptions{}); err != nil {
 		if apierrors.IsAlreadyExists(err) {
-			return nil, fmt.Errorf("%w: sandbox id %s is taken", runtime.ErrInvalidSpec, prep.ID)
+			return fmt.Errorf("%w: sandbox id %s is taken", runtime.ErrInvalidSpec, c.prep.ID)
 		}
-		return nil, r.apiErr("create Secret", err)
+		return c.r.apiErr("create Secret", err)
 	}
-	made, err := r.pods().Create(ctx, pod, metav1.CreateOptions{})
+	return nil
+}
+
+// Setup has nothing to make: a Pod's volumes are the kubelet's.
+func (c *creation) Setup(context.Context, context.Context) error { return nil }
+
+// Make creates the Pod and has it own the Secret.
+func (c *creation) Make(_, dctx context.Context) error {
+	r, id := c.r, c.prep.ID
+	made, err := r.pods().Create(dctx, c.pod, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("%w: sandbox id %s is taken", runtime.ErrInvalidSpec, id)
+	}
 	if err != nil {
-		cctx, cancel := backend.CleanupContext(ctx)
-		defer cancel()
-		derr := secrets.Delete(cctx, prep.ID, metav1.DeleteOptions{})
-		if apierrors.IsAlreadyExists(err) {
-			return nil, errors.Join(fmt.Errorf("%w: sandbox id %s is taken", runtime.ErrInvalidSpec, prep.ID), derr)
-		}
-		return nil, errors.Join(r.apiErr("create Pod", err), derr)
+		return r.apiErr("create Pod", err)
 	}
+	c.made = made
 	// The Secret goes with its Pod, also when no sandstorm is left to remove it.
 	owner := fmt.Sprintf(`{"metadata":{"ownerReferences":[{"apiVersion":"v1","kind":"Pod","name":%q,"uid":%q}]}}`, made.Name, made.UID)
-	if _, err := secrets.Patch(ctx, prep.ID, types.MergePatchType, []byte(owner), metav1.PatchOptions{}); err != nil {
-		cctx, cancel := backend.CleanupContext(ctx)
-		defer cancel()
-		return nil, errors.Join(r.apiErr("own the Secret by its Pod", err), sb.Remove(cctx))
+	if _, err := c.secrets().Patch(dctx, id, types.MergePatchType, []byte(owner), metav1.PatchOptions{}); err != nil {
+		return r.apiErr("own the Secret by its Pod", err)
 	}
 	r.uidMu.Lock()
-	r.uids[prep.ID] = string(made.UID)
+	r.uids[id] = string(made.UID)
 	r.uidMu.Unlock()
-	if err := r.admit(ctx, made); err != nil {
-		cctx, cancel := backend.CleanupContext(ctx)
-		defer cancel()
-		return nil, errors.Join(err, sb.Remove(cctx))
+	return nil
+}
+
+// Verify waits for the Pod's turn, then for its containers to run, and
+// puts the workspace files in.
+func (c *creation) Verify(ctx context.Context) (runtime.Sandbox, error) {
+	if err := c.r.admit(ctx, c.made); err != nil {
+		return nil, err
 	}
-	if err := sb.ready(ctx); err != nil {
-		cctx, cancel := backend.CleanupContext(ctx)
-		defer cancel()
-		return nil, errors.Join(err, sb.Remove(cctx))
+	if err := c.sb.ready(ctx); err != nil {
+		return nil, err
 	}
-	if len(spec.Files) > 0 {
-		if err := sb.putFiles(ctx, spec.Files); err != nil {
-			cctx, cancel := backend.CleanupContext(ctx)
-			defer cancel()
-			return nil, errors.Join(fmt.Errorf("workspace files: %w", err), sb.Remove(cctx))
+	if len(c.spec.Files) > 0 {
+		if err := c.sb.putFiles(ctx, c.spec.Files); err != nil {
+			return nil, fmt.Errorf("workspace files: %w", err)
 		}
 	}
-	return sb, nil
+	return c.sb, nil
+}
+
+// Undo removes the Secret, and the sandbox once this Create made its Pod;
+// not a Pod of the same name it did not make.
+func (c *creation) Undo(ctx context.Context) error {
+	if c.made == nil {
+		return c.secrets().Delete(ctx, c.prep.ID, metav1.DeleteOptions{})
+	}
+	return c.sb.Remove(ctx)
+}
+
+func (c *creation) secrets() typedcorev1.SecretInterface {
+	return c.r.client.CoreV1().Secrets(c.r.cfg.Namespace)
 }
 
 func (r *Runtime) pods() podClient { return r.client.CoreV1().Pods(r.cfg.Namespace) }
