@@ -13,9 +13,9 @@
 // (PROTOCOL.env.gateway_addr, TLS when PROTOCOL.env.gateway_ca holds the
 // CA's PEM): each connection opens with the PROTOCOL.hello line. A tiny
 // forwarder on 127.0.0.1 gives the Claude Code CLI an HTTP base URL that
-// reaches the gateway. The CLI
-// authenticates with the per-session token (PROTOCOL.env.token), which the
-// gateway swaps for the real credential; no real key is ever in the sandbox.
+// reaches the gateway. The CLI authenticates with the per-session token
+// (PROTOCOL.env.token), which the gateway swaps for the real credential; no
+// real key is ever in the sandbox.
 //
 // Output: exactly one JSON line per SDK message on stdout and nothing else
 // (plus, when the runner itself fails, one line {"type":"error",...} with a
