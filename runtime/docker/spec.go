@@ -62,61 +62,135 @@ func ulimits(limits []specs.POSIXRlimit) []*container.Ulimit {
 }
 
 // buildRequest maps a sandbox with a defaulted policy to Docker's container
-// and host configuration.
+// and host configuration: what is no policy item here, the rest from settings.
 func buildRequest(sb oci.Container, image string, d daemon) request {
-	p := sb.Policy
+	req := request{
+		Config: &container.Config{
+			Env:        sb.Env,
+			Entrypoint: sb.Args[:1],
+			Cmd:        sb.Args[1:],
+			Image:      image,
+			WorkingDir: oci.Workspace,
+			Labels:     sb.AllLabels(),
+		},
+		// Output goes to the attached caller only; the daemon keeps no copy.
+		Host: &container.HostConfig{LogConfig: container.LogConfig{Type: "none"}},
+	}
+	for _, s := range settings {
+		if s.set != nil {
+			s.set(req, sb, d)
+		}
+	}
+	return req
+}
+
+// setting is one setting of the policy, mapped both ways in one place: how
+// it is asked of Docker, and how the container Docker made is checked for it.
+type setting struct {
+	// name is how verify's error names it.
+	name string
+	// set writes it into the request; nil where Docker's default is the
+	// policy's and only the check is needed.
+	set func(r request, sb oci.Container, d daemon)
+	// applied tells whether the created container has it as want asked.
+	applied func(want request, got container.InspectResponse) bool
+}
+
+// settings are every setting verify checks, in the order its error names them.
+var settings = []setting{
+	{"user", func(r request, sb oci.Container, _ daemon) {
+		r.Config.User = fmt.Sprintf("%d:%d", sb.Policy.UID, sb.Policy.GID)
+	}, func(w request, g container.InspectResponse) bool { return g.Config.User == w.Config.User }},
+	{"hostname", func(r request, sb oci.Container, _ daemon) {
+		r.Config.Hostname = sb.Policy.Hostname
+	}, func(w request, g container.InspectResponse) bool { return g.Config.Hostname == w.Config.Hostname }},
+	{"privileged", nil, func(_ request, g container.InspectResponse) bool { return !g.HostConfig.Privileged }},
+	// Drop-all plus the listed ones: Docker builds every set from this.
+	{"capabilities", func(r request, sb oci.Container, _ daemon) {
+		r.Host.CapDrop, r.Host.CapAdd = []string{"ALL"}, normalizeCaps(sb.Policy.Capabilities)
+	}, func(w request, g container.InspectResponse) bool {
+		return slices.Equal(normalizeCaps(g.HostConfig.CapDrop), normalizeCaps(w.Host.CapDrop)) &&
+			slices.Equal(normalizeCaps(g.HostConfig.CapAdd), normalizeCaps(w.Host.CapAdd))
+	}},
 	// sandstorm's own seccomp profile, sent as JSON (the daemon's default
 	// would differ from the other backends').
-	seccomp := "unconfined"
-	if p.Seccomp != oci.SeccompUnconfined {
-		seccomp = string(d.Seccomp)
-	}
-	securityOpt := []string{"no-new-privileges", "seccomp=" + seccomp}
-	mounts := []mount.Mount{{Type: mount.TypeBind, Source: sb.Workspace, Target: oci.Workspace}}
-	for _, m := range p.Mounts {
-		mounts = append(mounts, mount.Mount{Type: mount.TypeBind, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
-	}
-	pids := p.Pids
-	host := &container.HostConfig{
-		Runtime:     d.Runtime,
-		NetworkMode: container.NetworkMode(p.Network),
-		// Drop-all plus the listed ones: Docker builds every set from this.
-		CapDrop:        []string{"ALL"},
-		CapAdd:         normalizeCaps(p.Capabilities),
-		CgroupnsMode:   container.CgroupnsModePrivate,
-		ReadonlyRootfs: !p.WritableRoot,
-		SecurityOpt:    securityOpt,
-		// exec overrides Docker's noexec default, as the OCI spec's /tmp allows it.
-		Tmpfs: map[string]string{"/tmp": fmt.Sprintf("rw,exec,nosuid,nodev,size=%d,mode=1777", p.TmpBytes)},
-		// Output goes to the attached caller only; the daemon keeps no copy.
-		LogConfig: container.LogConfig{Type: "none"},
-		Resources: container.Resources{
-			CgroupParent: cgroupParent(d.CgroupDriver, sb.ID),
-			Memory:       p.MemoryBytes,
-			CPUPeriod:    oci.CPUPeriod,
-			CPUQuota:     oci.CPUQuota(p.CPUs),
-			PidsLimit:    &pids,
-			Ulimits:      ulimits(d.Host.Fit(oci.Rlimits(p))),
-		},
-		Mounts: mounts,
-		// The same lists as every backend (Docker's own miss some).
-		MaskedPaths:   slices.Clone(oci.MaskedPaths),
-		ReadonlyPaths: slices.Clone(oci.ReadonlyPaths),
-	}
-	if d.SwapLimit {
-		host.MemorySwap = p.MemoryBytes
-	}
-	cfg := &container.Config{
-		Hostname:   p.Hostname,
-		User:       fmt.Sprintf("%d:%d", p.UID, p.GID),
-		Env:        sb.Env,
-		Entrypoint: sb.Args[:1],
-		Cmd:        sb.Args[1:],
-		Image:      image,
-		WorkingDir: oci.Workspace,
-		Labels:     sb.AllLabels(),
-	}
-	return request{Config: cfg, Host: host}
+	{"security options (no-new-privileges, seccomp)", func(r request, sb oci.Container, d daemon) {
+		seccomp := "unconfined"
+		if sb.Policy.Seccomp != oci.SeccompUnconfined {
+			seccomp = string(d.Seccomp)
+		}
+		r.Host.SecurityOpt = []string{"no-new-privileges", "seccomp=" + seccomp}
+	}, func(w request, g container.InspectResponse) bool {
+		return sameSet(g.HostConfig.SecurityOpt, w.Host.SecurityOpt)
+	}},
+	{"read-only root", func(r request, sb oci.Container, _ daemon) {
+		r.Host.ReadonlyRootfs = !sb.Policy.WritableRoot
+	}, func(w request, g container.InspectResponse) bool {
+		return g.HostConfig.ReadonlyRootfs == w.Host.ReadonlyRootfs
+	}},
+	// The same lists as every backend (Docker's own miss some).
+	{"masked and read-only /proc, /sys paths", func(r request, _ oci.Container, _ daemon) {
+		r.Host.MaskedPaths, r.Host.ReadonlyPaths = slices.Clone(oci.MaskedPaths), slices.Clone(oci.ReadonlyPaths)
+	}, func(w request, g container.InspectResponse) bool {
+		return slices.Equal(g.HostConfig.MaskedPaths, w.Host.MaskedPaths) && slices.Equal(g.HostConfig.ReadonlyPaths, w.Host.ReadonlyPaths)
+	}},
+	{"memory limit", func(r request, sb oci.Container, d daemon) {
+		r.Host.Memory = sb.Policy.MemoryBytes
+		if d.SwapLimit {
+			r.Host.MemorySwap = sb.Policy.MemoryBytes
+		}
+	}, func(w request, g container.InspectResponse) bool {
+		return g.HostConfig.Memory == w.Host.Memory && g.HostConfig.MemorySwap == w.Host.MemorySwap
+	}},
+	{"cpu limit", func(r request, sb oci.Container, _ daemon) {
+		r.Host.CPUPeriod, r.Host.CPUQuota = oci.CPUPeriod, oci.CPUQuota(sb.Policy.CPUs)
+	}, func(w request, g container.InspectResponse) bool {
+		h, wh := g.HostConfig, w.Host
+		return h.CPUQuota == wh.CPUQuota && h.CPUPeriod == wh.CPUPeriod && h.NanoCPUs == wh.NanoCPUs
+	}},
+	{"pids limit", func(r request, sb oci.Container, _ daemon) {
+		pids := sb.Policy.Pids
+		r.Host.PidsLimit = &pids
+	}, func(w request, g container.InspectResponse) bool {
+		return g.HostConfig.PidsLimit != nil && w.Host.PidsLimit != nil && *g.HostConfig.PidsLimit == *w.Host.PidsLimit
+	}},
+	{"ulimits", func(r request, sb oci.Container, d daemon) {
+		r.Host.Ulimits = ulimits(d.Host.Fit(oci.Rlimits(sb.Policy)))
+	}, func(w request, g container.InspectResponse) bool {
+		return slices.EqualFunc(g.HostConfig.Ulimits, w.Host.Ulimits, func(a, b *container.Ulimit) bool {
+			return a != nil && b != nil && *a == *b
+		})
+	}},
+	// exec overrides Docker's noexec default, as the OCI spec's /tmp allows it.
+	{"tmpfs", func(r request, sb oci.Container, _ daemon) {
+		r.Host.Tmpfs = map[string]string{"/tmp": fmt.Sprintf("rw,exec,nosuid,nodev,size=%d,mode=1777", sb.Policy.TmpBytes)}
+	}, func(w request, g container.InspectResponse) bool { return maps.Equal(g.HostConfig.Tmpfs, w.Host.Tmpfs) }},
+	{"mounts", func(r request, sb oci.Container, _ daemon) {
+		r.Host.Mounts = []mount.Mount{{Type: mount.TypeBind, Source: sb.Workspace, Target: oci.Workspace}}
+		for _, m := range sb.Policy.Mounts {
+			r.Host.Mounts = append(r.Host.Mounts, mount.Mount{Type: mount.TypeBind, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
+		}
+	}, func(w request, g container.InspectResponse) bool { return sameMounts(g.Mounts, w.Host.Mounts) }},
+	{"network mode", func(r request, sb oci.Container, _ daemon) {
+		r.Host.NetworkMode = container.NetworkMode(sb.Policy.Network)
+	}, func(w request, g container.InspectResponse) bool {
+		return g.HostConfig.NetworkMode == w.Host.NetworkMode
+	}},
+	{"runtime", func(r request, _ oci.Container, d daemon) {
+		r.Host.Runtime = d.Runtime
+	}, func(w request, g container.InspectResponse) bool {
+		return w.Host.Runtime == "" || g.HostConfig.Runtime == w.Host.Runtime
+	}},
+	{"cgroup namespace", func(r request, _ oci.Container, _ daemon) {
+		r.Host.CgroupnsMode = container.CgroupnsModePrivate
+	}, func(w request, g container.InspectResponse) bool {
+		return g.HostConfig.CgroupnsMode == w.Host.CgroupnsMode
+	}},
+	{"cgroup parent", func(r request, sb oci.Container, d daemon) {
+		r.Host.CgroupParent = cgroupParent(d.CgroupDriver, sb.ID)
+	}, func(w request, g container.InspectResponse) bool {
+		return g.HostConfig.CgroupParent == w.Host.CgroupParent
+	}},
 }
 
 // normalizeCaps writes capabilities as Docker stores them: upper case,
@@ -138,37 +212,15 @@ func normalizeCaps(caps []string) []string {
 // was asked, and names every setting it dropped or changed: a daemon (or an
 // API version) that ignores a field must not leave a sandbox running without it.
 func verify(want request, got container.InspectResponse) error {
-	c, h := got.Config, got.HostConfig
-	if c == nil || h == nil {
+	if got.Config == nil || got.HostConfig == nil {
 		return fmt.Errorf("%w: the daemon reported no configuration for the container", runtime.ErrPolicyNotApplied)
 	}
-	wc, wh := want.Config, want.Host
 	var bad []string
-	check := func(setting string, ok bool) {
-		if !ok {
-			bad = append(bad, setting)
+	for _, s := range settings {
+		if !s.applied(want, got) {
+			bad = append(bad, s.name)
 		}
 	}
-	check("user", c.User == wc.User)
-	check("hostname", c.Hostname == wc.Hostname)
-	check("privileged", !h.Privileged)
-	check("capabilities", slices.Equal(normalizeCaps(h.CapDrop), normalizeCaps(wh.CapDrop)) &&
-		slices.Equal(normalizeCaps(h.CapAdd), normalizeCaps(wh.CapAdd)))
-	check("security options (no-new-privileges, seccomp)", sameSet(h.SecurityOpt, wh.SecurityOpt))
-	check("read-only root", h.ReadonlyRootfs == wh.ReadonlyRootfs)
-	check("masked and read-only /proc, /sys paths", slices.Equal(h.MaskedPaths, wh.MaskedPaths) && slices.Equal(h.ReadonlyPaths, wh.ReadonlyPaths))
-	check("memory limit", h.Memory == wh.Memory && h.MemorySwap == wh.MemorySwap)
-	check("cpu limit", h.CPUQuota == wh.CPUQuota && h.CPUPeriod == wh.CPUPeriod && h.NanoCPUs == wh.NanoCPUs)
-	check("pids limit", h.PidsLimit != nil && wh.PidsLimit != nil && *h.PidsLimit == *wh.PidsLimit)
-	check("ulimits", slices.EqualFunc(h.Ulimits, wh.Ulimits, func(a, b *container.Ulimit) bool {
-		return a != nil && b != nil && *a == *b
-	}))
-	check("tmpfs", maps.Equal(h.Tmpfs, wh.Tmpfs))
-	check("mounts", sameMounts(got.Mounts, wh.Mounts))
-	check("network mode", h.NetworkMode == wh.NetworkMode)
-	check("runtime", wh.Runtime == "" || h.Runtime == wh.Runtime)
-	check("cgroup namespace", h.CgroupnsMode == wh.CgroupnsMode)
-	check("cgroup parent", h.CgroupParent == wh.CgroupParent)
 	if len(bad) > 0 {
 		return fmt.Errorf("%w: docker dropped or changed %s", runtime.ErrPolicyNotApplied, strings.Join(bad, ", "))
 	}

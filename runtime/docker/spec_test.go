@@ -135,8 +135,10 @@ func echo(req request) container.InspectResponse {
 		cp := *u
 		h.Ulimits = append(h.Ulimits, &cp)
 	}
-	pids := *req.Host.PidsLimit
-	h.PidsLimit = &pids
+	if req.Host.PidsLimit != nil {
+		pids := *req.Host.PidsLimit
+		h.PidsLimit = &pids
+	}
 	got := container.InspectResponse{Config: &c, HostConfig: &h, State: &container.State{Status: container.StateCreated}}
 	for _, m := range req.Host.Mounts {
 		got.Mounts = append(got.Mounts, container.MountPoint{Type: m.Type, Source: m.Source, Destination: m.Target, RW: !m.ReadOnly, Propagation: mount.PropagationRPrivate})
@@ -227,6 +229,31 @@ func TestVerifyNamesEverySetting(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), s) {
 			t.Errorf("verify of an empty configuration = %v; does not name %s", err, s)
 		}
+	}
+}
+
+// TestEverySettingChecked: a daemon that ignores any one setting of the
+// request is caught, by that setting's name and no other.
+func TestEverySettingChecked(t *testing.T) {
+	d := testDaemon
+	d.Runtime = "runsc"
+	sb := testSandbox(oci.Policy{Capabilities: []string{"CAP_CHOWN"}, Mounts: []oci.Mount{{Source: "/srv/data", Target: "/mnt/data"}}})
+	want := buildRequest(sb, "img", d)
+	for i, s := range settings {
+		if s.set == nil {
+			continue
+		}
+		t.Run(s.name, func(t *testing.T) {
+			ignored := request{Config: &container.Config{}, Host: &container.HostConfig{}}
+			for j, other := range settings {
+				if j != i && other.set != nil {
+					other.set(ignored, sb, d)
+				}
+			}
+			if err := verify(want, echo(ignored)); err == nil || !strings.HasSuffix(err.Error(), "changed "+s.name) {
+				t.Errorf("a daemon ignoring %s: verify = %v", s.name, err)
+			}
+		})
 	}
 }
 
