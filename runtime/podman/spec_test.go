@@ -7,6 +7,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"go.podman.io/podman/v6/libpod/define"
+	"go.podman.io/podman/v6/pkg/specgen"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
@@ -193,6 +194,82 @@ func TestSpecgen(t *testing.T) {
 	p.network, p.policy.Network = "slirp4netns", oci.NetworkBridge
 	if s := p.specgen(); string(s.NetNS.NSMode) != "slirp4netns" || !slices.Equal(s.NetworkOptions["slirp4netns"], []string{"allow_host_loopback=true"}) {
 		t.Errorf("slirp4netns network %+v options %v", s.NetNS, s.NetworkOptions)
+	}
+}
+
+// echo is the inspect data of a service that applied s exactly, as Podman
+// 4.3 reports it (no seccomp profile but "unconfined").
+func echo(s *specgen.SpecGenerator) *define.InspectContainerData {
+	hc := &define.InspectContainerHostConfig{
+		ReadonlyRootfs: s.ReadOnlyFilesystem != nil && *s.ReadOnlyFilesystem,
+		Tmpfs:          map[string]string{},
+		NetworkMode:    string(s.NetNS.NSMode),
+		CgroupParent:   s.CgroupParent,
+	}
+	if s.NoNewPrivileges != nil && *s.NoNewPrivileges {
+		hc.SecurityOpt = append(hc.SecurityOpt, "no-new-privileges")
+	}
+	if s.SeccompProfilePath == "unconfined" {
+		hc.SecurityOpt = append(hc.SecurityOpt, "seccomp=unconfined")
+	}
+	if s.CgroupNS.NSMode == specgen.Private {
+		hc.CgroupMode = "private"
+	}
+	if r := s.ResourceLimits; r != nil {
+		if r.Memory != nil {
+			hc.Memory = *r.Memory.Limit
+			if r.Memory.Swap != nil {
+				hc.MemorySwap = *r.Memory.Swap
+			}
+		}
+		if r.CPU != nil {
+			hc.CpuQuota, hc.CpuPeriod = *r.CPU.Quota, *r.CPU.Period
+		}
+		if r.Pids != nil {
+			hc.PidsLimit = *r.Pids.Limit
+		}
+	}
+	for _, l := range s.Rlimits {
+		hc.Ulimits = append(hc.Ulimits, define.InspectUlimit{Name: l.Type, Soft: int64(l.Soft), Hard: int64(l.Hard)})
+	}
+	got := &define.InspectContainerData{
+		OCIRuntime: s.OCIRuntime, BoundingCaps: s.CapAdd, EffectiveCaps: s.CapAdd,
+		Config:     &define.InspectContainerConfig{Hostname: s.Hostname, User: s.User, Labels: s.Labels},
+		HostConfig: hc,
+	}
+	for _, m := range s.Mounts {
+		if m.Type == "tmpfs" {
+			hc.Tmpfs[m.Destination] = strings.Join(m.Options, ",")
+			continue
+		}
+		got.Mounts = append(got.Mounts, define.InspectMount{Type: m.Type, Source: m.Source, Destination: m.Destination, RW: !slices.Contains(m.Options, "ro")})
+	}
+	return got
+}
+
+// TestEverySettingChecked: a service that ignores any one setting of the
+// request is caught.
+func TestEverySettingChecked(t *testing.T) {
+	p := testPlan()
+	// Set where the test plan leaves Podman's default, which no check could tell.
+	p.ociRuntime = "runsc"
+	unconfined(&p)
+	if bad := p.verify(echo(p.specgen())); len(bad) > 0 {
+		t.Fatalf("a service that applied every setting: verify named %q", bad)
+	}
+	for i, st := range settings {
+		if st.check == nil {
+			continue
+		}
+		s := specgen.NewSpecGenerator(p.image, false)
+		for j, other := range settings {
+			if j != i {
+				other.set(p, s)
+			}
+		}
+		if bad := p.verify(echo(s)); len(bad) == 0 {
+			t.Errorf("settings[%d]: a service ignoring it is not caught", i)
+		}
 	}
 }
 
