@@ -96,12 +96,20 @@ func (n *node) removeSandboxes(ctx context.Context, ns, id string) error {
 	}
 	for _, sb := range list.Items {
 		// The kubelet may be removing the same at once: what it took first is
-		// gone, which is what is wanted (waitNode looks again).
-		if _, err := n.cri.RemovePodSandbox(ctx, &criv1.RemovePodSandboxRequest{PodSandboxId: sb.Id}); err != nil && status.Code(err) != codes.NotFound {
+		// gone, or going, which is what is wanted (waitNode looks again).
+		if _, err := n.cri.RemovePodSandbox(ctx, &criv1.RemovePodSandboxRequest{PodSandboxId: sb.Id}); err != nil && !beingRemoved(err) {
 			return fmt.Errorf("node CRI: remove pod sandbox %s: %w", sb.Id, err)
 		}
 	}
 	return nil
+}
+
+// beingRemoved tells the CRI errors of a removal that another caller made
+// first: gone already, or on its way (containerd 1.6 answers Unknown,
+// "container is already in removing state", for a container whose removal
+// is under way).
+func beingRemoved(err error) bool {
+	return status.Code(err) == codes.NotFound || strings.Contains(err.Error(), "already in removing state")
 }
 
 // waitNode waits until the node holds nothing of Pod id. The kubelet
