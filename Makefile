@@ -11,7 +11,7 @@ CI_ENV := set -a; [ -r /run/sandstorm/ci.env ] && . /run/sandstorm/ci.env; [ -r 
 # PHASE NAME CMD...: a start line, a heartbeat every 10s, the duration.
 PHASE := ./scripts/phase.sh
 
-.PHONY: all build test unit lint bench testimage agentimage setup demo smoke clean k8s-build k8s-up k8s-down
+.PHONY: all build test test-other-host unit lint bench testimage agentimage setup demo smoke clean k8s-build k8s-up k8s-down
 
 all: build
 
@@ -73,6 +73,12 @@ unit:
 ## test: the whole suite — lint, unit tests, the conformance suite and the agent end-to-end tests on every backend
 test: lint setup testimage agentimage k8s-up
 	@$(CI_ENV); $(PHASE) "go test (every package, every backend)" $(GO) test -count=1 -timeout 25m ./...
+
+## test-other-host: the conformance suites (or PKGS) as on a host that differs from this one: the limits the
+## daemons and the test process pass on are changed with prlimit, and another hostname (scripts/other-host.sh).
+## It lowers the running daemons' limits until they restart.
+test-other-host: setup testimage k8s-up
+	@$(CI_ENV); ./scripts/other-host.sh $(PKGS)
 
 ## bench: sandstorm vs `ctr run --rm`, `docker run --rm`, `podman run --rm` and `kubectl run --rm` of the
 ## same image with the same limits, alternating in one run, printed as ratios; gVisor vs runc cold start on
