@@ -18,6 +18,7 @@
 // that order, under Ref and a content tag naming the hash of every input.
 // A build whose inputs match the tar already at Output only checks that and
 // returns; one where only runner.mjs changed reuses both cached stages.
+// Before writing, the build lists the largest paths of each layer.
 //
 // Build needs root (debootstrap, chroot, mounts). Every mount happens in a
 // private mount namespace that dies with the step, so none is ever left
@@ -375,14 +376,16 @@ func (b *builder) build(ctx context.Context) error {
 		{Dir: npmLayer, Override: rootOwned},
 		{Dir: runnerDir, Override: rootOwned},
 	}
-	if err := b.phase("size", func() error {
+	names := []string{"1 (base rootfs)", "2 (npm)", "3 (runner)"}
+	if err := b.phase("size of each layer, largest paths", func() error {
 		var total int64
-		for _, l := range layers {
-			n, err := dirSize(l.Dir)
+		for i, l := range layers {
+			u, err := measure(l.Dir, largestPaths)
 			if err != nil {
 				return err
 			}
-			total += n
+			u.print(b.log, names[i])
+			total += u.Total
 		}
 		b.res.RootfsSize = total
 		fmt.Fprintf(b.log, "    image files: %s\n", mb(total))
@@ -568,36 +571,6 @@ func (b *builder) prune() {
 			}
 		}
 	}
-}
-
-// dirSize adds up the sizes of the regular files under dir, counting each
-// hard-linked file once.
-func dirSize(dir string) (int64, error) {
-	type id struct{ dev, ino uint64 }
-	seen := map[id]bool{}
-	var total int64
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if !d.Type().IsRegular() {
-			return nil
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
-			k := id{uint64(st.Dev), st.Ino}
-			if seen[k] {
-				return nil
-			}
-			seen[k] = true
-		}
-		total += fi.Size()
-		return nil
-	})
-	return total, err
 }
 
 // lookTool finds a host tool also in the sbin directories a non-login
