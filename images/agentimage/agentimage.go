@@ -6,12 +6,14 @@
 //
 //   - base: `debootstrap --variant=minbase bookworm` from the Debian mirror
 //     the host's apt uses, then in a chroot apt-get upgrade and install of
-//     Packages (Debian's Node 18 and the tools the agent uses), the user
-//     "user" (1000:1000, home /home/user), and trimming (apt lists, caches,
-//     docs, man pages, locales). Key: suite, package list, builder version.
+//     Packages (Debian's Node 18 and the tools the agent uses), the purge of
+//     Unneeded, the user "user" (1000:1000, home /home/user), and trimming
+//     (apt lists, caches, docs, man pages, locales, duplicate files).
+//     Key: suite, package lists, builder version.
 //   - npm: `npm ci --omit=peer` of the committed lockfile with the host's
-//     npm into /opt/sandstorm-agent, which brings the SDK and its native
-//     Claude Code CLI for linux/glibc. Key: package.json, lockfile.
+//     npm into /opt/sandstorm-agent, which brings the SDK, its native
+//     Claude Code CLI for linux/glibc, and the npm the agent uses (linked
+//     from /usr/local/bin). Key: package.json, lockfile.
 //   - runner: runner.mjs next to it. Key: its bytes.
 //
 // The image is written as ONE tar (images/imagetar) with three layers, in
@@ -50,7 +52,7 @@ import (
 const (
 	// BuilderVersion is part of every cache key: bump it when a build step
 	// changes so that caches built by the old steps are not reused.
-	BuilderVersion = "1"
+	BuilderVersion = "2"
 
 	// Repo is the image's name; Ref the reference runtimes use.
 	Repo = "localhost/sandstorm-agent"
@@ -73,7 +75,19 @@ const (
 )
 
 // Packages are installed into the rootfs with apt-get --no-install-recommends.
-var Packages = []string{"ca-certificates", "curl", "git", "nodejs", "npm", "python3", "python3-pip", "ripgrep", "tini"}
+// npm is not among them: Debian's pulls in 335 node-* packages, eslint,
+// webpack and the C headers node-gyp builds with (100 MB); the npm layer
+// carries npm's own self-contained release instead (see package.json).
+var Packages = []string{"ca-certificates", "curl", "git", "nodejs", "python3", "python3-pip", "ripgrep", "tini"}
+
+// Unneeded are purged right after Packages are installed although git
+// depends on them: Perl's full module set (45 MB), which in git only the
+// legacy add--interactive script (git has run its built-in one since 2.37)
+// and instaweb use. perl-base, part of every Debian system, stays, so
+// /usr/bin/perl runs one-liners and scripts of its core modules. The
+// package database says so truthfully: an image built on this one runs
+// `apt-get -f install` (or installs perl) before other packages.
+var Unneeded = []string{"perl", "perl-modules-5.36", "libperl5.36", "liberror-perl"}
 
 // Config is the image configuration.
 func Config() imagetar.Config {
@@ -227,7 +241,7 @@ func computeKeys(in inputs, arch archInfo) (keys, error) {
 	pkgs := append([]string(nil), Packages...)
 	sort.Strings(pkgs)
 	var k keys
-	k.base = hashOf([]byte("base"), []byte(BuilderVersion), []byte(Suite), []byte(arch.deb), []byte(strings.Join(pkgs, " ")))
+	k.base = hashOf([]byte("base"), []byte(BuilderVersion), []byte(Suite), []byte(arch.deb), []byte(strings.Join(pkgs, " ")), []byte(strings.Join(Unneeded, " ")))
 	k.npm = hashOf([]byte("npm"), []byte(BuilderVersion), []byte(arch.npm), in.packageJSON, in.lock)
 	k.runner = hashOf([]byte("runner"), in.runner)
 	cfg, err := json.Marshal(Config())

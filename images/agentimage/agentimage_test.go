@@ -243,6 +243,20 @@ func TestMountsUnder(t *testing.T) {
 	}
 }
 
+// writeTree writes each file of files (path: content) under root.
+func writeTree(t *testing.T, root string, files map[string]string) {
+	t.Helper()
+	for p, c := range files {
+		full := filepath.Join(root, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func TestTrim(t *testing.T) {
 	root := t.TempDir()
 	files := map[string]string{
@@ -268,15 +282,7 @@ func TestTrim(t *testing.T) {
 		"root/.bashrc":                                        "keep",
 		"root/.cache/x":                                       "x",
 	}
-	for p, c := range files {
-		full := filepath.Join(root, p)
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(full, []byte(c), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeTree(t, root, files)
 	if err := trim(root); err != nil {
 		t.Fatal(err)
 	}
@@ -377,5 +383,73 @@ func TestUpToDate(t *testing.T) {
 	}
 	if _, ok := b.upToDate(); ok {
 		t.Error("replaced tar: up to date")
+	}
+}
+
+func TestNPMLayer(t *testing.T) {
+	layer := t.TempDir()
+	install := filepath.Join(layer, InstallDir)
+	files := map[string]string{
+		"node_modules/npm/package.json":                        `{"name":"npm","version":"10.9.9"}`,
+		"node_modules/npm/bin/npm-cli.js":                      "keep",
+		"node_modules/npm/bin/npx-cli.js":                      "keep",
+		"node_modules/npm/lib/cli.js":                          "keep",
+		"node_modules/npm/docs/content/commands/npm.md":        "x",
+		"node_modules/npm/man/man1/npm.1":                      "x",
+		"node_modules/npm/node_modules/tar/index.d.ts":         "x",
+		"node_modules/@anthropic-ai/claude-agent-sdk/sdk.mjs":  "keep",
+		"node_modules/@anthropic-ai/claude-agent-sdk/sdk.d.ts": "x",
+		"node_modules/@anthropic-ai/claude-agent-sdk/x.d.mts":  "x",
+	}
+	writeTree(t, install, files)
+	versions := map[string]string{}
+	if err := npmCommands(layer, versions); err != nil {
+		t.Fatal(err)
+	}
+	if versions["npm"] != "10.9.9" {
+		t.Errorf("npm version %q", versions["npm"])
+	}
+	for cmd, want := range map[string]string{"npm": "/opt/sandstorm-agent/node_modules/npm/bin/npm-cli.js", "npx": "/opt/sandstorm-agent/node_modules/npm/bin/npx-cli.js"} {
+		if got, err := os.Readlink(filepath.Join(layer, "usr/local/bin", cmd)); err != nil || got != want {
+			t.Errorf("usr/local/bin/%s -> %q (%v), want %q", cmd, got, err, want)
+		}
+	}
+	if err := trimNPM(install); err != nil {
+		t.Fatal(err)
+	}
+	for p, c := range files {
+		_, err := os.Stat(filepath.Join(install, p))
+		if kept, want := err == nil, c != "x"; kept != want {
+			t.Errorf("%s: kept %v, want %v", p, kept, want)
+		}
+	}
+
+	if err := npmCommands(t.TempDir(), map[string]string{}); err == nil || !strings.Contains(err.Error(), "no npm") {
+		t.Errorf("a layer without npm: %v", err)
+	}
+}
+
+// TestContainerfileInStep: the Containerfile, for hosts with a registry,
+// installs, purges and leaves out what the offline build does.
+func TestContainerfileInStep(t *testing.T) {
+	data, err := os.ReadFile("Containerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf := string(data)
+	var want []string
+	for _, line := range strings.Split(dpkgExcludes, "\n") {
+		if strings.HasPrefix(line, "path-") {
+			want = append(want, "'"+line+"'")
+		}
+	}
+	want = append(want, "install \\\n      "+strings.Join(Packages, " ")+" \\\n",
+		"dpkg --purge --force-depends "+strings.Join(Unneeded, " "),
+		"ln -s "+InstallDir+"/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm",
+		"ln -s "+InstallDir+"/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx")
+	for _, w := range want {
+		if !strings.Contains(cf, w) {
+			t.Errorf("the Containerfile lacks %q", w)
+		}
 	}
 }

@@ -32,8 +32,10 @@ func readStamp(dir, key string) (stamp, bool) {
 }
 
 // dpkgExcludes keeps documentation, man pages and translations out of the
-// rootfs as packages are unpacked (as Debian's slim images do); copyright
-// files stay.
+// rootfs as packages are unpacked (as Debian's slim images do; copyright
+// files stay), and git's servers, its mailer and scalar (2.2 MB each): an
+// agent clones, fetches and pushes; it serves no repository, mails no
+// patches and manages no monorepo enlistments.
 const dpkgExcludes = `# sandstorm agent image: no docs, man pages or translations
 path-exclude /usr/share/doc/*
 path-include /usr/share/doc/*/copyright
@@ -43,6 +45,16 @@ path-exclude /usr/share/locale/*
 path-exclude /usr/share/lintian/*
 path-exclude /usr/share/linda/*
 path-exclude /usr/share/nodejs/@types/*
+# no git servers or mailers
+path-exclude /usr/lib/git-core/git-daemon
+path-exclude /usr/lib/git-core/git-http-backend
+path-exclude /usr/lib/git-core/git-http-push
+path-exclude /usr/lib/git-core/git-imap-send
+path-exclude /usr/lib/git-core/git-shell
+path-exclude /usr/bin/git-shell
+path-exclude /usr/lib/git-core/scalar
+path-exclude /usr/bin/scalar
+path-exclude /usr/share/gitweb/*
 `
 
 // policyRC stops package scripts from starting services in the chroot.
@@ -108,6 +120,7 @@ func (b *builder) ensureBase(ctx context.Context) (string, stamp, error) {
 			apt + " --error-on=any update", // a mirror that fails must fail the build, not drop security updates
 			apt + " -y upgrade",
 			apt + " -y --no-install-recommends install " + strings.Join(Packages, " "),
+			"dpkg --purge --force-depends " + strings.Join(Unneeded, " "),
 			apt + " clean",
 		}, "\n")
 		return b.chroot(ctx, "apt-get", rootfs, script)
@@ -126,6 +139,12 @@ func (b *builder) ensureBase(ctx context.Context) (string, stamp, error) {
 	if err := b.phase("trim", func() error {
 		before, _ := dirSize(rootfs)
 		if err := trim(rootfs); err != nil {
+			return err
+		}
+		// Packages ship identical copies (git as /usr/bin/git and in
+		// /usr/lib/git-core): one file each, hard-linked, which the layer
+		// tar keeps as links.
+		if err := b.chroot(ctx, "hardlink", rootfs, "hardlink --quiet --ignore-time /usr"); err != nil {
 			return err
 		}
 		after, err := dirSize(rootfs)
@@ -230,8 +249,8 @@ func (b *builder) toolVersions(ctx context.Context, rootfs string) (map[string]s
 echo "node $(node --version)"
 echo "python3 $(python3 --version 2>&1 | cut -d' ' -f2)"
 echo "git $(git --version | cut -d' ' -f3)"
-echo "ripgrep $(rg --version | head -n1 | cut -d' ' -f2)"
-echo "curl $(curl --version | head -n1 | cut -d' ' -f2)"
+echo "ripgrep $(rg --version | sed -n 1p | cut -d' ' -f2)"
+echo "curl $(curl --version | sed -n 1p | cut -d' ' -f2)"
 echo "user $(id -u user):$(id -g user):$(getent passwd user | cut -d: -f6)"
 } > /tmp/.sandstorm-versions`
 	if err := b.chroot(ctx, "tool versions", rootfs, script); err != nil {

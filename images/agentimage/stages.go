@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -221,7 +222,7 @@ func (b *builder) ensureNPM(ctx context.Context) (string, stamp, error) {
 		if major, _ := strconv.Atoi(strings.SplitN(ver, ".", 2)[0]); major < 9 {
 			return fmt.Errorf("host npm %s is too old for package-lock.json v3: npm 9 or newer is needed", ver)
 		}
-		st.Versions["npm"] = ver
+		st.Versions["host-npm"] = ver
 		fmt.Fprintf(b.log, "    host npm %s into %s\n", ver, InstallDir)
 		cmd := exec.Command(npm, "ci",
 			"--omit=peer",      // peers (@anthropic-ai/sdk, MCP SDK, zod) are not needed at run time
@@ -238,6 +239,12 @@ func (b *builder) ensureNPM(ctx context.Context) (string, stamp, error) {
 	}
 
 	if err := b.checkSDK(install, st.Versions); err != nil {
+		return "", stamp{}, err
+	}
+	if err := npmCommands(layer, st.Versions); err != nil {
+		return "", stamp{}, err
+	}
+	if err := trimNPM(install); err != nil {
 		return "", stamp{}, err
 	}
 	if err := fixModes(layer); err != nil {
@@ -300,6 +307,55 @@ func (b *builder) checkSDK(install string, versions map[string]string) error {
 		fmt.Fprintf(b.log, "    %s@%s, Claude Code %s (CLI %s)\n", sdkPackage, pkg.Version, pkg.ClaudeCodeVersion, mb(st.Size()))
 	}
 	return nil
+}
+
+// npmCommands puts npm and npx on the image's PATH, as Node.js's own
+// images do: links to the release the lockfile pins.
+func npmCommands(layer string, versions map[string]string) error {
+	data, err := os.ReadFile(filepath.Join(layer, InstallDir, "node_modules", "npm", "package.json"))
+	if err != nil {
+		return fmt.Errorf("npm ci left no npm: %w", err)
+	}
+	var pkg struct {
+		Version string `json:"version"`
+	}
+	if err := json.Unmarshal(data, &pkg); err != nil || pkg.Version == "" {
+		return fmt.Errorf("npm/package.json: no version (%v)", err)
+	}
+	versions["npm"] = pkg.Version
+	bin := filepath.Join(layer, "usr", "local", "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		return err
+	}
+	for _, cmd := range []string{"npm", "npx"} {
+		target := path.Join(InstallDir, "node_modules", "npm", "bin", cmd+"-cli.js")
+		if !fileExists(filepath.Join(layer, target)) {
+			return fmt.Errorf("npm %s has no %s", pkg.Version, target)
+		}
+		if err := os.Symlink(target, filepath.Join(bin, cmd)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// trimNPM removes from the installed packages what only a reader or a
+// compiler uses: npm's manual (npm help) and TypeScript declarations.
+func trimNPM(install string) error {
+	var errs []error
+	for _, dir := range []string{"docs", "man"} {
+		errs = append(errs, os.RemoveAll(filepath.Join(install, "node_modules", "npm", dir)))
+	}
+	errs = append(errs, filepath.WalkDir(filepath.Join(install, "node_modules"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() && (strings.HasSuffix(p, ".d.ts") || strings.HasSuffix(p, ".d.mts") || strings.HasSuffix(p, ".d.cts")) {
+			return os.Remove(p)
+		}
+		return nil
+	}))
+	return errors.Join(errs...)
 }
 
 // writeRunner lays out the runner layer: opt/sandstorm-agent/runner.mjs.
