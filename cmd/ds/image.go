@@ -28,13 +28,14 @@ func newImageBuild() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "build",
 		Short: "Build the agent image offline and import it into the backend",
-		Long: `Build the agent image (Debian bookworm, Node, git, curl, ripgrep, python3, the
-pinned Claude Agent SDK and sandstorm's runner) with no registry and no Docker
-daemon: debootstrap, apt, npm ci of the committed lockfile. The result is one tar
-(default build/sandstorm-agent.tar) that containerd, Docker and Podman all import;
-it is then imported into the selected backend unless it already holds it.
+		Long: `Build the agent image (Debian bookworm, Node, npm, git, curl, ripgrep, python3,
+pip, the pinned Claude Agent SDK and sandstorm's runner) with no registry and no
+Docker daemon: debootstrap, apt, npm ci of the committed lockfile. The result is
+one tar (default build/sandstorm-agent.tar) that containerd, Docker and Podman all
+import; it is then imported into the selected backend unless it already holds it.
 Stages are cached under /var/cache/sandstorm/agent-image: with unchanged inputs a
-rebuild takes seconds. Needs root.
+rebuild takes seconds. The build lists the largest paths of each layer and fails
+when the tar is over its budget (images/agentimage/CHANGELOG.md). Needs root.
 
 With --server it builds the image of ds serve itself instead (default
 build/sandstorm-server.tar, localhost/sandstorm-server): this ds binary, the C
@@ -83,7 +84,7 @@ deploy/compose.yaml.`,
 	f.StringVarP(&o.Output, "output", "o", agentimage.DefaultOutput, "where to write the image tar")
 	f.BoolVar(&o.Rebuild, "rebuild", false, "ignore every cache")
 	f.StringVar(&o.Mirror, "mirror", "", "Debian mirror URL (default: the one the host's apt uses)")
-	f.Int64Var(&o.MaxSize, "max-size", agentimage.DefaultMaxSize, "fail if the image tar is larger than this many bytes (negative: no limit)")
+	f.Int64Var(&o.MaxSize, "max-size", 0, "fail if the image tar is larger than this many bytes (0: its budget, the newest size in images/agentimage/CHANGELOG.md plus 1%; negative: no limit)")
 	f.StringVar(&rt, "runtime", envOr("SANDBOX_BACKEND", backends.Auto), "backend to import into: "+fmt.Sprint(backends.Names)+" or auto (env SANDBOX_BACKEND)")
 	f.BoolVar(&noImport, "no-import", false, "only build the tar")
 	return cmd

@@ -20,7 +20,8 @@
 // that order, under Ref and a content tag naming the hash of every input.
 // A build whose inputs match the tar already at Output only checks that and
 // returns; one where only runner.mjs changed reuses both cached stages.
-// Before writing, the build lists the largest paths of each layer.
+// Before writing, the build lists the largest paths of each layer; the tar
+// must stay within Budget, the size CHANGELOG.md records with its reasons.
 //
 // Build needs root (debootstrap, chroot, mounts). Every mount happens in a
 // private mount namespace that dies with the step, so none is ever left
@@ -63,9 +64,6 @@ const (
 
 	DefaultCacheDir = "/var/cache/sandstorm/agent-image"
 	DefaultOutput   = "build/sandstorm-agent.tar"
-
-	// DefaultMaxSize bounds the image tar (900 MB: npm and pip are in it).
-	DefaultMaxSize = 900 * 1000 * 1000
 
 	UserUID  = 1000
 	UserGID  = 1000
@@ -122,8 +120,8 @@ type Options struct {
 	NPM string
 	// Rebuild ignores every cache.
 	Rebuild bool
-	// MaxSize fails the build if the image tar is larger (DefaultMaxSize;
-	// negative: no limit).
+	// MaxSize fails the build if the image tar is larger (default: Budget,
+	// from CHANGELOG.md; negative: no limit).
 	MaxSize int64
 	// Log receives the phase lines and the throttled output of long
 	// commands (default os.Stderr).
@@ -267,7 +265,9 @@ func Build(ctx context.Context, opts Options) (res Result, err error) {
 		opts.NPM = "npm"
 	}
 	if opts.MaxSize == 0 {
-		opts.MaxSize = DefaultMaxSize
+		if opts.MaxSize, err = Budget(); err != nil {
+			return res, fmt.Errorf("agentimage: %w", err)
+		}
 	}
 	if opts.Log == nil {
 		opts.Log = os.Stderr
@@ -432,10 +432,14 @@ func (b *builder) build(ctx context.Context) error {
 			return err
 		}
 		b.res.Size = st.Size()
-		fmt.Fprintf(b.log, "    %s: %s\n", b.res.Path, mb(st.Size()))
+		limit := ""
+		if b.opts.MaxSize > 0 {
+			limit = ", limit " + mb(b.opts.MaxSize)
+		}
+		fmt.Fprintf(b.log, "    %s: %s%s\n", b.res.Path, mb(st.Size()), limit)
 		if b.opts.MaxSize > 0 && st.Size() > b.opts.MaxSize {
 			os.Remove(b.res.Path)
-			return fmt.Errorf("image tar is %s, over the %s limit (removed it): trim more (see trim in images/agentimage) or raise the limit", mb(st.Size()), mb(b.opts.MaxSize))
+			return fmt.Errorf("image tar is %s, over the %s limit (removed it): trim what the agent does not need (the largest paths of each layer are listed above), or say in images/agentimage/CHANGELOG.md why it grows", mb(st.Size()), mb(b.opts.MaxSize))
 		}
 		return b.writeSidecar(st)
 	}); err != nil {

@@ -23,8 +23,7 @@ import (
 // byte-code caches (as the official Python images do: Python runs without
 // them and cannot write them on a read-only root anyway), and the
 // build-time helpers; it blanks the host's resolv.conf that apt needed
-// (runtimes provide their own). Together this keeps the image under
-// DefaultMaxSize.
+// (runtimes provide their own).
 func trim(rootfs string) error {
 	r := func(rel string) string { return filepath.Join(rootfs, rel) }
 	var errs []error
