@@ -5,7 +5,7 @@
 // interface a front end runs requests through. Like moby's api/types it
 // imports the standard library only: the packages that own the other side
 // convert to its types, package errcode maps their errors to its codes, and
-// session.Validate checks what they require of a request's parts.
+// admission.Validate checks what they require of a request's parts.
 package api
 
 import (

@@ -119,7 +119,7 @@ type RequestEgress struct {
 // Validate checks the fields against the request's own bounds, naming the
 // first bad one. What the packages acting on a request require of its parts
 // (egress rules, webhook URL, output format, file paths) they check
-// themselves (session.Validate checks it all).
+// themselves (admission.Validate checks it all).
 func (r Request) Validate() error {
 	n := utf8.RuneCountInString(r.Prompt)
 	switch {

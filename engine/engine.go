@@ -33,7 +33,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/runstore"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/backends"
-	"github.com/sandstorm-dev/sandstorm/session"
+	"github.com/sandstorm-dev/sandstorm/admission"
 	"github.com/sandstorm-dev/sandstorm/webhook"
 )
 
@@ -63,7 +63,7 @@ type Options struct {
 	// GatewayDir holds session sockets; default /run/sandstorm/sessions.
 	GatewayDir string
 	// SlotDir holds the host-wide concurrency slots; default
-	// $SANDSTORM_SLOT_DIR, then session.DefaultSlotDir. Every process
+	// $SANDSTORM_SLOT_DIR, then admission.DefaultSlotDir. Every process
 	// sharing it shares max_concurrent_agents.
 	SlotDir string
 	// Kubeconfig selects the cluster of the kubernetes backend.
@@ -106,7 +106,7 @@ type Engine struct {
 	// pool), and the pool's context while one is wanted.
 	mu       sync.Mutex
 	settings settings
-	manager  *session.Manager
+	manager  *admission.Manager
 	poolCtx  context.Context
 	// reloading makes reloads (SIGHUP and a file change at once) one at a time.
 	reloading sync.Mutex
@@ -221,7 +221,7 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 	if err := e.listenGateway(ctx); err != nil {
 		return nil, err
 	}
-	e.slotDir = cmp.Or(o.SlotDir, os.Getenv(SlotDirEnv), session.DefaultSlotDir)
+	e.slotDir = cmp.Or(o.SlotDir, os.Getenv(SlotDirEnv), admission.DefaultSlotDir)
 	if e.manager, err = e.newManager(st); err != nil {
 		return nil, err
 	}
@@ -294,7 +294,7 @@ func (e *Engine) listenGateway(ctx context.Context) error {
 }
 
 // newManager builds the runner and the manager of runs under st.
-func (e *Engine) newManager(st settings) (*session.Manager, error) {
+func (e *Engine) newManager(st settings) (*admission.Manager, error) {
 	allow, _ := runtime.ParseItems(st.limits.AllowUnenforced)
 	egressPolicy, err := st.limits.EgressPolicy()
 	if err != nil {
@@ -312,7 +312,7 @@ func (e *Engine) newManager(st settings) (*session.Manager, error) {
 	}
 	runner := &agent.Runner{Runtime: e.Runtime, Gateway: e.Gateway, Image: st.limits.Image, Policy: st.limits.Policy(), AllowUnenforced: allow,
 		Egress: egressPolicy, Secrets: secrets, CA: ca, GatewayAddr: e.gatewayAddr, GatewayCA: e.gatewayCA, Logger: e.log}
-	return session.NewManager(runner, st.limits, st.project, e.opts.Credentials, e.slotDir)
+	return admission.NewManager(runner, st.limits, st.project, e.opts.Credentials, e.slotDir)
 }
 
 // Limits are the limits new runs get.
@@ -323,7 +323,7 @@ func (e *Engine) Limits() config.Limits {
 }
 
 // Manager is the manager of new runs.
-func (e *Engine) Manager() *session.Manager {
+func (e *Engine) Manager() *admission.Manager {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.manager

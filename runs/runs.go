@@ -24,7 +24,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/outfiles"
 	"github.com/sandstorm-dev/sandstorm/runstore"
 	"github.com/sandstorm-dev/sandstorm/runtime"
-	"github.com/sandstorm-dev/sandstorm/session"
+	"github.com/sandstorm-dev/sandstorm/admission"
 	"github.com/sandstorm-dev/sandstorm/webhook"
 )
 
@@ -201,7 +201,7 @@ func (s *Service) Admit(ctx context.Context, req api.Request, queued func(positi
 }
 
 func (s *Service) create(ctx context.Context, req api.Request, detached bool) (string, error) {
-	if err := session.Validate(req); err != nil {
+	if err := admission.Validate(req); err != nil {
 		return "", err
 	}
 	now := time.Now()

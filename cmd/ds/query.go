@@ -14,7 +14,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/internal/render"
 	"github.com/sandstorm-dev/sandstorm/runtime/backends"
-	"github.com/sandstorm-dev/sandstorm/session"
+	"github.com/sandstorm-dev/sandstorm/admission"
 )
 
 // engineFlags are shared by query and serve.
@@ -113,7 +113,7 @@ func runQuery(cmd *cobra.Command, q *queryFlags, prompt string) error {
 		}
 		req.BinaryFiles = append(req.BinaryFiles, api.WorkspaceFile(file))
 	}
-	if err := session.Validate(req); err != nil {
+	if err := admission.Validate(req); err != nil {
 		return err
 	}
 	stderr, stdout := cmd.ErrOrStderr(), cmd.OutOrStdout()

@@ -1,8 +1,8 @@
-// Package session turns a request into an agent run: it merges the
+// Package admission turns a request into an agent run: it merges the
 // request with sandstorm.json and limits.yaml (an explicit request value
 // always wins) and takes a host-wide slot, waiting in a bounded queue when
 // all are busy.
-package session
+package admission
 
 import (
 	"bytes"
