@@ -13,10 +13,10 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/agent"
 	"github.com/sandstorm-dev/sandstorm/api"
-	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
+	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
 // costAfter is when a sandbox's cost is read: its first ten seconds.

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sandstorm-dev/sandstorm/admission"
 	"github.com/sandstorm-dev/sandstorm/agent"
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/config"
@@ -33,7 +34,6 @@ import (
 	"github.com/sandstorm-dev/sandstorm/runstore"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/backends"
-	"github.com/sandstorm-dev/sandstorm/admission"
 	"github.com/sandstorm-dev/sandstorm/webhook"
 )
 

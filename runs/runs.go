@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sandstorm-dev/sandstorm/admission"
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/errcode"
 	"github.com/sandstorm-dev/sandstorm/internal/logctx"
@@ -24,7 +25,6 @@ import (
 	"github.com/sandstorm-dev/sandstorm/outfiles"
 	"github.com/sandstorm-dev/sandstorm/runstore"
 	"github.com/sandstorm-dev/sandstorm/runtime"
-	"github.com/sandstorm-dev/sandstorm/admission"
 	"github.com/sandstorm-dev/sandstorm/webhook"
 )
 

@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/sandstorm-dev/sandstorm/api"
-	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/runstore"
+	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
 // admitted is a service over a store in dir, closed with the test, and a

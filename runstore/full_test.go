@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/api"
-	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/runstore"
+	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
 // TestDiskFull: writes to a full disk fail with ErrUnavailable and the

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
+	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
 // BenchmarkBurst: a burst of 20 requests at once against a pool of 4 and 8

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/api"
-	"github.com/sandstorm-dev/sandstorm/internal/testenv"
+	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
 // waitQueued waits until the host's queue holds n requests.

@@ -16,8 +16,8 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/client"
-	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
+	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
 // makeFiles is an agent that leaves a binary file, a changed upload, one

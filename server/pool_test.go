@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/api"
-	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
+	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
 func bash(cmd string) modelserver.Turn {

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
+	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
 // BenchmarkScale starts as many agents at once as SANDSTORM_SCALE says

@@ -10,9 +10,9 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
+	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
 // ds builds the real binary once; the tests run it as a user would, with

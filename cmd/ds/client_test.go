@@ -10,9 +10,9 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/client"
-	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
 	"github.com/sandstorm-dev/sandstorm/runstore"
+	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
 // TestClient runs the Go client against a real ds serve with API keys: a

@@ -9,12 +9,12 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sandstorm-dev/sandstorm/admission"
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/engine"
 	"github.com/sandstorm-dev/sandstorm/gateway"
-	"github.com/sandstorm-dev/sandstorm/internal/render"
+	"github.com/sandstorm-dev/sandstorm/render"
 	"github.com/sandstorm-dev/sandstorm/runtime/backends"
-	"github.com/sandstorm-dev/sandstorm/admission"
 )
 
 // engineFlags are shared by query and serve.

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/api"
-	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
 // TestServeReload: ds serve --reload applies a changed limits file to the

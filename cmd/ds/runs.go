@@ -17,8 +17,8 @@ import (
 	"github.com/sandstorm-dev/sandstorm/client"
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/engine"
-	"github.com/sandstorm-dev/sandstorm/internal/render"
 	"github.com/sandstorm-dev/sandstorm/outfiles"
+	"github.com/sandstorm-dev/sandstorm/render"
 	"github.com/sandstorm-dev/sandstorm/runs"
 	"github.com/sandstorm-dev/sandstorm/runstore"
 )

@@ -12,8 +12,8 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/client"
-	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/runstore"
+	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
 // TestDetachedRun is the user's path: POST /runs as curl sends it, leave,

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/sandstorm-dev/sandstorm/images/agentimage"
-	"github.com/sandstorm-dev/sandstorm/internal/testenv"
+	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
 // TestBuiltImageWithinBudget holds the image the suite runs (make test

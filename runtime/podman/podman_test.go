@@ -10,9 +10,9 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/sandstorm-dev/sandstorm/internal/testenv"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
 // services are the Podman services the conformance suite runs against.
