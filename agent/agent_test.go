@@ -51,8 +51,8 @@ func (f *fakeRuntime) Leftovers(context.Context, string, string) ([]string, erro
 	return nil, nil
 }
 func (f *fakeRuntime) Close() error { return nil }
-func (f *fakeRuntime) Capabilities(context.Context) (runtime.Capabilities, error) {
-	c := runtime.Capabilities{}
+func (f *fakeRuntime) Enforcement(context.Context) (runtime.Enforcement, error) {
+	c := runtime.Enforcement{}
 	for _, it := range runtime.AllItems {
 		c[it] = runtime.Support{Enforced: true}
 	}

@@ -162,7 +162,7 @@ func assertGone(t *testing.T, rt runtime.Runtime, events []map[string]any) {
 // was allowed without it, the stream says so.
 func assertUnenforcedSaid(t *testing.T, rt runtime.Runtime, events []map[string]any) {
 	t.Helper()
-	caps, err := rt.Capabilities(context.Background())
+	caps, err := rt.Enforcement(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

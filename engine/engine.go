@@ -240,7 +240,7 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 // listenGateway serves the gateway on TCP when asked to, and refuses a
 // backend whose sandboxes need that when it is not.
 func (e *Engine) listenGateway(ctx context.Context) error {
-	caps, err := e.Runtime.Capabilities(ctx)
+	caps, err := e.Runtime.Enforcement(ctx)
 	if err != nil {
 		return err
 	}

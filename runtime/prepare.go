@@ -31,7 +31,7 @@ type Prepared struct {
 // Prepare is the check every backend's Create starts with: defaults and
 // validates the policy, the files and the id, and fails closed when the
 // policy needs an item caps does not enforce.
-func Prepare(spec Spec, caps Capabilities) (Prepared, error) {
+func Prepare(spec Spec, caps Enforcement) (Prepared, error) {
 	p := Prepared{ID: spec.ID, Policy: spec.Policy.WithDefaults()}
 	if err := p.Policy.Validate(); err != nil {
 		return p, fmt.Errorf("%w: %w", ErrInvalidSpec, err)

@@ -18,9 +18,9 @@ type fakeRuntime struct {
 	calls               []string
 }
 
-func (f *fakeRuntime) Name() string                                       { return "fake" }
-func (f *fakeRuntime) Info(context.Context) (Info, error)                 { return Info{}, nil }
-func (f *fakeRuntime) Capabilities(context.Context) (Capabilities, error) { return nil, nil }
+func (f *fakeRuntime) Name() string                                     { return "fake" }
+func (f *fakeRuntime) Info(context.Context) (Info, error)               { return Info{}, nil }
+func (f *fakeRuntime) Enforcement(context.Context) (Enforcement, error) { return nil, nil }
 func (f *fakeRuntime) ImportImage(context.Context, io.Reader) ([]string, error) {
 	return nil, nil
 }

@@ -91,8 +91,8 @@ type Runtime interface {
 	Name() string
 	// Info describes the backend: version, socket, root or rootless.
 	Info(ctx context.Context) (Info, error)
-	// Capabilities reports which policy items this backend enforces on this host.
-	Capabilities(ctx context.Context) (Capabilities, error)
+	// Enforcement reports which policy items this backend enforces on this host.
+	Enforcement(ctx context.Context) (Enforcement, error)
 	// ImportImage loads an image tar (OCI layout with a Docker manifest.json)
 	// and returns the references it now holds.
 	ImportImage(ctx context.Context, r io.Reader) ([]string, error)

@@ -36,7 +36,7 @@ sandbox differs, seen from the inside, from the one fingerprint all share.
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "BACKEND\tISOLATION\tVERSION\tMODE\tSOCKET\tSTATUS")
 			var labels []string
-			var caps []runtime.Capabilities
+			var caps []runtime.Enforcement
 			var diffs []string
 			for i, f := range found {
 				if f.Err != nil {
@@ -49,7 +49,7 @@ sandbox differs, seen from the inside, from the one fingerprint all share.
 					fmt.Fprintf(w, "%s\t%s\t-\t-\t%s\tunavailable: %s\n", f.Name, isolations[i], orDash(f.Socket), firstLine(err.Error()))
 					continue
 				}
-				c, err := f.Runtime.Capabilities(cmd.Context())
+				c, err := f.Runtime.Enforcement(cmd.Context())
 				if err != nil {
 					return err
 				}

@@ -56,7 +56,7 @@ func alternate(b *testing.B, first, second func(i int)) (t1, t2 time.Duration) {
 
 func runTrue(b *testing.B, rt runtime.Runtime, policy oci.Policy) {
 	ctx := context.Background()
-	caps, err := rt.Capabilities(ctx)
+	caps, err := rt.Enforcement(ctx)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -120,7 +120,7 @@ type result struct {
 	stdout, stderr string
 	exit           runtime.ExitStatus
 	// caps is the backend's report, for checks whose rule depends on it.
-	caps runtime.Capabilities
+	caps runtime.Enforcement
 }
 
 // Run runs every check against rt.
@@ -143,7 +143,7 @@ func Run(t *testing.T, rt runtime.Runtime, cfg Config) {
 		t.Fatalf("import test image: %v", err)
 	}
 	t.Logf("%s: imported %v", rt.Name(), names)
-	caps, err := rt.Capabilities(ctx)
+	caps, err := rt.Enforcement(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +179,7 @@ func Run(t *testing.T, rt runtime.Runtime, cfg Config) {
 
 // unexercised lists the items a check's policy needs that the backend does
 // not enforce and the check does not test.
-func unexercised(caps runtime.Capabilities, c check) []runtime.Item {
+func unexercised(caps runtime.Enforcement, c check) []runtime.Item {
 	var allow []runtime.Item
 	for _, it := range runtime.Required(c.policy.WithDefaults()) {
 		if !caps.Enforced(it) && !slices.Contains(c.needs, it) {

@@ -17,7 +17,7 @@ import (
 
 // failClosed: every item the backend cannot enforce makes Create fail with an
 // error naming it, and an explicit allow lets the run proceed.
-func failClosed(t *testing.T, rt runtime.Runtime, caps runtime.Capabilities) {
+func failClosed(t *testing.T, rt runtime.Runtime, caps runtime.Enforcement) {
 	var missing []runtime.Item
 	for _, it := range runtime.Required(oci.Policy{}.WithDefaults()) {
 		if !caps.Enforced(it) {
@@ -38,7 +38,7 @@ func failClosed(t *testing.T, rt runtime.Runtime, caps runtime.Capabilities) {
 
 // notEnforced lists every item caps does not enforce: the requests below test
 // other things, so they allow running without those.
-func notEnforced(caps runtime.Capabilities) []runtime.Item {
+func notEnforced(caps runtime.Enforcement) []runtime.Item {
 	var items []runtime.Item
 	for _, it := range runtime.AllItems {
 		if !caps.Enforced(it) {
@@ -48,7 +48,7 @@ func notEnforced(caps runtime.Capabilities) []runtime.Item {
 	return items
 }
 
-func invalidRequests(t *testing.T, rt runtime.Runtime, caps runtime.Capabilities) {
+func invalidRequests(t *testing.T, rt runtime.Runtime, caps runtime.Enforcement) {
 	ctx := context.Background()
 	base := runtime.Spec{SessionID: newSession(t), Image: TestImage, Args: []string{"true"}, AllowUnenforced: notEnforced(caps)}
 	tests := []struct {
@@ -83,7 +83,7 @@ func invalidRequests(t *testing.T, rt runtime.Runtime, caps runtime.Capabilities
 
 // reap: a sandbox abandoned mid-run (as after a crash) is found by its label
 // and removed with everything it owns.
-func reap(t *testing.T, rt runtime.Runtime, caps runtime.Capabilities) {
+func reap(t *testing.T, rt runtime.Runtime, caps runtime.Enforcement) {
 	ctx := context.Background()
 	session := newSession(t)
 	sb, err := rt.Create(ctx, runtime.Spec{SessionID: session, Image: TestImage, Args: []string{"sleep", "600"}, AllowUnenforced: notEnforced(caps)})
@@ -120,7 +120,7 @@ func reap(t *testing.T, rt runtime.Runtime, caps runtime.Capabilities) {
 // createFailureKeepsOthers: a Create that fails undoes what it made and
 // only that. A second Create asking for an id in use is refused and must
 // not remove the sandbox holding it, which then still runs.
-func createFailureKeepsOthers(t *testing.T, rt runtime.Runtime, caps runtime.Capabilities) {
+func createFailureKeepsOthers(t *testing.T, rt runtime.Runtime, caps runtime.Enforcement) {
 	ctx := context.Background()
 	spec := runtime.Spec{ID: fmt.Sprintf("conf-keep-%d", os.Getpid()), SessionID: newSession(t), Image: TestImage,
 		Args: []string{"/bin/sh", "-c", "echo still-here"}, AllowUnenforced: notEnforced(caps)}
@@ -151,7 +151,7 @@ func createFailureKeepsOthers(t *testing.T, rt runtime.Runtime, caps runtime.Cap
 // cancelAtEveryStep: a run cancelled at any step of its create or start
 // (before and after each daemon call) ends with a cancellation and leaves
 // nothing of any kind, found by Leftovers and by List.
-func cancelAtEveryStep(t *testing.T, rt runtime.Runtime, caps runtime.Capabilities) {
+func cancelAtEveryStep(t *testing.T, rt runtime.Runtime, caps runtime.Enforcement) {
 	networks := []oci.Network{oci.NetworkNone}
 	if caps.Enforced(runtime.ItemNetworkBridge) {
 		networks = append(networks, oci.NetworkBridge)

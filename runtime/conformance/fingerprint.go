@@ -38,7 +38,7 @@ var fingerprintMounts = []string{"/", "/dev", "/dev/shm", "/tmp", oci.Workspace,
 // compares what it prints, line by line, with the golden fingerprint as it
 // stands for this backend; the differences the golden file lists for it
 // must be the ones its Info reports.
-func fingerprint(t *testing.T, rt runtime.Runtime, caps runtime.Capabilities) {
+func fingerprint(t *testing.T, rt runtime.Runtime, caps runtime.Enforcement) {
 	info, err := rt.Info(context.Background())
 	if err != nil {
 		t.Fatal(err)

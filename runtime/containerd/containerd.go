@@ -133,9 +133,9 @@ func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
 		Differences: runtime.Lowered(r.host)}, nil
 }
 
-// Capabilities implements runtime.Runtime. As root with runc, containerd
+// Enforcement implements runtime.Runtime. As root with runc, containerd
 // enforces every item; bridge networking needs the CNI plugins.
-func (r *Runtime) Capabilities(ctx context.Context) (runtime.Capabilities, error) {
+func (r *Runtime) Enforcement(ctx context.Context) (runtime.Enforcement, error) {
 	caps := backend.AllEnforced()
 	if err := r.net.available(); err != nil {
 		caps[runtime.ItemNetworkBridge] = runtime.Support{Reason: err.Error()}

@@ -64,7 +64,7 @@ type creation struct {
 }
 
 // steps finds the image, unpacked, before anything is made.
-func (r *Runtime) steps(ctx context.Context, spec runtime.Spec, prep runtime.Prepared, _ runtime.Capabilities) (backend.Steps, error) {
+func (r *Runtime) steps(ctx context.Context, spec runtime.Spec, prep runtime.Prepared, _ runtime.Enforcement) (backend.Steps, error) {
 	ctx = r.ctx(ctx)
 	img, err := r.client.GetImage(ctx, spec.Image)
 	if err != nil {

@@ -62,7 +62,7 @@ type Runtime struct {
 	state backend.State
 	cli   *client.Client
 	d     daemon
-	caps  runtime.Capabilities
+	caps  runtime.Enforcement
 	// rootless is what the daemon reported when it was connected.
 	rootless bool
 }
@@ -134,7 +134,7 @@ func probe(ctx context.Context, cfg Config, cli *client.Client) (*Runtime, error
 
 // capabilities is what a daemon enforces, from its own report. It is read
 // once: every Create also verifies the container the daemon made.
-func capabilities(info system.Info, bridgeErr error, gvisor bool) runtime.Capabilities {
+func capabilities(info system.Info, bridgeErr error, gvisor bool) runtime.Enforcement {
 	caps := backend.AllEnforced()
 	not := func(it runtime.Item, reason string) { caps[it] = runtime.Support{Reason: reason} }
 	not(runtime.ItemGrantCapabilities, "docker adds listed capabilities to a non-root user's bounding set only, never to its effective set")
@@ -194,8 +194,8 @@ var devDifference = runtime.Difference{
 		"The sandbox user cannot write to /dev (root's, mode 755), so nothing there can be run either way",
 }
 
-// Capabilities implements runtime.Runtime.
-func (r *Runtime) Capabilities(context.Context) (runtime.Capabilities, error) {
+// Enforcement implements runtime.Runtime.
+func (r *Runtime) Enforcement(context.Context) (runtime.Enforcement, error) {
 	return maps.Clone(r.caps), nil
 }
 

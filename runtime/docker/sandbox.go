@@ -57,7 +57,7 @@ type creation struct {
 	warnings    []string
 }
 
-func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepared, _ runtime.Capabilities) (backend.Steps, error) {
+func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepared, _ runtime.Enforcement) (backend.Steps, error) {
 	sb := oci.Container{
 		ID: prep.ID, SessionID: spec.SessionID, Args: spec.Args, Env: spec.Env,
 		Labels: prep.Labels, Policy: prep.Policy,

@@ -141,7 +141,7 @@ type Runtime struct {
 	uids  map[string]string
 
 	capsOnce sync.Once
-	caps     runtime.Capabilities
+	caps     runtime.Enforcement
 	capsErr  error
 }
 
@@ -240,14 +240,14 @@ func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
 	return info, nil
 }
 
-// Capabilities reports what Pods on this cluster enforce, once per
+// Enforcement reports what Pods on this cluster enforce, once per
 // connection: the nodes' kubelets are read for their pids limit.
-func (r *Runtime) Capabilities(ctx context.Context) (runtime.Capabilities, error) {
+func (r *Runtime) Enforcement(ctx context.Context) (runtime.Enforcement, error) {
 	r.capsOnce.Do(func() { r.caps, r.capsErr = r.capabilities(ctx) })
 	return maps.Clone(r.caps), r.capsErr
 }
 
-func (r *Runtime) capabilities(ctx context.Context) (runtime.Capabilities, error) {
+func (r *Runtime) capabilities(ctx context.Context) (runtime.Enforcement, error) {
 	caps := backend.AllEnforced()
 	nodes, err := r.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: labels.SelectorFromSet(r.cfg.NodeSelector).String()})
 	if err != nil {
@@ -374,7 +374,7 @@ type creation struct {
 	made *corev1.Pod
 }
 
-func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepared, _ runtime.Capabilities) (backend.Steps, error) {
+func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepared, _ runtime.Enforcement) (backend.Steps, error) {
 	if err := checkName(prep.ID); err != nil {
 		return nil, err
 	}

@@ -25,7 +25,7 @@ func TestConformance(t *testing.T) {
 
 // sleeper is a spec of a sandbox that waits, with what a Pod cannot have allowed.
 func sleeper(t *testing.T, rt *Runtime, session string) runtime.Spec {
-	caps, err := rt.Capabilities(context.Background())
+	caps, err := rt.Enforcement(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -254,12 +254,12 @@ func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
 // resource limits.
 const limitsReason = "Resource limits are not supported and ignored on cgroups V1 rootless systems"
 
-// Capabilities implements runtime.Runtime. Podman enforces every item but
+// Enforcement implements runtime.Runtime. Podman enforces every item but
 // one: a rootless service on cgroup v1 drops resource limits. sandstorm then
 // sets them itself in a cgroup it delegates to the service, which needs it
 // to run as root next to a cgroupfs service. OOM kills are detected by
 // watching the sandbox's memory cgroup, which needs the same.
-func (r *Runtime) Capabilities(context.Context) (runtime.Capabilities, error) {
+func (r *Runtime) Enforcement(context.Context) (runtime.Enforcement, error) {
 	caps := capabilities(r.svc, r.delegates())
 	if r.ociRuntime != "" {
 		for it, reason := range runtime.GVisorUnenforced() {
@@ -269,7 +269,7 @@ func (r *Runtime) Capabilities(context.Context) (runtime.Capabilities, error) {
 	return caps, nil
 }
 
-func capabilities(svc service, root bool) runtime.Capabilities {
+func capabilities(svc service, root bool) runtime.Enforcement {
 	caps := backend.AllEnforced()
 	if svc.rootless && !svc.cgroupV2 && !ownCgroup(svc, root) {
 		reason := "podman: " + limitsReason + " (sandstorm sets them itself when it runs as root on the service's host, with cgroup_manager cgroupfs, and cgroup delegation is on)"

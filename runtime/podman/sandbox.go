@@ -47,7 +47,7 @@ func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (runtime.Sandbo
 type creation struct {
 	r     *Runtime
 	prep  runtime.Prepared
-	caps  runtime.Capabilities
+	caps  runtime.Enforcement
 	files []runtime.File
 	p     plan
 	// uid and gid are the host ids the sandbox user maps to.
@@ -59,7 +59,7 @@ type creation struct {
 }
 
 // steps plans the container and finds the host ids of its user.
-func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepared, caps runtime.Capabilities) (backend.Steps, error) {
+func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepared, caps runtime.Enforcement) (backend.Steps, error) {
 	id, pol := prep.ID, prep.Policy
 	p := plan{
 		id: id, image: spec.Image, args: spec.Args, env: spec.Env,

@@ -37,8 +37,8 @@ func CleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
 
 // AllEnforced is a report in which every item is enforced; backends then
 // name the ones they cannot enforce here.
-func AllEnforced() runtime.Capabilities {
-	caps := runtime.Capabilities{}
+func AllEnforced() runtime.Enforcement {
+	caps := runtime.Enforcement{}
 	for _, it := range runtime.AllItems {
 		caps[it] = runtime.Support{Enforced: true}
 	}

@@ -158,7 +158,7 @@ func (f *fakeSteps) Undo(ctx context.Context) error {
 
 type allCaps struct{}
 
-func (allCaps) Capabilities(context.Context) (runtime.Capabilities, error) { return AllEnforced(), nil }
+func (allCaps) Enforcement(context.Context) (runtime.Enforcement, error) { return AllEnforced(), nil }
 
 func TestCreate(t *testing.T) {
 	tests := []struct {
@@ -196,7 +196,7 @@ func TestCreate(t *testing.T) {
 				}
 			})
 			f := &fakeSteps{fail: tt.fail, cancelIn: tt.cancelIn, cancel: cancel}
-			plan := func(context.Context, runtime.Spec, runtime.Prepared, runtime.Capabilities) (Steps, error) {
+			plan := func(context.Context, runtime.Spec, runtime.Prepared, runtime.Enforcement) (Steps, error) {
 				return f, nil
 			}
 			spec := runtime.Spec{ID: "sb-1", SessionID: "s", Image: "img", Args: []string{"true"}}
@@ -230,7 +230,7 @@ func TestCreate(t *testing.T) {
 
 func TestCreatePrepares(t *testing.T) {
 	planned := false
-	plan := func(context.Context, runtime.Spec, runtime.Prepared, runtime.Capabilities) (Steps, error) {
+	plan := func(context.Context, runtime.Spec, runtime.Prepared, runtime.Enforcement) (Steps, error) {
 		planned = true
 		return &fakeSteps{}, nil
 	}

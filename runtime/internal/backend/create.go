@@ -8,9 +8,9 @@ import (
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
-// CapabilitySource is what reports the items a backend enforces.
-type CapabilitySource interface {
-	Capabilities(ctx context.Context) (runtime.Capabilities, error)
+// EnforcementSource is what reports the items a backend enforces.
+type EnforcementSource interface {
+	Enforcement(ctx context.Context) (runtime.Enforcement, error)
 }
 
 // Steps are one backend's part of a Create. Create calls each at most
@@ -38,7 +38,7 @@ type Steps interface {
 // Plan makes a Create's Steps from the prepared spec, making nothing: it
 // is where a Create fails that needs no undo (an image missing, a user
 // with no host id).
-type Plan func(ctx context.Context, spec runtime.Spec, prep runtime.Prepared, caps runtime.Capabilities) (Steps, error)
+type Plan func(ctx context.Context, spec runtime.Spec, prep runtime.Prepared, caps runtime.Enforcement) (Steps, error)
 
 // Create is every backend's Create: the backend's capabilities and
 // runtime.Prepare (defaults, validation, fail closed), then plan's steps,
@@ -46,8 +46,8 @@ type Plan func(ctx context.Context, spec runtime.Spec, prep runtime.Prepared, ca
 // on, every daemon call runs detached (see Detached) and a failure
 // undoes what was made, in a context the caller's cancellation does not
 // cut.
-func Create(ctx context.Context, src CapabilitySource, spec runtime.Spec, plan Plan) (_ runtime.Sandbox, err error) {
-	caps, err := src.Capabilities(ctx)
+func Create(ctx context.Context, src EnforcementSource, spec runtime.Spec, plan Plan) (_ runtime.Sandbox, err error) {
+	caps, err := src.Enforcement(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -10,12 +10,12 @@ import (
 )
 
 func TestCheckFailsClosed(t *testing.T) {
-	all := Capabilities{}
+	all := Enforcement{}
 	for _, it := range AllItems {
 		all[it] = Support{Enforced: true}
 	}
-	except := func(reason string, items ...Item) Capabilities {
-		c := Capabilities{}
+	except := func(reason string, items ...Item) Enforcement {
+		c := Enforcement{}
 		for it, s := range all {
 			c[it] = s
 		}
@@ -29,7 +29,7 @@ func TestCheckFailsClosed(t *testing.T) {
 
 	tests := []struct {
 		name       string
-		caps       Capabilities
+		caps       Enforcement
 		policy     oci.Policy
 		allow      []Item
 		wantErr    []Item

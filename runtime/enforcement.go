@@ -64,11 +64,11 @@ type Support struct {
 	Reason   string
 }
 
-// Capabilities is a backend's report: what it enforces on this host.
-type Capabilities map[Item]Support
+// Enforcement is a backend's report: what it enforces on this host.
+type Enforcement map[Item]Support
 
 // Enforced reports whether item is enforced.
-func (c Capabilities) Enforced(item Item) bool { return c[item].Enforced }
+func (c Enforcement) Enforced(item Item) bool { return c[item].Enforced }
 
 // Required lists the items a defaulted policy needs enforced.
 func Required(p oci.Policy) []Item {
@@ -100,7 +100,7 @@ func Required(p oci.Policy) []Item {
 // Check fails closed: it returns an ErrNotEnforceable error naming every
 // item the policy needs that c does not enforce and the caller did not allow.
 // It also returns the allowed-but-unenforced items, so the caller can say so.
-func (c Capabilities) Check(p oci.Policy, allow []Item) (unenforced []Item, err error) {
+func (c Enforcement) Check(p oci.Policy, allow []Item) (unenforced []Item, err error) {
 	var missing []string
 	for _, it := range Required(p) {
 		if c.Enforced(it) {
