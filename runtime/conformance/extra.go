@@ -12,7 +12,7 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
-	"github.com/sandstorm-dev/sandstorm/runtime/internal/backend"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
 )
 
 // failClosed: every item the backend cannot enforce makes Create fail with an
@@ -160,7 +160,7 @@ func cancelAtEveryStep(t *testing.T, rt runtime.Runtime, caps runtime.Enforcemen
 		for k := 0; ; k++ {
 			ctx, cancel := context.WithCancel(context.Background())
 			reached := []string{}
-			ctx = backend.WithCheckpoints(ctx, func(step string) {
+			ctx = lifecycle.WithCheckpoints(ctx, func(step string) {
 				if len(reached) == k {
 					cancel()
 				}

@@ -19,8 +19,8 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
-	"github.com/sandstorm-dev/sandstorm/runtime/internal/backend"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
 )
 
 // Name is the backend's name.
@@ -54,7 +54,7 @@ func (c Config) withDefaults() Config {
 		c.Namespace = "sandstorm"
 	}
 	if c.StateDir == "" {
-		c.StateDir = string(backend.DefaultState(Name))
+		c.StateDir = string(lifecycle.DefaultState(Name))
 	}
 	if c.Snapshotter == "" {
 		c.Snapshotter = "overlayfs"
@@ -74,7 +74,7 @@ func (c Config) withDefaults() Config {
 // Runtime is the containerd backend.
 type Runtime struct {
 	cfg    Config
-	state  backend.State
+	state  lifecycle.State
 	client *client.Client
 	net    *bridge
 	host   oci.Host
@@ -105,7 +105,7 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		c.Close()
 		return nil, fmt.Errorf("%w: containerd at %s does not answer: %w", runtime.ErrUnavailable, cfg.Address, err)
 	}
-	state := backend.State(cfg.StateDir)
+	state := lifecycle.State(cfg.StateDir)
 	if err := state.Make(); err != nil {
 		c.Close()
 		return nil, err
@@ -136,7 +136,7 @@ func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
 // Enforcement implements runtime.Runtime. As root with runc, containerd
 // enforces every item; bridge networking needs the CNI plugins.
 func (r *Runtime) Enforcement(ctx context.Context) (runtime.Enforcement, error) {
-	caps := backend.AllEnforced()
+	caps := lifecycle.AllEnforced()
 	if err := r.net.available(); err != nil {
 		caps[runtime.ItemNetworkBridge] = runtime.Support{Reason: err.Error()}
 	}
@@ -181,7 +181,7 @@ func (r *Runtime) HasImage(ctx context.Context, ref string) (bool, error) {
 // List implements runtime.Runtime.
 func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime.SandboxInfo, error) {
 	ctx = r.ctx(ctx)
-	sel := backend.Selector(labels)
+	sel := lifecycle.Selector(labels)
 	var conds []string
 	for k, v := range sel {
 		conds = append(conds, fmt.Sprintf("labels.%q==%q", k, v))
@@ -236,11 +236,11 @@ func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime
 	var ips []runtime.SandboxInfo
 	for _, id := range r.net.allocated() {
 		l := map[string]string{oci.LabelManaged: "true"}
-		if backend.Matches(l, sel) {
+		if lifecycle.Matches(l, sel) {
 			ips = append(ips, runtime.SandboxInfo{ID: id, Labels: l})
 		}
 	}
-	return backend.Merge(out, snaps, held, dirs, ips), nil
+	return lifecycle.Merge(out, snaps, held, dirs, ips), nil
 }
 
 // Remove implements runtime.Runtime.

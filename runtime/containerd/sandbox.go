@@ -20,8 +20,8 @@ import (
 
 	sboci "github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
-	"github.com/sandstorm-dev/sandstorm/runtime/internal/backend"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
 )
 
 // labelNetNS records a sandbox's network namespace so a stray can be cleaned
@@ -35,7 +35,7 @@ const leaseTTL = time.Hour
 func leaseID(id string) string { return "sandstorm-" + id }
 
 type sandbox struct {
-	backend.Sandbox
+	lifecycle.Sandbox
 	r      *Runtime
 	cgroup string
 	ctr    client.Container
@@ -47,10 +47,10 @@ type sandbox struct {
 
 // Create implements runtime.Runtime.
 func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (runtime.Sandbox, error) {
-	return backend.Create(ctx, r, spec, r.steps)
+	return lifecycle.Create(ctx, r, spec, r.steps)
 }
 
-// creation is one Create's steps (see backend.Create).
+// creation is one Create's steps (see lifecycle.Create).
 type creation struct {
 	r     *Runtime
 	prep  runtime.Prepared
@@ -64,7 +64,7 @@ type creation struct {
 }
 
 // steps finds the image, unpacked, before anything is made.
-func (r *Runtime) steps(ctx context.Context, spec runtime.Spec, prep runtime.Prepared, _ runtime.Enforcement) (backend.Steps, error) {
+func (r *Runtime) steps(ctx context.Context, spec runtime.Spec, prep runtime.Prepared, _ runtime.Enforcement) (lifecycle.Steps, error) {
 	ctx = r.ctx(ctx)
 	img, err := r.client.GetImage(ctx, spec.Image)
 	if err != nil {
@@ -97,7 +97,7 @@ func (c *creation) Setup(ctx, dctx context.Context) (err error) {
 	r, id := c.r, c.sb.ID
 	c.labels = c.sb.AllLabels()
 	if c.sb.Policy.Network == sboci.NetworkBridge {
-		if err := backend.Checkpoint(ctx, backend.Creating(id)); err != nil {
+		if err := lifecycle.Checkpoint(ctx, lifecycle.Creating(id)); err != nil {
 			return err
 		}
 		if c.sb.NetNS, err = r.net.setup(r.ctx(dctx), id, r.state.Scratch(id)); err != nil {
@@ -137,7 +137,7 @@ func (c *creation) Make(ctx, dctx context.Context) (err error) {
 		client.WithNewSnapshot(id, c.img, snapshots.WithLabels(c.sb.AllLabels())),
 		// A step inside NewContainer: the snapshot exists, the container not yet.
 		func(context.Context, *client.Client, *containers.Container) error {
-			return backend.Checkpoint(ctx, backend.Creating(id))
+			return lifecycle.Checkpoint(ctx, lifecycle.Creating(id))
 		},
 		client.WithContainerLabels(c.labels),
 		client.WithNewSpec(append([]oci.SpecOpts{oci.WithImageConfig(c.img)}, c.opts...)...),
@@ -151,7 +151,7 @@ func (c *creation) Make(ctx, dctx context.Context) (err error) {
 // Verify has nothing to read back: the OCI spec is sandstorm's own, not
 // a daemon's mapping of a request.
 func (c *creation) Verify(context.Context) (runtime.Sandbox, error) {
-	return &sandbox{Sandbox: backend.NewSandbox(c.prep, c.sb.Workspace), r: c.r, cgroup: c.sb.CgroupPath(), ctr: c.ctr}, nil
+	return &sandbox{Sandbox: lifecycle.NewSandbox(c.prep, c.sb.Workspace), r: c.r, cgroup: c.sb.CgroupPath(), ctr: c.ctr}, nil
 }
 
 // Undo removes everything of the sandbox: this Create claimed the id.
@@ -193,12 +193,12 @@ func (r *Runtime) withRuntime() client.NewContainerOpts {
 func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
 	ctx = s.r.ctx(ctx)
 	step := "start sandbox " + s.ID()
-	if err := backend.Checkpoint(ctx, step); err != nil {
+	if err := lifecycle.Checkpoint(ctx, step); err != nil {
 		return err
 	}
-	dctx, cancel := backend.Detached(ctx)
+	dctx, cancel := lifecycle.Detached(ctx)
 	defer cancel()
-	task, err := s.ctr.NewTask(dctx, cio.NewCreator(cio.WithStreams(nil, backend.OrDiscard(io.Stdout), backend.OrDiscard(io.Stderr))))
+	task, err := s.ctr.NewTask(dctx, cio.NewCreator(cio.WithStreams(nil, lifecycle.OrDiscard(io.Stdout), lifecycle.OrDiscard(io.Stderr))))
 	if err != nil {
 		return fmt.Errorf("create task %s: %w", s.ID(), err)
 	}
@@ -209,7 +209,7 @@ func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
 		return fmt.Errorf("wait task %s: %w", s.ID(), err)
 	}
 	s.exitC = exitC
-	if err := backend.Checkpoint(ctx, step); err != nil {
+	if err := lifecycle.Checkpoint(ctx, step); err != nil {
 		return err
 	}
 	if err := task.Start(dctx); err != nil {
@@ -252,7 +252,7 @@ func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 	case <-ctx.Done():
 		return runtime.ExitStatus{}, ctx.Err()
 	}
-	es := backend.Exit(int(code), at, false)
+	es := lifecycle.Exit(int(code), at, false)
 	// The cgroup outlives the process until the task is deleted, so its OOM
 	// counter can still be read here.
 	if n, err := cgroupfs.OOMKills(s.cgroup); err == nil && n > 0 {
@@ -272,7 +272,7 @@ func (s *sandbox) Kill(ctx context.Context) error {
 	}
 	err := s.task.Kill(s.r.ctx(ctx), syscall.SIGKILL, client.WithKillAll)
 	if err != nil && !notFound(err) && !errors.Is(err, os.ErrProcessDone) {
-		return backend.Lost(fmt.Errorf("kill sandbox %s: %w", s.ID(), err), gone)
+		return lifecycle.Lost(fmt.Errorf("kill sandbox %s: %w", s.ID(), err), gone)
 	}
 	return nil
 }
@@ -285,10 +285,10 @@ func (s *sandbox) Remove(ctx context.Context) error {
 // cleanup removes everything sandbox id owns, whatever state it is in:
 // task, container, snapshot, network, scratch directory.
 func (r *Runtime) cleanup(ctx context.Context, id string) error {
-	if err := backend.CheckID(id); err != nil {
+	if err := lifecycle.CheckID(id); err != nil {
 		return err
 	}
-	ctx, cancel := backend.CleanupContext(r.ctx(ctx))
+	ctx, cancel := lifecycle.CleanupContext(r.ctx(ctx))
 	defer cancel()
 	var errs []error
 	netns := ""

@@ -26,8 +26,8 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
-	"github.com/sandstorm-dev/sandstorm/runtime/internal/backend"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
 )
 
 // Name is the backend's name.
@@ -48,7 +48,7 @@ type Config struct {
 
 func (c Config) withDefaults() Config {
 	if c.StateDir == "" {
-		c.StateDir = string(backend.DefaultState(Name))
+		c.StateDir = string(lifecycle.DefaultState(Name))
 	}
 	if c.Isolation == "" {
 		c.Isolation = runtime.IsolationRunc
@@ -59,7 +59,7 @@ func (c Config) withDefaults() Config {
 // Runtime is the Docker backend.
 type Runtime struct {
 	cfg   Config
-	state backend.State
+	state lifecycle.State
 	cli   *client.Client
 	d     daemon
 	caps  runtime.Enforcement
@@ -107,7 +107,7 @@ func probe(ctx context.Context, cfg Config, cli *client.Client) (*Runtime, error
 		}
 	}
 	_, bridgeErr := cli.NetworkInspect(ctx, "bridge", client.NetworkInspectOptions{})
-	state := backend.State(cfg.StateDir)
+	state := lifecycle.State(cfg.StateDir)
 	if err := state.Make(); err != nil {
 		return nil, err
 	}
@@ -135,7 +135,7 @@ func probe(ctx context.Context, cfg Config, cli *client.Client) (*Runtime, error
 // capabilities is what a daemon enforces, from its own report. It is read
 // once: every Create also verifies the container the daemon made.
 func capabilities(info system.Info, bridgeErr error, gvisor bool) runtime.Enforcement {
-	caps := backend.AllEnforced()
+	caps := lifecycle.AllEnforced()
 	not := func(it runtime.Item, reason string) { caps[it] = runtime.Support{Reason: reason} }
 	not(runtime.ItemGrantCapabilities, "docker adds listed capabilities to a non-root user's bounding set only, never to its effective set")
 	if !slices.ContainsFunc(info.SecurityOptions, func(o string) bool { return strings.HasPrefix(o, "name=seccomp") }) {
@@ -254,7 +254,7 @@ func loadedImages(rd io.Reader) ([]string, error) {
 // List implements runtime.Runtime.
 func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime.SandboxInfo, error) {
 	f := client.Filters{}
-	for k, v := range backend.Selector(labels) {
+	for k, v := range lifecycle.Selector(labels) {
 		f.Add("label", k+"="+v)
 	}
 	res, err := r.cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
@@ -271,11 +271,11 @@ func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime
 		})
 	}
 	// A create cut short leaves a scratch directory with no container.
-	dirs, err := r.state.List(backend.Selector(labels))
+	dirs, err := r.state.List(lifecycle.Selector(labels))
 	if err != nil {
 		return nil, err
 	}
-	return backend.Merge(out, dirs), nil
+	return lifecycle.Merge(out, dirs), nil
 }
 
 // sandboxID is the container's own name: the sandbox id. Docker also lists
@@ -316,7 +316,7 @@ func (r *Runtime) Remove(ctx context.Context, id string) error {
 // outlives its container except what is named here, so the session is not
 // needed to find it.
 func (r *Runtime) Leftovers(ctx context.Context, id, _ string) ([]string, error) {
-	if err := backend.CheckID(id); err != nil {
+	if err := lifecycle.CheckID(id); err != nil {
 		return nil, err
 	}
 	var left []string

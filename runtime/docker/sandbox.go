@@ -15,12 +15,12 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
-	"github.com/sandstorm-dev/sandstorm/runtime/internal/backend"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
 )
 
 type sandbox struct {
-	backend.Sandbox
+	lifecycle.Sandbox
 	r           *Runtime
 	containerID string
 	// oomCgroup is the sandbox's own cgroup parent, whose OOM counter
@@ -41,10 +41,10 @@ type sandbox struct {
 
 // Create implements runtime.Runtime.
 func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (runtime.Sandbox, error) {
-	return backend.Create(ctx, r, spec, r.steps)
+	return lifecycle.Create(ctx, r, spec, r.steps)
 }
 
-// creation is one Create's steps (see backend.Create).
+// creation is one Create's steps (see lifecycle.Create).
 type creation struct {
 	r     *Runtime
 	prep  runtime.Prepared
@@ -57,7 +57,7 @@ type creation struct {
 	warnings    []string
 }
 
-func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepared, _ runtime.Enforcement) (backend.Steps, error) {
+func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepared, _ runtime.Enforcement) (lifecycle.Steps, error) {
 	sb := oci.Container{
 		ID: prep.ID, SessionID: spec.SessionID, Args: spec.Args, Env: spec.Env,
 		Labels: prep.Labels, Policy: prep.Policy,
@@ -131,7 +131,7 @@ func (c *creation) Verify(ctx context.Context) (runtime.Sandbox, error) {
 		}
 		return nil, fmt.Errorf("sandbox %s: %w", id, err)
 	}
-	s := &sandbox{Sandbox: backend.NewSandbox(c.prep, c.sb.Workspace), r: r, containerID: c.containerID}
+	s := &sandbox{Sandbox: lifecycle.NewSandbox(c.prep, c.sb.Workspace), r: r, containerID: c.containerID}
 	if r.d.CgroupDriver == "cgroupfs" {
 		s.oomCgroup = cgroupParent(r.d.CgroupDriver, id)
 	}
@@ -155,7 +155,7 @@ func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
 		return fmt.Errorf("sandbox %s was already started", s.ID())
 	}
 	step := "start sandbox " + s.ID()
-	if err := backend.Checkpoint(ctx, step); err != nil {
+	if err := lifecycle.Checkpoint(ctx, step); err != nil {
 		return err
 	}
 	att, err := s.r.cli.ContainerAttach(ctx, s.containerID, client.ContainerAttachOptions{Stream: true, Stdout: true, Stderr: true})
@@ -167,13 +167,13 @@ func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
 	s.copied = copied
 	go func() {
 		defer close(copied)
-		s.copyErr = copyOutput(backend.OrDiscard(io.Stdout), backend.OrDiscard(io.Stderr), att.Reader)
+		s.copyErr = copyOutput(lifecycle.OrDiscard(io.Stdout), lifecycle.OrDiscard(io.Stderr), att.Reader)
 	}()
-	if err := backend.Checkpoint(ctx, step); err != nil {
+	if err := lifecycle.Checkpoint(ctx, step); err != nil {
 		att.Close()
 		return err
 	}
-	dctx, cancel := backend.Detached(ctx)
+	dctx, cancel := lifecycle.Detached(ctx)
 	defer cancel()
 	if _, err := s.r.cli.ContainerStart(dctx, s.containerID, client.ContainerStartOptions{}); err != nil {
 		att.Close()
@@ -212,7 +212,7 @@ func (s *sandbox) wait(ctx context.Context) {
 	}
 	got, err := s.r.cli.ContainerInspect(ctx, s.containerID, client.ContainerInspectOptions{})
 	if err != nil {
-		s.waitErr = backend.Lost(fmt.Errorf("inspect sandbox %s after exit: %w", s.ID(), err), gone)
+		s.waitErr = lifecycle.Lost(fmt.Errorf("inspect sandbox %s after exit: %w", s.ID(), err), gone)
 		return
 	}
 	if got.Container.State == nil {
@@ -230,7 +230,7 @@ func (s *sandbox) wait(ctx context.Context) {
 // exitStatus reads a stopped container's state.
 func exitStatus(st container.State) runtime.ExitStatus {
 	at, _ := time.Parse(time.RFC3339Nano, st.FinishedAt)
-	return backend.Exit(st.ExitCode, at, st.OOMKilled)
+	return lifecycle.Exit(st.ExitCode, at, st.OOMKilled)
 }
 
 // Wait implements runtime.Sandbox.
@@ -264,7 +264,7 @@ func (s *sandbox) Kill(ctx context.Context) error {
 	_, err := s.r.cli.ContainerKill(ctx, s.containerID, client.ContainerKillOptions{Signal: "KILL"})
 	// Conflict: the container is not running, so there is nothing to kill.
 	if err != nil && !notFound(err) && !cerrdefs.IsConflict(err) {
-		return backend.Lost(fmt.Errorf("kill sandbox %s: %w", s.ID(), err), gone)
+		return lifecycle.Lost(fmt.Errorf("kill sandbox %s: %w", s.ID(), err), gone)
 	}
 	return nil
 }
@@ -287,10 +287,10 @@ func (s *sandbox) Remove(ctx context.Context) error {
 // container, cgroup parent, scratch directory. containerID may be empty; the
 // container is then looked up by name.
 func (r *Runtime) cleanup(ctx context.Context, id, containerID string) error {
-	if err := backend.CheckID(id); err != nil {
+	if err := lifecycle.CheckID(id); err != nil {
 		return err
 	}
-	ctx, cancel := backend.CleanupContext(ctx)
+	ctx, cancel := lifecycle.CleanupContext(ctx)
 	defer cancel()
 	var errs []error
 	if containerID == "" {

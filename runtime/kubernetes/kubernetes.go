@@ -34,7 +34,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
-	"github.com/sandstorm-dev/sandstorm/runtime/internal/backend"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
 )
 
 // LabelHost names the host of the sandstorm process that made a Pod: an
@@ -122,7 +122,7 @@ func (c Config) withDefaults() Config {
 		c.StartTimeout = DefaultStartTimeout
 	}
 	if c.State == "" {
-		c.State = string(backend.DefaultState(Name))
+		c.State = string(lifecycle.DefaultState(Name))
 	}
 	return c
 }
@@ -248,7 +248,7 @@ func (r *Runtime) Enforcement(ctx context.Context) (runtime.Enforcement, error) 
 }
 
 func (r *Runtime) capabilities(ctx context.Context) (runtime.Enforcement, error) {
-	caps := backend.AllEnforced()
+	caps := lifecycle.AllEnforced()
 	nodes, err := r.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: labels.SelectorFromSet(r.cfg.NodeSelector).String()})
 	if err != nil {
 		return nil, fmt.Errorf("%w: kubernetes nodes: %w", runtime.ErrUnavailable, err)
@@ -359,10 +359,10 @@ func (r *Runtime) nodeContainerd(ctx context.Context) (*containerd.Runtime, erro
 // containers run and the workspace files are in: the process itself waits
 // for Start.
 func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (runtime.Sandbox, error) {
-	return backend.Create(ctx, r, spec, r.steps)
+	return lifecycle.Create(ctx, r, spec, r.steps)
 }
 
-// creation is one Create's steps (see backend.Create).
+// creation is one Create's steps (see lifecycle.Create).
 type creation struct {
 	r      *Runtime
 	spec   runtime.Spec
@@ -374,7 +374,7 @@ type creation struct {
 	made *corev1.Pod
 }
 
-func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepared, _ runtime.Enforcement) (backend.Steps, error) {
+func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepared, _ runtime.Enforcement) (lifecycle.Steps, error) {
 	if err := checkName(prep.ID); err != nil {
 		return nil, err
 	}
@@ -481,7 +481,7 @@ func unreachable(err error) bool {
 
 // List returns the sandboxes whose Pods carry all the given labels.
 func (r *Runtime) List(ctx context.Context, want map[string]string) ([]runtime.SandboxInfo, error) {
-	sel := backend.Selector(want)
+	sel := lifecycle.Selector(want)
 	pods, err := r.pods().List(ctx, metav1.ListOptions{LabelSelector: labels.SelectorFromSet(kubeLabels(sel)).String()})
 	if err != nil {
 		return nil, r.apiErr("list Pods", err)
@@ -490,7 +490,7 @@ func (r *Runtime) List(ctx context.Context, want map[string]string) ([]runtime.S
 	for i := range pods.Items {
 		p := &pods.Items[i]
 		have := labelsOf(p)
-		if !backend.Matches(have, sel) {
+		if !lifecycle.Matches(have, sel) {
 			continue
 		}
 		if have[LabelHost] != host() {

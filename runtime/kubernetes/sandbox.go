@@ -25,7 +25,7 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
-	"github.com/sandstorm-dev/sandstorm/runtime/internal/backend"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
 )
 
 type podClient = typedcorev1.PodInterface
@@ -208,7 +208,7 @@ func (s *sandbox) Start(ctx context.Context, streams runtime.IO) error {
 	go func() {
 		defer cancel()
 		err := s.stream(actx, "attach", &corev1.PodAttachOptions{Container: sandboxContainer, Stdin: true, Stdout: true, Stderr: true},
-			remotecommand.StreamOptions{Stdin: stdin, Stdout: backend.OrDiscard(streams.Stdout), Stderr: backend.OrDiscard(streams.Stderr)})
+			remotecommand.StreamOptions{Stdin: stdin, Stdout: lifecycle.OrDiscard(streams.Stdout), Stderr: lifecycle.OrDiscard(streams.Stderr)})
 		stdin.CloseWithError(io.EOF)
 		s.mu.Lock()
 		s.streamErr = err
@@ -284,7 +284,7 @@ func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 		}
 		return runtime.ExitStatus{}, s.rt.apiErr("wait for pod "+s.id, err)
 	}
-	return backend.Exit(int(term.ExitCode), term.FinishedAt.Time, term.Reason == "OOMKilled"), nil
+	return lifecycle.Exit(int(term.ExitCode), term.FinishedAt.Time, term.Reason == "OOMKilled"), nil
 }
 
 // attachGrace is how long a broken attach waits for the status to say the

@@ -31,8 +31,8 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
-	"github.com/sandstorm-dev/sandstorm/runtime/internal/backend"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
 )
 
 // Name is the backend's name.
@@ -110,7 +110,7 @@ type service struct {
 // Runtime is the Podman backend.
 type Runtime struct {
 	cfg   Config
-	state backend.State
+	state lifecycle.State
 	conn  context.Context
 	svc   service
 	host  oci.Host
@@ -182,10 +182,10 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		if r.svc.rootless {
 			name += "-rootless"
 		}
-		r.cfg.StateDir = string(backend.DefaultState(name))
+		r.cfg.StateDir = string(lifecycle.DefaultState(name))
 	}
 	// A rootless service's user must traverse it to reach workspaces.
-	r.state = backend.State(r.cfg.StateDir)
+	r.state = lifecycle.State(r.cfg.StateDir)
 	if err := r.state.Make(); err != nil {
 		return nil, err
 	}
@@ -270,7 +270,7 @@ func (r *Runtime) Enforcement(context.Context) (runtime.Enforcement, error) {
 }
 
 func capabilities(svc service, root bool) runtime.Enforcement {
-	caps := backend.AllEnforced()
+	caps := lifecycle.AllEnforced()
 	if svc.rootless && !svc.cgroupV2 && !ownCgroup(svc, root) {
 		reason := "podman: " + limitsReason + " (sandstorm sets them itself when it runs as root on the service's host, with cgroup_manager cgroupfs, and cgroup delegation is on)"
 		caps[runtime.ItemMemoryLimit] = runtime.Support{Reason: reason}
@@ -312,7 +312,7 @@ func (r *Runtime) HasImage(ctx context.Context, ref string) (bool, error) {
 // List implements runtime.Runtime.
 func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime.SandboxInfo, error) {
 	var filter []string
-	sel := backend.Selector(labels)
+	sel := lifecycle.Selector(labels)
 	for k, v := range sel {
 		filter = append(filter, k+"="+v)
 	}
@@ -325,7 +325,7 @@ func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime
 	for _, c := range ctrs {
 		// Sandboxes are named by their id; skip containers someone else
 		// labelled. Every label must match, whatever the service's filter does.
-		if len(c.Names) != 1 || !backend.Matches(c.Labels, sel) {
+		if len(c.Names) != 1 || !lifecycle.Matches(c.Labels, sel) {
 			continue
 		}
 		out = append(out, runtime.SandboxInfo{ID: c.Names[0], SessionID: c.Labels[oci.LabelSession], Labels: c.Labels, Running: c.State == "running"})
@@ -335,7 +335,7 @@ func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime
 	if err != nil {
 		return nil, err
 	}
-	return backend.Merge(out, dirs), nil
+	return lifecycle.Merge(out, dirs), nil
 }
 
 // Remove implements runtime.Runtime.

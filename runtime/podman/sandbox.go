@@ -16,11 +16,11 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runtime"
-	"github.com/sandstorm-dev/sandstorm/runtime/internal/backend"
+	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
 )
 
 type sandbox struct {
-	backend.Sandbox
+	lifecycle.Sandbox
 	r     *Runtime
 	ctrID string
 	// cgroup is the container's own cgroup when the sandbox has a parent of its own.
@@ -40,10 +40,10 @@ type sandbox struct {
 
 // Create implements runtime.Runtime.
 func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (runtime.Sandbox, error) {
-	return backend.Create(ctx, r, spec, r.steps)
+	return lifecycle.Create(ctx, r, spec, r.steps)
 }
 
-// creation is one Create's steps (see backend.Create).
+// creation is one Create's steps (see lifecycle.Create).
 type creation struct {
 	r     *Runtime
 	prep  runtime.Prepared
@@ -59,7 +59,7 @@ type creation struct {
 }
 
 // steps plans the container and finds the host ids of its user.
-func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepared, caps runtime.Enforcement) (backend.Steps, error) {
+func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepared, caps runtime.Enforcement) (lifecycle.Steps, error) {
 	id, pol := prep.ID, prep.Policy
 	p := plan{
 		id: id, image: spec.Image, args: spec.Args, env: spec.Env,
@@ -112,7 +112,7 @@ func (c *creation) Setup(ctx, _ context.Context) (err error) {
 		}
 	}
 	if r.mediates() {
-		if err := backend.Checkpoint(ctx, backend.Creating(id)); err != nil {
+		if err := lifecycle.Checkpoint(ctx, lifecycle.Creating(id)); err != nil {
 			return err
 		}
 		if c.p.mounts, err = r.mediate(ctx, r.state.Scratch(id), c.p.policy.Mounts); err != nil {
@@ -146,7 +146,7 @@ func (c *creation) Verify(ctx context.Context) (runtime.Sandbox, error) {
 		}
 		return nil, fmt.Errorf("%w: podman %s dropped or changed: %s", runtime.ErrPolicyNotApplied, r.svc.version, msg)
 	}
-	sb := &sandbox{Sandbox: backend.NewSandbox(c.prep, p.workspace), r: r, ctrID: c.ctrID}
+	sb := &sandbox{Sandbox: lifecycle.NewSandbox(c.prep, p.workspace), r: r, ctrID: c.ctrID}
 	if p.cgroupParent != "" {
 		sb.cgroup = containerCgroup(p.cgroupParent, c.ctrID)
 		sb.watchOOM = c.caps.Enforced(runtime.ItemOOMDetection)
@@ -190,7 +190,7 @@ func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
 		return fmt.Errorf("sandbox %s already started", s.ID())
 	}
 	step := "start sandbox " + s.ID()
-	if err := backend.Checkpoint(ctx, step); err != nil {
+	if err := lifecycle.Checkpoint(ctx, step); err != nil {
 		return err
 	}
 	stream, err := s.r.attach(ctx, s.ctrID)
@@ -208,11 +208,11 @@ func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
 			return err
 		}
 	}
-	if err := backend.Checkpoint(ctx, step); err != nil {
+	if err := lifecycle.Checkpoint(ctx, step); err != nil {
 		stream.close()
 		return err
 	}
-	dctx, cancel := backend.Detached(ctx)
+	dctx, cancel := lifecycle.Detached(ctx)
 	defer cancel()
 	if err := containers.Start(s.r.ctx(dctx), s.ctrID, nil); err != nil {
 		stream.close()
@@ -249,13 +249,13 @@ func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 		return *s.exit, nil
 	}
 	if s.copyErr != nil {
-		return runtime.ExitStatus{}, backend.Lost(fmt.Errorf("sandbox %s output: %w", s.ID(), s.copyErr), gone)
+		return runtime.ExitStatus{}, lifecycle.Lost(fmt.Errorf("sandbox %s output: %w", s.ID(), s.copyErr), gone)
 	}
 	st, err := s.r.exited(ctx, s.ctrID)
 	if err != nil {
-		return runtime.ExitStatus{}, backend.Lost(fmt.Errorf("sandbox %s exit status: %w", s.ID(), err), gone)
+		return runtime.ExitStatus{}, lifecycle.Lost(fmt.Errorf("sandbox %s exit status: %w", s.ID(), err), gone)
 	}
-	es := backend.Exit(int(st.ExitCode), st.FinishedAt, st.OOMKilled)
+	es := lifecycle.Exit(int(st.ExitCode), st.FinishedAt, st.OOMKilled)
 	if s.oom != nil {
 		oom, err := s.oom.killed(es.Code)
 		if err != nil {
@@ -295,7 +295,7 @@ func (s *sandbox) Kill(ctx context.Context) error {
 	err := containers.Kill(s.r.ctx(ctx), s.ctrID, new(containers.KillOptions).WithSignal("SIGKILL"))
 	var em *errorhandling.ErrorModel
 	if err != nil && !(errors.As(err, &em) && (em.ResponseCode == http.StatusNotFound || em.ResponseCode == http.StatusConflict)) {
-		return backend.Lost(fmt.Errorf("kill sandbox %s: %w", s.ID(), err), gone)
+		return lifecycle.Lost(fmt.Errorf("kill sandbox %s: %w", s.ID(), err), gone)
 	}
 	return nil
 }
@@ -324,10 +324,10 @@ func (s *sandbox) Remove(ctx context.Context) error {
 // cleanup removes everything sandbox id owns, whatever state it is in:
 // container (unless not ours), placeholder mounts, cgroups, scratch directory.
 func (r *Runtime) cleanup(ctx context.Context, id string, container bool) error {
-	if err := backend.CheckID(id); err != nil {
+	if err := lifecycle.CheckID(id); err != nil {
 		return err
 	}
-	ctx, cancel := backend.CleanupContext(ctx)
+	ctx, cancel := lifecycle.CleanupContext(ctx)
 	defer cancel()
 	var errs []error
 	if container {
@@ -335,7 +335,7 @@ func (r *Runtime) cleanup(ctx context.Context, id string, container bool) error 
 		if err != nil && !notFound(err) {
 			// Its process may still run (the service is away): its cgroup
 			// and workspace stay for a later removal, which finds it again.
-			return backend.Lost(fmt.Errorf("remove container %s: %w", id, err), gone)
+			return lifecycle.Lost(fmt.Errorf("remove container %s: %w", id, err), gone)
 		}
 	}
 	if err := r.unmediate(ctx, r.state.Scratch(id)); err != nil {

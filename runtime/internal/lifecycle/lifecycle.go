@@ -1,9 +1,10 @@
-// Package backend holds what the backends do the same way: every backend's
-// Create sequence (containerd, Docker, Podman and Kubernetes supply its
-// steps), cleanup that outlives the caller, exit statuses, label
-// selectors; and what the backends of one host share: the state folder
-// with one scratch directory per sandbox, and removing a sandbox once.
-package backend
+// Package lifecycle holds what the backends do the same way through a
+// sandbox's life: every backend's Create sequence (containerd, Docker,
+// Podman and Kubernetes supply its steps), cleanup that outlives the
+// caller, exit statuses, label selectors; and what the backends of one
+// host share: the state folder with one scratch directory per sandbox, and
+// removing a sandbox once.
+package lifecycle
 
 import (
 	"context"
