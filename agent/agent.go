@@ -24,12 +24,14 @@ import (
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/egress"
+	"github.com/sandstorm-dev/sandstorm/errcode"
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/images/agentimage"
 	"github.com/sandstorm-dev/sandstorm/internal/linewriter"
 	"github.com/sandstorm-dev/sandstorm/internal/logctx"
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/outfiles"
+	"github.com/sandstorm-dev/sandstorm/runnerproto"
 	"github.com/sandstorm-dev/sandstorm/runtime"
 )
 
@@ -37,7 +39,8 @@ import (
 const maxLine = 16 << 20
 
 // Config is what the runner reads: the task, and the agent's options as
-// sandstorm.json names them (merged with the request's).
+// sandstorm.json names them (merged with the request's). Its JSON is a
+// runnerproto.Config (a test says so).
 type Config struct {
 	Prompt string `json:"prompt"`
 	config.Project
@@ -97,10 +100,6 @@ type Runner struct {
 	GatewayCA   []byte
 	Logger      *slog.Logger
 }
-
-// caFile is the egress CA's certificate in the session directory, which the
-// runner adds to the sandbox's trust.
-const caFile = "ca.pem"
 
 // placeholders gives each secret this run's placeholder, and the sandbox's
 // environment that holds them.
@@ -199,18 +198,13 @@ func (r *Runner) RunOn(ctx context.Context, m *Member, job Job, emit api.Emit) (
 // writes them itself, as the agent user: on every backend and isolation,
 // and wherever the sandbox runs).
 func wireFiles(files []runtime.File) []byte {
-	type file struct {
-		Path    string `json:"path"`
-		Mode    uint32 `json:"mode"`
-		Content []byte `json:"content"`
-	}
-	out := make([]file, 0, len(files))
+	out := make([]runnerproto.File, 0, len(files))
 	for _, f := range files {
 		mode := uint32(f.Mode.Perm())
 		if mode == 0 {
 			mode = 0o644
 		}
-		out = append(out, file{Path: f.Path, Mode: mode, Content: f.Content})
+		out = append(out, runnerproto.File{Path: f.Path, Mode: mode, Content: f.Content})
 	}
 	return api.Marshal(out)
 }
@@ -252,7 +246,7 @@ type Member struct {
 	id, sessionID, backend string
 	sess                   *gateway.Session
 	running                *runtime.Running
-	unenforced             []runtime.Item
+	unenforced             []string
 	createTook, startTook  time.Duration
 	// handOff is how long RunOn took to hand the member its run.
 	handOff time.Duration
@@ -369,7 +363,7 @@ func (r *Runner) begin(ctx context.Context, job Job, send func(json.RawMessage))
 	}()
 	remote := r.GatewayAddr != ""
 	if r.Egress != nil && r.CA != nil && !remote {
-		if err := os.WriteFile(filepath.Join(m.sess.Dir, caFile), r.CA.CertPEM(), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(m.sess.Dir, runnerproto.SessionDir.EgressCA), r.CA.CertPEM(), 0o644); err != nil {
 			return nil, fmt.Errorf("egress CA certificate: %w", err)
 		}
 	}
@@ -379,7 +373,7 @@ func (r *Runner) begin(ctx context.Context, job Job, send func(json.RawMessage))
 		<-m.gate
 		if !truncated && json.Valid(line) && isObject(line) {
 			msg := json.RawMessage(append([]byte(nil), line...))
-			if messageType(msg) == "result" {
+			if messageType(msg) == runnerproto.TypeResult {
 				m.mu.Lock()
 				m.result = msg
 				m.mu.Unlock()
@@ -400,23 +394,24 @@ func (r *Runner) begin(ctx context.Context, job Job, send func(json.RawMessage))
 		image = agentimage.Ref
 	}
 	policy := r.Policy
-	env := append(append([]string{agentimage.TokenEnv + "=" + m.sess.Token}, job.Env...), secretEnv...)
+	names := runnerproto.Env
+	env := append(append([]string{names.Token + "=" + m.sess.Token}, job.Env...), secretEnv...)
 	if remote {
-		env = append(env, agentimage.GatewayAddrEnv+"="+r.GatewayAddr)
+		env = append(env, names.GatewayAddr+"="+r.GatewayAddr)
 		if len(r.GatewayCA) > 0 {
-			env = append(env, agentimage.GatewayCAEnv+"="+string(r.GatewayCA))
+			env = append(env, names.GatewayCA+"="+string(r.GatewayCA))
 		}
 		if r.Egress != nil {
-			env = append(env, agentimage.GatewayEgressEnv+"=1")
+			env = append(env, names.GatewayEgress+"=1")
 			if r.CA != nil {
-				env = append(env, agentimage.EgressCAEnv+"="+string(r.CA.CertPEM()))
+				env = append(env, names.EgressCA+"="+string(r.CA.CertPEM()))
 			}
 		}
 	} else {
-		policy.Mounts = append(append([]oci.Mount(nil), policy.Mounts...), oci.Mount{Source: m.sess.Dir, Target: agentimage.MountDir, ReadOnly: true})
+		policy.Mounts = append(append([]oci.Mount(nil), policy.Mounts...), oci.Mount{Source: m.sess.Dir, Target: runnerproto.SessionDir.Mount, ReadOnly: true})
 	}
 	if m.warm {
-		env = append(env, agentimage.WaitEnv+"=1")
+		env = append(env, names.Wait+"=1")
 	}
 	spec := runtime.Spec{
 		SessionID:       m.sessionID,
@@ -429,7 +424,7 @@ func (r *Runner) begin(ctx context.Context, job Job, send func(json.RawMessage))
 	}
 	hooks := runtime.Hooks{
 		Created: func(sb runtime.Sandbox, d time.Duration) {
-			m.id, m.unenforced, m.createTook = sb.ID(), sb.Unenforced(), d
+			m.id, m.unenforced, m.createTook = sb.ID(), itemNames(sb.Unenforced()), d
 			if !m.warm {
 				ev := api.NewSandboxEvent(api.SandboxCreated, m.id, m.sessionID, m.backend, d)
 				ev.Unenforced, ev.Warm, ev.WarmMiss = m.unenforced, &m.warm, job.WarmMiss
@@ -484,11 +479,11 @@ func (r *Runner) finish(ctx context.Context, m *Member, job Job, run *stream) (o
 				r.handBack(ctx, m.running.Sandbox(), job, run.send)
 			}
 			m.mu.Lock()
-			out = api.Outcome{Result: m.result, Exit: st}
+			out = api.Outcome{Result: m.result}
 			m.mu.Unlock()
 			code, msg := ending(ctx, st, waitErr, out.Result, job.Timeout)
 			usage := m.sess.Usage()
-			run.send(api.Marshal(api.UsageEvent{Type: api.TypeModelUsage, Usage: usage, Budget: job.Budget}))
+			run.send(api.Marshal(api.UsageEvent{Type: api.TypeModelUsage, ModelUsage: usage, Budget: job.Budget}))
 			if usage.Exceeded != "" && (code == "" || code == api.CodeAgentFailed) {
 				code, msg = api.CodeBudgetExceeded, "the gateway refused a model call over the run's budget: "+usage.Exceeded
 			}
@@ -528,7 +523,7 @@ func (r *Runner) handBack(ctx context.Context, sb runtime.Sandbox, job Job, send
 	}
 	res, err := collect(context.WithoutCancel(ctx), sb, job.Output.Dir, o)
 	for _, f := range res.Files {
-		send(api.Marshal(api.FileEvent{Type: api.TypeFile, File: f, URL: job.Output.URL + outfiles.URLPath(f.Path)}))
+		send(api.Marshal(api.FileEvent{Type: api.TypeFile, OutputFile: f, URL: job.Output.URL + outfiles.URLPath(f.Path)}))
 	}
 	if len(res.Skipped) > 0 {
 		send(api.Marshal(api.FilesSkippedEvent{Type: api.TypeFilesSkipped, Skipped: res.Skipped}))
@@ -537,6 +532,15 @@ func (r *Runner) handBack(ctx context.Context, sb runtime.Sandbox, job Job, send
 		log.WarnContext(ctx, "hand back the agent's files", "sandbox", sb.ID(), "err", err)
 		send(api.Marshal(api.LineEvent{Type: api.TypeStderr, Line: "sandstorm: could not hand back every file: " + err.Error()}))
 	}
+}
+
+// itemNames are policy items as the sandbox event names them.
+func itemNames(items []runtime.Item) []string {
+	names := make([]string, len(items))
+	for i, it := range items {
+		names[i] = string(it)
+	}
+	return names
 }
 
 func collect(ctx context.Context, sb runtime.Sandbox, dir string, o outfiles.Options) (outfiles.Result, error) {
@@ -561,7 +565,7 @@ func ending(ctx context.Context, st runtime.ExitStatus, waitErr error, result js
 	case errors.Is(waitErr, context.DeadlineExceeded):
 		return api.CodeTimeout, fmt.Sprintf("run exceeded its timeout of %v and was stopped", timeout)
 	case waitErr != nil:
-		return api.CodeOf(waitErr), waitErr.Error()
+		return errcode.Of(waitErr), waitErr.Error()
 	case st.OOMKilled:
 		return api.CodeOOM, "the sandbox ran out of memory and was killed"
 	case st.Code != 0 || !resultSucceeded(result):
@@ -575,30 +579,21 @@ func isObject(b []byte) bool {
 }
 
 func messageType(msg json.RawMessage) string {
-	var m struct {
-		Type string `json:"type"`
-	}
+	var m runnerproto.Line
 	_ = json.Unmarshal(msg, &m)
 	return m.Type
 }
 
 func resultSucceeded(msg json.RawMessage) bool {
-	var m struct {
-		Subtype string `json:"subtype"`
-		IsError bool   `json:"is_error"`
-	}
+	var m runnerproto.Result
 	if msg == nil || json.Unmarshal(msg, &m) != nil {
 		return false
 	}
-	return m.Subtype == "success" && !m.IsError
+	return m.Succeeded()
 }
 
 func failureMessage(st runtime.ExitStatus, result json.RawMessage) string {
-	var m struct {
-		Subtype string   `json:"subtype"`
-		Result  string   `json:"result"`
-		Errors  []string `json:"errors"`
-	}
+	var m runnerproto.Result
 	if result != nil && json.Unmarshal(result, &m) == nil {
 		msg := "agent finished with " + m.Subtype
 		if m.Result != "" {
