@@ -34,7 +34,7 @@ const leaseTTL = time.Hour
 // leaseID names the lease of sandbox id's create.
 func leaseID(id string) string { return "sandstorm-" + id }
 
-type sandbox struct {
+type box struct {
 	lifecycle.Sandbox
 	r      *Runtime
 	cgroup string
@@ -151,7 +151,7 @@ func (c *creation) Make(ctx, dctx context.Context) (err error) {
 // Verify has nothing to read back: the OCI spec is sandstorm's own, not
 // a daemon's mapping of a request.
 func (c *creation) Verify(context.Context) (runtime.Sandbox, error) {
-	return &sandbox{Sandbox: lifecycle.NewSandbox(c.prep, c.sb.Workspace), r: c.r, cgroup: c.sb.CgroupPath(), ctr: c.ctr}, nil
+	return &box{Sandbox: lifecycle.NewSandbox(c.prep, c.sb.Workspace), r: c.r, cgroup: c.sb.CgroupPath(), ctr: c.ctr}, nil
 }
 
 // Undo removes everything of the sandbox: this Create claimed the id.
@@ -190,7 +190,7 @@ func (r *Runtime) withRuntime() client.NewContainerOpts {
 }
 
 // Start implements runtime.Sandbox.
-func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
+func (s *box) Start(ctx context.Context, io runtime.IO) error {
 	ctx = s.r.ctx(ctx)
 	step := "start sandbox " + s.ID()
 	if err := lifecycle.Checkpoint(ctx, step); err != nil {
@@ -219,7 +219,7 @@ func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
 }
 
 // Wait implements runtime.Sandbox.
-func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
+func (s *box) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 	if s.exitC == nil {
 		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.ID())
 	}
@@ -266,7 +266,7 @@ func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 }
 
 // Kill implements runtime.Sandbox.
-func (s *sandbox) Kill(ctx context.Context) error {
+func (s *box) Kill(ctx context.Context) error {
 	if s.task == nil {
 		return nil
 	}
@@ -278,7 +278,7 @@ func (s *sandbox) Kill(ctx context.Context) error {
 }
 
 // Remove implements runtime.Sandbox.
-func (s *sandbox) Remove(ctx context.Context) error {
+func (s *box) Remove(ctx context.Context) error {
 	return s.Removal.Do(func() error { return s.r.cleanup(ctx, s.ID()) })
 }
 

@@ -19,7 +19,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
 )
 
-type sandbox struct {
+type box struct {
 	lifecycle.Sandbox
 	r           *Runtime
 	containerID string
@@ -131,7 +131,7 @@ func (c *creation) Verify(ctx context.Context) (runtime.Sandbox, error) {
 		}
 		return nil, fmt.Errorf("sandbox %s: %w", id, err)
 	}
-	s := &sandbox{Sandbox: lifecycle.NewSandbox(c.prep, c.sb.Workspace), r: r, containerID: c.containerID}
+	s := &box{Sandbox: lifecycle.NewSandbox(c.prep, c.sb.Workspace), r: r, containerID: c.containerID}
 	if r.d.CgroupDriver == "cgroupfs" {
 		s.oomCgroup = cgroupParent(r.d.CgroupDriver, id)
 	}
@@ -150,7 +150,7 @@ func (c *creation) Undo(ctx context.Context) error {
 
 // Start implements runtime.Sandbox. Output is attached before the start, so
 // none is lost, and copied live, stdout and stderr apart.
-func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
+func (s *box) Start(ctx context.Context, io runtime.IO) error {
 	if s.exited != nil {
 		return fmt.Errorf("sandbox %s was already started", s.ID())
 	}
@@ -200,7 +200,7 @@ func copyOutput(stdout, stderr io.Writer, stream io.Reader) error {
 
 // wait records how the process ended: the daemon's exit code and OOM flag,
 // and the sandbox cgroup's OOM counter where Docker's flag can miss a kill.
-func (s *sandbox) wait(ctx context.Context) {
+func (s *box) wait(ctx context.Context) {
 	defer close(s.exited)
 	w := s.r.cli.ContainerWait(ctx, s.containerID, client.ContainerWaitOptions{Condition: container.WaitConditionNotRunning})
 	select {
@@ -234,7 +234,7 @@ func exitStatus(st container.State) runtime.ExitStatus {
 }
 
 // Wait implements runtime.Sandbox.
-func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
+func (s *box) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 	if s.exited == nil {
 		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.ID())
 	}
@@ -260,7 +260,7 @@ func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 
 // Kill implements runtime.Sandbox. Killing the sandbox's first process ends
 // its PID namespace, and so every process in it.
-func (s *sandbox) Kill(ctx context.Context) error {
+func (s *box) Kill(ctx context.Context) error {
 	_, err := s.r.cli.ContainerKill(ctx, s.containerID, client.ContainerKillOptions{Signal: "KILL"})
 	// Conflict: the container is not running, so there is nothing to kill.
 	if err != nil && !notFound(err) && !cerrdefs.IsConflict(err) {
@@ -270,7 +270,7 @@ func (s *sandbox) Kill(ctx context.Context) error {
 }
 
 // Remove implements runtime.Sandbox.
-func (s *sandbox) Remove(ctx context.Context) error {
+func (s *box) Remove(ctx context.Context) error {
 	return s.Removal.Do(func() error {
 		err := s.r.cleanup(ctx, s.ID(), s.containerID)
 		if s.attach != nil {

@@ -368,7 +368,7 @@ type creation struct {
 	spec   runtime.Spec
 	prep   runtime.Prepared
 	labels map[string]string
-	sb     *sandbox
+	sb     *box
 	pod    *corev1.Pod
 	// made is the Pod this Create made, once it made one.
 	made *corev1.Pod
@@ -380,7 +380,7 @@ func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepa
 	}
 	all := oci.Container{SessionID: spec.SessionID, Labels: prep.Labels}.AllLabels()
 	all[LabelHost] = host()
-	sb := &sandbox{rt: r, id: prep.ID, unenforced: prep.Unenforced, scratch: filepath.Join(r.cfg.State, prep.ID), done: make(chan struct{})}
+	sb := &box{rt: r, id: prep.ID, unenforced: prep.Unenforced, scratch: filepath.Join(r.cfg.State, prep.ID), done: make(chan struct{})}
 	pod := r.podFor(prep, spec, all)
 	if r.cfg.MaxSandboxes > 0 {
 		pod.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: capacityGate}}

@@ -33,7 +33,7 @@ type podClient = typedcorev1.PodInterface
 // errPodGone: the Pod was deleted while we waited on it.
 var errPodGone = errors.New("pod is gone")
 
-type sandbox struct {
+type box struct {
 	rt         *Runtime
 	id         string
 	unenforced []runtime.Item
@@ -46,8 +46,8 @@ type sandbox struct {
 	streamErr error
 }
 
-func (s *sandbox) ID() string                 { return s.id }
-func (s *sandbox) Unenforced() []runtime.Item { return s.unenforced }
+func (s *box) ID() string                 { return s.id }
+func (s *box) Unenforced() []runtime.Item { return s.unenforced }
 
 // waitPod watches Pod name until done says so; errPodGone when it is deleted.
 func (r *Runtime) waitPod(ctx context.Context, name string, done func(*corev1.Pod) (bool, error)) (*corev1.Pod, error) {
@@ -106,7 +106,7 @@ func startFailure(pod, container string, w *corev1.ContainerStateWaiting) error 
 
 // ready waits until both containers run (the sandbox's waits at its gate),
 // at most StartTimeout.
-func (s *sandbox) ready(ctx context.Context) error {
+func (s *box) ready(ctx context.Context) error {
 	wctx, cancel := context.WithTimeout(ctx, s.rt.cfg.StartTimeout)
 	defer cancel()
 	var last *corev1.Pod
@@ -158,7 +158,7 @@ func (s *sandbox) ready(ctx context.Context) error {
 
 // stream connects to a streaming subresource (attach, exec) of the Pod:
 // over WebSocket, or SPDY for an API server that does not upgrade.
-func (s *sandbox) stream(ctx context.Context, sub string, params kruntime.Object, o remotecommand.StreamOptions) error {
+func (s *box) stream(ctx context.Context, sub string, params kruntime.Object, o remotecommand.StreamOptions) error {
 	req := s.rt.client.CoreV1().RESTClient().Post().Namespace(s.rt.cfg.Namespace).Resource("pods").Name(s.id).SubResource(sub).
 		VersionedParams(params, scheme.ParameterCodec)
 	ws, err := remotecommand.NewWebSocketExecutor(s.rt.rest, "GET", req.URL().String())
@@ -179,7 +179,7 @@ func (s *sandbox) stream(ctx context.Context, sub string, params kruntime.Object
 }
 
 // exec runs cmd in container, with stdin, and returns its stdout.
-func (s *sandbox) exec(ctx context.Context, container string, cmd []string, stdin io.Reader, stdout io.Writer) error {
+func (s *box) exec(ctx context.Context, container string, cmd []string, stdin io.Reader, stdout io.Writer) error {
 	var stderr bytes.Buffer
 	err := s.stream(ctx, "exec", &corev1.PodExecOptions{Container: container, Command: cmd, Stdin: stdin != nil, Stdout: stdout != nil, Stderr: true},
 		remotecommand.StreamOptions{Stdin: stdin, Stdout: stdout, Stderr: &stderr})
@@ -194,7 +194,7 @@ func (s *sandbox) exec(ctx context.Context, container string, cmd []string, stdi
 
 // Start attaches to the sandbox container and opens its gate: the process
 // starts only once its output has somewhere to go.
-func (s *sandbox) Start(ctx context.Context, streams runtime.IO) error {
+func (s *box) Start(ctx context.Context, streams runtime.IO) error {
 	s.mu.Lock()
 	if s.started {
 		s.mu.Unlock()
@@ -234,7 +234,7 @@ func (s *sandbox) Start(ctx context.Context, streams runtime.IO) error {
 	}
 }
 
-func (s *sandbox) attachErr(err error) error {
+func (s *box) attachErr(err error) error {
 	<-s.done
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -246,7 +246,7 @@ func (s *sandbox) attachErr(err error) error {
 
 // Wait waits for the attach to end (all output delivered) and the sandbox
 // container to be terminated, and reads how it ended from its status.
-func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
+func (s *box) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 	s.mu.Lock()
 	started := s.started
 	s.mu.Unlock()
@@ -292,7 +292,7 @@ func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 const attachGrace = 5 * time.Second
 
 // terminated waits until the sandbox container's status says it ended.
-func (s *sandbox) terminated(ctx context.Context) (*corev1.ContainerStateTerminated, error) {
+func (s *box) terminated(ctx context.Context) (*corev1.ContainerStateTerminated, error) {
 	var term *corev1.ContainerStateTerminated
 	_, err := s.rt.waitPod(ctx, s.id, func(p *corev1.Pod) (bool, error) {
 		for _, c := range p.Status.ContainerStatuses {
@@ -308,7 +308,7 @@ func (s *sandbox) terminated(ctx context.Context) (*corev1.ContainerStateTermina
 
 // Kill sends SIGKILL to every process of the sandbox but its gate, which
 // then exits with the process's status.
-func (s *sandbox) Kill(ctx context.Context) error {
+func (s *box) Kill(ctx context.Context) error {
 	err := s.exec(ctx, sandboxContainer, []string{"/bin/sh", "-c", "kill -9 -1"}, nil, io.Discard)
 	// Its kill ends the process, then the gate, then the container, whose
 	// end takes the exec's shell along (137): the kill was done.
@@ -327,12 +327,12 @@ func (s *sandbox) Kill(ctx context.Context) error {
 }
 
 // Remove deletes the Pod and the workspace copy; it is safe to call again.
-func (s *sandbox) Remove(ctx context.Context) error {
+func (s *box) Remove(ctx context.Context) error {
 	return s.rt.remove(ctx, s.id, s.scratch)
 }
 
 // Workspace copies the workspace out of the keeper (once) and opens the copy.
-func (s *sandbox) Workspace() (*os.Root, error) {
+func (s *box) Workspace() (*os.Root, error) {
 	dir := filepath.Join(s.scratch, "workspace")
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -347,7 +347,7 @@ func (s *sandbox) Workspace() (*os.Root, error) {
 
 // putFiles writes files into the workspace through the keeper, as the
 // sandbox user: a tar stream into tar.
-func (s *sandbox) putFiles(ctx context.Context, files []runtime.File) error {
+func (s *box) putFiles(ctx context.Context, files []runtime.File) error {
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(writeTar(pw, files)) }()
 	err := s.exec(ctx, keeperContainer, []string{"tar", "-x", "-o", "-f", "-", "-C", oci.Workspace}, pr, io.Discard)
@@ -356,7 +356,7 @@ func (s *sandbox) putFiles(ctx context.Context, files []runtime.File) error {
 }
 
 // getFiles reads the workspace out of the keeper into dir.
-func (s *sandbox) getFiles(ctx context.Context, dir string) error {
+func (s *box) getFiles(ctx context.Context, dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}

@@ -19,7 +19,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
 )
 
-type sandbox struct {
+type box struct {
 	lifecycle.Sandbox
 	r     *Runtime
 	ctrID string
@@ -146,7 +146,7 @@ func (c *creation) Verify(ctx context.Context) (runtime.Sandbox, error) {
 		}
 		return nil, fmt.Errorf("%w: podman %s dropped or changed: %s", runtime.ErrPolicyNotApplied, r.svc.version, msg)
 	}
-	sb := &sandbox{Sandbox: lifecycle.NewSandbox(c.prep, p.workspace), r: r, ctrID: c.ctrID}
+	sb := &box{Sandbox: lifecycle.NewSandbox(c.prep, p.workspace), r: r, ctrID: c.ctrID}
 	if p.cgroupParent != "" {
 		sb.cgroup = containerCgroup(p.cgroupParent, c.ctrID)
 		sb.watchOOM = c.caps.Enforced(runtime.ItemOOMDetection)
@@ -183,7 +183,7 @@ func (r *Runtime) imageErr(ctx context.Context, image string, err error) error {
 }
 
 // Start implements runtime.Sandbox.
-func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
+func (s *box) Start(ctx context.Context, io runtime.IO) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stream != nil {
@@ -228,7 +228,7 @@ func (s *sandbox) Start(ctx context.Context, io runtime.IO) error {
 }
 
 // Wait implements runtime.Sandbox.
-func (s *sandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
+func (s *box) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 	s.mu.Lock()
 	copied := s.copied
 	s.mu.Unlock()
@@ -291,7 +291,7 @@ func (r *Runtime) exited(ctx context.Context, ctrID string) (*define.InspectCont
 }
 
 // Kill implements runtime.Sandbox.
-func (s *sandbox) Kill(ctx context.Context) error {
+func (s *box) Kill(ctx context.Context) error {
 	err := containers.Kill(s.r.ctx(ctx), s.ctrID, new(containers.KillOptions).WithSignal("SIGKILL"))
 	var em *errorhandling.ErrorModel
 	if err != nil && !(errors.As(err, &em) && (em.ResponseCode == http.StatusNotFound || em.ResponseCode == http.StatusConflict)) {
@@ -301,7 +301,7 @@ func (s *sandbox) Kill(ctx context.Context) error {
 }
 
 // Remove implements runtime.Sandbox.
-func (s *sandbox) Remove(ctx context.Context) error {
+func (s *box) Remove(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.Removal.Do(func() error {
