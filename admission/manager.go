@@ -21,7 +21,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/outfiles"
 	"github.com/sandstorm-dev/sandstorm/pool"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // ForwardedEnv is always passed into the sandbox: the model aliases
@@ -47,7 +47,7 @@ var providers = []struct {
 const gcloudCredentials = ".config/gcloud/application_default_credentials.json"
 
 // forwardedEnv reads what goes into every sandbox from the environment.
-func forwardedEnv(l config.Limits) (env []string, files []runtime.File, err error) {
+func forwardedEnv(l config.Limits) (env []string, files []sandbox.File, err error) {
 	pass := func(k string) {
 		if v, ok := os.LookupEnv(k); ok {
 			env = append(env, k+"="+v)
@@ -73,7 +73,7 @@ func forwardedEnv(l config.Limits) (env []string, files []runtime.File, err erro
 				if err != nil {
 					return nil, nil, fmt.Errorf("%w: GOOGLE_APPLICATION_CREDENTIALS: %w", config.ErrInvalid, err)
 				}
-				files = append(files, runtime.File{Path: gcloudCredentials, Content: data, Mode: 0o600})
+				files = append(files, sandbox.File{Path: gcloudCredentials, Content: data, Mode: 0o600})
 				env = append(env, "GOOGLE_APPLICATION_CREDENTIALS="+oci.Workspace+"/"+gcloudCredentials)
 			}
 		}
@@ -88,7 +88,7 @@ type Manager struct {
 	project config.Project
 	creds   gateway.Credentials
 	env     []string
-	files   []runtime.File
+	files   []sandbox.File
 
 	slots *Slots
 	pool  *pool.Pool

@@ -7,7 +7,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/egress"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 	"github.com/sandstorm-dev/sandstorm/webhook"
 )
 
@@ -31,8 +31,8 @@ func Validate(req api.Request) error {
 		field, msg, _ := strings.Cut(strings.TrimPrefix(err.Error(), config.ErrInvalid.Error()+": "), ": ")
 		return api.Invalid(field, "%s", msg)
 	}
-	if err := runtime.ValidateFiles(workspaceFiles(req)); err != nil {
-		return api.Invalid("files", "%s", strings.TrimPrefix(err.Error(), runtime.ErrInvalidSpec.Error()+": "))
+	if err := sandbox.ValidateFiles(workspaceFiles(req)); err != nil {
+		return api.Invalid("files", "%s", strings.TrimPrefix(err.Error(), sandbox.ErrInvalidSpec.Error()+": "))
 	}
 	return nil
 }
@@ -54,10 +54,10 @@ func egressRules(req api.Request) ([]egress.Rule, error) {
 }
 
 // workspaceFiles are req's files as the sandbox's workspace takes them.
-func workspaceFiles(req api.Request) []runtime.File {
-	var files []runtime.File
+func workspaceFiles(req api.Request) []sandbox.File {
+	var files []sandbox.File
 	for _, f := range req.WorkspaceFiles() {
-		files = append(files, runtime.File(f))
+		files = append(files, sandbox.File(f))
 	}
 	return files
 }

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/api"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // DefaultSlotDir holds the host-wide slot locks.
@@ -63,7 +63,7 @@ func (s *Slots) Acquire(ctx context.Context, queued Queued) (release func(), err
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("left the queue for a slot: %w", runtime.Cause(ctx))
+			return nil, fmt.Errorf("left the queue for a slot: %w", sandbox.Cause(ctx))
 		case <-deadline.C:
 			return nil, fmt.Errorf("%w: no slot freed within queue_wait_seconds (%v)", api.ErrBusy, s.wait)
 		case <-tick.C:

@@ -32,7 +32,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/outfiles"
 	"github.com/sandstorm-dev/sandstorm/runnerproto"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // maxLine bounds one stdout/stderr line; longer lines arrive in pieces.
@@ -49,7 +49,7 @@ type Config struct {
 // Job is one run.
 type Job struct {
 	Config Config
-	Files  []runtime.File
+	Files  []sandbox.File
 	// Timeout ends the run with a timeout error; 0 means none.
 	Timeout     time.Duration
 	Credentials gateway.Credentials
@@ -76,12 +76,12 @@ type Output struct {
 
 // Runner runs jobs on one backend.
 type Runner struct {
-	Runtime runtime.Runtime
+	Runtime sandbox.Runtime
 	Gateway *gateway.Gateway
 	// Image is the agent image; default agentimage.Ref.
 	Image           string
 	Policy          oci.Policy
-	AllowUnenforced []runtime.Item
+	AllowUnenforced []sandbox.Item
 	// Egress, if set, is the policy of the run's egress proxy (network
 	// mode proxy); the sandbox's own network is then loopback only.
 	Egress *egress.Policy
@@ -126,7 +126,7 @@ func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (api.Outcome, 
 	defer run.cancel(nil)
 	m, err := r.begin(ctx, job, run.send)
 	if err != nil {
-		if errors.Is(err, runtime.ErrNotFound) {
+		if errors.Is(err, sandbox.ErrNotFound) {
 			err = fmt.Errorf("%w (build and import the agent image with `ds image build`)", err)
 		}
 		return api.Outcome{}, err
@@ -197,7 +197,7 @@ func (r *Runner) RunOn(ctx context.Context, m *Member, job Job, emit api.Emit) (
 // wireFiles are files as the runner of a warm sandbox fetches them (it
 // writes them itself, as the agent user: on every backend and isolation,
 // and wherever the sandbox runs).
-func wireFiles(files []runtime.File) []byte {
+func wireFiles(files []sandbox.File) []byte {
 	out := make([]runnerproto.File, 0, len(files))
 	for _, f := range files {
 		mode := uint32(f.Mode.Perm())
@@ -245,7 +245,7 @@ func (s *stream) err() error {
 type Member struct {
 	id, sessionID, backend string
 	sess                   *gateway.Session
-	running                *runtime.Running
+	running                *sandbox.Running
 	unenforced             []string
 	createTook, startTook  time.Duration
 	// handOff is how long RunOn took to hand the member its run.
@@ -300,7 +300,7 @@ func (m *Member) config(c Config) Config {
 func (m *Member) Remove(ctx context.Context) error {
 	m.openGate()
 	m.running.Sandbox().Kill(context.WithoutCancel(ctx))
-	_, err := m.running.Finish(ctx, 0, runtime.Hooks{})
+	_, err := m.running.Finish(ctx, 0, sandbox.Hooks{})
 	return errors.Join(err, m.sess.Close())
 }
 
@@ -320,20 +320,20 @@ func (r *Runner) begin(ctx context.Context, job Job, send func(json.RawMessage))
 	if r.Egress != nil {
 		// The MCP servers the configuration names are reached through the proxy.
 		if m.mcp, declared, err = reachMCP(job.Config.MCPServers); err != nil {
-			return nil, fmt.Errorf("%w: %w", runtime.ErrInvalidSpec, err)
+			return nil, fmt.Errorf("%w: %w", sandbox.ErrInvalidSpec, err)
 		}
 	}
 	// A warm sandbox's runner starts the CLI with the options; the run
 	// brings the prompt.
 	config, err := json.Marshal(m.config(job.Config))
 	if err != nil {
-		return nil, fmt.Errorf("%w: runner config: %w", runtime.ErrInvalidSpec, err)
+		return nil, fmt.Errorf("%w: runner config: %w", sandbox.ErrInvalidSpec, err)
 	}
-	owner, err := runtime.Self()
+	owner, err := sandbox.Self()
 	if err != nil {
 		return nil, fmt.Errorf("session owner: %w", err)
 	}
-	m.sessionID = runtime.NewID()
+	m.sessionID = sandbox.NewID()
 	opts := gateway.SessionOptions{Credentials: job.Credentials, RunnerConfig: config, Owner: owner.String(), Budget: job.Budget, Pending: m.warm,
 		Logger: log.With("session_id", m.sessionID)}
 	if m.warm {
@@ -413,7 +413,7 @@ func (r *Runner) begin(ctx context.Context, job Job, send func(json.RawMessage))
 	if m.warm {
 		env = append(env, names.Wait+"=1")
 	}
-	spec := runtime.Spec{
+	spec := sandbox.Spec{
 		SessionID:       m.sessionID,
 		Image:           image,
 		Args:            agentimage.RunnerCommand(),
@@ -422,8 +422,8 @@ func (r *Runner) begin(ctx context.Context, job Job, send func(json.RawMessage))
 		Policy:          policy,
 		AllowUnenforced: r.AllowUnenforced,
 	}
-	hooks := runtime.Hooks{
-		Created: func(sb runtime.Sandbox, d time.Duration) {
+	hooks := sandbox.Hooks{
+		Created: func(sb sandbox.Sandbox, d time.Duration) {
 			m.id, m.unenforced, m.createTook = sb.ID(), itemNames(sb.Unenforced()), d
 			if !m.warm {
 				ev := api.NewSandboxEvent(api.SandboxCreated, m.id, m.sessionID, m.backend, d)
@@ -449,7 +449,7 @@ func (r *Runner) begin(ctx context.Context, job Job, send func(json.RawMessage))
 			}
 		},
 	}
-	if m.running, err = runtime.Begin(ctx, r.Runtime, spec, runtime.IO{Stdout: m.stdout, Stderr: m.stderr}, hooks); err != nil {
+	if m.running, err = sandbox.Begin(ctx, r.Runtime, spec, sandbox.IO{Stdout: m.stdout, Stderr: m.stderr}, hooks); err != nil {
 		m.openGate()
 		return nil, err
 	}
@@ -465,8 +465,8 @@ func (r *Runner) finish(ctx context.Context, m *Member, job Job, run *stream) (o
 		}
 	}()
 	var removeErr error
-	hooks := runtime.Hooks{
-		Exited: func(st runtime.ExitStatus, waitErr error, d time.Duration) {
+	hooks := sandbox.Hooks{
+		Exited: func(st sandbox.ExitStatus, waitErr error, d time.Duration) {
 			_ = m.stdout.Flush()
 			_ = m.stderr.Flush()
 			ev := api.NewSandboxEvent(api.SandboxExited, m.id, m.sessionID, m.backend, d)
@@ -510,7 +510,7 @@ func (r *Runner) finish(ctx context.Context, m *Member, job Job, run *stream) (o
 
 // handBack copies the files the agent made out of the exited sandbox and
 // sends a file event for each; what cannot be copied is logged and said.
-func (r *Runner) handBack(ctx context.Context, sb runtime.Sandbox, job Job, send func(json.RawMessage)) {
+func (r *Runner) handBack(ctx context.Context, sb sandbox.Sandbox, job Job, send func(json.RawMessage)) {
 	log := r.Logger
 	if log == nil {
 		log = slog.Default()
@@ -535,7 +535,7 @@ func (r *Runner) handBack(ctx context.Context, sb runtime.Sandbox, job Job, send
 }
 
 // itemNames are policy items as the sandbox event names them.
-func itemNames(items []runtime.Item) []string {
+func itemNames(items []sandbox.Item) []string {
 	names := make([]string, len(items))
 	for i, it := range items {
 		names[i] = string(it)
@@ -543,7 +543,7 @@ func itemNames(items []runtime.Item) []string {
 	return names
 }
 
-func collect(ctx context.Context, sb runtime.Sandbox, dir string, o outfiles.Options) (outfiles.Result, error) {
+func collect(ctx context.Context, sb sandbox.Sandbox, dir string, o outfiles.Options) (outfiles.Result, error) {
 	root, err := sb.Workspace()
 	if err != nil {
 		return outfiles.Result{}, err
@@ -554,11 +554,11 @@ func collect(ctx context.Context, sb runtime.Sandbox, dir string, o outfiles.Opt
 
 // ending says how a run whose process exited failed, if it did: its error
 // code and message.
-func ending(ctx context.Context, st runtime.ExitStatus, waitErr error, result json.RawMessage, timeout time.Duration) (api.Code, string) {
+func ending(ctx context.Context, st sandbox.ExitStatus, waitErr error, result json.RawMessage, timeout time.Duration) (api.Code, string) {
 	switch {
 	case waitErr != nil && ctx.Err() != nil:
 		return api.CodeCancelled, "run cancelled: " + context.Cause(ctx).Error()
-	case errors.Is(waitErr, runtime.ErrUnavailable):
+	case errors.Is(waitErr, sandbox.ErrUnavailable):
 		// The daemon went away: how the process ended is unknown, and what
 		// is left of the sandbox is removed once it is back.
 		return api.CodeRuntimeUnavailable, "lost the sandbox: " + waitErr.Error()
@@ -592,7 +592,7 @@ func resultSucceeded(msg json.RawMessage) bool {
 	return m.Succeeded()
 }
 
-func failureMessage(st runtime.ExitStatus, result json.RawMessage) string {
+func failureMessage(st sandbox.ExitStatus, result json.RawMessage) string {
 	var m runnerproto.Result
 	if result != nil && json.Unmarshal(result, &m) == nil {
 		msg := "agent finished with " + m.Subtype

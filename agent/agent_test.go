@@ -20,7 +20,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/runnerproto"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // fakeRuntime plays a runner: unit tests only; the real path is covered by
@@ -35,15 +35,15 @@ type fakeRuntime struct {
 	// chunk is the size of the writes stdout arrives in; default 7.
 	chunk      int
 	mu         sync.Mutex
-	created    []runtime.Spec
+	created    []sandbox.Spec
 	removed    int
 	configSeen Config
 }
 
 func (f *fakeRuntime) Name() string                                             { return "fake" }
-func (f *fakeRuntime) Info(context.Context) (runtime.Info, error)               { return runtime.Info{}, nil }
+func (f *fakeRuntime) Info(context.Context) (sandbox.Info, error)               { return sandbox.Info{}, nil }
 func (f *fakeRuntime) ImportImage(context.Context, io.Reader) ([]string, error) { return nil, nil }
-func (f *fakeRuntime) List(context.Context, map[string]string) ([]runtime.SandboxInfo, error) {
+func (f *fakeRuntime) List(context.Context, map[string]string) ([]sandbox.SandboxInfo, error) {
 	return nil, nil
 }
 func (f *fakeRuntime) Remove(context.Context, string) error { return nil }
@@ -51,15 +51,15 @@ func (f *fakeRuntime) Leftovers(context.Context, string, string) ([]string, erro
 	return nil, nil
 }
 func (f *fakeRuntime) Close() error { return nil }
-func (f *fakeRuntime) Enforcement(context.Context) (runtime.Enforcement, error) {
-	c := runtime.Enforcement{}
-	for _, it := range runtime.AllItems {
-		c[it] = runtime.Support{Enforced: true}
+func (f *fakeRuntime) Enforcement(context.Context) (sandbox.Enforcement, error) {
+	c := sandbox.Enforcement{}
+	for _, it := range sandbox.AllItems {
+		c[it] = sandbox.Support{Enforced: true}
 	}
 	return c, nil
 }
 
-func (f *fakeRuntime) Create(_ context.Context, s runtime.Spec) (runtime.Sandbox, error) {
+func (f *fakeRuntime) Create(_ context.Context, s sandbox.Spec) (sandbox.Sandbox, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.created = append(f.created, s)
@@ -94,11 +94,11 @@ type fakeSandbox struct {
 }
 
 func (s *fakeSandbox) ID() string                 { return "fake-1" }
-func (s *fakeSandbox) Unenforced() []runtime.Item { return nil }
+func (s *fakeSandbox) Unenforced() []sandbox.Item { return nil }
 func (s *fakeSandbox) Workspace() (*os.Root, error) {
 	return nil, errors.New("the fake sandbox has no workspace")
 }
-func (s *fakeSandbox) Start(_ context.Context, o runtime.IO) error {
+func (s *fakeSandbox) Start(_ context.Context, o sandbox.IO) error {
 	go func() {
 		// Written in odd chunks, as pipes deliver.
 		n := s.f.chunk
@@ -115,18 +115,18 @@ func (s *fakeSandbox) Start(_ context.Context, o runtime.IO) error {
 	}()
 	return nil
 }
-func (s *fakeSandbox) Wait(ctx context.Context) (runtime.ExitStatus, error) {
+func (s *fakeSandbox) Wait(ctx context.Context) (sandbox.ExitStatus, error) {
 	select {
 	case <-s.done:
 		if s.f.hang {
-			return runtime.ExitStatus{Known: true, Code: 137, Signal: "SIGKILL"}, nil
+			return sandbox.ExitStatus{Known: true, Code: 137, Signal: "SIGKILL"}, nil
 		}
 		if s.f.lost {
-			return runtime.ExitStatus{}, fmt.Errorf("%w: sandbox fake-1: lost its exit status: connection refused", runtime.ErrUnavailable)
+			return sandbox.ExitStatus{}, fmt.Errorf("%w: sandbox fake-1: lost its exit status: connection refused", sandbox.ErrUnavailable)
 		}
-		return runtime.ExitStatus{Known: true, Code: s.f.code, OOMKilled: s.f.oom}, nil
+		return sandbox.ExitStatus{Known: true, Code: s.f.code, OOMKilled: s.f.oom}, nil
 	case <-ctx.Done():
-		return runtime.ExitStatus{}, ctx.Err()
+		return sandbox.ExitStatus{}, ctx.Err()
 	}
 }
 func (s *fakeSandbox) Kill(context.Context) error {

@@ -55,7 +55,7 @@ type Request struct {
 }
 
 // WorkspaceFile is one file a request places in the workspace (the
-// sandbox's runtime.File).
+// sandbox.File).
 type WorkspaceFile struct {
 	// Path is relative to the workspace.
 	Path    string

@@ -18,7 +18,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/egress"
 	"github.com/sandstorm-dev/sandstorm/images/agentimage"
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 	"github.com/sandstorm-dev/sandstorm/webhook"
 )
 
@@ -56,7 +56,7 @@ type Limits struct {
 	MaxBudgetUSD     float64 `json:"max_budget_usd"`
 	MaxModelRequests int     `json:"max_model_requests"`
 	MaxOutputTokens  int64   `json:"max_output_tokens"`
-	// Isolation is runc (default) or gvisor (see runtime.Isolation); the
+	// Isolation is runc (default) or gvisor (see sandbox.Isolation); the
 	// backend is opened with it at start.
 	Isolation string `json:"isolation" limits:"restart"`
 	// AllowUnenforced lists the policy items runs may go without where the
@@ -96,7 +96,7 @@ func DefaultLimits() Limits {
 		NetworkMode:           NetworkProxy,
 		QueueSize:             100,
 		QueueWaitSeconds:      60,
-		Isolation:             string(runtime.IsolationRunc),
+		Isolation:             string(sandbox.IsolationRunc),
 		RunRetention:          Days(7 * 24 * time.Hour),
 		RunStoreMaxBytes:      1 << 30,
 		MaxOutputFiles:        1000,
@@ -469,10 +469,10 @@ func (l Limits) Validate() error {
 	if len(l.Secrets) > 0 && l.NetworkMode != NetworkProxy {
 		return bad("secrets", "need network_mode: proxy (the proxy puts them in at the boundary)")
 	}
-	if _, err := runtime.ParseIsolation(l.Isolation); err != nil {
-		return bad("isolation", "%q: choose %s or %s", l.Isolation, runtime.IsolationRunc, runtime.IsolationGVisor)
+	if _, err := sandbox.ParseIsolation(l.Isolation); err != nil {
+		return bad("isolation", "%q: choose %s or %s", l.Isolation, sandbox.IsolationRunc, sandbox.IsolationGVisor)
 	}
-	if _, err := runtime.ParseItems(l.AllowUnenforced); err != nil {
+	if _, err := sandbox.ParseItems(l.AllowUnenforced); err != nil {
 		return bad("allow_unenforced", "%v", err)
 	}
 	return nil

@@ -7,29 +7,29 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
 	"github.com/sandstorm-dev/sandstorm/runtime/docker"
 	"github.com/sandstorm-dev/sandstorm/runtime/kubernetes"
 	"github.com/sandstorm-dev/sandstorm/runtime/podman"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
 func TestContainerd(t *testing.T) {
-	scenarios(t, backend{name: "containerd", open: func(ctx context.Context) (runtime.Runtime, error) {
+	scenarios(t, backend{name: "containerd", open: func(ctx context.Context) (sandbox.Runtime, error) {
 		return containerd.New(ctx, containerd.Config{Address: os.Getenv("SANDSTORM_CONTAINERD_SOCKET")})
 	}})
 }
 
 func TestDocker(t *testing.T) {
-	scenarios(t, backend{name: "docker", open: func(ctx context.Context) (runtime.Runtime, error) {
+	scenarios(t, backend{name: "docker", open: func(ctx context.Context) (sandbox.Runtime, error) {
 		return docker.New(ctx, docker.Config{Host: os.Getenv("SANDSTORM_DOCKER_SOCKET")})
 	}})
 }
 
 func TestPodman(t *testing.T) {
-	scenarios(t, backend{name: "podman", open: func(ctx context.Context) (runtime.Runtime, error) {
+	scenarios(t, backend{name: "podman", open: func(ctx context.Context) (sandbox.Runtime, error) {
 		return podman.New(ctx, podman.Config{Socket: testenv.PodmanSocket(false)})
 	}})
 }
@@ -38,8 +38,8 @@ func TestPodman(t *testing.T) {
 // service cannot enforce resource limits, so the runs allow that explicitly
 // and the stream must say which limits were not enforced.
 func TestPodmanRootless(t *testing.T) {
-	allow := []runtime.Item{runtime.ItemMemoryLimit, runtime.ItemCPULimit, runtime.ItemPidsLimit}
-	scenarios(t, backend{name: "podman-rootless", allow: allow, open: func(ctx context.Context) (runtime.Runtime, error) {
+	allow := []sandbox.Item{sandbox.ItemMemoryLimit, sandbox.ItemCPULimit, sandbox.ItemPidsLimit}
+	scenarios(t, backend{name: "podman-rootless", allow: allow, open: func(ctx context.Context) (sandbox.Runtime, error) {
 		return podman.New(ctx, podman.Config{
 			Socket:             testenv.PodmanSocket(true),
 			NoCgroupDelegation: true,
@@ -48,21 +48,21 @@ func TestPodmanRootless(t *testing.T) {
 }
 
 // gvisorAllow are the items gVisor cannot enforce that a default policy
-// needs (runtime.GVisorUnenforced): the runs allow them, and the stream says so.
-var gvisorAllow = []runtime.Item{runtime.ItemPidsLimit, runtime.ItemNosuidMounts}
+// needs (sandbox.GVisorUnenforced): the runs allow them, and the stream says so.
+var gvisorAllow = []sandbox.Item{sandbox.ItemPidsLimit, sandbox.ItemNosuidMounts}
 
 // TestContainerdGVisor runs the same agent under gVisor (runsc through the
 // runc v2 shim).
 func TestContainerdGVisor(t *testing.T) {
-	scenarios(t, backend{name: "containerd+gvisor", allow: gvisorAllow, open: func(ctx context.Context) (runtime.Runtime, error) {
-		return containerd.New(ctx, containerd.Config{Address: os.Getenv("SANDSTORM_CONTAINERD_SOCKET"), Isolation: runtime.IsolationGVisor})
+	scenarios(t, backend{name: "containerd+gvisor", allow: gvisorAllow, open: func(ctx context.Context) (sandbox.Runtime, error) {
+		return containerd.New(ctx, containerd.Config{Address: os.Getenv("SANDSTORM_CONTAINERD_SOCKET"), Isolation: sandbox.IsolationGVisor})
 	}})
 }
 
 // TestDockerGVisor runs the same agent under gVisor (Docker's runtime sandstorm-runsc).
 func TestDockerGVisor(t *testing.T) {
-	scenarios(t, backend{name: "docker+gvisor", allow: gvisorAllow, open: func(ctx context.Context) (runtime.Runtime, error) {
-		return docker.New(ctx, docker.Config{Host: os.Getenv("SANDSTORM_DOCKER_SOCKET"), Isolation: runtime.IsolationGVisor})
+	scenarios(t, backend{name: "docker+gvisor", allow: gvisorAllow, open: func(ctx context.Context) (sandbox.Runtime, error) {
+		return docker.New(ctx, docker.Config{Host: os.Getenv("SANDSTORM_DOCKER_SOCKET"), Isolation: sandbox.IsolationGVisor})
 	}})
 }
 
@@ -71,22 +71,22 @@ func TestDockerGVisor(t *testing.T) {
 // takes none per container).
 func TestPodmanGVisor(t *testing.T) {
 	conformance.NeedsDaemon(t, "podman+gvisor")
-	d := testenv.StartPodman(t, "e2e-podman-gvisor", "--runtime", runtime.GVisorRuntime)
-	scenarios(t, backend{name: "podman+gvisor", allow: gvisorAllow, open: func(ctx context.Context) (runtime.Runtime, error) {
-		return podman.New(ctx, podman.Config{Socket: d.Address, Isolation: runtime.IsolationGVisor})
+	d := testenv.StartPodman(t, "e2e-podman-gvisor", "--runtime", sandbox.GVisorRuntime)
+	scenarios(t, backend{name: "podman+gvisor", allow: gvisorAllow, open: func(ctx context.Context) (sandbox.Runtime, error) {
+		return podman.New(ctx, podman.Config{Socket: d.Address, Isolation: sandbox.IsolationGVisor})
 	}})
 }
 
 // kubernetesAllow are the items a Pod cannot have that a default policy
 // needs (see runtime/kubernetes): the runs allow them, and the stream says so.
-var kubernetesAllow = []runtime.Item{runtime.ItemPidsLimit, runtime.ItemNosuidMounts, runtime.ItemNetworkNone}
+var kubernetesAllow = []sandbox.Item{sandbox.ItemPidsLimit, sandbox.ItemNosuidMounts, sandbox.ItemNetworkNone}
 
 // TestKubernetes runs the same agent as a Pod on the cluster $KUBECONFIG
 // names (scripts/k8s-up.sh), reaching the gateway over TCP at the node's
 // address of this host.
 func TestKubernetes(t *testing.T) {
 	host := cmp.Or(os.Getenv("SANDSTORM_K8S_GATEWAY_HOST"), "10.245.0.1")
-	scenarios(t, backend{name: "kubernetes", allow: kubernetesAllow, gatewayHost: host, open: func(ctx context.Context) (runtime.Runtime, error) {
+	scenarios(t, backend{name: "kubernetes", allow: kubernetesAllow, gatewayHost: host, open: func(ctx context.Context) (sandbox.Runtime, error) {
 		return kubernetes.New(ctx, kubernetes.FromEnv("", ""))
 	}})
 }

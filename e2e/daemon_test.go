@@ -11,10 +11,10 @@ import (
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
 	"github.com/sandstorm-dev/sandstorm/runtime/podman"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
@@ -48,7 +48,7 @@ func TestDaemonDies(t *testing.T) {
 	})
 }
 
-func daemonDies(t *testing.T, d *testenv.Daemon, rt runtime.Runtime) {
+func daemonDies(t *testing.T, d *testenv.Daemon, rt sandbox.Runtime) {
 	ctx := context.Background()
 	testenv.EnsureAgentImage(t, rt, "test-"+rt.Name())
 
@@ -131,7 +131,7 @@ func daemonDies(t *testing.T, d *testenv.Daemon, rt runtime.Runtime) {
 	d.Start()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		removed, serr := runtime.Sweep(ctx, rt)
+		removed, serr := sandbox.Sweep(ctx, rt)
 		left, lerr := rt.Leftovers(ctx, id, session)
 		if serr == nil && lerr == nil && len(left) == 0 {
 			t.Logf("the sweep removed %v once the daemon was back", removed)

@@ -18,8 +18,8 @@ import (
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
@@ -30,33 +30,33 @@ const realKey = "sk-ant-api03-e2e-REAL-KEY-must-never-enter-a-sandbox"
 // backend is one configuration the scenarios run on.
 type backend struct {
 	name  string // as in SANDSTORM_REQUIRE_RUNTIMES
-	open  func(ctx context.Context) (runtime.Runtime, error)
-	allow []runtime.Item
+	open  func(ctx context.Context) (sandbox.Runtime, error)
+	allow []sandbox.Item
 	// gatewayHost, for sandboxes on a cluster's nodes, is the address of
 	// this host they reach the gateway's TCP side at.
 	gatewayHost string
 }
 
 // run runs one scenario on rt and returns the events and what the model server saw.
-func run(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map[string]any, api.Outcome, *modelserver.Server, runtime.Runtime) {
+func run(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map[string]any, api.Outcome, *modelserver.Server, sandbox.Runtime) {
 	t.Helper()
 	return runWith(t, b, sc, job, nil)
 }
 
 // runWith is run with the runner set up further by configure (egress).
-func runWith(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job, configure func(*agent.Runner)) ([]map[string]any, api.Outcome, *modelserver.Server, runtime.Runtime) {
+func runWith(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job, configure func(*agent.Runner)) ([]map[string]any, api.Outcome, *modelserver.Server, sandbox.Runtime) {
 	t.Helper()
 	return runHow(t, b, sc, job, configure, false)
 }
 
 // runWarm is run in a sandbox started warm (agent.Runner.Warm) before the
 // job is handed to it.
-func runWarm(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map[string]any, api.Outcome, *modelserver.Server, runtime.Runtime) {
+func runWarm(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map[string]any, api.Outcome, *modelserver.Server, sandbox.Runtime) {
 	t.Helper()
 	return runHow(t, b, sc, job, nil, true)
 }
 
-func runHow(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job, configure func(*agent.Runner), warm bool) ([]map[string]any, api.Outcome, *modelserver.Server, runtime.Runtime) {
+func runHow(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job, configure func(*agent.Runner), warm bool) ([]map[string]any, api.Outcome, *modelserver.Server, sandbox.Runtime) {
 	t.Helper()
 	conformance.NeedsDaemon(t, b.name)
 	ctx := context.Background()
@@ -137,7 +137,7 @@ func runHow(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job, con
 }
 
 // assertGone: the sandbox and everything it owned are removed.
-func assertGone(t *testing.T, rt runtime.Runtime, events []map[string]any) {
+func assertGone(t *testing.T, rt sandbox.Runtime, events []map[string]any) {
 	t.Helper()
 	var id, session string
 	for _, e := range events {
@@ -160,7 +160,7 @@ func assertGone(t *testing.T, rt runtime.Runtime, events []map[string]any) {
 
 // assertUnenforcedSaid: when the backend cannot enforce an item and the run
 // was allowed without it, the stream says so.
-func assertUnenforcedSaid(t *testing.T, rt runtime.Runtime, events []map[string]any) {
+func assertUnenforcedSaid(t *testing.T, rt sandbox.Runtime, events []map[string]any) {
 	t.Helper()
 	caps, err := rt.Enforcement(context.Background())
 	if err != nil {
@@ -175,7 +175,7 @@ func assertUnenforcedSaid(t *testing.T, rt runtime.Runtime, events []map[string]
 			}
 		}
 	}
-	for _, it := range runtime.Required(oci.Policy{MemoryBytes: 2 << 30}.WithDefaults()) {
+	for _, it := range sandbox.Required(oci.Policy{MemoryBytes: 2 << 30}.WithDefaults()) {
 		if !caps.Enforced(it) && !slices.Contains(said, string(it)) {
 			t.Errorf("%s is not enforced here but the stream did not say so (said %v)", it, said)
 		}
@@ -231,7 +231,7 @@ func toolResults(events []map[string]any) string {
 // timeRun runs the hello-python scenario once and returns the time to the
 // first SDK message and to the end of the run.
 // benchRunner is a runner on rt whose model is sc's scripted server.
-func benchRunner(b *testing.B, rt runtime.Runtime, sc modelserver.Scenario) (*agent.Runner, *modelserver.Server) {
+func benchRunner(b *testing.B, rt sandbox.Runtime, sc modelserver.Scenario) (*agent.Runner, *modelserver.Server) {
 	srv := modelserver.NewServer(sc)
 	url, stop, err := srv.Listen(context.Background(), "127.0.0.1:0")
 	if err != nil {
@@ -245,7 +245,7 @@ func benchRunner(b *testing.B, rt runtime.Runtime, sc modelserver.Scenario) (*ag
 	return &agent.Runner{Runtime: rt, Gateway: gw}, srv
 }
 
-func timeRun(b *testing.B, rt runtime.Runtime) (first, total time.Duration) {
+func timeRun(b *testing.B, rt sandbox.Runtime) (first, total time.Duration) {
 	sc, err := modelserver.Builtin("hello-python")
 	if err != nil {
 		b.Fatal(err)

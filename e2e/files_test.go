@@ -15,7 +15,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
 	"github.com/sandstorm-dev/sandstorm/outfiles"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // filesScenario: the files the agent made are copied out of the sandbox
@@ -37,7 +37,7 @@ func filesScenario(t *testing.T, b backend) {
 	}}
 	dir := filepath.Join(t.TempDir(), "out")
 	job := agent.Job{Config: agent.Config{Prompt: "report"},
-		Files:  []runtime.File{{Path: "input.txt", Content: []byte("original")}, {Path: "keep.txt", Content: []byte("untouched")}},
+		Files:  []sandbox.File{{Path: "input.txt", Content: []byte("original")}, {Path: "keep.txt", Content: []byte("untouched")}},
 		Output: &agent.Output{Dir: dir, URL: "/files/", Options: outfiles.Options{MaxFiles: 10, MaxBytes: 1 << 20, InlineMax: 64}}}
 	events, out, _, _ := run(t, b, sc, job)
 	if !out.Success() {
@@ -71,7 +71,7 @@ func filesScenario(t *testing.T, b backend) {
 // warmScenario: a run handed to a warm sandbox (started before it, the CLI
 // waiting) gets its files, owned by the agent, and hands back what it made.
 func warmScenario(t *testing.T, b backend) {
-	files := []runtime.File{{Path: "data/in.txt", Content: []byte("quiet words\n")}}
+	files := []sandbox.File{{Path: "data/in.txt", Content: []byte("quiet words\n")}}
 	// test -O, not ls or stat: gVisor's statx fails with EINVAL.
 	command := "cat data/in.txt && test -O data/in.txt && echo owned by $(id -u) && tr a-z A-Z < data/in.txt > out.txt"
 	owner := "owned by 1000"

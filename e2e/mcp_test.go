@@ -13,7 +13,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/egress"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // mcpEcho is a tiny MCP server over stdio (newline-delimited JSON-RPC):
@@ -43,7 +43,7 @@ func mcpScenario(t *testing.T, b backend) {
 	}}
 	servers, _ := json.Marshal(map[string]any{"echo": map[string]any{"type": "stdio", "command": "python3", "args": []string{"/home/user/mcp_echo.py"}}})
 	job := agent.Job{Config: agent.Config{Prompt: "echo hi", Project: config.Project{MCPServers: servers}},
-		Files: []runtime.File{{Path: "mcp_echo.py", Content: []byte(mcpEcho)}}}
+		Files: []sandbox.File{{Path: "mcp_echo.py", Content: []byte(mcpEcho)}}}
 	events, out, _, _ := run(t, b, sc, job)
 	if !out.Success() {
 		t.Fatalf("run failed: %s", out.Code)

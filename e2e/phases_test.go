@@ -14,10 +14,10 @@ import (
 	"github.com/sandstorm-dev/sandstorm/agent"
 	"github.com/sandstorm-dev/sandstorm/modelserver"
 	"github.com/sandstorm-dev/sandstorm/runnerproto"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
 	"github.com/sandstorm-dev/sandstorm/runtime/docker"
 	"github.com/sandstorm-dev/sandstorm/runtime/podman"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
@@ -28,7 +28,7 @@ var phases = []string{"created", "started", "runner_started", "config_received",
 // into its phases (p50 and p90 over the runs, in ms from the request), on
 // containerd, Docker and Podman: where the time goes.
 func BenchmarkColdPhases(b *testing.B) {
-	onBenchBackends(b, func(b *testing.B, rt runtime.Runtime, name string) {
+	onBenchBackends(b, func(b *testing.B, rt sandbox.Runtime, name string) {
 		at := map[string][]float64{}
 		for range b.N {
 			for p, d := range coldPhases(b, rt) {
@@ -51,7 +51,7 @@ func BenchmarkColdPhases(b *testing.B) {
 
 // onBenchBackends runs bench on each backend benchmarks compare, with the
 // agent image in it.
-func onBenchBackends(b *testing.B, bench func(b *testing.B, rt runtime.Runtime, name string)) {
+func onBenchBackends(b *testing.B, bench func(b *testing.B, rt sandbox.Runtime, name string)) {
 	for _, bk := range benchBackends() {
 		b.Run(bk.name, func(b *testing.B) {
 			rt, err := bk.open(context.Background())
@@ -68,20 +68,20 @@ func onBenchBackends(b *testing.B, bench func(b *testing.B, rt runtime.Runtime, 
 // benchBackends are the backends benchmarks compare.
 func benchBackends() []backend {
 	return []backend{
-		{name: "containerd", open: func(ctx context.Context) (runtime.Runtime, error) {
+		{name: "containerd", open: func(ctx context.Context) (sandbox.Runtime, error) {
 			return containerd.New(ctx, containerd.Config{Address: os.Getenv("SANDSTORM_CONTAINERD_SOCKET")})
 		}},
-		{name: "docker", open: func(ctx context.Context) (runtime.Runtime, error) {
+		{name: "docker", open: func(ctx context.Context) (sandbox.Runtime, error) {
 			return docker.New(ctx, docker.Config{Host: os.Getenv("SANDSTORM_DOCKER_SOCKET")})
 		}},
-		{name: "podman", open: func(ctx context.Context) (runtime.Runtime, error) {
+		{name: "podman", open: func(ctx context.Context) (sandbox.Runtime, error) {
 			return podman.New(ctx, podman.Config{Socket: testenv.PodmanSocket(false)})
 		}},
 	}
 }
 
 // coldPhases runs one agent with an answer at once and times its phases.
-func coldPhases(b *testing.B, rt runtime.Runtime) map[string]time.Duration {
+func coldPhases(b *testing.B, rt sandbox.Runtime) map[string]time.Duration {
 	r, srv := benchRunner(b, rt, modelserver.Scenario{Name: "at-once", Turns: []modelserver.Turn{{Text: "hello"}}})
 	var mu sync.Mutex
 	got := map[string]time.Duration{}

@@ -15,8 +15,8 @@ import (
 	"github.com/sandstorm-dev/sandstorm/modelserver"
 	"github.com/sandstorm-dev/sandstorm/pool"
 	"github.com/sandstorm-dev/sandstorm/runnerproto"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
@@ -25,7 +25,7 @@ import (
 // of a cold run and of a run handed to a warm sandbox (the model answering
 // at once), and the hand-off itself: p50 and p90 over the runs.
 func BenchmarkWarm(b *testing.B) {
-	onBenchBackends(b, func(b *testing.B, rt runtime.Runtime, name string) {
+	onBenchBackends(b, func(b *testing.B, rt sandbox.Runtime, name string) {
 		// One answer per run, at once.
 		sc := modelserver.Scenario{Name: "at-once", Turns: make([]modelserver.Turn, 2*b.N)}
 		for i := range sc.Turns {

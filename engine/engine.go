@@ -32,8 +32,8 @@ import (
 	"github.com/sandstorm-dev/sandstorm/pool"
 	"github.com/sandstorm-dev/sandstorm/runs"
 	"github.com/sandstorm-dev/sandstorm/runstore"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/backends"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 	"github.com/sandstorm-dev/sandstorm/webhook"
 )
 
@@ -83,7 +83,7 @@ const SlotDirEnv = "SANDSTORM_SLOT_DIR"
 // Engine is a ready sandstorm; it implements api.Engine for the CLI and
 // the HTTP server.
 type Engine struct {
-	Runtime  runtime.Runtime
+	Runtime  sandbox.Runtime
 	Gateway  *gateway.Gateway
 	Scripted *modelserver.Server
 	// Metrics counts what the engine's runs, gateway and sweeps do.
@@ -177,7 +177,7 @@ func New(ctx context.Context, o Options) (_ *Engine, err error) {
 		return nil, err
 	}
 	e.Notices = append(e.Notices, st.warnings...)
-	isolation, _ := runtime.ParseIsolation(st.limits.Isolation)
+	isolation, _ := sandbox.ParseIsolation(st.limits.Isolation)
 
 	upstream := o.Upstream
 	if upstream == "" {
@@ -246,7 +246,7 @@ func (e *Engine) listenGateway(ctx context.Context) error {
 	}
 	addr := e.opts.GatewayListen
 	if addr == "" {
-		if !caps.Enforced(runtime.ItemBindMounts) {
+		if !caps.Enforced(sandbox.ItemBindMounts) {
 			return fmt.Errorf("%w: the %s backend's sandboxes cannot have the gateway's socket mounted: serve it on TCP with --gateway-listen HOST:PORT, "+
 				"HOST an address of this host they reach (--gateway-tls to encrypt it)", config.ErrInvalid, e.Runtime.Name())
 		}
@@ -265,7 +265,7 @@ func (e *Engine) listenGateway(ctx context.Context) error {
 	}
 	// Sandboxes that can have the socket mounted keep it (theirs may have
 	// no network at all); the others dial this address.
-	if !caps.Enforced(runtime.ItemBindMounts) {
+	if !caps.Enforced(sandbox.ItemBindMounts) {
 		e.gatewayAddr = l.Addr().String()
 	}
 	if e.opts.GatewayTLS {
@@ -295,7 +295,7 @@ func (e *Engine) listenGateway(ctx context.Context) error {
 
 // newManager builds the runner and the manager of runs under st.
 func (e *Engine) newManager(st settings) (*admission.Manager, error) {
-	allow, _ := runtime.ParseItems(st.limits.AllowUnenforced)
+	allow, _ := sandbox.ParseItems(st.limits.AllowUnenforced)
 	egressPolicy, err := st.limits.EgressPolicy()
 	if err != nil {
 		return nil, err
@@ -422,7 +422,7 @@ func (e *Engine) SweepEvery(ctx context.Context, every time.Duration) {
 func (e *Engine) Sweep(ctx context.Context, others bool) (Swept, error) {
 	var s Swept
 	var errs []error
-	rts := []runtime.Runtime{e.Runtime}
+	rts := []sandbox.Runtime{e.Runtime}
 	if others {
 		// The engine's own backend is found again: sweep it once, through
 		// e.Runtime, which also retries the removals its runs could not do.
@@ -438,11 +438,11 @@ func (e *Engine) Sweep(ctx context.Context, others bool) (Swept, error) {
 		}
 	}
 	for _, rt := range rts {
-		ids, err := runtime.Sweep(ctx, rt)
+		ids, err := sandbox.Sweep(ctx, rt)
 		s.Sandboxes = append(s.Sandboxes, ids...)
 		errs = append(errs, err)
 	}
-	dirs, err := gateway.Sweep(e.Gateway.Dir(), runtime.Orphaned)
+	dirs, err := gateway.Sweep(e.Gateway.Dir(), sandbox.Orphaned)
 	s.Sessions = dirs
 	e.Metrics.Reaped("sandbox", len(s.Sandboxes))
 	e.Metrics.Reaped("session", len(s.Sessions))

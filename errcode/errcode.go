@@ -14,7 +14,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runstore"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 type row struct {
@@ -30,20 +30,20 @@ var table = []row{
 	{api.ErrInvalidRequest, api.CodeInvalidRequest, http.StatusBadRequest, api.ExitUsage},
 	{api.ErrUsage, api.CodeInvalidRequest, http.StatusBadRequest, api.ExitUsage},
 	{api.ErrBusy, api.CodeBusy, http.StatusTooManyRequests, api.ExitBusy},
-	{runtime.ErrNoCapacity, api.CodeBusy, http.StatusTooManyRequests, api.ExitBusy},
+	{sandbox.ErrNoCapacity, api.CodeBusy, http.StatusTooManyRequests, api.ExitBusy},
 	{api.ErrUnauthorized, api.CodeUnauthorized, http.StatusUnauthorized, api.ExitUsage},
 	{api.ErrForbiddenOrigin, api.CodeForbidden, http.StatusForbidden, api.ExitUsage},
 	{api.ErrMediaType, api.CodeMediaType, http.StatusUnsupportedMediaType, api.ExitUsage},
 	{config.ErrInvalid, api.CodeInvalidConfig, http.StatusBadRequest, api.ExitConfig},
-	{runtime.ErrInvalidSpec, api.CodeInvalidConfig, http.StatusBadRequest, api.ExitUsage},
+	{sandbox.ErrInvalidSpec, api.CodeInvalidConfig, http.StatusBadRequest, api.ExitUsage},
 	{oci.ErrInvalidPolicy, api.CodeInvalidConfig, http.StatusBadRequest, api.ExitUsage},
-	{runtime.ErrNotFound, api.CodeNotFound, http.StatusNotFound, api.ExitNotFound},
+	{sandbox.ErrNotFound, api.CodeNotFound, http.StatusNotFound, api.ExitNotFound},
 	{runstore.ErrNotFound, api.CodeNotFound, http.StatusNotFound, api.ExitNotFound},
 	{runstore.ErrNotFinished, api.CodeConflict, http.StatusConflict, api.ExitFailure},
 	{runstore.ErrUnavailable, api.CodeStoreUnavailable, http.StatusServiceUnavailable, api.ExitUnavailable},
-	{runtime.ErrUnavailable, api.CodeRuntimeUnavailable, http.StatusServiceUnavailable, api.ExitUnavailable},
-	{runtime.ErrNotEnforceable, api.CodeInvalidConfig, http.StatusUnprocessableEntity, api.ExitConfig},
-	{runtime.ErrPolicyNotApplied, api.CodeInvalidConfig, http.StatusInternalServerError, api.ExitConfig},
+	{sandbox.ErrUnavailable, api.CodeRuntimeUnavailable, http.StatusServiceUnavailable, api.ExitUnavailable},
+	{sandbox.ErrNotEnforceable, api.CodeInvalidConfig, http.StatusUnprocessableEntity, api.ExitConfig},
+	{sandbox.ErrPolicyNotApplied, api.CodeInvalidConfig, http.StatusInternalServerError, api.ExitConfig},
 	{context.DeadlineExceeded, api.CodeTimeout, http.StatusGatewayTimeout, api.ExitTimeout},
 	{api.ErrShuttingDown, api.CodeCancelled, http.StatusServiceUnavailable, api.ExitCancelled},
 	{context.Canceled, api.CodeCancelled, api.StatusClientClosed, api.ExitCancelled},

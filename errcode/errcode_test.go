@@ -11,7 +11,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/config"
 	"github.com/sandstorm-dev/sandstorm/oci"
 	"github.com/sandstorm-dev/sandstorm/runstore"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 func TestTable(t *testing.T) {
@@ -21,13 +21,13 @@ func TestTable(t *testing.T) {
 		http, exit int
 	}{
 		{nil, api.CodeInternal, 200, 0},
-		{fmt.Errorf("create: %w", runtime.ErrInvalidSpec), api.CodeInvalidConfig, 400, api.ExitUsage},
+		{fmt.Errorf("create: %w", sandbox.ErrInvalidSpec), api.CodeInvalidConfig, 400, api.ExitUsage},
 		{fmt.Errorf("x: %w", oci.ErrInvalidPolicy), api.CodeInvalidConfig, 400, api.ExitUsage},
-		{fmt.Errorf("x: %w", runtime.ErrNotFound), api.CodeNotFound, 404, api.ExitNotFound},
-		{fmt.Errorf("x: %w", runtime.ErrUnavailable), api.CodeRuntimeUnavailable, 503, api.ExitUnavailable},
-		{fmt.Errorf("x: %w", runtime.ErrNotEnforceable), api.CodeInvalidConfig, 422, api.ExitConfig},
-		{fmt.Errorf("x: %w", runtime.ErrPolicyNotApplied), api.CodeInvalidConfig, 500, api.ExitConfig},
-		{fmt.Errorf("x: %w", runtime.ErrNoCapacity), api.CodeBusy, 429, api.ExitBusy},
+		{fmt.Errorf("x: %w", sandbox.ErrNotFound), api.CodeNotFound, 404, api.ExitNotFound},
+		{fmt.Errorf("x: %w", sandbox.ErrUnavailable), api.CodeRuntimeUnavailable, 503, api.ExitUnavailable},
+		{fmt.Errorf("x: %w", sandbox.ErrNotEnforceable), api.CodeInvalidConfig, 422, api.ExitConfig},
+		{fmt.Errorf("x: %w", sandbox.ErrPolicyNotApplied), api.CodeInvalidConfig, 500, api.ExitConfig},
+		{fmt.Errorf("x: %w", sandbox.ErrNoCapacity), api.CodeBusy, 429, api.ExitBusy},
 		{fmt.Errorf("x: %w", runstore.ErrNotFound), api.CodeNotFound, 404, api.ExitNotFound},
 		{fmt.Errorf("x: %w", runstore.ErrNotFinished), api.CodeConflict, 409, api.ExitFailure},
 		{fmt.Errorf("x: %w", runstore.ErrUnavailable), api.CodeStoreUnavailable, 503, api.ExitUnavailable},

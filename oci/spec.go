@@ -13,7 +13,7 @@ const (
 	LabelManaged = "sandstorm.managed"
 	LabelSession = "sandstorm.session"
 	// LabelOwner names the sandstorm process that made the sandbox (see
-	// runtime.Owner), so objects of a crashed process can be told apart.
+	// sandbox.Owner), so objects of a crashed process can be told apart.
 	LabelOwner = "sandstorm.owner"
 )
 

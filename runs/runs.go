@@ -24,7 +24,7 @@ import (
 	"github.com/sandstorm-dev/sandstorm/metrics"
 	"github.com/sandstorm-dev/sandstorm/outfiles"
 	"github.com/sandstorm-dev/sandstorm/runstore"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 	"github.com/sandstorm-dev/sandstorm/webhook"
 )
 
@@ -73,7 +73,7 @@ type live struct {
 
 // New makes a service over store. Close it to stop its background work.
 func New(eng api.Engine, store *runstore.Store, o Options) (*Service, error) {
-	self, err := runtime.Self()
+	self, err := sandbox.Self()
 	if err != nil {
 		return nil, fmt.Errorf("run owner: %w", err)
 	}
@@ -608,7 +608,7 @@ func (s *Service) watchCancels() {
 // Recover marks the runs whose process died as interrupted; their events
 // so far stay readable.
 func (s *Service) Recover(ctx context.Context) ([]string, error) {
-	return s.store.Interrupt(ctx, runtime.Orphaned, func(r runstore.Run) []byte {
+	return s.store.Interrupt(ctx, sandbox.Orphaned, func(r runstore.Run) []byte {
 		return api.NewError(api.CodeInterrupted, "the sandstorm process running this run went away (crashed or killed); its sandbox was removed by the sweep")
 	})
 }

@@ -45,7 +45,7 @@ var (
 // store and the run's owner need.
 type Run struct {
 	api.RunRecord
-	// Owner is the process running it (runtime.Owner's form).
+	// Owner is the process running it (sandbox.Owner's form).
 	Owner      string `json:"-"`
 	WebhookURL string `json:"-"`
 }

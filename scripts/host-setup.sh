@@ -38,7 +38,7 @@ PACKAGES=(containerd runc podman docker.io uidmap slirp4netns fuse-overlayfs
   chromium)
 
 # gVisor (isolation: gvisor): every backend runs this one runsc, Debian's with
-# the flags this host needs (runtime.DefaultRunsc says why each).
+# the flags this host needs (sandbox.DefaultRunsc says why each).
 RUNSC=/usr/local/lib/sandstorm/runsc
 RUNSC_WRAPPER='#!/bin/sh
 # Written by sandstorm scripts/host-setup.sh — do not edit by hand.

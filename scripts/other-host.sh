@@ -17,7 +17,7 @@ cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 # Each differs from a kernel's default; all but MSGQUEUE stay at or above
 # the policy's (oci.Rlimits), so sandboxes must show the policy's values.
 # MSGQUEUE goes below it on this host's daemons: those sandboxes must show
-# this host's value, as the backends report it (runtime.Lowered).
+# this host's value, as the backends report it (sandbox.Lowered).
 LIMITS=(--sigpending=50000 --memlock=4194304 --stack=4194304:unlimited --nofile=10000:10000 --nproc=60000)
 HOST_ONLY=(--msgqueue=409600)
 

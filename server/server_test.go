@@ -19,8 +19,8 @@ import (
 	"github.com/sandstorm-dev/sandstorm/engine"
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
@@ -83,7 +83,7 @@ func startWith(t testing.TB, backend, scenario, limits string, scfg Config, list
 	return &harness{url: "http://" + l.Addr().String(), eng: eng, srv: srv, gatewayDir: filepath.Join("/run/sandstorm/servertest", filepath.Base(dir))}
 }
 
-var self, _ = runtime.Self()
+var self, _ = sandbox.Self()
 
 // noSandboxes waits until this harness's runs hold no slot, have closed
 // their gateway sessions, and left nothing of the sandboxes it saw. Other

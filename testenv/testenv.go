@@ -15,8 +15,8 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 var imported sync.Map
@@ -35,7 +35,7 @@ func AgentImageTar(t testing.TB) string {
 
 // EnsureAgentImage imports the agent image into rt once per test binary,
 // unless rt already holds it.
-func EnsureAgentImage(t testing.TB, rt runtime.Runtime, key string) {
+func EnsureAgentImage(t testing.TB, rt sandbox.Runtime, key string) {
 	t.Helper()
 	if _, done := imported.Load(key); done {
 		return
@@ -54,7 +54,7 @@ func EnsureAgentImage(t testing.TB, rt runtime.Runtime, key string) {
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
 		t.Fatal(err)
 	}
-	if err := runtime.EnsureImage(context.Background(), rt, AgentImageTar(t), logWriter{t}); err != nil {
+	if err := sandbox.EnsureImage(context.Background(), rt, AgentImageTar(t), logWriter{t}); err != nil {
 		t.Fatalf("agent image: %v (build it with `make agentimage`)", err)
 	}
 	imported.Store(key, true)

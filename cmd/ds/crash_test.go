@@ -20,9 +20,9 @@ import (
 	"github.com/sandstorm-dev/sandstorm/client"
 	"github.com/sandstorm-dev/sandstorm/gateway"
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/backends"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 	"github.com/sandstorm-dev/sandstorm/server"
 	"github.com/sandstorm-dev/sandstorm/testenv"
 )
@@ -102,7 +102,7 @@ func (s *dsServe) startRun(t *testing.T) string {
 
 // agentBackend opens backend, which must hold the agent image (it is
 // imported if not), for the test.
-func agentBackend(t *testing.T, backend string) runtime.Runtime {
+func agentBackend(t *testing.T, backend string) sandbox.Runtime {
 	t.Helper()
 	conformance.NeedsDaemon(t, backend)
 	rt, err := backends.Open(context.Background(), backend, backends.FromEnv())
@@ -115,14 +115,14 @@ func agentBackend(t *testing.T, backend string) runtime.Runtime {
 }
 
 // owned lists what pid owns: sandboxes on rt, gateway session directories.
-func owned(t *testing.T, rt runtime.Runtime, pid int) (sandboxes, sessions []string) {
+func owned(t *testing.T, rt sandbox.Runtime, pid int) (sandboxes, sessions []string) {
 	t.Helper()
 	found, err := rt.List(context.Background(), map[string]string{oci.LabelManaged: "true"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	of := func(label string) bool {
-		o, err := runtime.ParseOwner(label)
+		o, err := sandbox.ParseOwner(label)
 		return err == nil && o.PID == pid
 	}
 	for _, s := range found {

@@ -8,8 +8,8 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/images/agentimage"
 	"github.com/sandstorm-dev/sandstorm/images/serverimage"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/backends"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 func newImage() *cobra.Command {
@@ -76,7 +76,7 @@ deploy/compose.yaml.`,
 				return err
 			}
 			defer r.Close()
-			return runtime.EnsureImage(cmd.Context(), r, path, cmd.ErrOrStderr())
+			return sandbox.EnsureImage(cmd.Context(), r, path, cmd.ErrOrStderr())
 		},
 	}
 	f := cmd.Flags()
@@ -105,7 +105,7 @@ func newImageImport() *cobra.Command {
 				return err
 			}
 			defer r.Close()
-			return runtime.EnsureImage(cmd.Context(), r, args[0], cmd.ErrOrStderr())
+			return sandbox.EnsureImage(cmd.Context(), r, args[0], cmd.ErrOrStderr())
 		},
 	}
 	cmd.Flags().StringVar(&rt, "runtime", envOr("SANDBOX_BACKEND", backends.Auto), "container backend (env SANDBOX_BACKEND)")

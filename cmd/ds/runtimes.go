@@ -7,8 +7,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/backends"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 func newRuntimes() *cobra.Command {
@@ -24,8 +24,8 @@ sandbox differs, seen from the inside, from the one fingerprint all share.
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var found []backends.Found
-			var isolations []runtime.Isolation
-			for _, iso := range runtime.Isolations {
+			var isolations []sandbox.Isolation
+			for _, iso := range sandbox.Isolations {
 				opts := backends.FromEnv()
 				opts.Isolation = iso
 				for _, f := range backends.Discover(cmd.Context(), opts) {
@@ -36,7 +36,7 @@ sandbox differs, seen from the inside, from the one fingerprint all share.
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "BACKEND\tISOLATION\tVERSION\tMODE\tSOCKET\tSTATUS")
 			var labels []string
-			var caps []runtime.Enforcement
+			var caps []sandbox.Enforcement
 			var diffs []string
 			for i, f := range found {
 				if f.Err != nil {
@@ -66,7 +66,7 @@ sandbox differs, seen from the inside, from the one fingerprint all share.
 			}
 			w.Flush()
 			if len(labels) == 0 {
-				return fmt.Errorf("%w: no backend answers on this host (start one, e.g. scripts/host-setup.sh)", runtime.ErrUnavailable)
+				return fmt.Errorf("%w: no backend answers on this host (start one, e.g. scripts/host-setup.sh)", sandbox.ErrUnavailable)
 			}
 			fmt.Fprintln(cmd.OutOrStdout())
 			w = tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', 0)
@@ -76,7 +76,7 @@ sandbox differs, seen from the inside, from the one fingerprint all share.
 			}
 			fmt.Fprintln(w, header)
 			var notes []string
-			for _, it := range runtime.AllItems {
+			for _, it := range sandbox.AllItems {
 				row := string(it)
 				for i, c := range caps {
 					if c.Enforced(it) {

@@ -15,8 +15,8 @@ import (
 	"github.com/sandstorm-dev/sandstorm/images/testimage"
 	"github.com/sandstorm-dev/sandstorm/internal/progress"
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/backends"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 func newSandbox() *cobra.Command {
@@ -35,7 +35,7 @@ const (
 
 func newSandboxRun() *cobra.Command {
 	var (
-		spec       runtime.Spec
+		spec       sandbox.Spec
 		importTar  string
 		timeout    time.Duration
 		memory, rt string
@@ -59,17 +59,17 @@ The sandbox and everything it owns are removed afterwards, also on Ctrl-C.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			mem, err := oci.ParseSize(memory)
 			if err != nil {
-				return fmt.Errorf("%w: --memory: %w", runtime.ErrInvalidSpec, err)
+				return fmt.Errorf("%w: --memory: %w", sandbox.ErrInvalidSpec, err)
 			}
 			spec.Policy.MemoryBytes = mem
 			spec.Policy.Network = oci.Network(network)
 			spec.Args = args
-			spec.SessionID = runtime.NewID()
-			if spec.AllowUnenforced, err = runtime.ParseItems(allow); err != nil {
+			spec.SessionID = sandbox.NewID()
+			if spec.AllowUnenforced, err = sandbox.ParseItems(allow); err != nil {
 				return fmt.Errorf("--allow-unenforced: %w", err)
 			}
 			opts := backends.FromEnv()
-			if opts.Isolation, err = runtime.ParseIsolation(isolation); err != nil {
+			if opts.Isolation, err = sandbox.ParseIsolation(isolation); err != nil {
 				return fmt.Errorf("--isolation: %w", err)
 			}
 			for _, f := range files {
@@ -108,24 +108,24 @@ The sandbox and everything it owns are removed afterwards, also on Ctrl-C.`,
 	f.StringSliceVar(&spec.Policy.Capabilities, "cap", nil, "capability to keep, e.g. CAP_NET_BIND_SERVICE (repeatable); none by default")
 	f.StringArrayVarP(&files, "file", "f", nil, "copy a file into the workspace, keeping its relative path (repeatable)")
 	f.StringSliceVar(&allow, "allow-unenforced", nil, allowHelp)
-	f.StringVar(&isolation, "isolation", string(runtime.IsolationRunc), isolationHelp)
+	f.StringVar(&isolation, "isolation", string(sandbox.IsolationRunc), isolationHelp)
 	f.DurationVar(&timeout, "timeout", 0, "kill the sandbox after this long (e.g. 30s); 0 means no limit")
 	return cmd
 }
 
 // runSandbox runs one command in a fresh sandbox, importing its image first
 // if asked, with a line per phase on stderr.
-func runSandbox(ctx context.Context, rt runtime.Runtime, spec runtime.Spec, importTar string, timeout time.Duration, stdout, stderr io.Writer) (runtime.ExitStatus, error) {
+func runSandbox(ctx context.Context, rt sandbox.Runtime, spec sandbox.Spec, importTar string, timeout time.Duration, stdout, stderr io.Writer) (sandbox.ExitStatus, error) {
 	if importTar != "" {
-		if err := runtime.EnsureImage(ctx, rt, importTar, stderr); err != nil {
-			return runtime.ExitStatus{}, err
+		if err := sandbox.EnsureImage(ctx, rt, importTar, stderr); err != nil {
+			return sandbox.ExitStatus{}, err
 		}
 	}
 	rep := progress.Reporter{W: stderr}
 	created := rep.Phase("create sandbox on " + rt.Name())
 	id := ""
-	st, err := runtime.Run(ctx, rt, spec, runtime.IO{Stdout: stdout, Stderr: stderr}, timeout, runtime.Hooks{
-		Created: func(sb runtime.Sandbox, _ time.Duration) {
+	st, err := sandbox.Run(ctx, rt, spec, sandbox.IO{Stdout: stdout, Stderr: stderr}, timeout, sandbox.Hooks{
+		Created: func(sb sandbox.Sandbox, _ time.Duration) {
 			id = sb.ID()
 			created(nil)
 			if u := sb.Unenforced(); len(u) > 0 {
@@ -163,15 +163,15 @@ serve every --sweep-interval.`,
 			defer r.Close()
 			var n int
 			if all {
-				n, err = runtime.Reap(cmd.Context(), r, map[string]string{oci.LabelManaged: "true"})
+				n, err = sandbox.Reap(cmd.Context(), r, map[string]string{oci.LabelManaged: "true"})
 			} else {
 				var ids []string
-				ids, err = runtime.Sweep(cmd.Context(), r)
+				ids, err = sandbox.Sweep(cmd.Context(), r)
 				n = len(ids)
 			}
 			// Session directories are not a backend's: only those of owners
 			// that are gone go, also with --all (a live process closes its own).
-			dirs, gerr := gateway.Sweep(gateway.DefaultDir, runtime.Orphaned)
+			dirs, gerr := gateway.Sweep(gateway.DefaultDir, sandbox.Orphaned)
 			fmt.Fprintf(cmd.OutOrStdout(), "removed %d sandbox(es) from %s and %d gateway session(s)\n", n, r.Name(), len(dirs))
 			return errors.Join(err, gerr)
 		},
@@ -183,17 +183,17 @@ serve every --sweep-interval.`,
 
 // readFile reads a file for the workspace, keeping its path relative to the
 // working directory.
-func readFile(name string) (runtime.File, error) {
+func readFile(name string) (sandbox.File, error) {
 	data, err := os.ReadFile(name)
 	if err != nil {
-		return runtime.File{}, fmt.Errorf("%w: --file: %w", runtime.ErrInvalidSpec, err)
+		return sandbox.File{}, fmt.Errorf("%w: --file: %w", sandbox.ErrInvalidSpec, err)
 	}
 	fi, err := os.Stat(name)
 	if err != nil {
-		return runtime.File{}, err
+		return sandbox.File{}, err
 	}
 	rel := filepath.ToSlash(filepath.Clean(name))
-	return runtime.File{Path: rel, Content: data, Mode: fi.Mode().Perm()}, nil
+	return sandbox.File{Path: rel, Content: data, Mode: fi.Mode().Perm()}, nil
 }
 
 func envOr(key, def string) string {

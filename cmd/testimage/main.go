@@ -12,7 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	goruntime "runtime"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -75,7 +75,7 @@ func run(ctx context.Context, out, busybox string) (err error) {
 // rootfs at dir, with the go command running this one.
 func buildProbe(ctx context.Context, dir string) error {
 	bin := filepath.Join(dir, "probe.bin")
-	goCmd := filepath.Join(goruntime.GOROOT(), "bin", "go")
+	goCmd := filepath.Join(runtime.GOROOT(), "bin", "go")
 	if _, err := os.Stat(goCmd); err != nil {
 		goCmd = "go"
 	}

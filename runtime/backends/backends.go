@@ -11,11 +11,11 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
 	"github.com/sandstorm-dev/sandstorm/runtime/docker"
 	"github.com/sandstorm-dev/sandstorm/runtime/kubernetes"
 	"github.com/sandstorm-dev/sandstorm/runtime/podman"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // Auto picks the first backend that answers.
@@ -37,7 +37,7 @@ type Options struct {
 	// ($CONTAINER_HOST, $XDG_RUNTIME_DIR/podman/podman.sock, /run/podman/podman.sock).
 	PodmanSocket string
 	// Isolation is what the opened backend runs sandboxes with; default runc.
-	Isolation runtime.Isolation
+	Isolation sandbox.Isolation
 	// Kubeconfig is the cluster of the kubernetes backend; empty means
 	// $KUBECONFIG, ~/.kube/config, or the in-cluster service account.
 	Kubeconfig string
@@ -57,7 +57,7 @@ func FromEnv() Options {
 
 // Open connects to the named backend, or with "auto" (or "") to the first
 // one that answers.
-func Open(ctx context.Context, name string, opts Options) (runtime.Runtime, error) {
+func Open(ctx context.Context, name string, opts Options) (sandbox.Runtime, error) {
 	switch name {
 	case containerd.Name:
 		return opened(containerd.New(ctx, containerd.Config{Address: opts.ContainerdAddress, Isolation: opts.Isolation}))
@@ -78,9 +78,9 @@ func Open(ctx context.Context, name string, opts Options) (runtime.Runtime, erro
 			}
 			errs = append(errs, err)
 		}
-		return nil, fmt.Errorf("%w: no backend answers: %w", runtime.ErrUnavailable, errors.Join(errs...))
+		return nil, fmt.Errorf("%w: no backend answers: %w", sandbox.ErrUnavailable, errors.Join(errs...))
 	}
-	return nil, fmt.Errorf("%w: unknown runtime %q (choose one of %s, %s, %s)", runtime.ErrInvalidSpec, name, strings.Join(Names, ", "), kubernetes.Name, Auto)
+	return nil, fmt.Errorf("%w: unknown runtime %q (choose one of %s, %s, %s)", sandbox.ErrInvalidSpec, name, strings.Join(Names, ", "), kubernetes.Name, Auto)
 }
 
 // Found is one backend instance found on the host.
@@ -88,7 +88,7 @@ type Found struct {
 	// Name is the backend; Socket tells instances of one backend apart.
 	Name    string
 	Socket  string
-	Runtime runtime.Runtime
+	Runtime sandbox.Runtime
 	Err     error
 }
 
@@ -96,24 +96,24 @@ type Found struct {
 // configured or discovered one, root's, and each user's rootless service.
 func Discover(ctx context.Context, opts Options) []Found {
 	var found []Found
-	try := func(name, socket string, open func() (runtime.Runtime, error)) {
+	try := func(name, socket string, open func() (sandbox.Runtime, error)) {
 		rt, err := open()
 		found = append(found, Found{Name: name, Socket: socket, Runtime: rt, Err: err})
 	}
-	try(containerd.Name, opts.ContainerdAddress, func() (runtime.Runtime, error) {
+	try(containerd.Name, opts.ContainerdAddress, func() (sandbox.Runtime, error) {
 		return opened(containerd.New(ctx, containerd.Config{Address: opts.ContainerdAddress, Isolation: opts.Isolation}))
 	})
-	try(docker.Name, opts.DockerHost, func() (runtime.Runtime, error) {
+	try(docker.Name, opts.DockerHost, func() (sandbox.Runtime, error) {
 		return opened(docker.New(ctx, docker.Config{Host: opts.DockerHost, Isolation: opts.Isolation}))
 	})
 	for _, sock := range podmanSockets(opts.PodmanSocket) {
-		try(podman.Name, sock, func() (runtime.Runtime, error) {
+		try(podman.Name, sock, func() (sandbox.Runtime, error) {
 			return opened(podman.New(ctx, podman.Config{Socket: sock, Isolation: opts.Isolation}))
 		})
 	}
 	// A cluster only when one is configured: auto never picks one.
 	if kubeconfig := kubeconfigFound(opts.Kubeconfig); kubeconfig != "" {
-		try(kubernetes.Name, kubeconfig, func() (runtime.Runtime, error) {
+		try(kubernetes.Name, kubeconfig, func() (sandbox.Runtime, error) {
 			return opened(kubernetes.New(ctx, kubernetes.FromEnv(opts.Kubeconfig, opts.Isolation)))
 		})
 	}
@@ -170,10 +170,10 @@ func podmanSockets(explicit string) []string {
 	return socks
 }
 
-// opened turns a backend's constructor result into a runtime.Runtime that
+// opened turns a backend's constructor result into a sandbox.Runtime that
 // is nil when it failed: a nil *containerd.Runtime returned as is would be
 // a non-nil interface, and its Close would panic.
-func opened[R runtime.Runtime](rt R, err error) (runtime.Runtime, error) {
+func opened[R sandbox.Runtime](rt R, err error) (sandbox.Runtime, error) {
 	if err != nil {
 		return nil, err
 	}

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // CompareRunTrue times create → start → wait → remove of `true` through rt
@@ -15,7 +15,7 @@ import (
 // settings (cli returns its command line for iteration i), alternating the two in every
 // iteration so both see the same machine load. It reports both per-op
 // times and their ratio; cliName labels the CLI's metric.
-func CompareRunTrue(b *testing.B, rt runtime.Runtime, policy oci.Policy, cliName string, cli func(i int) []string) {
+func CompareRunTrue(b *testing.B, rt sandbox.Runtime, policy oci.Policy, cliName string, cli func(i int) []string) {
 	lib, cmd := alternate(b, func(int) { runTrue(b, rt, policy) }, func(i int) {
 		args := cli(i)
 		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
@@ -31,7 +31,7 @@ func CompareRunTrue(b *testing.B, rt runtime.Runtime, policy oci.Policy, cliName
 // backend under runc and under gVisor (two runtimes of one daemon),
 // alternating the two in every iteration, and reports both and their ratio.
 // Under gVisor the run goes without the items it cannot enforce.
-func CompareIsolation(b *testing.B, runc, gvisor runtime.Runtime, policy oci.Policy) {
+func CompareIsolation(b *testing.B, runc, gvisor sandbox.Runtime, policy oci.Policy) {
 	r, g := alternate(b, func(int) { runTrue(b, runc, policy) }, func(int) { runTrue(b, gvisor, policy) })
 	b.ReportMetric(float64(r.Milliseconds())/float64(b.N), "runc-ms/op")
 	b.ReportMetric(float64(g.Milliseconds())/float64(b.N), "gvisor-ms/op")
@@ -54,18 +54,18 @@ func alternate(b *testing.B, first, second func(i int)) (t1, t2 time.Duration) {
 	return t1, t2
 }
 
-func runTrue(b *testing.B, rt runtime.Runtime, policy oci.Policy) {
+func runTrue(b *testing.B, rt sandbox.Runtime, policy oci.Policy) {
 	ctx := context.Background()
 	caps, err := rt.Enforcement(ctx)
 	if err != nil {
 		b.Fatal(err)
 	}
-	sb, err := rt.Create(ctx, runtime.Spec{SessionID: "bench", Image: TestImage, Args: []string{"true"}, Policy: policy,
+	sb, err := rt.Create(ctx, sandbox.Spec{SessionID: "bench", Image: TestImage, Args: []string{"true"}, Policy: policy,
 		AllowUnenforced: unexercised(caps, check{policy: policy})})
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := sb.Start(ctx, runtime.IO{}); err != nil {
+	if err := sb.Start(ctx, sandbox.IO{}); err != nil {
 		b.Fatal(err)
 	}
 	if st, err := sb.Wait(ctx); err != nil || st.Code != 0 {

@@ -20,7 +20,7 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/images/testimage"
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // statusScript prints the security fields of the sandbox's own process,
@@ -77,7 +77,7 @@ func checks() []check {
 func mountsAndPaths() check {
 	return check{
 		name:   "workspace and /tmp nosuid,nodev; masked and read-only paths",
-		needs:  []runtime.Item{runtime.ItemNosuidMounts},
+		needs:  []sandbox.Item{sandbox.ItemNosuidMounts},
 		script: mountsScript(),
 		verify: func(t *testing.T, r result) {
 			got := kv(r.stdout)
@@ -107,7 +107,7 @@ func mountsAndPaths() check {
 func seccompDeniesNamespaces() check {
 	return check{
 		name:  "sandstorm's seccomp profile denies namespaces",
-		needs: []runtime.Item{runtime.ItemSeccomp},
+		needs: []sandbox.Item{sandbox.ItemSeccomp},
 		script: `for ns in U m n p i u C; do
   if unshare -$ns true 2>/dev/null; then echo "unshare-$ns=allowed"; else echo "unshare-$ns=denied"; fi
 done
@@ -125,7 +125,7 @@ if nsenter -t 1 -m true 2>/dev/null; then echo "setns=allowed"; else echo "setns
 func noPrivileges() check {
 	return check{
 		name:   "no capabilities, no new privileges, seccomp filter",
-		needs:  []runtime.Item{runtime.ItemCapabilities, runtime.ItemNoNewPrivileges, runtime.ItemSeccomp},
+		needs:  []sandbox.Item{sandbox.ItemCapabilities, sandbox.ItemNoNewPrivileges, sandbox.ItemSeccomp},
 		script: statusScript,
 		verify: func(t *testing.T, r result) {
 			got := kv(r.stdout)
@@ -141,7 +141,7 @@ func noPrivileges() check {
 func listedCapabilities() check {
 	return check{
 		name:   "exactly the listed capabilities",
-		needs:  []runtime.Item{runtime.ItemCapabilities, runtime.ItemGrantCapabilities},
+		needs:  []sandbox.Item{sandbox.ItemCapabilities, sandbox.ItemGrantCapabilities},
 		policy: oci.Policy{Capabilities: []string{"CAP_NET_BIND_SERVICE", "CAP_CHOWN"}},
 		script: statusScript,
 		verify: func(t *testing.T, r result) {
@@ -164,7 +164,7 @@ func listedCapabilities() check {
 func defaultUser() check {
 	return check{
 		name:   "default user is uid and gid 1000",
-		needs:  []runtime.Item{runtime.ItemUser},
+		needs:  []sandbox.Item{sandbox.ItemUser},
 		script: `echo uid=$(id -u); echo gid=$(id -g); echo groups=$(id -G)`,
 		verify: func(t *testing.T, r result) {
 			got := kv(r.stdout)
@@ -178,7 +178,7 @@ func defaultUser() check {
 func userAsAsked() check {
 	return check{
 		name:   "user as asked",
-		needs:  []runtime.Item{runtime.ItemUser},
+		needs:  []sandbox.Item{sandbox.ItemUser},
 		policy: oci.Policy{UID: 1234, GID: 2345},
 		script: `echo uid=$(id -u); echo gid=$(id -g); echo home=$(stat -c %u:%g /home/user)`,
 		verify: func(t *testing.T, r result) {
@@ -193,7 +193,7 @@ func userAsAsked() check {
 func readOnlyRoot() check {
 	return check{
 		name:  "read-only root, writable /tmp and workspace",
-		needs: []runtime.Item{runtime.ItemReadOnlyRoot},
+		needs: []sandbox.Item{sandbox.ItemReadOnlyRoot},
 		script: `
 try() { if touch "$1" 2>/dev/null; then echo "$2=writable"; else echo "$2=readonly"; fi; }
 try /rootfile root; try /etc/rootfile etc; try /tmp/f tmp; try /home/user/f workspace
@@ -212,7 +212,7 @@ echo pwd=$(pwd)`,
 func cgroupLimits() check {
 	return check{
 		name:   "limits visible in the sandbox's own cgroup",
-		needs:  []runtime.Item{runtime.ItemMemoryLimit, runtime.ItemCPULimit, runtime.ItemPidsLimit, runtime.ItemNoFileLimit},
+		needs:  []sandbox.Item{sandbox.ItemMemoryLimit, sandbox.ItemCPULimit, sandbox.ItemPidsLimit, sandbox.ItemNoFileLimit},
 		policy: oci.Policy{MemoryBytes: 96 << 20, CPUs: 0.5, Pids: 77, NoFile: 1500},
 		script: limitsScript,
 		verify: func(t *testing.T, r result) {
@@ -231,14 +231,14 @@ func cgroupLimits() check {
 func oomKill() check {
 	return check{
 		name:   "memory hog is OOM-killed and reported as OOM",
-		needs:  []runtime.Item{runtime.ItemMemoryLimit},
+		needs:  []sandbox.Item{sandbox.ItemMemoryLimit},
 		policy: oci.Policy{MemoryBytes: 48 << 20},
 		script: `awk 'BEGIN { s = "0123456789abcdef"; while (1) s = s s }'`,
 		verify: func(t *testing.T, r result) {
 			// A backend that reports no OOM detection must still stop the
 			// hog, by SIGKILL; it need not say why.
-			if !r.caps.Enforced(runtime.ItemOOMDetection) {
-				t.Logf("OOM kills are not reported here (%s): the hog must be killed all the same", r.caps[runtime.ItemOOMDetection].Reason)
+			if !r.caps.Enforced(sandbox.ItemOOMDetection) {
+				t.Logf("OOM kills are not reported here (%s): the hog must be killed all the same", r.caps[sandbox.ItemOOMDetection].Reason)
 				if r.exit.Code != 137 {
 					t.Errorf("exit %+v, want killed by SIGKILL (stderr %q)", r.exit, r.stderr)
 				}
@@ -257,12 +257,12 @@ func oomKill() check {
 func forkBomb() check {
 	return check{
 		name:   "fork bomb stops at the pids limit, host stays responsive",
-		needs:  []runtime.Item{runtime.ItemPidsLimit},
+		needs:  []sandbox.Item{sandbox.ItemPidsLimit},
 		policy: oci.Policy{Pids: 40},
 		script: `n=0; while [ $n -lt 1000 ]; do sleep 60 & n=$((n+1)); echo "forked=$n"; done`,
-		drive: func(t *testing.T, ctx context.Context, sb runtime.Sandbox) result {
+		drive: func(t *testing.T, ctx context.Context, sb sandbox.Sandbox) result {
 			var out, errb syncBuffer
-			if err := sb.Start(ctx, runtime.IO{Stdout: &out, Stderr: &errb}); err != nil {
+			if err := sb.Start(ctx, sandbox.IO{Stdout: &out, Stderr: &errb}); err != nil {
 				t.Fatalf("start: %v", err)
 			}
 			hostResponsive(t)
@@ -295,7 +295,7 @@ func forkBomb() check {
 func workspaceFiles() check {
 	return check{
 		name:  "workspace files arrive with content, mode and owner",
-		files: []runtime.File{{Path: "hello.txt", Content: []byte("hello\n")}, {Path: "bin/run.sh", Content: []byte("#!/bin/sh\necho ran\n"), Mode: 0o755}, {Path: "data/deep/blob.bin", Content: blob, Mode: 0o600}},
+		files: []sandbox.File{{Path: "hello.txt", Content: []byte("hello\n")}, {Path: "bin/run.sh", Content: []byte("#!/bin/sh\necho ran\n"), Mode: 0o755}, {Path: "data/deep/blob.bin", Content: blob, Mode: 0o600}},
 		script: `for f in hello.txt bin/run.sh data/deep/blob.bin bin data/deep; do echo "$f=$(stat -c '%a %u %g' $f)"; done
 echo hello.content=$(cat hello.txt); echo run=$(./bin/run.sh); echo blob.sha=$(sha256sum data/deep/blob.bin | cut -d' ' -f1)
 echo "hello.txt" >> hello.txt && echo edit=ok`,
@@ -319,7 +319,7 @@ func liveStdout() check {
 	return check{
 		name:   "stdout arrives while the process still runs",
 		script: `echo first; sleep 4; echo second`,
-		drive: func(t *testing.T, ctx context.Context, sb runtime.Sandbox) result {
+		drive: func(t *testing.T, ctx context.Context, sb sandbox.Sandbox) result {
 			firstSeen := make(chan struct{})
 			var once bool
 			out := &syncBuffer{onWrite: func(p []byte) {
@@ -329,7 +329,7 @@ func liveStdout() check {
 				}
 			}}
 			var errb syncBuffer
-			if err := sb.Start(ctx, runtime.IO{Stdout: out, Stderr: &errb}); err != nil {
+			if err := sb.Start(ctx, sandbox.IO{Stdout: out, Stderr: &errb}); err != nil {
 				t.Fatalf("start: %v", err)
 			}
 			exited := make(chan result, 1)
@@ -392,7 +392,7 @@ func cancelKills() check {
 	return check{
 		name:   "cancel kills within 2 s",
 		script: `trap '' TERM; echo ready; sleep 600`,
-		drive: func(t *testing.T, ctx context.Context, sb runtime.Sandbox) result {
+		drive: func(t *testing.T, ctx context.Context, sb sandbox.Sandbox) result {
 			ready := make(chan struct{})
 			var once bool
 			out := &syncBuffer{onWrite: func(p []byte) {
@@ -401,7 +401,7 @@ func cancelKills() check {
 					close(ready)
 				}
 			}}
-			if err := sb.Start(ctx, runtime.IO{Stdout: out, Stderr: io.Discard}); err != nil {
+			if err := sb.Start(ctx, sandbox.IO{Stdout: out, Stderr: io.Discard}); err != nil {
 				t.Fatalf("start: %v", err)
 			}
 			<-ready
@@ -433,7 +433,7 @@ func cancelKills() check {
 func networkNone() check {
 	return check{
 		name:   "network none has only loopback",
-		needs:  []runtime.Item{runtime.ItemNetworkNone},
+		needs:  []sandbox.Item{sandbox.ItemNetworkNone},
 		script: `echo ifaces=$(ls /sys/class/net | tr '\n' ' ')`,
 		verify: func(t *testing.T, r result) {
 			expect(t, kv(r.stdout), "ifaces", "lo")
@@ -458,7 +458,7 @@ func mountsScript() string {
 func bindMountCheck() check {
 	c := check{
 		name:  "host directory and Unix socket mounted as the policy names",
-		needs: []runtime.Item{runtime.ItemBindMounts},
+		needs: []sandbox.Item{sandbox.ItemBindMounts},
 		script: `echo data=$(cat /mnt/data/hello.txt)
 touch /mnt/data/new 2>/dev/null && echo datadir=writable || echo datadir=readonly
 echo sock=$(stat -c %F /run/host.sock)
@@ -512,7 +512,7 @@ func bridgeCheck() check {
 	var got chan string
 	c := check{
 		name:   "bridge has an address, a default route and reaches the gateway",
-		needs:  []runtime.Item{runtime.ItemNetworkBridge},
+		needs:  []sandbox.Item{sandbox.ItemNetworkBridge},
 		policy: oci.Policy{Network: oci.NetworkBridge},
 	}
 	c.setup = func(t *testing.T, c *check) {

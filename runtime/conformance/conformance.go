@@ -21,7 +21,7 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/images/testimage"
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // TestImage is the reference of the tiny busybox test image.
@@ -67,7 +67,7 @@ func NeedsDaemon(t testing.TB, name string) {
 
 // Connect opens backend name for a test with open, closing it at cleanup;
 // when it cannot be reached, see Unavailable.
-func Connect[R runtime.Runtime](t testing.TB, name string, open func() (R, error)) R {
+func Connect[R sandbox.Runtime](t testing.TB, name string, open func() (R, error)) R {
 	t.Helper()
 	NeedsDaemon(t, name)
 	rt, err := open()
@@ -104,27 +104,27 @@ type check struct {
 	name string
 	// needs lists capability items the check exercises; a backend that does
 	// not enforce one must refuse the policy instead (asserted separately).
-	needs  []runtime.Item
+	needs  []sandbox.Item
 	policy oci.Policy
-	files  []runtime.File
+	files  []sandbox.File
 	script string
 	// verify inspects the finished run.
 	verify func(t *testing.T, r result)
 	// setup, if set, prepares host-side state and may fill in the script.
 	setup func(t *testing.T, c *check)
 	// drive replaces the default start-and-wait, for checks that act mid-run.
-	drive func(t *testing.T, ctx context.Context, sb runtime.Sandbox) result
+	drive func(t *testing.T, ctx context.Context, sb sandbox.Sandbox) result
 }
 
 type result struct {
 	stdout, stderr string
-	exit           runtime.ExitStatus
+	exit           sandbox.ExitStatus
 	// caps is the backend's report, for checks whose rule depends on it.
-	caps runtime.Enforcement
+	caps sandbox.Enforcement
 }
 
 // Run runs every check against rt.
-func Run(t *testing.T, rt runtime.Runtime, cfg Config) {
+func Run(t *testing.T, rt sandbox.Runtime, cfg Config) {
 	ctx := context.Background()
 	tarPath := cfg.ImageTar
 	if tarPath == "" {
@@ -149,7 +149,7 @@ func Run(t *testing.T, rt runtime.Runtime, cfg Config) {
 	}
 	for _, c := range checks() {
 		t.Run(c.name, func(t *testing.T) {
-			var missing []runtime.Item
+			var missing []sandbox.Item
 			for _, it := range c.needs {
 				if !caps.Enforced(it) {
 					missing = append(missing, it)
@@ -179,9 +179,9 @@ func Run(t *testing.T, rt runtime.Runtime, cfg Config) {
 
 // unexercised lists the items a check's policy needs that the backend does
 // not enforce and the check does not test.
-func unexercised(caps runtime.Enforcement, c check) []runtime.Item {
-	var allow []runtime.Item
-	for _, it := range runtime.Required(c.policy.WithDefaults()) {
+func unexercised(caps sandbox.Enforcement, c check) []sandbox.Item {
+	var allow []sandbox.Item
+	for _, it := range sandbox.Required(c.policy.WithDefaults()) {
 		if !caps.Enforced(it) && !slices.Contains(c.needs, it) {
 			allow = append(allow, it)
 		}
@@ -201,8 +201,8 @@ func newSession(t *testing.T) string {
 	return fmt.Sprintf("conf-%d-%d", os.Getpid(), sessionSeq.n)
 }
 
-func specFor(t *testing.T, c check, allow []runtime.Item) runtime.Spec {
-	return runtime.Spec{
+func specFor(t *testing.T, c check, allow []sandbox.Item) sandbox.Spec {
+	return sandbox.Spec{
 		SessionID:       newSession(t),
 		Image:           TestImage,
 		Args:            []string{"/bin/sh", "-c", c.script},
@@ -213,7 +213,7 @@ func specFor(t *testing.T, c check, allow []runtime.Item) runtime.Spec {
 }
 
 // runCheck creates, runs and removes one sandbox, then asserts nothing of it is left.
-func runCheck(t *testing.T, rt runtime.Runtime, c check, allow []runtime.Item) result {
+func runCheck(t *testing.T, rt sandbox.Runtime, c check, allow []sandbox.Item) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -229,10 +229,10 @@ func runCheck(t *testing.T, rt runtime.Runtime, c check, allow []runtime.Item) r
 	return startWait(t, ctx, sb)
 }
 
-func startWait(t *testing.T, ctx context.Context, sb runtime.Sandbox) result {
+func startWait(t *testing.T, ctx context.Context, sb sandbox.Sandbox) result {
 	t.Helper()
 	var out, errb syncBuffer
-	if err := sb.Start(ctx, runtime.IO{Stdout: &out, Stderr: &errb}); err != nil {
+	if err := sb.Start(ctx, sandbox.IO{Stdout: &out, Stderr: &errb}); err != nil {
 		t.Fatalf("start: %v", err)
 	}
 	st, err := sb.Wait(ctx)
@@ -246,7 +246,7 @@ func startWait(t *testing.T, ctx context.Context, sb runtime.Sandbox) result {
 }
 
 // assertGone removes sb and checks that nothing labelled with its session is left.
-func assertGone(t *testing.T, rt runtime.Runtime, sb runtime.Sandbox, session string) {
+func assertGone(t *testing.T, rt sandbox.Runtime, sb sandbox.Sandbox, session string) {
 	t.Helper()
 	ctx := context.Background()
 	if err := sb.Remove(ctx); err != nil {
@@ -273,10 +273,10 @@ func assertGone(t *testing.T, rt runtime.Runtime, sb runtime.Sandbox, session st
 
 // assertFailsClosed: a check whose rule the backend cannot enforce must be
 // refused at Create, naming the rule, instead of running unprotected.
-func assertFailsClosed(t *testing.T, rt runtime.Runtime, c check, missing []runtime.Item) {
+func assertFailsClosed(t *testing.T, rt sandbox.Runtime, c check, missing []sandbox.Item) {
 	t.Helper()
-	required := runtime.Required(c.policy.WithDefaults())
-	var named []runtime.Item
+	required := sandbox.Required(c.policy.WithDefaults())
+	var named []sandbox.Item
 	for _, it := range missing {
 		if slices.Contains(required, it) {
 			named = append(named, it)
@@ -291,7 +291,7 @@ func assertFailsClosed(t *testing.T, rt runtime.Runtime, c check, missing []runt
 	if err == nil {
 		_ = sb.Remove(context.Background())
 	}
-	if !errors.Is(err, runtime.ErrNotEnforceable) {
+	if !errors.Is(err, sandbox.ErrNotEnforceable) {
 		t.Fatalf("backend does not enforce %v but Create did not fail closed: %v", named, err)
 	}
 	for _, it := range named {

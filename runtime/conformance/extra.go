@@ -11,15 +11,15 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // failClosed: every item the backend cannot enforce makes Create fail with an
 // error naming it, and an explicit allow lets the run proceed.
-func failClosed(t *testing.T, rt runtime.Runtime, caps runtime.Enforcement) {
-	var missing []runtime.Item
-	for _, it := range runtime.Required(oci.Policy{}.WithDefaults()) {
+func failClosed(t *testing.T, rt sandbox.Runtime, caps sandbox.Enforcement) {
+	var missing []sandbox.Item
+	for _, it := range sandbox.Required(oci.Policy{}.WithDefaults()) {
 		if !caps.Enforced(it) {
 			missing = append(missing, it)
 		}
@@ -38,9 +38,9 @@ func failClosed(t *testing.T, rt runtime.Runtime, caps runtime.Enforcement) {
 
 // notEnforced lists every item caps does not enforce: the requests below test
 // other things, so they allow running without those.
-func notEnforced(caps runtime.Enforcement) []runtime.Item {
-	var items []runtime.Item
-	for _, it := range runtime.AllItems {
+func notEnforced(caps sandbox.Enforcement) []sandbox.Item {
+	var items []sandbox.Item
+	for _, it := range sandbox.AllItems {
 		if !caps.Enforced(it) {
 			items = append(items, it)
 		}
@@ -48,19 +48,19 @@ func notEnforced(caps runtime.Enforcement) []runtime.Item {
 	return items
 }
 
-func invalidRequests(t *testing.T, rt runtime.Runtime, caps runtime.Enforcement) {
+func invalidRequests(t *testing.T, rt sandbox.Runtime, caps sandbox.Enforcement) {
 	ctx := context.Background()
-	base := runtime.Spec{SessionID: newSession(t), Image: TestImage, Args: []string{"true"}, AllowUnenforced: notEnforced(caps)}
+	base := sandbox.Spec{SessionID: newSession(t), Image: TestImage, Args: []string{"true"}, AllowUnenforced: notEnforced(caps)}
 	tests := []struct {
 		name string
-		mod  func(*runtime.Spec)
+		mod  func(*sandbox.Spec)
 		want error
 	}{
-		{"absolute file path", func(s *runtime.Spec) { s.Files = []runtime.File{{Path: "/etc/x"}} }, runtime.ErrInvalidSpec},
-		{"dotdot file path", func(s *runtime.Spec) { s.Files = []runtime.File{{Path: "a/../../x"}} }, runtime.ErrInvalidSpec},
-		{"bad policy", func(s *runtime.Spec) { s.Policy.Pids = 1 }, runtime.ErrInvalidSpec},
-		{"bad id", func(s *runtime.Spec) { s.ID = "../../etc" }, runtime.ErrInvalidSpec},
-		{"missing image", func(s *runtime.Spec) { s.Image = "localhost/sandstorm-no-such-image:latest" }, runtime.ErrNotFound},
+		{"absolute file path", func(s *sandbox.Spec) { s.Files = []sandbox.File{{Path: "/etc/x"}} }, sandbox.ErrInvalidSpec},
+		{"dotdot file path", func(s *sandbox.Spec) { s.Files = []sandbox.File{{Path: "a/../../x"}} }, sandbox.ErrInvalidSpec},
+		{"bad policy", func(s *sandbox.Spec) { s.Policy.Pids = 1 }, sandbox.ErrInvalidSpec},
+		{"bad id", func(s *sandbox.Spec) { s.ID = "../../etc" }, sandbox.ErrInvalidSpec},
+		{"missing image", func(s *sandbox.Spec) { s.Image = "localhost/sandstorm-no-such-image:latest" }, sandbox.ErrNotFound},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -83,14 +83,14 @@ func invalidRequests(t *testing.T, rt runtime.Runtime, caps runtime.Enforcement)
 
 // reap: a sandbox abandoned mid-run (as after a crash) is found by its label
 // and removed with everything it owns.
-func reap(t *testing.T, rt runtime.Runtime, caps runtime.Enforcement) {
+func reap(t *testing.T, rt sandbox.Runtime, caps sandbox.Enforcement) {
 	ctx := context.Background()
 	session := newSession(t)
-	sb, err := rt.Create(ctx, runtime.Spec{SessionID: session, Image: TestImage, Args: []string{"sleep", "600"}, AllowUnenforced: notEnforced(caps)})
+	sb, err := rt.Create(ctx, sandbox.Spec{SessionID: session, Image: TestImage, Args: []string{"sleep", "600"}, AllowUnenforced: notEnforced(caps)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sb.Start(ctx, runtime.IO{}); err != nil {
+	if err := sb.Start(ctx, sandbox.IO{}); err != nil {
 		t.Fatal(err)
 	}
 	labels := map[string]string{oci.LabelSession: session}
@@ -104,11 +104,11 @@ func reap(t *testing.T, rt runtime.Runtime, caps runtime.Enforcement) {
 		return slices.ContainsFunc(live, func(s string) bool { return strings.HasPrefix(s, kind+" ") })
 	}
 	// A sandbox has a cgroup of its own wherever limits are enforced.
-	if err != nil || !has("container") || (caps.Enforced(runtime.ItemMemoryLimit) && !has("cgroup")) {
+	if err != nil || !has("container") || (caps.Enforced(sandbox.ItemMemoryLimit) && !has("cgroup")) {
 		t.Errorf("leftovers of a running sandbox = %q, %v; want its container (and cgroup, when limits are enforced)", live, err)
 	}
 	t.Logf("a running sandbox owns: %s", strings.Join(live, "; "))
-	n, err := runtime.Reap(ctx, rt, labels)
+	n, err := sandbox.Reap(ctx, rt, labels)
 	if err != nil || n != 1 {
 		t.Fatalf("reap = %d, %v; want 1", n, err)
 	}
@@ -120,23 +120,23 @@ func reap(t *testing.T, rt runtime.Runtime, caps runtime.Enforcement) {
 // createFailureKeepsOthers: a Create that fails undoes what it made and
 // only that. A second Create asking for an id in use is refused and must
 // not remove the sandbox holding it, which then still runs.
-func createFailureKeepsOthers(t *testing.T, rt runtime.Runtime, caps runtime.Enforcement) {
+func createFailureKeepsOthers(t *testing.T, rt sandbox.Runtime, caps sandbox.Enforcement) {
 	ctx := context.Background()
-	spec := runtime.Spec{ID: fmt.Sprintf("conf-keep-%d", os.Getpid()), SessionID: newSession(t), Image: TestImage,
+	spec := sandbox.Spec{ID: fmt.Sprintf("conf-keep-%d", os.Getpid()), SessionID: newSession(t), Image: TestImage,
 		Args: []string{"/bin/sh", "-c", "echo still-here"}, AllowUnenforced: notEnforced(caps)}
 	sb, err := rt.Create(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer assertGone(t, rt, sb, spec.SessionID)
-	if _, err := rt.Create(ctx, spec); !errors.Is(err, runtime.ErrInvalidSpec) {
+	if _, err := rt.Create(ctx, spec); !errors.Is(err, sandbox.ErrInvalidSpec) {
 		t.Errorf("second create with id %s = %v, want ErrInvalidSpec", spec.ID, err)
 	}
 	bad := spec
 	bad.ID += "-b"
 	bad.SessionID = newSession(t)
 	bad.Policy.Mounts = []oci.Mount{{Source: "/nonexistent/sandstorm", Target: "/mnt/x"}}
-	if _, err := rt.Create(ctx, bad); !errors.Is(err, runtime.ErrInvalidSpec) {
+	if _, err := rt.Create(ctx, bad); !errors.Is(err, sandbox.ErrInvalidSpec) {
 		t.Errorf("create with a missing mount source = %v, want ErrInvalidSpec", err)
 	}
 	if left, err := rt.Leftovers(ctx, bad.ID, bad.SessionID); err != nil || len(left) > 0 {
@@ -151,9 +151,9 @@ func createFailureKeepsOthers(t *testing.T, rt runtime.Runtime, caps runtime.Enf
 // cancelAtEveryStep: a run cancelled at any step of its create or start
 // (before and after each daemon call) ends with a cancellation and leaves
 // nothing of any kind, found by Leftovers and by List.
-func cancelAtEveryStep(t *testing.T, rt runtime.Runtime, caps runtime.Enforcement) {
+func cancelAtEveryStep(t *testing.T, rt sandbox.Runtime, caps sandbox.Enforcement) {
 	networks := []oci.Network{oci.NetworkNone}
-	if caps.Enforced(runtime.ItemNetworkBridge) {
+	if caps.Enforced(sandbox.ItemNetworkBridge) {
 		networks = append(networks, oci.NetworkBridge)
 	}
 	for _, network := range networks {
@@ -166,9 +166,9 @@ func cancelAtEveryStep(t *testing.T, rt runtime.Runtime, caps runtime.Enforcemen
 				}
 				reached = append(reached, step)
 			})
-			spec := runtime.Spec{ID: fmt.Sprintf("conf-cancel-%d-%s-%d", os.Getpid(), network, k), SessionID: newSession(t),
+			spec := sandbox.Spec{ID: fmt.Sprintf("conf-cancel-%d-%s-%d", os.Getpid(), network, k), SessionID: newSession(t),
 				Image: TestImage, Args: []string{"true"}, Policy: oci.Policy{Network: network}, AllowUnenforced: notEnforced(caps)}
-			_, err := runtime.Run(ctx, rt, spec, runtime.IO{}, time.Minute, runtime.Hooks{})
+			_, err := sandbox.Run(ctx, rt, spec, sandbox.IO{}, time.Minute, sandbox.Hooks{})
 			cancel()
 			through := len(reached) <= k
 			switch {

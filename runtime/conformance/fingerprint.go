@@ -12,12 +12,12 @@ import (
 
 	"github.com/sandstorm-dev/sandstorm/images/testimage"
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // goldenFingerprint is what the probe must print in every backend's
 // sandbox. Lines starting with "[backend]" are the differences a backend
-// cannot avoid (runtime.Info.Differences), each followed by its reason.
+// cannot avoid (sandbox.Info.Differences), each followed by its reason.
 //
 //go:embed testdata/fingerprint.golden
 var goldenFingerprint string
@@ -38,13 +38,13 @@ var fingerprintMounts = []string{"/", "/dev", "/dev/shm", "/tmp", oci.Workspace,
 // compares what it prints, line by line, with the golden fingerprint as it
 // stands for this backend; the differences the golden file lists for it
 // must be the ones its Info reports.
-func fingerprint(t *testing.T, rt runtime.Runtime, caps runtime.Enforcement) {
+func fingerprint(t *testing.T, rt sandbox.Runtime, caps sandbox.Enforcement) {
 	info, err := rt.Info(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	text := goldenFingerprint
-	if info.Isolation == runtime.IsolationGVisor {
+	if info.Isolation == sandbox.IsolationGVisor {
 		text = goldenGVisor
 	}
 	golden, err := parseGolden(text)

@@ -6,7 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	goruntime "runtime"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -94,7 +94,7 @@ func hostValues(t *testing.T) map[string]string {
 		add(limitString(rl.Cur), l.Type+" (soft)")
 		add(limitString(rl.Max), l.Type+" (hard)")
 	}
-	add(strconv.Itoa(goruntime.NumCPU()), "CPU count")
+	add(strconv.Itoa(runtime.NumCPU()), "CPU count")
 	if kb := memTotalKB(t); kb > 0 {
 		add(strconv.FormatUint(kb, 10), "memory in KiB")
 		add(strconv.FormatUint(kb<<10, 10), "memory in bytes")

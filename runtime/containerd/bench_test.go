@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // BenchmarkRunTrue times create → start → wait → remove of `true` through
@@ -44,7 +44,7 @@ func BenchmarkRunTrue(b *testing.B) {
 // on containerd, alternating them in every iteration.
 func BenchmarkGVisor(b *testing.B) {
 	gvisor := conformance.Connect(b, Name+"+gvisor", func() (*Runtime, error) {
-		return New(context.Background(), Config{Address: os.Getenv("SANDSTORM_CONTAINERD_SOCKET"), Isolation: runtime.IsolationGVisor})
+		return New(context.Background(), Config{Address: os.Getenv("SANDSTORM_CONTAINERD_SOCKET"), Isolation: sandbox.IsolationGVisor})
 	})
 	conformance.CompareIsolation(b, connect(b), gvisor, oci.Policy{MemoryBytes: 256 << 20, CPUs: 1}.WithDefaults())
 }

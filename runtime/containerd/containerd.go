@@ -18,9 +18,9 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // Name is the backend's name.
@@ -43,7 +43,7 @@ type Config struct {
 	BridgeSubnet string
 	// Isolation: runc (default), or gvisor, run as runc would be by the
 	// runc v2 shim (its BinaryName option names runsc).
-	Isolation runtime.Isolation
+	Isolation sandbox.Isolation
 }
 
 func (c Config) withDefaults() Config {
@@ -66,7 +66,7 @@ func (c Config) withDefaults() Config {
 		c.BridgeSubnet = "10.213.0.0/16"
 	}
 	if c.Isolation == "" {
-		c.Isolation = runtime.IsolationRunc
+		c.Isolation = sandbox.IsolationRunc
 	}
 	return c
 }
@@ -82,73 +82,73 @@ type Runtime struct {
 	runsc string
 }
 
-var _ runtime.Runtime = (*Runtime)(nil)
+var _ sandbox.Runtime = (*Runtime)(nil)
 
 // New connects to containerd and checks that it answers.
 func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	cfg = cfg.withDefaults()
 	var runsc string
-	if cfg.Isolation == runtime.IsolationGVisor {
+	if cfg.Isolation == sandbox.IsolationGVisor {
 		var err error
-		if runsc, err = runtime.Runsc(); err != nil {
+		if runsc, err = sandbox.Runsc(); err != nil {
 			return nil, err
 		}
 	}
 	if _, err := os.Stat(cfg.Address); err != nil {
-		return nil, fmt.Errorf("%w: containerd socket %s: %w", runtime.ErrUnavailable, cfg.Address, err)
+		return nil, fmt.Errorf("%w: containerd socket %s: %w", sandbox.ErrUnavailable, cfg.Address, err)
 	}
 	c, err := client.New(cfg.Address, client.WithDefaultNamespace(cfg.Namespace))
 	if err != nil {
-		return nil, fmt.Errorf("%w: connect to containerd at %s: %w", runtime.ErrUnavailable, cfg.Address, err)
+		return nil, fmt.Errorf("%w: connect to containerd at %s: %w", sandbox.ErrUnavailable, cfg.Address, err)
 	}
 	if _, err := c.Version(ctx); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("%w: containerd at %s does not answer: %w", runtime.ErrUnavailable, cfg.Address, err)
+		return nil, fmt.Errorf("%w: containerd at %s does not answer: %w", sandbox.ErrUnavailable, cfg.Address, err)
 	}
 	state := lifecycle.State(cfg.StateDir)
 	if err := state.Make(); err != nil {
 		c.Close()
 		return nil, err
 	}
-	return &Runtime{cfg: cfg, state: state, client: c, net: newBridge(cfg), host: runtime.DetectHost(), runsc: runsc}, nil
+	return &Runtime{cfg: cfg, state: state, client: c, net: newBridge(cfg), host: sandbox.DetectHost(), runsc: runsc}, nil
 }
 
 func (r *Runtime) ctx(ctx context.Context) context.Context {
 	return namespaces.WithNamespace(ctx, r.cfg.Namespace)
 }
 
-// Name implements runtime.Runtime.
+// Name implements sandbox.Runtime.
 func (r *Runtime) Name() string { return Name }
 
-// Close implements runtime.Runtime.
+// Close implements sandbox.Runtime.
 func (r *Runtime) Close() error { return r.client.Close() }
 
-// Info implements runtime.Runtime.
-func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
+// Info implements sandbox.Runtime.
+func (r *Runtime) Info(ctx context.Context) (sandbox.Info, error) {
 	v, err := r.client.Version(r.ctx(ctx))
 	if err != nil {
-		return runtime.Info{}, fmt.Errorf("%w: containerd version: %w", runtime.ErrUnavailable, err)
+		return sandbox.Info{}, fmt.Errorf("%w: containerd version: %w", sandbox.ErrUnavailable, err)
 	}
-	return runtime.Info{Name: Name, Version: v.Version, Socket: r.cfg.Address, Rootless: os.Geteuid() != 0, Isolation: r.cfg.Isolation,
-		Differences: runtime.Lowered(r.host)}, nil
+	return sandbox.Info{Name: Name, Version: v.Version, Socket: r.cfg.Address, Rootless: os.Geteuid() != 0, Isolation: r.cfg.Isolation,
+		Differences: sandbox.Lowered(r.host)}, nil
 }
 
-// Enforcement implements runtime.Runtime. As root with runc, containerd
+// Enforcement implements sandbox.Runtime. As root with runc, containerd
 // enforces every item; bridge networking needs the CNI plugins.
-func (r *Runtime) Enforcement(ctx context.Context) (runtime.Enforcement, error) {
+func (r *Runtime) Enforcement(ctx context.Context) (sandbox.Enforcement, error) {
 	caps := lifecycle.AllEnforced()
 	if err := r.net.available(); err != nil {
-		caps[runtime.ItemNetworkBridge] = runtime.Support{Reason: err.Error()}
+		caps[sandbox.ItemNetworkBridge] = sandbox.Support{Reason: err.Error()}
 	}
 	if r.runsc != "" {
-		for it, reason := range runtime.GVisorUnenforced() {
-			caps[it] = runtime.Support{Reason: reason}
+		for it, reason := range sandbox.GVisorUnenforced() {
+			caps[it] = sandbox.Support{Reason: reason}
 		}
 	}
 	return caps, nil
 }
 
-// ImportImage implements runtime.Runtime.
+// ImportImage implements sandbox.Runtime.
 func (r *Runtime) ImportImage(ctx context.Context, rd io.Reader) ([]string, error) {
 	ctx = r.ctx(ctx)
 	imgs, err := r.client.Import(ctx, rd)
@@ -165,7 +165,7 @@ func (r *Runtime) ImportImage(ctx context.Context, rd io.Reader) ([]string, erro
 	return names, nil
 }
 
-// HasImage implements runtime.ImageChecker: present and unpacked.
+// HasImage implements sandbox.ImageChecker: present and unpacked.
 func (r *Runtime) HasImage(ctx context.Context, ref string) (bool, error) {
 	ctx = r.ctx(ctx)
 	img, err := r.client.GetImage(ctx, ref)
@@ -178,8 +178,8 @@ func (r *Runtime) HasImage(ctx context.Context, ref string) (bool, error) {
 	return img.IsUnpacked(ctx, r.cfg.Snapshotter)
 }
 
-// List implements runtime.Runtime.
-func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime.SandboxInfo, error) {
+// List implements sandbox.Runtime.
+func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]sandbox.SandboxInfo, error) {
 	ctx = r.ctx(ctx)
 	sel := lifecycle.Selector(labels)
 	var conds []string
@@ -191,7 +191,7 @@ func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime
 	if err != nil {
 		return nil, fmt.Errorf("list containers: %w", err)
 	}
-	var out []runtime.SandboxInfo
+	var out []sandbox.SandboxInfo
 	for _, c := range ctrs {
 		l, err := c.Labels(ctx)
 		if err != nil {
@@ -203,14 +203,14 @@ func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime
 				running = st.Status == client.Running
 			}
 		}
-		out = append(out, runtime.SandboxInfo{ID: c.ID(), SessionID: l[oci.LabelSession], Labels: l, Running: running})
+		out = append(out, sandbox.SandboxInfo{ID: c.ID(), SessionID: l[oci.LabelSession], Labels: l, Running: running})
 	}
 	// A create cut short leaves a snapshot or a scratch directory with no
 	// container: those are sandboxes too, for reaping.
-	var snaps []runtime.SandboxInfo
+	var snaps []sandbox.SandboxInfo
 	err = r.client.SnapshotService(r.cfg.Snapshotter).Walk(ctx, func(_ context.Context, i snapshots.Info) error {
-		if runtime.ValidID(i.Name) {
-			snaps = append(snaps, runtime.SandboxInfo{ID: i.Name, SessionID: i.Labels[oci.LabelSession], Labels: i.Labels})
+		if sandbox.ValidID(i.Name) {
+			snaps = append(snaps, sandbox.SandboxInfo{ID: i.Name, SessionID: i.Labels[oci.LabelSession], Labels: i.Labels})
 		}
 		return nil
 	}, filter)
@@ -221,10 +221,10 @@ func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime
 	if err != nil {
 		return nil, fmt.Errorf("list leases: %w", err)
 	}
-	var held []runtime.SandboxInfo
+	var held []sandbox.SandboxInfo
 	for _, l := range ls {
-		if id, ok := strings.CutPrefix(l.ID, leaseID("")); ok && runtime.ValidID(id) {
-			held = append(held, runtime.SandboxInfo{ID: id, SessionID: l.Labels[oci.LabelSession], Labels: l.Labels})
+		if id, ok := strings.CutPrefix(l.ID, leaseID("")); ok && sandbox.ValidID(id) {
+			held = append(held, sandbox.SandboxInfo{ID: id, SessionID: l.Labels[oci.LabelSession], Labels: l.Labels})
 		}
 	}
 	dirs, err := r.state.List(sel)
@@ -233,22 +233,22 @@ func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime
 	}
 	// An IP allocation carries no labels: it counts as a managed sandbox of
 	// no session and no owner (reap --all removes it; a sweep leaves it).
-	var ips []runtime.SandboxInfo
+	var ips []sandbox.SandboxInfo
 	for _, id := range r.net.allocated() {
 		l := map[string]string{oci.LabelManaged: "true"}
 		if lifecycle.Matches(l, sel) {
-			ips = append(ips, runtime.SandboxInfo{ID: id, Labels: l})
+			ips = append(ips, sandbox.SandboxInfo{ID: id, Labels: l})
 		}
 	}
 	return lifecycle.Merge(out, snaps, held, dirs, ips), nil
 }
 
-// Remove implements runtime.Runtime.
+// Remove implements sandbox.Runtime.
 func (r *Runtime) Remove(ctx context.Context, id string) error {
 	return r.cleanup(ctx, id)
 }
 
-// Leftovers implements runtime.Runtime.
+// Leftovers implements sandbox.Runtime.
 func (r *Runtime) Leftovers(ctx context.Context, id, sessionID string) ([]string, error) {
 	ctx = r.ctx(ctx)
 	var left []string

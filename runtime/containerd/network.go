@@ -12,7 +12,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/netns"
 	gocni "github.com/containerd/go-cni"
 
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // networkName names the CNI network and its host-local IP allocations.
@@ -90,7 +90,7 @@ func (b *bridge) cni() (gocni.CNI, error) {
 // returns its path.
 func (b *bridge) setup(ctx context.Context, id, dir string) (string, error) {
 	if err := b.available(); err != nil {
-		return "", fmt.Errorf("%w: bridge network: %w", runtime.ErrNotEnforceable, err)
+		return "", fmt.Errorf("%w: bridge network: %w", sandbox.ErrNotEnforceable, err)
 	}
 	c, err := b.cni()
 	if err != nil {
@@ -162,7 +162,7 @@ func (b *bridge) allocations() map[string]string {
 	for _, e := range entries {
 		data, err := os.ReadFile(filepath.Join(ipamDir, e.Name()))
 		first, _, _ := strings.Cut(strings.ReplaceAll(string(data), "\r", ""), "\n")
-		if err == nil && runtime.ValidID(first) {
+		if err == nil && sandbox.ValidID(first) {
 			held[e.Name()] = first
 		}
 	}

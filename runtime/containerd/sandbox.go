@@ -19,9 +19,9 @@ import (
 	"github.com/containerd/errdefs"
 
 	sboci "github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // labelNetNS records a sandbox's network namespace so a stray can be cleaned
@@ -45,16 +45,16 @@ type box struct {
 	lost error
 }
 
-// Create implements runtime.Runtime.
-func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (runtime.Sandbox, error) {
+// Create implements sandbox.Runtime.
+func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
 	return lifecycle.Create(ctx, r, spec, r.steps)
 }
 
 // creation is one Create's steps (see lifecycle.Create).
 type creation struct {
 	r     *Runtime
-	prep  runtime.Prepared
-	files []runtime.File
+	prep  sandbox.Prepared
+	files []sandbox.File
 	img   client.Image
 	sb    sboci.Container
 	// labels are the container's: the sandbox's, and its network namespace.
@@ -64,12 +64,12 @@ type creation struct {
 }
 
 // steps finds the image, unpacked, before anything is made.
-func (r *Runtime) steps(ctx context.Context, spec runtime.Spec, prep runtime.Prepared, _ runtime.Enforcement) (lifecycle.Steps, error) {
+func (r *Runtime) steps(ctx context.Context, spec sandbox.Spec, prep sandbox.Prepared, _ sandbox.Enforcement) (lifecycle.Steps, error) {
 	ctx = r.ctx(ctx)
 	img, err := r.client.GetImage(ctx, spec.Image)
 	if err != nil {
 		if notFound(err) {
-			return nil, fmt.Errorf("%w: image %s in containerd namespace %s (import it first)", runtime.ErrNotFound, spec.Image, r.cfg.Namespace)
+			return nil, fmt.Errorf("%w: image %s in containerd namespace %s (import it first)", sandbox.ErrNotFound, spec.Image, r.cfg.Namespace)
 		}
 		return nil, fmt.Errorf("get image %s: %w", spec.Image, err)
 	}
@@ -114,7 +114,7 @@ func (c *creation) Setup(ctx, dctx context.Context) (err error) {
 	}
 	c.sb.GVisor = r.runsc != ""
 	if c.opts, err = sboci.Options(c.sb, r.host); err != nil {
-		return fmt.Errorf("%w: %w", runtime.ErrInvalidSpec, err)
+		return fmt.Errorf("%w: %w", sandbox.ErrInvalidSpec, err)
 	}
 	return nil
 }
@@ -150,7 +150,7 @@ func (c *creation) Make(ctx, dctx context.Context) (err error) {
 
 // Verify has nothing to read back: the OCI spec is sandstorm's own, not
 // a daemon's mapping of a request.
-func (c *creation) Verify(context.Context) (runtime.Sandbox, error) {
+func (c *creation) Verify(context.Context) (sandbox.Sandbox, error) {
 	return &box{Sandbox: lifecycle.NewSandbox(c.prep, c.sb.Workspace), r: c.r, cgroup: c.sb.CgroupPath(), ctr: c.ctr}, nil
 }
 
@@ -189,8 +189,8 @@ func (r *Runtime) withRuntime() client.NewContainerOpts {
 	return client.WithRuntime(plugins.RuntimeRuncV2, &options.Options{BinaryName: r.runsc})
 }
 
-// Start implements runtime.Sandbox.
-func (s *box) Start(ctx context.Context, io runtime.IO) error {
+// Start implements sandbox.Sandbox.
+func (s *box) Start(ctx context.Context, io sandbox.IO) error {
 	ctx = s.r.ctx(ctx)
 	step := "start sandbox " + s.ID()
 	if err := lifecycle.Checkpoint(ctx, step); err != nil {
@@ -218,20 +218,20 @@ func (s *box) Start(ctx context.Context, io runtime.IO) error {
 	return nil
 }
 
-// Wait implements runtime.Sandbox.
-func (s *box) Wait(ctx context.Context) (runtime.ExitStatus, error) {
+// Wait implements sandbox.Sandbox.
+func (s *box) Wait(ctx context.Context) (sandbox.ExitStatus, error) {
 	if s.exitC == nil {
-		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.ID())
+		return sandbox.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.ID())
 	}
 	if s.lost != nil {
-		return runtime.ExitStatus{}, s.lost
+		return sandbox.ExitStatus{}, s.lost
 	}
 	var st client.ExitStatus
 	var ok bool
 	select {
 	case st, ok = <-s.exitC:
 	case <-ctx.Done():
-		return runtime.ExitStatus{}, ctx.Err()
+		return sandbox.ExitStatus{}, ctx.Err()
 	}
 	code, at, err := st.Result()
 	if !ok {
@@ -240,8 +240,8 @@ func (s *box) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 	if err != nil {
 		// The daemon went away (or the wait broke): the exit is unknown, and
 		// stays so; the client's channel is closed now and would read as 0.
-		s.lost = fmt.Errorf("%w: sandbox %s: lost its exit status: %w", runtime.ErrUnavailable, s.ID(), err)
-		return runtime.ExitStatus{}, s.lost
+		s.lost = fmt.Errorf("%w: sandbox %s: lost its exit status: %w", sandbox.ErrUnavailable, s.ID(), err)
+		return sandbox.ExitStatus{}, s.lost
 	}
 	// All output must be delivered before the exit is reported, within ctx:
 	// a process's output can stay open after it (a child holding it).
@@ -250,7 +250,7 @@ func (s *box) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 	select {
 	case <-ioDone:
 	case <-ctx.Done():
-		return runtime.ExitStatus{}, ctx.Err()
+		return sandbox.ExitStatus{}, ctx.Err()
 	}
 	es := lifecycle.Exit(int(code), at, false)
 	// The cgroup outlives the process until the task is deleted, so its OOM
@@ -265,7 +265,7 @@ func (s *box) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 	return es, nil
 }
 
-// Kill implements runtime.Sandbox.
+// Kill implements sandbox.Sandbox.
 func (s *box) Kill(ctx context.Context) error {
 	if s.task == nil {
 		return nil
@@ -277,7 +277,7 @@ func (s *box) Kill(ctx context.Context) error {
 	return nil
 }
 
-// Remove implements runtime.Sandbox.
+// Remove implements sandbox.Sandbox.
 func (s *box) Remove(ctx context.Context) error {
 	return s.Removal.Do(func() error { return s.r.cleanup(ctx, s.ID()) })
 }

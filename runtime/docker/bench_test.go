@@ -9,9 +9,9 @@ import (
 	"testing"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // BenchmarkRunTrue times create → start → wait → remove of `true` through
@@ -57,7 +57,7 @@ func BenchmarkRunTrue(b *testing.B) {
 // on Docker, alternating them in every iteration.
 func BenchmarkGVisor(b *testing.B) {
 	gvisor := conformance.Connect(b, Name+"+gvisor", func() (*Runtime, error) {
-		return New(context.Background(), Config{Host: os.Getenv("SANDSTORM_DOCKER_SOCKET"), Isolation: runtime.IsolationGVisor})
+		return New(context.Background(), Config{Host: os.Getenv("SANDSTORM_DOCKER_SOCKET"), Isolation: sandbox.IsolationGVisor})
 	})
 	conformance.CompareIsolation(b, connect(b), gvisor, oci.Policy{MemoryBytes: 256 << 20, CPUs: 1}.WithDefaults())
 }

@@ -25,9 +25,9 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // Name is the backend's name.
@@ -42,8 +42,8 @@ type Config struct {
 	// default /var/lib/sandstorm/docker. It must be on the daemon's host.
 	StateDir string
 	// Isolation: runc (default), or gvisor, the daemon's runtime named
-	// runtime.GVisorRuntime.
-	Isolation runtime.Isolation
+	// sandbox.GVisorRuntime.
+	Isolation sandbox.Isolation
 }
 
 func (c Config) withDefaults() Config {
@@ -51,7 +51,7 @@ func (c Config) withDefaults() Config {
 		c.StateDir = string(lifecycle.DefaultState(Name))
 	}
 	if c.Isolation == "" {
-		c.Isolation = runtime.IsolationRunc
+		c.Isolation = sandbox.IsolationRunc
 	}
 	return c
 }
@@ -62,12 +62,12 @@ type Runtime struct {
 	state lifecycle.State
 	cli   *client.Client
 	d     daemon
-	caps  runtime.Enforcement
+	caps  sandbox.Enforcement
 	// rootless is what the daemon reported when it was connected.
 	rootless bool
 }
 
-var _ runtime.Runtime = (*Runtime)(nil)
+var _ sandbox.Runtime = (*Runtime)(nil)
 
 // New connects to the daemon, negotiates the API version and reads what the
 // daemon enforces.
@@ -79,7 +79,7 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	}
 	cli, err := client.New(opts...)
 	if err != nil {
-		return nil, fmt.Errorf("%w: docker client: %w", runtime.ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: docker client: %w", sandbox.ErrUnavailable, err)
 	}
 	r, err := probe(ctx, cfg, cli)
 	if err != nil {
@@ -92,18 +92,18 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 // probe checks that the daemon answers and reads what it enforces.
 func probe(ctx context.Context, cfg Config, cli *client.Client) (*Runtime, error) {
 	if _, err := cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
-		return nil, fmt.Errorf("%w: docker at %s does not answer: %w", runtime.ErrUnavailable, cli.DaemonHost(), err)
+		return nil, fmt.Errorf("%w: docker at %s does not answer: %w", sandbox.ErrUnavailable, cli.DaemonHost(), err)
 	}
 	info, err := cli.Info(ctx, client.InfoOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("%w: docker info: %w", runtime.ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: docker info: %w", sandbox.ErrUnavailable, err)
 	}
 	ociRuntime := ""
-	if cfg.Isolation == runtime.IsolationGVisor {
-		ociRuntime = runtime.GVisorRuntime
+	if cfg.Isolation == sandbox.IsolationGVisor {
+		ociRuntime = sandbox.GVisorRuntime
 		if _, ok := info.Info.Runtimes[ociRuntime]; !ok {
 			return nil, fmt.Errorf("%w: gVisor: docker at %s has no runtime %s (dockerd --add-runtime %s=%s; scripts/host-setup.sh registers it)",
-				runtime.ErrUnavailable, cli.DaemonHost(), ociRuntime, ociRuntime, runtime.DefaultRunsc)
+				sandbox.ErrUnavailable, cli.DaemonHost(), ociRuntime, ociRuntime, sandbox.DefaultRunsc)
 		}
 	}
 	_, bridgeErr := cli.NetworkInspect(ctx, "bridge", client.NetworkInspectOptions{})
@@ -122,7 +122,7 @@ func probe(ctx context.Context, cfg Config, cli *client.Client) (*Runtime, error
 		d: daemon{
 			CgroupDriver: info.Info.CgroupDriver,
 			SwapLimit:    info.Info.SwapLimit,
-			Host:         runtime.DetectHost(),
+			Host:         sandbox.DetectHost(),
 			Seccomp:      seccomp,
 			Runtime:      ociRuntime,
 		},
@@ -134,72 +134,72 @@ func probe(ctx context.Context, cfg Config, cli *client.Client) (*Runtime, error
 
 // capabilities is what a daemon enforces, from its own report. It is read
 // once: every Create also verifies the container the daemon made.
-func capabilities(info system.Info, bridgeErr error, gvisor bool) runtime.Enforcement {
+func capabilities(info system.Info, bridgeErr error, gvisor bool) sandbox.Enforcement {
 	caps := lifecycle.AllEnforced()
-	not := func(it runtime.Item, reason string) { caps[it] = runtime.Support{Reason: reason} }
-	not(runtime.ItemGrantCapabilities, "docker adds listed capabilities to a non-root user's bounding set only, never to its effective set")
+	not := func(it sandbox.Item, reason string) { caps[it] = sandbox.Support{Reason: reason} }
+	not(sandbox.ItemGrantCapabilities, "docker adds listed capabilities to a non-root user's bounding set only, never to its effective set")
 	if !slices.ContainsFunc(info.SecurityOptions, func(o string) bool { return strings.HasPrefix(o, "name=seccomp") }) {
-		not(runtime.ItemSeccomp, "the docker daemon runs without seccomp")
+		not(sandbox.ItemSeccomp, "the docker daemon runs without seccomp")
 	}
 	noCgroups := info.CgroupDriver == "none"
 	if noCgroups || !info.MemoryLimit {
-		not(runtime.ItemMemoryLimit, "the docker daemon reports no memory limit support")
-		not(runtime.ItemOOMDetection, "no memory cgroup to detect OOM kills in")
+		not(sandbox.ItemMemoryLimit, "the docker daemon reports no memory limit support")
+		not(sandbox.ItemOOMDetection, "no memory cgroup to detect OOM kills in")
 	}
 	if noCgroups || !info.CPUCfsQuota || !info.CPUCfsPeriod {
-		not(runtime.ItemCPULimit, "the docker daemon reports no CPU quota support")
+		not(sandbox.ItemCPULimit, "the docker daemon reports no CPU quota support")
 	}
 	if noCgroups || !info.PidsLimit {
-		not(runtime.ItemPidsLimit, "the docker daemon reports no pids limit support")
+		not(sandbox.ItemPidsLimit, "the docker daemon reports no pids limit support")
 	}
 	if bridgeErr != nil {
-		not(runtime.ItemNetworkBridge, fmt.Sprintf("no docker network named bridge: %v", bridgeErr))
+		not(sandbox.ItemNetworkBridge, fmt.Sprintf("no docker network named bridge: %v", bridgeErr))
 	}
 	if os.Geteuid() != 0 {
-		not(runtime.ItemNosuidMounts, "docker's API cannot make mounts nosuid,nodev, and only root can seal them so beforehand")
+		not(sandbox.ItemNosuidMounts, "docker's API cannot make mounts nosuid,nodev, and only root can seal them so beforehand")
 	}
 	if gvisor {
-		for it, reason := range runtime.GVisorUnenforced() {
+		for it, reason := range sandbox.GVisorUnenforced() {
 			not(it, reason)
 		}
 	}
 	return caps
 }
 
-// Name implements runtime.Runtime.
+// Name implements sandbox.Runtime.
 func (r *Runtime) Name() string { return Name }
 
-// Close implements runtime.Runtime.
+// Close implements sandbox.Runtime.
 func (r *Runtime) Close() error { return r.cli.Close() }
 
-// Info implements runtime.Runtime.
-func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
+// Info implements sandbox.Runtime.
+func (r *Runtime) Info(ctx context.Context) (sandbox.Info, error) {
 	v, err := r.cli.ServerVersion(ctx, client.ServerVersionOptions{})
 	if err != nil {
-		return runtime.Info{}, fmt.Errorf("%w: docker version: %w", runtime.ErrUnavailable, err)
+		return sandbox.Info{}, fmt.Errorf("%w: docker version: %w", sandbox.ErrUnavailable, err)
 	}
-	info := runtime.Info{Name: Name, Version: v.Version, Socket: r.cli.DaemonHost(), Rootless: r.rootless, Isolation: r.cfg.Isolation}
-	info.Differences = []runtime.Difference{devDifference}
-	if r.cfg.Isolation == runtime.IsolationGVisor {
+	info := sandbox.Info{Name: Name, Version: v.Version, Socket: r.cli.DaemonHost(), Rootless: r.rootless, Isolation: r.cfg.Isolation}
+	info.Differences = []sandbox.Difference{devDifference}
+	if r.cfg.Isolation == sandbox.IsolationGVisor {
 		info.Differences[0].Value = "tmpfs rw" // gVisor's mounts show no nosuid
 	}
-	info.Differences = append(info.Differences, runtime.Lowered(r.d.Host)...)
+	info.Differences = append(info.Differences, sandbox.Lowered(r.d.Host)...)
 	return info, nil
 }
 
-// devDifference: see runtime.Info.
-var devDifference = runtime.Difference{
+// devDifference: see sandbox.Info.
+var devDifference = sandbox.Difference{
 	Line: "mount /dev", Value: "tmpfs rw,nosuid",
 	Reason: "Docker's API cannot add noexec to /dev: a tmpfs in its place drops /dev/pts, /dev/shm and /dev/mqueue. " +
 		"The sandbox user cannot write to /dev (root's, mode 755), so nothing there can be run either way",
 }
 
-// Enforcement implements runtime.Runtime.
-func (r *Runtime) Enforcement(context.Context) (runtime.Enforcement, error) {
+// Enforcement implements sandbox.Runtime.
+func (r *Runtime) Enforcement(context.Context) (sandbox.Enforcement, error) {
 	return maps.Clone(r.caps), nil
 }
 
-// HasImage implements runtime.ImageChecker.
+// HasImage implements sandbox.ImageChecker.
 func (r *Runtime) HasImage(ctx context.Context, ref string) (bool, error) {
 	_, err := r.cli.ImageInspect(ctx, ref)
 	if cerrdefs.IsNotFound(err) {
@@ -211,7 +211,7 @@ func (r *Runtime) HasImage(ctx context.Context, ref string) (bool, error) {
 	return true, nil
 }
 
-// ImportImage implements runtime.Runtime. Docker 20.10 loads the one-tar
+// ImportImage implements sandbox.Runtime. Docker 20.10 loads the one-tar
 // image through the Docker manifest.json it carries.
 func (r *Runtime) ImportImage(ctx context.Context, rd io.Reader) ([]string, error) {
 	resp, err := r.cli.ImageLoad(ctx, rd, client.ImageLoadWithQuiet(true))
@@ -251,8 +251,8 @@ func loadedImages(rd io.Reader) ([]string, error) {
 	return names, nil
 }
 
-// List implements runtime.Runtime.
-func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime.SandboxInfo, error) {
+// List implements sandbox.Runtime.
+func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]sandbox.SandboxInfo, error) {
 	f := client.Filters{}
 	for k, v := range lifecycle.Selector(labels) {
 		f.Add("label", k+"="+v)
@@ -261,9 +261,9 @@ func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime
 	if err != nil {
 		return nil, fmt.Errorf("list containers: %w", err)
 	}
-	var out []runtime.SandboxInfo
+	var out []sandbox.SandboxInfo
 	for _, c := range res.Items {
-		out = append(out, runtime.SandboxInfo{
+		out = append(out, sandbox.SandboxInfo{
 			ID:        sandboxID(c.Names),
 			SessionID: c.Labels[oci.LabelSession],
 			Labels:    c.Labels,
@@ -307,12 +307,12 @@ func (r *Runtime) find(ctx context.Context, id string) (*container.Summary, erro
 	return nil, nil
 }
 
-// Remove implements runtime.Runtime.
+// Remove implements sandbox.Runtime.
 func (r *Runtime) Remove(ctx context.Context, id string) error {
 	return r.cleanup(ctx, id, "")
 }
 
-// Leftovers implements runtime.Runtime. Nothing Docker makes for a sandbox
+// Leftovers implements sandbox.Runtime. Nothing Docker makes for a sandbox
 // outlives its container except what is named here, so the session is not
 // needed to find it.
 func (r *Runtime) Leftovers(ctx context.Context, id, _ string) ([]string, error) {

@@ -5,8 +5,8 @@ import (
 	"os"
 	"testing"
 
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 func connect(t testing.TB) *Runtime {
@@ -21,7 +21,7 @@ func TestConformance(t *testing.T) {
 
 func TestConformanceGVisor(t *testing.T) {
 	rt := conformance.Connect(t, Name+"+gvisor", func() (*Runtime, error) {
-		return New(context.Background(), Config{Host: os.Getenv("SANDSTORM_DOCKER_SOCKET"), Isolation: runtime.IsolationGVisor})
+		return New(context.Background(), Config{Host: os.Getenv("SANDSTORM_DOCKER_SOCKET"), Isolation: sandbox.IsolationGVisor})
 	})
 	conformance.Run(t, rt, conformance.Config{})
 }

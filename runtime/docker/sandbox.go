@@ -14,9 +14,9 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 type box struct {
@@ -35,21 +35,21 @@ type box struct {
 	stopWait context.CancelFunc
 	// exited is closed once status or waitErr is set.
 	exited  chan struct{}
-	status  runtime.ExitStatus
+	status  sandbox.ExitStatus
 	waitErr error
 }
 
-// Create implements runtime.Runtime.
-func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (runtime.Sandbox, error) {
+// Create implements sandbox.Runtime.
+func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
 	return lifecycle.Create(ctx, r, spec, r.steps)
 }
 
 // creation is one Create's steps (see lifecycle.Create).
 type creation struct {
 	r     *Runtime
-	prep  runtime.Prepared
+	prep  sandbox.Prepared
 	image string
-	files []runtime.File
+	files []sandbox.File
 	sb    oci.Container
 	req   request
 	// containerID is the container this Create made, once it made one.
@@ -57,7 +57,7 @@ type creation struct {
 	warnings    []string
 }
 
-func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepared, _ runtime.Enforcement) (lifecycle.Steps, error) {
+func (r *Runtime) steps(_ context.Context, spec sandbox.Spec, prep sandbox.Prepared, _ sandbox.Enforcement) (lifecycle.Steps, error) {
 	sb := oci.Container{
 		ID: prep.ID, SessionID: spec.SessionID, Args: spec.Args, Env: spec.Env,
 		Labels: prep.Labels, Policy: prep.Policy,
@@ -106,11 +106,11 @@ func (c *creation) Make(_, dctx context.Context) error {
 	created, err := c.r.cli.ContainerCreate(dctx, client.ContainerCreateOptions{Name: id, Config: c.req.Config, HostConfig: c.req.Host})
 	switch {
 	case notFound(err):
-		return fmt.Errorf("%w: image %s in docker (import it first): %w", runtime.ErrNotFound, c.image, err)
+		return fmt.Errorf("%w: image %s in docker (import it first): %w", sandbox.ErrNotFound, c.image, err)
 	case cerrdefs.IsConflict(err):
-		return fmt.Errorf("%w: sandbox id %s is in use: %w", runtime.ErrInvalidSpec, id, err)
+		return fmt.Errorf("%w: sandbox id %s is in use: %w", sandbox.ErrInvalidSpec, id, err)
 	case cerrdefs.IsInvalidArgument(err):
-		return fmt.Errorf("%w: docker refused the container: %w", runtime.ErrInvalidSpec, err)
+		return fmt.Errorf("%w: docker refused the container: %w", sandbox.ErrInvalidSpec, err)
 	case err != nil:
 		return fmt.Errorf("create container %s: %w", id, err)
 	}
@@ -119,7 +119,7 @@ func (c *creation) Make(_, dctx context.Context) error {
 }
 
 // Verify checks the container as the daemon reports it against the request.
-func (c *creation) Verify(ctx context.Context) (runtime.Sandbox, error) {
+func (c *creation) Verify(ctx context.Context) (sandbox.Sandbox, error) {
 	id, r := c.sb.ID, c.r
 	got, err := r.cli.ContainerInspect(ctx, c.containerID, client.ContainerInspectOptions{})
 	if err != nil {
@@ -148,9 +148,9 @@ func (c *creation) Undo(ctx context.Context) error {
 	return errors.Join(append(errs, c.r.state.RemoveScratch(c.sb.ID))...)
 }
 
-// Start implements runtime.Sandbox. Output is attached before the start, so
+// Start implements sandbox.Sandbox. Output is attached before the start, so
 // none is lost, and copied live, stdout and stderr apart.
-func (s *box) Start(ctx context.Context, io runtime.IO) error {
+func (s *box) Start(ctx context.Context, io sandbox.IO) error {
 	if s.exited != nil {
 		return fmt.Errorf("sandbox %s was already started", s.ID())
 	}
@@ -207,7 +207,7 @@ func (s *box) wait(ctx context.Context) {
 	case <-w.Result:
 	case err := <-w.Error:
 		// The daemon's wait broke (it went away): the exit is unknown.
-		s.waitErr = fmt.Errorf("%w: wait for sandbox %s: %w", runtime.ErrUnavailable, s.ID(), err)
+		s.waitErr = fmt.Errorf("%w: wait for sandbox %s: %w", sandbox.ErrUnavailable, s.ID(), err)
 		return
 	}
 	got, err := s.r.cli.ContainerInspect(ctx, s.containerID, client.ContainerInspectOptions{})
@@ -228,29 +228,29 @@ func (s *box) wait(ctx context.Context) {
 }
 
 // exitStatus reads a stopped container's state.
-func exitStatus(st container.State) runtime.ExitStatus {
+func exitStatus(st container.State) sandbox.ExitStatus {
 	at, _ := time.Parse(time.RFC3339Nano, st.FinishedAt)
 	return lifecycle.Exit(st.ExitCode, at, st.OOMKilled)
 }
 
-// Wait implements runtime.Sandbox.
-func (s *box) Wait(ctx context.Context) (runtime.ExitStatus, error) {
+// Wait implements sandbox.Sandbox.
+func (s *box) Wait(ctx context.Context) (sandbox.ExitStatus, error) {
 	if s.exited == nil {
-		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.ID())
+		return sandbox.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.ID())
 	}
 	select {
 	case <-s.exited:
 	case <-ctx.Done():
-		return runtime.ExitStatus{}, ctx.Err()
+		return sandbox.ExitStatus{}, ctx.Err()
 	}
 	if s.waitErr != nil {
-		return runtime.ExitStatus{}, s.waitErr
+		return sandbox.ExitStatus{}, s.waitErr
 	}
 	// All output must be delivered before the exit is reported.
 	select {
 	case <-s.copied:
 	case <-ctx.Done():
-		return runtime.ExitStatus{}, ctx.Err()
+		return sandbox.ExitStatus{}, ctx.Err()
 	}
 	if s.copyErr != nil {
 		return s.status, fmt.Errorf("sandbox %s output: %w", s.ID(), s.copyErr)
@@ -258,7 +258,7 @@ func (s *box) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 	return s.status, nil
 }
 
-// Kill implements runtime.Sandbox. Killing the sandbox's first process ends
+// Kill implements sandbox.Sandbox. Killing the sandbox's first process ends
 // its PID namespace, and so every process in it.
 func (s *box) Kill(ctx context.Context) error {
 	_, err := s.r.cli.ContainerKill(ctx, s.containerID, client.ContainerKillOptions{Signal: "KILL"})
@@ -269,7 +269,7 @@ func (s *box) Kill(ctx context.Context) error {
 	return nil
 }
 
-// Remove implements runtime.Sandbox.
+// Remove implements sandbox.Sandbox.
 func (s *box) Remove(ctx context.Context) error {
 	return s.Removal.Do(func() error {
 		err := s.r.cleanup(ctx, s.ID(), s.containerID)

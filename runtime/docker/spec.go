@@ -11,7 +11,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // systemdSlice is the parent of every sandbox under the systemd cgroup
@@ -213,7 +213,7 @@ func normalizeCaps(caps []string) []string {
 // API version) that ignores a field must not leave a sandbox running without it.
 func verify(want request, got container.InspectResponse) error {
 	if got.Config == nil || got.HostConfig == nil {
-		return fmt.Errorf("%w: the daemon reported no configuration for the container", runtime.ErrPolicyNotApplied)
+		return fmt.Errorf("%w: the daemon reported no configuration for the container", sandbox.ErrPolicyNotApplied)
 	}
 	var bad []string
 	for _, s := range settings {
@@ -222,7 +222,7 @@ func verify(want request, got container.InspectResponse) error {
 		}
 	}
 	if len(bad) > 0 {
-		return fmt.Errorf("%w: docker dropped or changed %s", runtime.ErrPolicyNotApplied, strings.Join(bad, ", "))
+		return fmt.Errorf("%w: docker dropped or changed %s", sandbox.ErrPolicyNotApplied, strings.Join(bad, ", "))
 	}
 	return nil
 }

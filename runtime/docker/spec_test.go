@@ -12,7 +12,7 @@ import (
 	"github.com/moby/moby/api/types/system"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 var testDaemon = daemon{CgroupDriver: "cgroupfs", SwapLimit: true, Seccomp: []byte(`{"defaultAction":"SCMP_ACT_ERRNO"}`)}
@@ -211,7 +211,7 @@ func TestVerify(t *testing.T) {
 				}
 				return
 			}
-			if !errors.Is(err, runtime.ErrPolicyNotApplied) {
+			if !errors.Is(err, sandbox.ErrPolicyNotApplied) {
 				t.Fatalf("verify = %v, want ErrPolicyNotApplied", err)
 			}
 			if !strings.Contains(err.Error(), tt.setting) {
@@ -263,25 +263,25 @@ func TestCapabilities(t *testing.T) {
 		SecurityOptions: []string{"name=seccomp,profile=default"},
 	}
 	caps := capabilities(full, nil, false)
-	for _, it := range runtime.AllItems {
-		if want := it != runtime.ItemGrantCapabilities; caps.Enforced(it) != want {
+	for _, it := range sandbox.AllItems {
+		if want := it != sandbox.ItemGrantCapabilities; caps.Enforced(it) != want {
 			t.Errorf("%s enforced = %v, want %v", it, caps.Enforced(it), want)
 		}
 	}
-	if !strings.Contains(caps[runtime.ItemGrantCapabilities].Reason, "bounding") {
-		t.Errorf("grant_capabilities reason %q", caps[runtime.ItemGrantCapabilities].Reason)
+	if !strings.Contains(caps[sandbox.ItemGrantCapabilities].Reason, "bounding") {
+		t.Errorf("grant_capabilities reason %q", caps[sandbox.ItemGrantCapabilities].Reason)
 	}
 
 	rootlessV1 := full
 	rootlessV1.CgroupDriver = "none"
 	rootlessV1.SecurityOptions = []string{"name=rootless"}
 	caps = capabilities(rootlessV1, errors.New("network bridge not found"), false)
-	for _, it := range []runtime.Item{runtime.ItemSeccomp, runtime.ItemMemoryLimit, runtime.ItemCPULimit, runtime.ItemPidsLimit, runtime.ItemOOMDetection, runtime.ItemNetworkBridge} {
+	for _, it := range []sandbox.Item{sandbox.ItemSeccomp, sandbox.ItemMemoryLimit, sandbox.ItemCPULimit, sandbox.ItemPidsLimit, sandbox.ItemOOMDetection, sandbox.ItemNetworkBridge} {
 		if caps.Enforced(it) || caps[it].Reason == "" {
 			t.Errorf("%s = %+v, want not enforced with a reason", it, caps[it])
 		}
 	}
-	for _, it := range []runtime.Item{runtime.ItemCapabilities, runtime.ItemNoNewPrivileges, runtime.ItemUser, runtime.ItemNoFileLimit, runtime.ItemNetworkNone} {
+	for _, it := range []sandbox.Item{sandbox.ItemCapabilities, sandbox.ItemNoNewPrivileges, sandbox.ItemUser, sandbox.ItemNoFileLimit, sandbox.ItemNetworkNone} {
 		if !caps.Enforced(it) {
 			t.Errorf("%s not enforced", it)
 		}
@@ -309,13 +309,13 @@ func TestExitStatus(t *testing.T) {
 	at := time.Date(2026, 11, 25, 10, 0, 0, 123, time.UTC)
 	tests := []struct {
 		state container.State
-		want  runtime.ExitStatus
+		want  sandbox.ExitStatus
 	}{
-		{container.State{ExitCode: 0, FinishedAt: at.Format(time.RFC3339Nano)}, runtime.ExitStatus{Known: true, ExitedAt: at}},
-		{container.State{ExitCode: 3}, runtime.ExitStatus{Known: true, Code: 3}},
-		{container.State{ExitCode: 137, OOMKilled: true}, runtime.ExitStatus{Known: true, Code: 137, Signal: "SIGKILL", OOMKilled: true}},
-		{container.State{ExitCode: 143}, runtime.ExitStatus{Known: true, Code: 143, Signal: "SIGTERM"}},
-		{container.State{ExitCode: 255}, runtime.ExitStatus{Known: true, Code: 255}},
+		{container.State{ExitCode: 0, FinishedAt: at.Format(time.RFC3339Nano)}, sandbox.ExitStatus{Known: true, ExitedAt: at}},
+		{container.State{ExitCode: 3}, sandbox.ExitStatus{Known: true, Code: 3}},
+		{container.State{ExitCode: 137, OOMKilled: true}, sandbox.ExitStatus{Known: true, Code: 137, Signal: "SIGKILL", OOMKilled: true}},
+		{container.State{ExitCode: 143}, sandbox.ExitStatus{Known: true, Code: 143, Signal: "SIGTERM"}},
+		{container.State{ExitCode: 255}, sandbox.ExitStatus{Known: true, Code: 255}},
 	}
 	for _, tt := range tests {
 		if got := exitStatus(tt.state); got != tt.want {

@@ -13,7 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // capacityGate holds a Pod back from the scheduler until it is admitted.
@@ -44,7 +44,7 @@ func (r *Runtime) admit(ctx context.Context, pod *corev1.Pod) error {
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%w: kubernetes: the cluster's %d sandboxes are all taken (%d ahead of this one) and none freed within %v",
-				runtime.ErrNoCapacity, r.cfg.MaxSandboxes, rank-r.cfg.MaxSandboxes+1, r.cfg.StartTimeout)
+				sandbox.ErrNoCapacity, r.cfg.MaxSandboxes, rank-r.cfg.MaxSandboxes+1, r.cfg.StartTimeout)
 		}
 		select {
 		case <-ctx.Done():

@@ -11,12 +11,12 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // writeTar writes files as a tar stream, with a directory entry (0755)
 // for each parent, so the keeper's tar makes them as the sandbox user.
-func writeTar(w io.Writer, files []runtime.File) error {
+func writeTar(w io.Writer, files []sandbox.File) error {
 	tw := tar.NewWriter(w)
 	dirs := map[string]bool{}
 	for _, f := range files {

@@ -32,9 +32,9 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/containerd"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // LabelHost names the host of the sandstorm process that made a Pod: an
@@ -57,7 +57,7 @@ const Name = "kubernetes"
 const DefaultNamespace = "sandstorm"
 
 // DefaultStartTimeout bounds how long a Pod may wait for a node: past it,
-// the sandbox fails with runtime.ErrUnavailable instead of hanging.
+// the sandbox fails with sandbox.ErrUnavailable instead of hanging.
 const DefaultStartTimeout = 60 * time.Second
 
 // Config selects the cluster and how sandboxes run on it.
@@ -70,7 +70,7 @@ type Config struct {
 	Namespace string
 	// Isolation is what the Pods run with: runc (the cluster's default
 	// runtime) or gvisor (RuntimeClass, default "gvisor").
-	Isolation    runtime.Isolation
+	Isolation    sandbox.Isolation
 	RuntimeClass string
 	// SeccompProfile is sandstorm's seccomp profile as the nodes hold it,
 	// relative to the kubelet's seccomp directory (k8s-up.sh installs
@@ -97,7 +97,7 @@ type Config struct {
 // FromEnv reads the backend's settings from the environment:
 // SANDSTORM_K8S_NAMESPACE, SANDSTORM_K8S_SECCOMP_PROFILE,
 // SANDSTORM_K8S_RUNTIME_CLASS, SANDSTORM_K8S_NODE_CONTAINERD.
-func FromEnv(kubeconfig string, iso runtime.Isolation) Config {
+func FromEnv(kubeconfig string, iso sandbox.Isolation) Config {
 	return Config{
 		Kubeconfig:     kubeconfig,
 		Namespace:      os.Getenv("SANDSTORM_K8S_NAMESPACE"),
@@ -113,9 +113,9 @@ func (c Config) withDefaults() Config {
 		c.Namespace = DefaultNamespace
 	}
 	if c.Isolation == "" {
-		c.Isolation = runtime.IsolationRunc
+		c.Isolation = sandbox.IsolationRunc
 	}
-	if c.Isolation == runtime.IsolationGVisor && c.RuntimeClass == "" {
+	if c.Isolation == sandbox.IsolationGVisor && c.RuntimeClass == "" {
 		c.RuntimeClass = "gvisor"
 	}
 	if c.StartTimeout == 0 {
@@ -141,7 +141,7 @@ type Runtime struct {
 	uids  map[string]string
 
 	capsOnce sync.Once
-	caps     runtime.Enforcement
+	caps     sandbox.Enforcement
 	capsErr  error
 }
 
@@ -153,19 +153,19 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	klog.SetSlogLogger(slog.Default())
 	rc, err := restConfig(cfg.Kubeconfig)
 	if err != nil {
-		return nil, fmt.Errorf("%w: kubernetes: %w", runtime.ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: kubernetes: %w", sandbox.ErrUnavailable, err)
 	}
 	rc.Timeout = 0
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return nil, fmt.Errorf("%w: kubernetes: %w", runtime.ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: kubernetes: %w", sandbox.ErrUnavailable, err)
 	}
 	r := &Runtime{cfg: cfg, rest: rc, client: client, server: rc.Host, uids: map[string]string{}}
 	vctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	v, err := client.Discovery().ServerVersionWithContext(vctx)
 	if err != nil {
-		return nil, fmt.Errorf("%w: kubernetes API server %s: %w", runtime.ErrUnavailable, rc.Host, err)
+		return nil, fmt.Errorf("%w: kubernetes API server %s: %w", sandbox.ErrUnavailable, rc.Host, err)
 	}
 	r.version = v.GitVersion
 	if err := r.ensureNamespace(vctx); err != nil {
@@ -173,7 +173,7 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	}
 	if cfg.RuntimeClass != "" {
 		if _, err := client.NodeV1().RuntimeClasses().Get(vctx, cfg.RuntimeClass, metav1.GetOptions{}); err != nil {
-			return nil, fmt.Errorf("%w: kubernetes: isolation %s needs RuntimeClass %q: %w", runtime.ErrUnavailable, cfg.Isolation, cfg.RuntimeClass, err)
+			return nil, fmt.Errorf("%w: kubernetes: isolation %s needs RuntimeClass %q: %w", sandbox.ErrUnavailable, cfg.Isolation, cfg.RuntimeClass, err)
 		}
 	}
 	if err := os.MkdirAll(cfg.State, 0o700); err != nil {
@@ -219,10 +219,10 @@ func (r *Runtime) ensureNamespace(ctx context.Context) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("%w: kubernetes namespace %s: %w", runtime.ErrUnavailable, r.cfg.Namespace, err)
+		return fmt.Errorf("%w: kubernetes namespace %s: %w", sandbox.ErrUnavailable, r.cfg.Namespace, err)
 	}
 	if ns.Labels["pod-security.kubernetes.io/enforce"] != "restricted" {
-		return fmt.Errorf("%w: kubernetes namespace %s does not enforce Pod Security \"restricted\" (label it pod-security.kubernetes.io/enforce=restricted)", runtime.ErrUnavailable, r.cfg.Namespace)
+		return fmt.Errorf("%w: kubernetes namespace %s does not enforce Pod Security \"restricted\" (label it pod-security.kubernetes.io/enforce=restricted)", sandbox.ErrUnavailable, r.cfg.Namespace)
 	}
 	return nil
 }
@@ -234,37 +234,37 @@ func (r *Runtime) Name() string { return Name }
 func (r *Runtime) Close() error { return nil }
 
 // Info names the API server and its version.
-func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
-	info := runtime.Info{Name: Name, Version: r.version, Socket: r.server + " namespace " + r.cfg.Namespace, Isolation: r.cfg.Isolation}
+func (r *Runtime) Info(ctx context.Context) (sandbox.Info, error) {
+	info := sandbox.Info{Name: Name, Version: r.version, Socket: r.server + " namespace " + r.cfg.Namespace, Isolation: r.cfg.Isolation}
 	info.Differences = differences(r.cfg)
 	return info, nil
 }
 
 // Enforcement reports what Pods on this cluster enforce, once per
 // connection: the nodes' kubelets are read for their pids limit.
-func (r *Runtime) Enforcement(ctx context.Context) (runtime.Enforcement, error) {
+func (r *Runtime) Enforcement(ctx context.Context) (sandbox.Enforcement, error) {
 	r.capsOnce.Do(func() { r.caps, r.capsErr = r.capabilities(ctx) })
 	return maps.Clone(r.caps), r.capsErr
 }
 
-func (r *Runtime) capabilities(ctx context.Context) (runtime.Enforcement, error) {
+func (r *Runtime) capabilities(ctx context.Context) (sandbox.Enforcement, error) {
 	caps := lifecycle.AllEnforced()
 	nodes, err := r.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: labels.SelectorFromSet(r.cfg.NodeSelector).String()})
 	if err != nil {
-		return nil, fmt.Errorf("%w: kubernetes nodes: %w", runtime.ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: kubernetes nodes: %w", sandbox.ErrUnavailable, err)
 	}
 	if len(nodes.Items) == 0 {
-		return nil, fmt.Errorf("%w: kubernetes: no node matches %v", runtime.ErrUnavailable, r.cfg.NodeSelector)
+		return nil, fmt.Errorf("%w: kubernetes: no node matches %v", sandbox.ErrUnavailable, r.cfg.NodeSelector)
 	}
-	caps[runtime.ItemGrantCapabilities] = runtime.Support{Reason: "Kubernetes gives a non-root container user no ambient capabilities, and Pod Security restricted lets a Pod add none but NET_BIND_SERVICE"}
-	caps[runtime.ItemPidsLimit] = runtime.Support{Reason: "a Pod has no pids limit of its own: the kubelet's podPidsLimit bounds every Pod of a node alike" + r.podPidsLimits(ctx, nodes.Items)}
-	caps[runtime.ItemNetworkNone] = runtime.Support{Reason: "a Pod is always on the cluster network; sandstorm cannot prove that this cluster enforces a NetworkPolicy that would isolate it"}
-	caps[runtime.ItemBindMounts] = runtime.Support{Reason: "Pod Security restricted allows no hostPath volumes, and a Pod may run on another host than the path's"}
-	caps[runtime.ItemNosuidMounts] = runtime.Support{Reason: "the kubelet mounts emptyDir volumes without nosuid and nodev (allowPrivilegeEscalation: false still keeps set-uid files from raising privileges)"}
-	if r.cfg.Isolation == runtime.IsolationGVisor {
-		for it, why := range runtime.GVisorUnenforced() {
+	caps[sandbox.ItemGrantCapabilities] = sandbox.Support{Reason: "Kubernetes gives a non-root container user no ambient capabilities, and Pod Security restricted lets a Pod add none but NET_BIND_SERVICE"}
+	caps[sandbox.ItemPidsLimit] = sandbox.Support{Reason: "a Pod has no pids limit of its own: the kubelet's podPidsLimit bounds every Pod of a node alike" + r.podPidsLimits(ctx, nodes.Items)}
+	caps[sandbox.ItemNetworkNone] = sandbox.Support{Reason: "a Pod is always on the cluster network; sandstorm cannot prove that this cluster enforces a NetworkPolicy that would isolate it"}
+	caps[sandbox.ItemBindMounts] = sandbox.Support{Reason: "Pod Security restricted allows no hostPath volumes, and a Pod may run on another host than the path's"}
+	caps[sandbox.ItemNosuidMounts] = sandbox.Support{Reason: "the kubelet mounts emptyDir volumes without nosuid and nodev (allowPrivilegeEscalation: false still keeps set-uid files from raising privileges)"}
+	if r.cfg.Isolation == sandbox.IsolationGVisor {
+		for it, why := range sandbox.GVisorUnenforced() {
 			if caps[it].Enforced {
-				caps[it] = runtime.Support{Reason: why}
+				caps[it] = sandbox.Support{Reason: why}
 			}
 		}
 	}
@@ -297,8 +297,8 @@ func (r *Runtime) podPidsLimits(ctx context.Context, nodes []corev1.Node) string
 
 // differences are where a Pod differs, seen from the inside, from the
 // golden fingerprint.
-func differences(cfg Config) []runtime.Difference {
-	d := []runtime.Difference{
+func differences(cfg Config) []sandbox.Difference {
+	d := []sandbox.Difference{
 		{Line: "mount /dev", Value: "tmpfs rw,nosuid", Reason: "the container runtime's CRI mounts /dev without noexec"},
 		{Line: "mount /tmp", Value: "tmpfs rw", Reason: "an emptyDir in memory: the kubelet mounts it without nosuid and nodev"},
 		{Line: "mount " + oci.Workspace, Value: "ext4 rw", Reason: "an emptyDir on the node's disk: the kubelet mounts it without nosuid and nodev"},
@@ -306,7 +306,7 @@ func differences(cfg Config) []runtime.Difference {
 		{Line: "net eth0", Value: "up", Reason: "a Pod is always on the cluster network"},
 	}
 	if cfg.SeccompProfile == "" {
-		d = append(d, runtime.Difference{Line: "seccomp", Value: "RuntimeDefault", Reason: "the nodes' runtime default profile: set the kubelet's seccomp profile (SANDSTORM_K8S_SECCOMP_PROFILE) for sandstorm's"})
+		d = append(d, sandbox.Difference{Line: "seccomp", Value: "RuntimeDefault", Reason: "the nodes' runtime default profile: set the kubelet's seccomp profile (SANDSTORM_K8S_SECCOMP_PROFILE) for sandstorm's"})
 	}
 	return d
 }
@@ -335,7 +335,7 @@ func (r *Runtime) HasImage(ctx context.Context, ref string) (bool, error) {
 	}
 	nodes, err := r.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: labels.SelectorFromSet(r.cfg.NodeSelector).String()})
 	if err != nil {
-		return false, fmt.Errorf("%w: kubernetes nodes: %w", runtime.ErrUnavailable, err)
+		return false, fmt.Errorf("%w: kubernetes nodes: %w", sandbox.ErrUnavailable, err)
 	}
 	for _, n := range nodes.Items {
 		for _, img := range n.Status.Images {
@@ -350,7 +350,7 @@ func (r *Runtime) HasImage(ctx context.Context, ref string) (bool, error) {
 func (r *Runtime) nodeContainerd(ctx context.Context) (*containerd.Runtime, error) {
 	if r.cfg.NodeContainerd == "" {
 		return nil, fmt.Errorf("%w: kubernetes: images cannot be imported into a cluster: push the image to a registry its nodes pull from "+
-			"(or, for a node on this host, set SANDSTORM_K8S_NODE_CONTAINERD to its containerd's socket)", runtime.ErrInvalidSpec)
+			"(or, for a node on this host, set SANDSTORM_K8S_NODE_CONTAINERD to its containerd's socket)", sandbox.ErrInvalidSpec)
 	}
 	return containerd.New(ctx, containerd.Config{Address: r.cfg.NodeContainerd, Namespace: "k8s.io"})
 }
@@ -358,15 +358,15 @@ func (r *Runtime) nodeContainerd(ctx context.Context) (*containerd.Runtime, erro
 // Create makes the sandbox's Pod and waits until it is scheduled, its
 // containers run and the workspace files are in: the process itself waits
 // for Start.
-func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (runtime.Sandbox, error) {
+func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
 	return lifecycle.Create(ctx, r, spec, r.steps)
 }
 
 // creation is one Create's steps (see lifecycle.Create).
 type creation struct {
 	r      *Runtime
-	spec   runtime.Spec
-	prep   runtime.Prepared
+	spec   sandbox.Spec
+	prep   sandbox.Prepared
 	labels map[string]string
 	sb     *box
 	pod    *corev1.Pod
@@ -374,7 +374,7 @@ type creation struct {
 	made *corev1.Pod
 }
 
-func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepared, _ runtime.Enforcement) (lifecycle.Steps, error) {
+func (r *Runtime) steps(_ context.Context, spec sandbox.Spec, prep sandbox.Prepared, _ sandbox.Enforcement) (lifecycle.Steps, error) {
 	if err := checkName(prep.ID); err != nil {
 		return nil, err
 	}
@@ -392,7 +392,7 @@ func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepa
 func (c *creation) Claim(dctx context.Context) error {
 	if _, err := c.secrets().Create(dctx, c.r.secretFor(c.prep, c.spec, c.labels), metav1.CreateOptions{}); err != nil {
 		if apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("%w: sandbox id %s is taken", runtime.ErrInvalidSpec, c.prep.ID)
+			return fmt.Errorf("%w: sandbox id %s is taken", sandbox.ErrInvalidSpec, c.prep.ID)
 		}
 		return c.r.apiErr("create Secret", err)
 	}
@@ -407,7 +407,7 @@ func (c *creation) Make(_, dctx context.Context) error {
 	r, id := c.r, c.prep.ID
 	made, err := r.pods().Create(dctx, c.pod, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("%w: sandbox id %s is taken", runtime.ErrInvalidSpec, id)
+		return fmt.Errorf("%w: sandbox id %s is taken", sandbox.ErrInvalidSpec, id)
 	}
 	if err != nil {
 		return r.apiErr("create Pod", err)
@@ -426,7 +426,7 @@ func (c *creation) Make(_, dctx context.Context) error {
 
 // Verify waits for the Pod's turn, then for its containers to run, and
 // puts the workspace files in.
-func (c *creation) Verify(ctx context.Context) (runtime.Sandbox, error) {
+func (c *creation) Verify(ctx context.Context) (sandbox.Sandbox, error) {
 	if err := c.r.admit(ctx, c.made); err != nil {
 		return nil, err
 	}
@@ -456,17 +456,17 @@ func (c *creation) secrets() typedcorev1.SecretInterface {
 
 func (r *Runtime) pods() podClient { return r.client.CoreV1().Pods(r.cfg.Namespace) }
 
-// apiErr wraps a failed API call: runtime.ErrUnavailable when the API
+// apiErr wraps a failed API call: sandbox.ErrUnavailable when the API
 // server could not be reached or answered with a server failure.
 func (r *Runtime) apiErr(what string, err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("kubernetes: %s: %w", what, err)
 	}
 	if unreachable(err) {
-		return fmt.Errorf("%w: kubernetes: %s: %w", runtime.ErrUnavailable, what, err)
+		return fmt.Errorf("%w: kubernetes: %s: %w", sandbox.ErrUnavailable, what, err)
 	}
 	if apierrors.IsInvalid(err) || apierrors.IsForbidden(err) || apierrors.IsBadRequest(err) {
-		return fmt.Errorf("%w: kubernetes: %s: %w", runtime.ErrInvalidSpec, what, err)
+		return fmt.Errorf("%w: kubernetes: %s: %w", sandbox.ErrInvalidSpec, what, err)
 	}
 	return fmt.Errorf("kubernetes: %s: %w", what, err)
 }
@@ -480,13 +480,13 @@ func unreachable(err error) bool {
 }
 
 // List returns the sandboxes whose Pods carry all the given labels.
-func (r *Runtime) List(ctx context.Context, want map[string]string) ([]runtime.SandboxInfo, error) {
+func (r *Runtime) List(ctx context.Context, want map[string]string) ([]sandbox.SandboxInfo, error) {
 	sel := lifecycle.Selector(want)
 	pods, err := r.pods().List(ctx, metav1.ListOptions{LabelSelector: labels.SelectorFromSet(kubeLabels(sel)).String()})
 	if err != nil {
 		return nil, r.apiErr("list Pods", err)
 	}
-	var out []runtime.SandboxInfo
+	var out []sandbox.SandboxInfo
 	for i := range pods.Items {
 		p := &pods.Items[i]
 		have := labelsOf(p)
@@ -498,7 +498,7 @@ func (r *Runtime) List(ctx context.Context, want map[string]string) ([]runtime.S
 			// this process's to judge (its boot id means nothing here).
 			delete(have, oci.LabelOwner)
 		}
-		out = append(out, runtime.SandboxInfo{ID: p.Name, SessionID: have[oci.LabelSession], Labels: have, Running: p.Status.Phase == corev1.PodRunning || p.Status.Phase == corev1.PodPending})
+		out = append(out, sandbox.SandboxInfo{ID: p.Name, SessionID: have[oci.LabelSession], Labels: have, Running: p.Status.Phase == corev1.PodRunning || p.Status.Phase == corev1.PodPending})
 	}
 	return out, nil
 }

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // connect opens the cluster $KUBECONFIG names (scripts/k8s-up.sh starts one).
@@ -24,18 +24,18 @@ func TestConformance(t *testing.T) {
 }
 
 // sleeper is a spec of a sandbox that waits, with what a Pod cannot have allowed.
-func sleeper(t *testing.T, rt *Runtime, session string) runtime.Spec {
+func sleeper(t *testing.T, rt *Runtime, session string) sandbox.Spec {
 	caps, err := rt.Enforcement(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	var allow []runtime.Item
-	for _, it := range runtime.AllItems {
+	var allow []sandbox.Item
+	for _, it := range sandbox.AllItems {
 		if !caps.Enforced(it) {
 			allow = append(allow, it)
 		}
 	}
-	return runtime.Spec{SessionID: session, Image: conformance.TestImage, Args: []string{"sleep", "600"}, AllowUnenforced: allow}
+	return sandbox.Spec{SessionID: session, Image: conformance.TestImage, Args: []string{"sleep", "600"}, AllowUnenforced: allow}
 }
 
 // TestCapacity: with MaxSandboxes 1, shared through the Pods by two
@@ -57,7 +57,7 @@ func TestCapacity(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A run of this test killed midway would hold the one place.
-	if _, err := runtime.Reap(ctx, first, nil); err != nil {
+	if _, err := sandbox.Reap(ctx, first, nil); err != nil {
 		t.Fatal(err)
 	}
 	a, err := first.Create(ctx, sleeper(t, first, "cap-a"))
@@ -65,7 +65,7 @@ func TestCapacity(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Remove(ctx)
-	if _, err := second.Create(ctx, sleeper(t, second, "cap-b")); !errors.Is(err, runtime.ErrNoCapacity) {
+	if _, err := second.Create(ctx, sleeper(t, second, "cap-b")); !errors.Is(err, sandbox.ErrNoCapacity) {
 		t.Fatalf("second sandbox with the cluster full: %v, want ErrNoCapacity", err)
 	} else {
 		t.Logf("refused as busy: %v", err)
@@ -102,7 +102,7 @@ func TestUnschedulable(t *testing.T) {
 	// After its capabilities were read from the nodes there are.
 	rt.cfg.NodeSelector = map[string]string{"sandstorm.dev/no-such-node": "true"}
 	_, err = rt.Create(ctx, spec)
-	if !errors.Is(err, runtime.ErrUnavailable) || !strings.Contains(err.Error(), "no node could take it") {
+	if !errors.Is(err, sandbox.ErrUnavailable) || !strings.Contains(err.Error(), "no node could take it") {
 		t.Fatalf("create on no node: %v, want ErrUnavailable saying no node could take it", err)
 	}
 	t.Logf("refused: %v", err)

@@ -12,7 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // The Pod's two containers: the sandbox, and a keeper that holds the
@@ -113,7 +113,7 @@ var (
 // no privilege escalation, every capability dropped, seccomp, no host
 // namespaces, no service account token), a read-only root, emptyDir /tmp
 // (in memory, bounded) and workspace, the policy's limits.
-func (r *Runtime) podFor(prep runtime.Prepared, spec runtime.Spec, labels map[string]string) *corev1.Pod {
+func (r *Runtime) podFor(prep sandbox.Prepared, spec sandbox.Spec, labels map[string]string) *corev1.Pod {
 	p := prep.Policy
 	uid, gid := int64(p.UID), int64(p.GID)
 	no, yes := false, true
@@ -198,7 +198,7 @@ func (r *Runtime) podFor(prep runtime.Prepared, spec runtime.Spec, labels map[st
 // secretFor holds the sandbox's environment: the session token is in it,
 // and a Pod's spec is read by whoever may list Pods (a Secret's only by
 // whoever may read Secrets). It goes with its Pod.
-func (r *Runtime) secretFor(prep runtime.Prepared, spec runtime.Spec, labels map[string]string) *corev1.Secret {
+func (r *Runtime) secretFor(prep sandbox.Prepared, spec sandbox.Spec, labels map[string]string) *corev1.Secret {
 	data := map[string][]byte{}
 	for _, kv := range spec.Env {
 		k, v, _ := strings.Cut(kv, "=")
@@ -253,7 +253,7 @@ func minQuantity(a, b resource.Quantity) resource.Quantity {
 // checkName refuses an id that cannot name a Pod (a DNS label).
 func checkName(id string) error {
 	if errs := validation.IsDNS1123Label(id); len(errs) > 0 {
-		return fmt.Errorf("%w: sandbox id %q cannot name a Pod: %s", runtime.ErrInvalidSpec, id, errs[0])
+		return fmt.Errorf("%w: sandbox id %q cannot name a Pod: %s", sandbox.ErrInvalidSpec, id, errs[0])
 	}
 	return nil
 }

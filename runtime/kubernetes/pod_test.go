@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden Pod specs")
@@ -25,13 +25,13 @@ func TestPodGolden(t *testing.T) {
 		policy oci.Policy
 	}{
 		{"default", Config{SeccompProfile: "sandstorm.json"}, oci.Policy{}},
-		{"gvisor-limits", Config{Isolation: runtime.IsolationGVisor, NodeSelector: map[string]string{"pool": "agents"}},
+		{"gvisor-limits", Config{Isolation: sandbox.IsolationGVisor, NodeSelector: map[string]string{"pool": "agents"}},
 			oci.Policy{UID: 1234, GID: 2345, MemoryBytes: 96 << 20, CPUs: 0.5, NoFile: 1500, TmpBytes: 64 << 20, WritableRoot: true}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			r := &Runtime{cfg: tt.cfg.withDefaults()}
-			prep := runtime.Prepared{ID: "ds-0123456789abcdef", Policy: tt.policy.WithDefaults()}
-			spec := runtime.Spec{SessionID: "sess-1", Image: "localhost/sandstorm-agent:latest", Args: []string{"tini", "--", "node", "runner.mjs"},
+			prep := sandbox.Prepared{ID: "ds-0123456789abcdef", Policy: tt.policy.WithDefaults()}
+			spec := sandbox.Spec{SessionID: "sess-1", Image: "localhost/sandstorm-agent:latest", Args: []string{"tini", "--", "node", "runner.mjs"},
 				Env: []string{"SANDSTORM_MODEL_TOKEN=tok", "A=b=c"}}
 			labels := oci.Container{SessionID: spec.SessionID, Labels: map[string]string{oci.LabelOwner: "boot.1.2", LabelHost: "h", "team": "a value Kubernetes refuses as a label"}}.AllLabels()
 			got, err := json.MarshalIndent([]any{r.secretFor(prep, spec, labels), r.podFor(prep, spec, labels)}, "", "  ")

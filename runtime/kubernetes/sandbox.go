@@ -24,8 +24,8 @@ import (
 	utilexec "k8s.io/client-go/util/exec"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 type podClient = typedcorev1.PodInterface
@@ -36,7 +36,7 @@ var errPodGone = errors.New("pod is gone")
 type box struct {
 	rt         *Runtime
 	id         string
-	unenforced []runtime.Item
+	unenforced []sandbox.Item
 	scratch    string
 
 	mu      sync.Mutex
@@ -47,7 +47,7 @@ type box struct {
 }
 
 func (s *box) ID() string                 { return s.id }
-func (s *box) Unenforced() []runtime.Item { return s.unenforced }
+func (s *box) Unenforced() []sandbox.Item { return s.unenforced }
 
 // waitPod watches Pod name until done says so; errPodGone when it is deleted.
 func (r *Runtime) waitPod(ctx context.Context, name string, done func(*corev1.Pod) (bool, error)) (*corev1.Pod, error) {
@@ -95,11 +95,11 @@ var startFailures = map[string]bool{
 }
 
 // startFailure is a container that will not start; an image that cannot
-// be pulled is runtime.ErrNotFound, as on the other backends.
+// be pulled is sandbox.ErrNotFound, as on the other backends.
 func startFailure(pod, container string, w *corev1.ContainerStateWaiting) error {
 	err := fmt.Errorf("pod %s: container %s: %s: %s", pod, container, w.Reason, w.Message)
 	if strings.Contains(w.Reason, "Image") {
-		return fmt.Errorf("%w: %w", runtime.ErrNotFound, err)
+		return fmt.Errorf("%w: %w", sandbox.ErrNotFound, err)
 	}
 	return err
 }
@@ -149,7 +149,7 @@ func (s *box) ready(ctx context.Context) error {
 				}
 			}
 		}
-		return fmt.Errorf("%w: kubernetes: pod %s not running within %v: %s", runtime.ErrUnavailable, s.id, s.rt.cfg.StartTimeout, why)
+		return fmt.Errorf("%w: kubernetes: pod %s not running within %v: %s", sandbox.ErrUnavailable, s.id, s.rt.cfg.StartTimeout, why)
 	case errors.Is(err, errPodGone):
 		return fmt.Errorf("kubernetes: pod %s was deleted before it started", s.id)
 	}
@@ -194,7 +194,7 @@ func (s *box) exec(ctx context.Context, container string, cmd []string, stdin io
 
 // Start attaches to the sandbox container and opens its gate: the process
 // starts only once its output has somewhere to go.
-func (s *box) Start(ctx context.Context, streams runtime.IO) error {
+func (s *box) Start(ctx context.Context, streams sandbox.IO) error {
 	s.mu.Lock()
 	if s.started {
 		s.mu.Unlock()
@@ -246,17 +246,17 @@ func (s *box) attachErr(err error) error {
 
 // Wait waits for the attach to end (all output delivered) and the sandbox
 // container to be terminated, and reads how it ended from its status.
-func (s *box) Wait(ctx context.Context) (runtime.ExitStatus, error) {
+func (s *box) Wait(ctx context.Context) (sandbox.ExitStatus, error) {
 	s.mu.Lock()
 	started := s.started
 	s.mu.Unlock()
 	if !started {
-		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.id)
+		return sandbox.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.id)
 	}
 	select {
 	case <-s.done:
 	case <-ctx.Done():
-		return runtime.ExitStatus{}, ctx.Err()
+		return sandbox.ExitStatus{}, ctx.Err()
 	}
 	s.mu.Lock()
 	streamErr := s.streamErr
@@ -273,16 +273,16 @@ func (s *box) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 	}
 	term, err := s.terminated(wctx)
 	if streamErr != nil && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-		return runtime.ExitStatus{}, fmt.Errorf("%w: kubernetes: the attach to pod %s broke: %w", runtime.ErrUnavailable, s.id, streamErr)
+		return sandbox.ExitStatus{}, fmt.Errorf("%w: kubernetes: the attach to pod %s broke: %w", sandbox.ErrUnavailable, s.id, streamErr)
 	}
 	if errors.Is(err, errPodGone) {
-		return runtime.ExitStatus{}, fmt.Errorf("%w: kubernetes: pod %s was deleted before its exit was seen", runtime.ErrUnavailable, s.id)
+		return sandbox.ExitStatus{}, fmt.Errorf("%w: kubernetes: pod %s was deleted before its exit was seen", sandbox.ErrUnavailable, s.id)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
-			return runtime.ExitStatus{}, ctx.Err()
+			return sandbox.ExitStatus{}, ctx.Err()
 		}
-		return runtime.ExitStatus{}, s.rt.apiErr("wait for pod "+s.id, err)
+		return sandbox.ExitStatus{}, s.rt.apiErr("wait for pod "+s.id, err)
 	}
 	return lifecycle.Exit(int(term.ExitCode), term.FinishedAt.Time, term.Reason == "OOMKilled"), nil
 }
@@ -347,7 +347,7 @@ func (s *box) Workspace() (*os.Root, error) {
 
 // putFiles writes files into the workspace through the keeper, as the
 // sandbox user: a tar stream into tar.
-func (s *box) putFiles(ctx context.Context, files []runtime.File) error {
+func (s *box) putFiles(ctx context.Context, files []sandbox.File) error {
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(writeTar(pw, files)) }()
 	err := s.exec(ctx, keeperContainer, []string{"tar", "-x", "-o", "-f", "-", "-C", oci.Workspace}, pr, io.Discard)

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // cgroupParent is the cgroup a sandbox's container cgroup is created under:
@@ -108,18 +108,18 @@ func applyLimits(leaf string, limits []limit) error {
 		p := filepath.Join(cgroupfs.Root, ctrl, leaf, file)
 		want := strconv.FormatInt(l.value, 10)
 		if err := os.WriteFile(p, []byte(want), 0); err != nil {
-			return fmt.Errorf("%w: set %s: %w", runtime.ErrPolicyNotApplied, p, err)
+			return fmt.Errorf("%w: set %s: %w", sandbox.ErrPolicyNotApplied, p, err)
 		}
 		got, err := os.ReadFile(p)
 		if err != nil {
-			return fmt.Errorf("%w: read back %s: %w", runtime.ErrPolicyNotApplied, p, err)
+			return fmt.Errorf("%w: read back %s: %w", sandbox.ErrPolicyNotApplied, p, err)
 		}
 		// The kernel keeps memory limits in whole pages.
 		if strings.HasPrefix(file, "memory.") {
 			want = strconv.FormatInt(l.value/pageSize*pageSize, 10)
 		}
 		if g := strings.TrimSpace(string(got)); g != want {
-			return fmt.Errorf("%w: %s is %s, want %s", runtime.ErrPolicyNotApplied, p, g, want)
+			return fmt.Errorf("%w: %s is %s, want %s", sandbox.ErrPolicyNotApplied, p, g, want)
 		}
 	}
 	return nil

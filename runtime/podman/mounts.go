@@ -7,7 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	goruntime "runtime"
+	"runtime"
 	"strconv"
 	"strings"
 
@@ -15,7 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // A rootless service's user cannot reach most host paths a policy names
@@ -53,7 +53,7 @@ func (r *Runtime) mediate(ctx context.Context, scratch string, mounts []oci.Moun
 	for i, m := range mounts {
 		fi, err := os.Stat(m.Source)
 		if err != nil {
-			return nil, fmt.Errorf("%w: mount source %s: %w", runtime.ErrInvalidSpec, m.Source, err)
+			return nil, fmt.Errorf("%w: mount source %s: %w", sandbox.ErrInvalidSpec, m.Source, err)
 		}
 		out[i] = m
 		out[i].Source = filepath.Join(dir, strconv.Itoa(i))
@@ -154,7 +154,7 @@ func (r *Runtime) servicePID(ctx context.Context) (int, error) {
 	path := strings.TrimPrefix(r.cfg.Socket, "unix://")
 	c, err := (&net.Dialer{}).DialContext(ctx, "unix", path)
 	if err != nil {
-		return 0, fmt.Errorf("%w: dial %s: %w", runtime.ErrUnavailable, path, err)
+		return 0, fmt.Errorf("%w: dial %s: %w", sandbox.ErrUnavailable, path, err)
 	}
 	defer c.Close()
 	raw, err := c.(*net.UnixConn).SyscallConn()
@@ -193,7 +193,7 @@ func inMountNamespace(pid int, fn func() error) error {
 	defer ns.Close()
 	errc := make(chan error, 1)
 	go func() {
-		goruntime.LockOSThread()
+		runtime.LockOSThread()
 		// Go threads share their filesystem context, which setns refuses.
 		if err := unix.Unshare(unix.CLONE_FS); err != nil {
 			errc <- fmt.Errorf("unshare filesystem context: %w", err)

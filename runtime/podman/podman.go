@@ -30,9 +30,9 @@ import (
 	"go.podman.io/podman/v6/pkg/errorhandling"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/cgroupfs"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // Name is the backend's name.
@@ -54,7 +54,7 @@ type Config struct {
 	NoCgroupDelegation bool
 	// Isolation: runc (default), or gvisor, runsc given to the service as
 	// the container's OCI runtime by path.
-	Isolation runtime.Isolation
+	Isolation sandbox.Isolation
 }
 
 // DiscoverSocket finds the Podman service the way podman-remote does:
@@ -82,7 +82,7 @@ func discoverSocket(getenv func(string) string, exists func(string) bool) (strin
 	}
 	tried = append(tried, rootSock)
 	return "", fmt.Errorf("%w: no Podman socket: CONTAINER_HOST is unset and none of %s exists",
-		runtime.ErrUnavailable, strings.Join(tried, ", "))
+		sandbox.ErrUnavailable, strings.Join(tried, ", "))
 }
 
 func fileExists(p string) bool {
@@ -123,8 +123,8 @@ type Runtime struct {
 }
 
 var (
-	_ runtime.Runtime      = (*Runtime)(nil)
-	_ runtime.ImageChecker = (*Runtime)(nil)
+	_ sandbox.Runtime      = (*Runtime)(nil)
+	_ sandbox.ImageChecker = (*Runtime)(nil)
 )
 
 // New connects to the Podman service and reads what kind it is.
@@ -138,13 +138,13 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	}
 	conn, err := bindings.NewConnection(ctx, cfg.Socket)
 	if err != nil {
-		return nil, fmt.Errorf("%w: connect to podman at %s: %w", runtime.ErrUnavailable, cfg.Socket, err)
+		return nil, fmt.Errorf("%w: connect to podman at %s: %w", sandbox.ErrUnavailable, cfg.Socket, err)
 	}
 	// The bindings keep the connection in a context; it must outlive ctx.
-	r := &Runtime{cfg: cfg, conn: context.WithoutCancel(conn), host: runtime.DetectHost()}
+	r := &Runtime{cfg: cfg, conn: context.WithoutCancel(conn), host: sandbox.DetectHost()}
 	info, err := system.Info(r.ctx(ctx), nil)
 	if err != nil {
-		return nil, fmt.Errorf("%w: podman info at %s: %w", runtime.ErrUnavailable, cfg.Socket, err)
+		return nil, fmt.Errorf("%w: podman info at %s: %w", sandbox.ErrUnavailable, cfg.Socket, err)
 	}
 	r.svc = service{
 		version:  info.Version.Version,
@@ -161,21 +161,21 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		r.svc.gidMap = append(r.svc.gidMap, idRange{container: m.ContainerID, host: m.HostID, size: m.Size})
 	}
 	if r.cfg.Isolation == "" {
-		r.cfg.Isolation = runtime.IsolationRunc
+		r.cfg.Isolation = sandbox.IsolationRunc
 	}
-	if r.cfg.Isolation == runtime.IsolationGVisor {
+	if r.cfg.Isolation == sandbox.IsolationGVisor {
 		// Podman 4.3's API ignores a container's own OCI runtime (specgen
 		// oci_runtime; the fingerprint showed runc answering): only a
 		// service whose default runtime is runsc runs gVisor.
-		if got := info.Host.OCIRuntime; got == nil || got.Name != runtime.GVisorRuntime {
+		if got := info.Host.OCIRuntime; got == nil || got.Name != sandbox.GVisorRuntime {
 			name := "none"
 			if got != nil {
 				name = got.Name
 			}
 			return nil, fmt.Errorf("%w: gVisor: the podman service at %s runs %s; podman %s takes no OCI runtime per container, so run a service whose default is runsc (podman --runtime %s system service)",
-				runtime.ErrUnavailable, cfg.Socket, name, info.Version.Version, runtime.GVisorRuntime)
+				sandbox.ErrUnavailable, cfg.Socket, name, info.Version.Version, sandbox.GVisorRuntime)
 		}
-		r.ociRuntime = runtime.GVisorRuntime
+		r.ociRuntime = sandbox.GVisorRuntime
 	}
 	if r.cfg.StateDir == "" {
 		name := Name
@@ -227,10 +227,10 @@ func (c connCtx) Value(key any) any {
 	return c.conn.Value(key)
 }
 
-// Name implements runtime.Runtime.
+// Name implements sandbox.Runtime.
 func (r *Runtime) Name() string { return Name }
 
-// Close implements runtime.Runtime. The bindings hold no open connection
+// Close implements sandbox.Runtime. The bindings hold no open connection
 // beyond idle keep-alives.
 func (r *Runtime) Close() error {
 	r.watch.stop()
@@ -240,45 +240,45 @@ func (r *Runtime) Close() error {
 	return nil
 }
 
-// Info implements runtime.Runtime.
-func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
+// Info implements sandbox.Runtime.
+func (r *Runtime) Info(ctx context.Context) (sandbox.Info, error) {
 	info, err := system.Info(r.ctx(ctx), nil)
 	if err != nil {
-		return runtime.Info{}, fmt.Errorf("%w: podman info: %w", runtime.ErrUnavailable, err)
+		return sandbox.Info{}, fmt.Errorf("%w: podman info: %w", sandbox.ErrUnavailable, err)
 	}
-	return runtime.Info{Name: Name, Version: info.Version.Version, Socket: r.cfg.Socket, Rootless: info.Host.Security.Rootless,
-		Isolation: r.cfg.Isolation, Differences: runtime.Lowered(r.host)}, nil
+	return sandbox.Info{Name: Name, Version: info.Version.Version, Socket: r.cfg.Socket, Rootless: info.Host.Security.Rootless,
+		Isolation: r.cfg.Isolation, Differences: sandbox.Lowered(r.host)}, nil
 }
 
 // limitsReason is Podman's own warning when it drops a rootless container's
 // resource limits.
 const limitsReason = "Resource limits are not supported and ignored on cgroups V1 rootless systems"
 
-// Enforcement implements runtime.Runtime. Podman enforces every item but
+// Enforcement implements sandbox.Runtime. Podman enforces every item but
 // one: a rootless service on cgroup v1 drops resource limits. sandstorm then
 // sets them itself in a cgroup it delegates to the service, which needs it
 // to run as root next to a cgroupfs service. OOM kills are detected by
 // watching the sandbox's memory cgroup, which needs the same.
-func (r *Runtime) Enforcement(context.Context) (runtime.Enforcement, error) {
+func (r *Runtime) Enforcement(context.Context) (sandbox.Enforcement, error) {
 	caps := capabilities(r.svc, r.delegates())
 	if r.ociRuntime != "" {
-		for it, reason := range runtime.GVisorUnenforced() {
-			caps[it] = runtime.Support{Reason: reason}
+		for it, reason := range sandbox.GVisorUnenforced() {
+			caps[it] = sandbox.Support{Reason: reason}
 		}
 	}
 	return caps, nil
 }
 
-func capabilities(svc service, root bool) runtime.Enforcement {
+func capabilities(svc service, root bool) sandbox.Enforcement {
 	caps := lifecycle.AllEnforced()
 	if svc.rootless && !svc.cgroupV2 && !ownCgroup(svc, root) {
 		reason := "podman: " + limitsReason + " (sandstorm sets them itself when it runs as root on the service's host, with cgroup_manager cgroupfs, and cgroup delegation is on)"
-		caps[runtime.ItemMemoryLimit] = runtime.Support{Reason: reason}
-		caps[runtime.ItemCPULimit] = runtime.Support{Reason: reason}
-		caps[runtime.ItemPidsLimit] = runtime.Support{Reason: reason}
-		caps[runtime.ItemOOMDetection] = runtime.Support{Reason: "depends on memory_limit: " + reason}
+		caps[sandbox.ItemMemoryLimit] = sandbox.Support{Reason: reason}
+		caps[sandbox.ItemCPULimit] = sandbox.Support{Reason: reason}
+		caps[sandbox.ItemPidsLimit] = sandbox.Support{Reason: reason}
+		caps[sandbox.ItemOOMDetection] = sandbox.Support{Reason: "depends on memory_limit: " + reason}
 	} else if reason := oomUnsupported(svc, root); reason != "" {
-		caps[runtime.ItemOOMDetection] = runtime.Support{Reason: reason}
+		caps[sandbox.ItemOOMDetection] = sandbox.Support{Reason: reason}
 	}
 	return caps
 }
@@ -287,7 +287,7 @@ func capabilities(svc service, root bool) runtime.Enforcement {
 // must be root, and not told otherwise.
 func (r *Runtime) delegates() bool { return os.Geteuid() == 0 && !r.cfg.NoCgroupDelegation }
 
-// ImportImage implements runtime.Runtime. A rootless service has its own
+// ImportImage implements sandbox.Runtime. A rootless service has its own
 // image store, so images are imported per service.
 func (r *Runtime) ImportImage(ctx context.Context, rd io.Reader) ([]string, error) {
 	rep, err := images.Load(r.ctx(ctx), rd)
@@ -300,7 +300,7 @@ func (r *Runtime) ImportImage(ctx context.Context, rd io.Reader) ([]string, erro
 	return rep.Names, nil
 }
 
-// HasImage implements runtime.ImageChecker.
+// HasImage implements sandbox.ImageChecker.
 func (r *Runtime) HasImage(ctx context.Context, ref string) (bool, error) {
 	ok, err := images.Exists(r.ctx(ctx), ref, nil)
 	if err != nil {
@@ -309,8 +309,8 @@ func (r *Runtime) HasImage(ctx context.Context, ref string) (bool, error) {
 	return ok, nil
 }
 
-// List implements runtime.Runtime.
-func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime.SandboxInfo, error) {
+// List implements sandbox.Runtime.
+func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]sandbox.SandboxInfo, error) {
 	var filter []string
 	sel := lifecycle.Selector(labels)
 	for k, v := range sel {
@@ -321,14 +321,14 @@ func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime
 	if err != nil {
 		return nil, fmt.Errorf("list containers: %w", err)
 	}
-	var out []runtime.SandboxInfo
+	var out []sandbox.SandboxInfo
 	for _, c := range ctrs {
 		// Sandboxes are named by their id; skip containers someone else
 		// labelled. Every label must match, whatever the service's filter does.
 		if len(c.Names) != 1 || !lifecycle.Matches(c.Labels, sel) {
 			continue
 		}
-		out = append(out, runtime.SandboxInfo{ID: c.Names[0], SessionID: c.Labels[oci.LabelSession], Labels: c.Labels, Running: c.State == "running"})
+		out = append(out, sandbox.SandboxInfo{ID: c.Names[0], SessionID: c.Labels[oci.LabelSession], Labels: c.Labels, Running: c.State == "running"})
 	}
 	// A create cut short leaves a scratch directory with no container.
 	dirs, err := r.state.List(sel)
@@ -338,12 +338,12 @@ func (r *Runtime) List(ctx context.Context, labels map[string]string) ([]runtime
 	return lifecycle.Merge(out, dirs), nil
 }
 
-// Remove implements runtime.Runtime.
+// Remove implements sandbox.Runtime.
 func (r *Runtime) Remove(ctx context.Context, id string) error {
 	return r.cleanup(ctx, id, true)
 }
 
-// Leftovers implements runtime.Runtime.
+// Leftovers implements sandbox.Runtime.
 func (r *Runtime) Leftovers(ctx context.Context, id, _ string) ([]string, error) {
 	var left []string
 	exists, err := containers.Exists(r.ctx(ctx), id, nil)

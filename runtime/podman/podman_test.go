@@ -10,8 +10,8 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/conformance"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 	"github.com/sandstorm-dev/sandstorm/testenv"
 )
 
@@ -79,7 +79,7 @@ func TestDiscoverSocket(t *testing.T) {
 			}
 			got, err := discoverSocket(func(k string) string { return tt.env[k] }, exists)
 			if tt.want == "" {
-				if !errors.Is(err, runtime.ErrUnavailable) {
+				if !errors.Is(err, sandbox.ErrUnavailable) {
 					t.Fatalf("got %q, %v; want ErrUnavailable", got, err)
 				}
 				return
@@ -157,9 +157,9 @@ func TestGone(t *testing.T) {
 // runtime per container, so that is how Podman runs gVisor.
 func TestConformanceGVisor(t *testing.T) {
 	conformance.NeedsDaemon(t, "podman+gvisor")
-	d := testenv.StartPodman(t, "test-podman-gvisor", "--runtime", runtime.GVisorRuntime)
+	d := testenv.StartPodman(t, "test-podman-gvisor", "--runtime", sandbox.GVisorRuntime)
 	rt := conformance.Connect(t, "podman+gvisor", func() (*Runtime, error) {
-		return New(context.Background(), Config{Socket: d.Address, Isolation: runtime.IsolationGVisor})
+		return New(context.Background(), Config{Socket: d.Address, Isolation: sandbox.IsolationGVisor})
 	})
 	conformance.Run(t, rt, conformance.Config{})
 }
@@ -168,8 +168,8 @@ func TestConformanceGVisor(t *testing.T) {
 // gVisor (its containers would silently run runc).
 func TestGVisorNeedsRunscService(t *testing.T) {
 	conformance.NeedsDaemon(t, "podman")
-	_, err := New(context.Background(), Config{Socket: testenv.PodmanSocket(false), Isolation: runtime.IsolationGVisor})
-	if !errors.Is(err, runtime.ErrUnavailable) || !strings.Contains(err.Error(), runtime.GVisorRuntime) {
-		t.Fatalf("gVisor on a runc service: %v, want ErrUnavailable naming %s", err, runtime.GVisorRuntime)
+	_, err := New(context.Background(), Config{Socket: testenv.PodmanSocket(false), Isolation: sandbox.IsolationGVisor})
+	if !errors.Is(err, sandbox.ErrUnavailable) || !strings.Contains(err.Error(), sandbox.GVisorRuntime) {
+		t.Fatalf("gVisor on a runc service: %v, want ErrUnavailable naming %s", err, sandbox.GVisorRuntime)
 	}
 }

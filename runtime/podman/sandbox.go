@@ -15,8 +15,8 @@ import (
 	"go.podman.io/podman/v6/pkg/specgen"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
 	"github.com/sandstorm-dev/sandstorm/runtime/internal/lifecycle"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 type box struct {
@@ -35,20 +35,20 @@ type box struct {
 	copied  chan struct{} // closed when all output was delivered
 	copyErr error
 	oom     *oomWatch
-	exit    *runtime.ExitStatus
+	exit    *sandbox.ExitStatus
 }
 
-// Create implements runtime.Runtime.
-func (r *Runtime) Create(ctx context.Context, spec runtime.Spec) (runtime.Sandbox, error) {
+// Create implements sandbox.Runtime.
+func (r *Runtime) Create(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
 	return lifecycle.Create(ctx, r, spec, r.steps)
 }
 
 // creation is one Create's steps (see lifecycle.Create).
 type creation struct {
 	r     *Runtime
-	prep  runtime.Prepared
-	caps  runtime.Enforcement
-	files []runtime.File
+	prep  sandbox.Prepared
+	caps  sandbox.Enforcement
+	files []sandbox.File
 	p     plan
 	// uid and gid are the host ids the sandbox user maps to.
 	uid, gid int
@@ -59,7 +59,7 @@ type creation struct {
 }
 
 // steps plans the container and finds the host ids of its user.
-func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepared, caps runtime.Enforcement) (lifecycle.Steps, error) {
+func (r *Runtime) steps(_ context.Context, spec sandbox.Spec, prep sandbox.Prepared, caps sandbox.Enforcement) (lifecycle.Steps, error) {
 	id, pol := prep.ID, prep.Policy
 	p := plan{
 		id: id, image: spec.Image, args: spec.Args, env: spec.Env,
@@ -72,11 +72,11 @@ func (r *Runtime) steps(_ context.Context, spec runtime.Spec, prep runtime.Prepa
 	}
 	uid, err := hostID(r.svc.uidMap, int(pol.UID))
 	if err != nil {
-		return nil, fmt.Errorf("%w: user: %w", runtime.ErrInvalidSpec, err)
+		return nil, fmt.Errorf("%w: user: %w", sandbox.ErrInvalidSpec, err)
 	}
 	gid, err := hostID(r.svc.gidMap, int(pol.GID))
 	if err != nil {
-		return nil, fmt.Errorf("%w: group: %w", runtime.ErrInvalidSpec, err)
+		return nil, fmt.Errorf("%w: group: %w", sandbox.ErrInvalidSpec, err)
 	}
 	return &creation{r: r, prep: prep, caps: caps, files: spec.Files, p: p, uid: uid, gid: gid}, nil
 }
@@ -133,7 +133,7 @@ func (c *creation) Make(ctx, dctx context.Context) error {
 }
 
 // Verify checks the container as the service reports it against the plan.
-func (c *creation) Verify(ctx context.Context) (runtime.Sandbox, error) {
+func (c *creation) Verify(ctx context.Context) (sandbox.Sandbox, error) {
 	r, p := c.r, c.p
 	got, err := containers.Inspect(r.ctx(ctx), c.ctrID, nil)
 	if err != nil {
@@ -144,12 +144,12 @@ func (c *creation) Verify(ctx context.Context) (runtime.Sandbox, error) {
 		if len(c.warnings) > 0 {
 			msg += "; podman warned: " + strings.Join(c.warnings, "; ")
 		}
-		return nil, fmt.Errorf("%w: podman %s dropped or changed: %s", runtime.ErrPolicyNotApplied, r.svc.version, msg)
+		return nil, fmt.Errorf("%w: podman %s dropped or changed: %s", sandbox.ErrPolicyNotApplied, r.svc.version, msg)
 	}
 	sb := &box{Sandbox: lifecycle.NewSandbox(c.prep, p.workspace), r: r, ctrID: c.ctrID}
 	if p.cgroupParent != "" {
 		sb.cgroup = containerCgroup(p.cgroupParent, c.ctrID)
-		sb.watchOOM = c.caps.Enforced(runtime.ItemOOMDetection)
+		sb.watchOOM = c.caps.Enforced(sandbox.ItemOOMDetection)
 		if p.cgroupLimits {
 			sb.limits = v1Limits(p.policy, p.swap)
 		}
@@ -177,13 +177,13 @@ func (r *Runtime) networkMode(n oci.Network) string {
 // Podman 4.3 answers a create from an unknown image with a plain 500.
 func (r *Runtime) imageErr(ctx context.Context, image string, err error) error {
 	if ok, xerr := r.HasImage(ctx, image); xerr == nil && !ok {
-		return fmt.Errorf("%w: image %s in podman (import it first)", runtime.ErrNotFound, image)
+		return fmt.Errorf("%w: image %s in podman (import it first)", sandbox.ErrNotFound, image)
 	}
 	return err
 }
 
-// Start implements runtime.Sandbox.
-func (s *box) Start(ctx context.Context, io runtime.IO) error {
+// Start implements sandbox.Sandbox.
+func (s *box) Start(ctx context.Context, io sandbox.IO) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stream != nil {
@@ -227,21 +227,21 @@ func (s *box) Start(ctx context.Context, io runtime.IO) error {
 	return nil
 }
 
-// Wait implements runtime.Sandbox.
-func (s *box) Wait(ctx context.Context) (runtime.ExitStatus, error) {
+// Wait implements sandbox.Sandbox.
+func (s *box) Wait(ctx context.Context) (sandbox.ExitStatus, error) {
 	s.mu.Lock()
 	copied := s.copied
 	s.mu.Unlock()
 	if copied == nil {
-		return runtime.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.ID())
+		return sandbox.ExitStatus{}, fmt.Errorf("sandbox %s was not started", s.ID())
 	}
 	// The stream ends when the process has exited and its output is drained.
 	select {
 	case <-copied:
 	case <-ctx.Done():
-		return runtime.ExitStatus{}, ctx.Err()
+		return sandbox.ExitStatus{}, ctx.Err()
 	case <-s.r.watch.lost():
-		return runtime.ExitStatus{}, fmt.Errorf("%w: sandbox %s: the podman service at %s stopped answering", runtime.ErrUnavailable, s.ID(), s.r.cfg.Socket)
+		return sandbox.ExitStatus{}, fmt.Errorf("%w: sandbox %s: the podman service at %s stopped answering", sandbox.ErrUnavailable, s.ID(), s.r.cfg.Socket)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -249,17 +249,17 @@ func (s *box) Wait(ctx context.Context) (runtime.ExitStatus, error) {
 		return *s.exit, nil
 	}
 	if s.copyErr != nil {
-		return runtime.ExitStatus{}, lifecycle.Lost(fmt.Errorf("sandbox %s output: %w", s.ID(), s.copyErr), gone)
+		return sandbox.ExitStatus{}, lifecycle.Lost(fmt.Errorf("sandbox %s output: %w", s.ID(), s.copyErr), gone)
 	}
 	st, err := s.r.exited(ctx, s.ctrID)
 	if err != nil {
-		return runtime.ExitStatus{}, lifecycle.Lost(fmt.Errorf("sandbox %s exit status: %w", s.ID(), err), gone)
+		return sandbox.ExitStatus{}, lifecycle.Lost(fmt.Errorf("sandbox %s exit status: %w", s.ID(), err), gone)
 	}
 	es := lifecycle.Exit(int(st.ExitCode), st.FinishedAt, st.OOMKilled)
 	if s.oom != nil {
 		oom, err := s.oom.killed(es.Code)
 		if err != nil {
-			return runtime.ExitStatus{}, fmt.Errorf("sandbox %s: %w", s.ID(), err)
+			return sandbox.ExitStatus{}, fmt.Errorf("sandbox %s: %w", s.ID(), err)
 		}
 		es.OOMKilled = es.OOMKilled || oom
 		s.oom.close()
@@ -290,7 +290,7 @@ func (r *Runtime) exited(ctx context.Context, ctrID string) (*define.InspectCont
 	}
 }
 
-// Kill implements runtime.Sandbox.
+// Kill implements sandbox.Sandbox.
 func (s *box) Kill(ctx context.Context) error {
 	err := containers.Kill(s.r.ctx(ctx), s.ctrID, new(containers.KillOptions).WithSignal("SIGKILL"))
 	var em *errorhandling.ErrorModel
@@ -300,7 +300,7 @@ func (s *box) Kill(ctx context.Context) error {
 	return nil
 }
 
-// Remove implements runtime.Sandbox.
+// Remove implements sandbox.Sandbox.
 func (s *box) Remove(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

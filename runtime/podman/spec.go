@@ -11,7 +11,7 @@ import (
 	"go.podman.io/podman/v6/pkg/specgen"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // plan is one sandbox as Podman must create it: the policy with host paths
@@ -46,7 +46,7 @@ type plan struct {
 	// or "unconfined".
 	seccomp string
 	// unenforced are items the caller allowed to go unenforced: not verified.
-	unenforced []runtime.Item
+	unenforced []sandbox.Item
 }
 
 // specgen builds the create request: what is no policy item here, the
@@ -89,7 +89,7 @@ type failer func(what, format string, args ...any)
 
 // enforced tells whether the service was asked to enforce it, and so is
 // checked: limits sandstorm sets itself are checked as it writes them.
-func (p plan) enforced(it runtime.Item) bool {
+func (p plan) enforced(it sandbox.Item) bool {
 	return !p.cgroupLimits && !slices.Contains(p.unenforced, it)
 }
 
@@ -114,10 +114,10 @@ var settings = []setting{
 	}, func(p plan, got *define.InspectContainerData, fail failer) {
 		want := capList(p.policy.Capabilities)
 		if b := capList(got.BoundingCaps); !slices.Equal(b, want) {
-			fail(string(runtime.ItemCapabilities), "bounding set %v, want %v", b, want)
+			fail(string(sandbox.ItemCapabilities), "bounding set %v, want %v", b, want)
 		}
 		if e := capList(got.EffectiveCaps); !slices.Equal(e, want) {
-			fail(string(runtime.ItemGrantCapabilities), "effective set %v, want %v", e, want)
+			fail(string(sandbox.ItemGrantCapabilities), "effective set %v, want %v", e, want)
 		}
 	}},
 	{func(_ plan, s *specgen.SpecGenerator) {
@@ -125,7 +125,7 @@ var settings = []setting{
 		s.NoNewPrivileges = &yes
 	}, func(_ plan, got *define.InspectContainerData, fail failer) {
 		if !slices.Contains(got.HostConfig.SecurityOpt, "no-new-privileges") {
-			fail(string(runtime.ItemNoNewPrivileges), "security options %v", got.HostConfig.SecurityOpt)
+			fail(string(sandbox.ItemNoNewPrivileges), "security options %v", got.HostConfig.SecurityOpt)
 		}
 	}},
 	{func(p plan, s *specgen.SpecGenerator) { s.SeccompProfilePath = p.seccomp }, func(p plan, got *define.InspectContainerData, fail failer) {
@@ -139,7 +139,7 @@ var settings = []setting{
 		// records one in an annotation): "" is what sandstorm's profile reads
 		// as; the conformance suite proves from inside that it applies.
 		if seccomp != p.seccomp && !(seccomp == "" && p.seccomp != "unconfined") {
-			fail(string(runtime.ItemSeccomp), "profile %q, want %q", seccomp, p.seccomp)
+			fail(string(sandbox.ItemSeccomp), "profile %q, want %q", seccomp, p.seccomp)
 		}
 	}},
 	{func(p plan, s *specgen.SpecGenerator) {
@@ -147,12 +147,12 @@ var settings = []setting{
 		s.ReadOnlyFilesystem = &ro
 	}, func(p plan, got *define.InspectContainerData, fail failer) {
 		if got.HostConfig.ReadonlyRootfs == p.policy.WritableRoot {
-			fail(string(runtime.ItemReadOnlyRoot), "read-only %v", got.HostConfig.ReadonlyRootfs)
+			fail(string(sandbox.ItemReadOnlyRoot), "read-only %v", got.HostConfig.ReadonlyRootfs)
 		}
 	}},
 	{func(p plan, s *specgen.SpecGenerator) { s.User = p.user() }, func(p plan, got *define.InspectContainerData, fail failer) {
 		if got.Config.User != p.user() {
-			fail(string(runtime.ItemUser), "%q, want %q", got.Config.User, p.user())
+			fail(string(sandbox.ItemUser), "%q, want %q", got.Config.User, p.user())
 		}
 	}},
 	{func(p plan, s *specgen.SpecGenerator) {
@@ -164,12 +164,12 @@ var settings = []setting{
 			}
 		}
 	}, func(p plan, got *define.InspectContainerData, fail failer) {
-		if !p.enforced(runtime.ItemMemoryLimit) {
+		if !p.enforced(sandbox.ItemMemoryLimit) {
 			return
 		}
 		want, hc := p.policy.MemoryBytes, got.HostConfig
 		if hc.Memory != want {
-			fail(string(runtime.ItemMemoryLimit), "%d bytes, want %d", hc.Memory, want)
+			fail(string(sandbox.ItemMemoryLimit), "%d bytes, want %d", hc.Memory, want)
 		}
 		if p.swap && hc.MemorySwap != want {
 			fail("memory+swap limit", "%d bytes, want %d", hc.MemorySwap, want)
@@ -182,8 +182,8 @@ var settings = []setting{
 		}
 	}, func(p plan, got *define.InspectContainerData, fail failer) {
 		hc := got.HostConfig
-		if q := oci.CPUQuota(p.policy.CPUs); p.enforced(runtime.ItemCPULimit) && (hc.CpuQuota != q || hc.CpuPeriod != oci.CPUPeriod) {
-			fail(string(runtime.ItemCPULimit), "quota %d/%d, want %d/%d", hc.CpuQuota, hc.CpuPeriod, q, oci.CPUPeriod)
+		if q := oci.CPUQuota(p.policy.CPUs); p.enforced(sandbox.ItemCPULimit) && (hc.CpuQuota != q || hc.CpuPeriod != oci.CPUPeriod) {
+			fail(string(sandbox.ItemCPULimit), "quota %d/%d, want %d/%d", hc.CpuQuota, hc.CpuPeriod, q, oci.CPUPeriod)
 		}
 	}},
 	{func(p plan, s *specgen.SpecGenerator) {
@@ -192,8 +192,8 @@ var settings = []setting{
 			resources(s).Pids = &specs.LinuxPids{Limit: &pids}
 		}
 	}, func(p plan, got *define.InspectContainerData, fail failer) {
-		if p.enforced(runtime.ItemPidsLimit) && got.HostConfig.PidsLimit != p.policy.Pids {
-			fail(string(runtime.ItemPidsLimit), "%d, want %d", got.HostConfig.PidsLimit, p.policy.Pids)
+		if p.enforced(sandbox.ItemPidsLimit) && got.HostConfig.PidsLimit != p.policy.Pids {
+			fail(string(sandbox.ItemPidsLimit), "%d, want %d", got.HostConfig.PidsLimit, p.policy.Pids)
 		}
 	}},
 	{func(p plan, s *specgen.SpecGenerator) {
@@ -209,7 +209,7 @@ var settings = []setting{
 			}
 			item := "rlimit " + oci.RlimitName(l.Type)
 			if l.Type == "RLIMIT_NOFILE" {
-				item = string(runtime.ItemNoFileLimit)
+				item = string(sandbox.ItemNoFileLimit)
 			}
 			was := "not set"
 			if i >= 0 {
@@ -265,9 +265,9 @@ var settings = []setting{
 		}
 	}, func(p plan, got *define.InspectContainerData, fail failer) {
 		if got.HostConfig.NetworkMode != p.network {
-			item := runtime.ItemNetworkNone
+			item := sandbox.ItemNetworkNone
 			if p.policy.Network == oci.NetworkBridge {
-				item = runtime.ItemNetworkBridge
+				item = sandbox.ItemNetworkBridge
 			}
 			fail(string(item), "mode %q, want %q", got.HostConfig.NetworkMode, p.network)
 		}

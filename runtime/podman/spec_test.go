@@ -10,7 +10,7 @@ import (
 	"go.podman.io/podman/v6/pkg/specgen"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // testSeccomp is where the test plan's seccomp profile lives.
@@ -117,7 +117,7 @@ func TestVerify(t *testing.T) {
 		{"session label lost", nil, func(d *define.InspectContainerData) { delete(d.Config.Labels, oci.LabelSession) }, []string{"label " + oci.LabelSession}},
 		{"default cgroup parent", nil, func(d *define.InspectContainerData) { d.HostConfig.CgroupParent = "" }, []string{"cgroup parent"}},
 		{"limits allowed unenforced are not checked", func(p *plan) {
-			p.unenforced = []runtime.Item{runtime.ItemMemoryLimit, runtime.ItemCPULimit, runtime.ItemPidsLimit}
+			p.unenforced = []sandbox.Item{sandbox.ItemMemoryLimit, sandbox.ItemCPULimit, sandbox.ItemPidsLimit}
 		}, func(d *define.InspectContainerData) {
 			d.HostConfig.Memory, d.HostConfig.MemorySwap, d.HostConfig.CpuQuota, d.HostConfig.CpuPeriod, d.HostConfig.PidsLimit = 0, 0, 0, 0, 0
 		}, nil},
@@ -279,12 +279,12 @@ func TestCapabilities(t *testing.T) {
 	v2 := func(s service) service { s.cgroupV2 = true; return s }
 	systemd := func(s service) service { s.cgroupfs = false; return s }
 	remote := func(s service) service { s.local = false; return s }
-	limits := []runtime.Item{runtime.ItemMemoryLimit, runtime.ItemCPULimit, runtime.ItemPidsLimit, runtime.ItemOOMDetection}
+	limits := []sandbox.Item{sandbox.ItemMemoryLimit, sandbox.ItemCPULimit, sandbox.ItemPidsLimit, sandbox.ItemOOMDetection}
 	tests := []struct {
 		name     string
 		svc      service
 		root     bool
-		missing  []runtime.Item
+		missing  []sandbox.Item
 		mentions string
 	}{
 		{"root service, cgroup v1", root, true, nil, ""},
@@ -292,15 +292,15 @@ func TestCapabilities(t *testing.T) {
 		{"rootless v1, sandstorm as root sets the limits", rootless, true, nil, ""},
 		{"rootless v1, sandstorm not root", rootless, false, limits, limitsReason},
 		{"rootless v1, remote service", remote(rootless), true, limits, limitsReason},
-		{"rootless v2 enforces limits itself", v2(rootless), true, []runtime.Item{runtime.ItemOOMDetection}, "cgroup v2"},
-		{"systemd cgroup manager", systemd(root), true, []runtime.Item{runtime.ItemOOMDetection}, "cgroupfs"},
-		{"remote root service", remote(root), true, []runtime.Item{runtime.ItemOOMDetection}, "not on this host"},
+		{"rootless v2 enforces limits itself", v2(rootless), true, []sandbox.Item{sandbox.ItemOOMDetection}, "cgroup v2"},
+		{"systemd cgroup manager", systemd(root), true, []sandbox.Item{sandbox.ItemOOMDetection}, "cgroupfs"},
+		{"remote root service", remote(root), true, []sandbox.Item{sandbox.ItemOOMDetection}, "not on this host"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			caps := capabilities(tt.svc, tt.root)
-			var missing []runtime.Item
-			for _, it := range runtime.AllItems {
+			var missing []sandbox.Item
+			for _, it := range sandbox.AllItems {
 				if !caps.Enforced(it) {
 					missing = append(missing, it)
 					if !strings.Contains(caps[it].Reason, tt.mentions) {
@@ -329,7 +329,7 @@ var rlimitItems = func() []string {
 	var out []string
 	for _, l := range oci.Rlimits(oci.Policy{}) {
 		if l.Type == "RLIMIT_NOFILE" {
-			out = append(out, string(runtime.ItemNoFileLimit))
+			out = append(out, string(sandbox.ItemNoFileLimit))
 			continue
 		}
 		out = append(out, "rlimit "+oci.RlimitName(l.Type))

@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // EnforcementSource is what reports the items a backend enforces.
 type EnforcementSource interface {
-	Enforcement(ctx context.Context) (runtime.Enforcement, error)
+	Enforcement(ctx context.Context) (sandbox.Enforcement, error)
 }
 
 // Steps are one backend's part of a Create. Create calls each at most
@@ -29,7 +29,7 @@ type Steps interface {
 	Make(ctx, dctx context.Context) error
 	// Verify reads back what the daemon made, where the backend can,
 	// checks it against the policy, and returns the sandbox.
-	Verify(ctx context.Context) (runtime.Sandbox, error)
+	Verify(ctx context.Context) (sandbox.Sandbox, error)
 	// Undo removes what this Create made, and only that: after a name
 	// conflict in Make, not the sandbox holding the name.
 	Undo(ctx context.Context) error
@@ -38,20 +38,20 @@ type Steps interface {
 // Plan makes a Create's Steps from the prepared spec, making nothing: it
 // is where a Create fails that needs no undo (an image missing, a user
 // with no host id).
-type Plan func(ctx context.Context, spec runtime.Spec, prep runtime.Prepared, caps runtime.Enforcement) (Steps, error)
+type Plan func(ctx context.Context, spec sandbox.Spec, prep sandbox.Prepared, caps sandbox.Enforcement) (Steps, error)
 
 // Create is every backend's Create: the backend's capabilities and
-// runtime.Prepare (defaults, validation, fail closed), then plan's steps,
+// sandbox.Prepare (defaults, validation, fail closed), then plan's steps,
 // with a Checkpoint before Claim, after Setup and after Make. From Claim
 // on, every daemon call runs detached (see Detached) and a failure
 // undoes what was made, in a context the caller's cancellation does not
 // cut.
-func Create(ctx context.Context, src EnforcementSource, spec runtime.Spec, plan Plan) (_ runtime.Sandbox, err error) {
+func Create(ctx context.Context, src EnforcementSource, spec sandbox.Spec, plan Plan) (_ sandbox.Sandbox, err error) {
 	caps, err := src.Enforcement(ctx)
 	if err != nil {
 		return nil, err
 	}
-	prep, err := runtime.Prepare(spec, caps)
+	prep, err := sandbox.Prepare(spec, caps)
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +111,7 @@ func Checkpoint(ctx context.Context, step string) error {
 		f(step)
 	}
 	if ctx.Err() != nil {
-		return fmt.Errorf("%s: %w", step, runtime.Cause(ctx))
+		return fmt.Errorf("%s: %w", step, sandbox.Cause(ctx))
 	}
 	return nil
 }

@@ -24,7 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // CleanupTimeout bounds a removal, which runs even after the caller's context ended.
@@ -38,17 +38,17 @@ func CleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
 
 // AllEnforced is a report in which every item is enforced; backends then
 // name the ones they cannot enforce here.
-func AllEnforced() runtime.Enforcement {
-	caps := runtime.Enforcement{}
-	for _, it := range runtime.AllItems {
-		caps[it] = runtime.Support{Enforced: true}
+func AllEnforced() sandbox.Enforcement {
+	caps := sandbox.Enforcement{}
+	for _, it := range sandbox.AllItems {
+		caps[it] = sandbox.Support{Enforced: true}
 	}
 	return caps
 }
 
 // Exit is the status of a process that ended with code (128+n when signal n killed it).
-func Exit(code int, at time.Time, oom bool) runtime.ExitStatus {
-	es := runtime.ExitStatus{Known: true, Code: code, ExitedAt: at, OOMKilled: oom}
+func Exit(code int, at time.Time, oom bool) sandbox.ExitStatus {
+	es := sandbox.ExitStatus{Known: true, Code: code, ExitedAt: at, OOMKilled: oom}
 	if code > 128 && code < 128+65 {
 		es.Signal = unix.SignalName(syscall.Signal(code - 128))
 	}
@@ -56,14 +56,14 @@ func Exit(code int, at time.Time, oom bool) runtime.ExitStatus {
 }
 
 // Lost wraps err, the failure of a call about sandbox id, as
-// runtime.ErrUnavailable when it says the daemon cannot be reached
+// sandbox.ErrUnavailable when it says the daemon cannot be reached
 // (isGone, the backend's test of its client's errors): the sandbox's
 // state is then unknown, not an exit or a refusal.
 func Lost(err error, isGone func(error) bool) error {
-	if err == nil || errors.Is(err, runtime.ErrUnavailable) || !isGone(err) {
+	if err == nil || errors.Is(err, sandbox.ErrUnavailable) || !isGone(err) {
 		return err
 	}
-	return fmt.Errorf("%w: %w", runtime.ErrUnavailable, err)
+	return fmt.Errorf("%w: %w", sandbox.ErrUnavailable, err)
 }
 
 // OrDiscard is w, or io.Discard for a stream nobody reads.
@@ -87,8 +87,8 @@ func Selector(labels map[string]string) map[string]string {
 
 // CheckID refuses an id that cannot name a sandbox before it becomes part of a path.
 func CheckID(id string) error {
-	if !runtime.ValidID(id) {
-		return fmt.Errorf("%w: sandbox id %q", runtime.ErrInvalidSpec, id)
+	if !sandbox.ValidID(id) {
+		return fmt.Errorf("%w: sandbox id %q", sandbox.ErrInvalidSpec, id)
 	}
 	return nil
 }
@@ -116,12 +116,12 @@ func (s State) Scratch(id string) string { return filepath.Join(string(s), id) }
 // (so a sandbox whose other objects are gone can still be found and
 // swept), and makes its workspace holding files, owned by uid:gid. The
 // directory claims the id: when it exists already another sandbox holds
-// the id, and the error wraps runtime.ErrInvalidSpec and ErrInUse (nothing
+// the id, and the error wraps sandbox.ErrInvalidSpec and ErrInUse (nothing
 // was made, so there is nothing to undo).
-func (s State) Claim(id string, labels map[string]string, files []runtime.File, uid, gid int) (workspace string, err error) {
+func (s State) Claim(id string, labels map[string]string, files []sandbox.File, uid, gid int) (workspace string, err error) {
 	dir := s.Scratch(id)
 	if err := os.Mkdir(dir, scratchMode); errors.Is(err, os.ErrExist) {
-		return "", fmt.Errorf("%w: sandbox id %s: %w", runtime.ErrInvalidSpec, id, ErrInUse)
+		return "", fmt.Errorf("%w: sandbox id %s: %w", sandbox.ErrInvalidSpec, id, ErrInUse)
 	} else if err != nil {
 		return "", fmt.Errorf("prepare workspace: %w", err)
 	}
@@ -139,7 +139,7 @@ func (s State) Claim(id string, labels map[string]string, files []runtime.File, 
 	if err := os.Lchown(workspace, uid, gid); err != nil {
 		return "", fmt.Errorf("prepare workspace: %w", err)
 	}
-	if err := runtime.WriteWorkspace(workspace, files, uid, gid); err != nil {
+	if err := sandbox.WriteWorkspace(workspace, files, uid, gid); err != nil {
 		return "", fmt.Errorf("prepare workspace: %w", err)
 	}
 	return workspace, nil
@@ -155,14 +155,14 @@ const labelsFile = "labels.json"
 // List returns the sandboxes whose scratch directories carry all of sel's
 // labels. A directory without readable labels (a create that stopped
 // right after claiming the id) counts as a managed sandbox of no session.
-func (s State) List(sel map[string]string) ([]runtime.SandboxInfo, error) {
+func (s State) List(sel map[string]string) ([]sandbox.SandboxInfo, error) {
 	entries, err := os.ReadDir(string(s))
 	if err != nil {
 		return nil, fmt.Errorf("list state directory: %w", err)
 	}
-	var out []runtime.SandboxInfo
+	var out []sandbox.SandboxInfo
 	for _, e := range entries {
-		if !e.IsDir() || !runtime.ValidID(e.Name()) {
+		if !e.IsDir() || !sandbox.ValidID(e.Name()) {
 			continue
 		}
 		labels := map[string]string{oci.LabelManaged: "true"}
@@ -170,7 +170,7 @@ func (s State) List(sel map[string]string) ([]runtime.SandboxInfo, error) {
 			_ = json.Unmarshal(data, &labels)
 		}
 		if Matches(labels, sel) {
-			out = append(out, runtime.SandboxInfo{ID: e.Name(), SessionID: labels[oci.LabelSession], Labels: labels})
+			out = append(out, sandbox.SandboxInfo{ID: e.Name(), SessionID: labels[oci.LabelSession], Labels: labels})
 		}
 	}
 	return out, nil
@@ -189,8 +189,8 @@ func Matches(have, want map[string]string) bool {
 // Merge lists each sandbox of the lists once, by id, as the first list
 // holding it has it: a sandbox is listed once whichever of its objects
 // were found.
-func Merge(lists ...[]runtime.SandboxInfo) []runtime.SandboxInfo {
-	var out []runtime.SandboxInfo
+func Merge(lists ...[]sandbox.SandboxInfo) []sandbox.SandboxInfo {
+	var out []sandbox.SandboxInfo
 	seen := map[string]bool{}
 	for _, list := range lists {
 		for _, s := range list {
@@ -344,7 +344,7 @@ func (o *Once) Do(remove func() error) error {
 // Sandbox is what every backend's sandbox holds; backends embed it.
 type Sandbox struct {
 	id         string
-	unenforced []runtime.Item
+	unenforced []sandbox.Item
 	workspace  string
 	// Removal runs the sandbox's removal once.
 	Removal Once
@@ -352,11 +352,11 @@ type Sandbox struct {
 
 // NewSandbox is the common part of the sandbox Create prepared, whose
 // workspace is the host directory workspace.
-func NewSandbox(p runtime.Prepared, workspace string) Sandbox {
+func NewSandbox(p sandbox.Prepared, workspace string) Sandbox {
 	return Sandbox{id: p.ID, unenforced: p.Unenforced, workspace: workspace}
 }
 
-// Workspace implements runtime.Sandbox.
+// Workspace implements sandbox.Sandbox.
 func (s *Sandbox) Workspace() (*os.Root, error) {
 	root, err := os.OpenRoot(s.workspace)
 	if err != nil {
@@ -365,8 +365,8 @@ func (s *Sandbox) Workspace() (*os.Root, error) {
 	return root, nil
 }
 
-// ID implements runtime.Sandbox.
+// ID implements sandbox.Sandbox.
 func (s *Sandbox) ID() string { return s.id }
 
-// Unenforced implements runtime.Sandbox.
-func (s *Sandbox) Unenforced() []runtime.Item { return s.unenforced }
+// Unenforced implements sandbox.Sandbox.
+func (s *Sandbox) Unenforced() []sandbox.Item { return s.unenforced }

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
-	"github.com/sandstorm-dev/sandstorm/runtime"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 func TestClaim(t *testing.T) {
@@ -21,7 +21,7 @@ func TestClaim(t *testing.T) {
 	}
 	uid, gid := os.Getuid(), os.Getgid()
 	labels := map[string]string{oci.LabelManaged: "true", oci.LabelSession: "sess-1"}
-	ws, err := s.Claim("sb-1", labels, []runtime.File{{Path: "a/b.txt", Content: []byte("x")}}, uid, gid)
+	ws, err := s.Claim("sb-1", labels, []sandbox.File{{Path: "a/b.txt", Content: []byte("x")}}, uid, gid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,7 +29,7 @@ func TestClaim(t *testing.T) {
 		t.Errorf("workspace file: %q %v", b, err)
 	}
 	// A second claim of the id is refused and leaves the first intact.
-	if _, err := s.Claim("sb-1", nil, nil, uid, gid); !errors.Is(err, runtime.ErrInvalidSpec) || !errors.Is(err, ErrInUse) {
+	if _, err := s.Claim("sb-1", nil, nil, uid, gid); !errors.Is(err, sandbox.ErrInvalidSpec) || !errors.Is(err, ErrInUse) {
 		t.Errorf("second claim = %v, want ErrInvalidSpec and ErrInUse", err)
 	}
 	if len(s.Leftovers("sb-1")) != 1 {
@@ -141,7 +141,7 @@ func (f *fakeSteps) step(name string, dctx context.Context) error {
 func (f *fakeSteps) Claim(dctx context.Context) error    { return f.step("claim", dctx) }
 func (f *fakeSteps) Setup(_, dctx context.Context) error { return f.step("setup", dctx) }
 func (f *fakeSteps) Make(_, dctx context.Context) error  { return f.step("make", dctx) }
-func (f *fakeSteps) Verify(context.Context) (runtime.Sandbox, error) {
+func (f *fakeSteps) Verify(context.Context) (sandbox.Sandbox, error) {
 	if err := f.step("verify", nil); err != nil {
 		return nil, err
 	}
@@ -149,7 +149,7 @@ func (f *fakeSteps) Verify(context.Context) (runtime.Sandbox, error) {
 }
 
 // made is the sandbox fakeSteps' Verify returns: the methods Create never calls are left out.
-var made = struct{ runtime.Sandbox }{}
+var made = struct{ sandbox.Sandbox }{}
 
 func (f *fakeSteps) Undo(ctx context.Context) error {
 	f.undoLive = ctx.Err() == nil
@@ -158,7 +158,7 @@ func (f *fakeSteps) Undo(ctx context.Context) error {
 
 type allCaps struct{}
 
-func (allCaps) Enforcement(context.Context) (runtime.Enforcement, error) { return AllEnforced(), nil }
+func (allCaps) Enforcement(context.Context) (sandbox.Enforcement, error) { return AllEnforced(), nil }
 
 func TestCreate(t *testing.T) {
 	tests := []struct {
@@ -196,10 +196,10 @@ func TestCreate(t *testing.T) {
 				}
 			})
 			f := &fakeSteps{fail: tt.fail, cancelIn: tt.cancelIn, cancel: cancel}
-			plan := func(context.Context, runtime.Spec, runtime.Prepared, runtime.Enforcement) (Steps, error) {
+			plan := func(context.Context, sandbox.Spec, sandbox.Prepared, sandbox.Enforcement) (Steps, error) {
 				return f, nil
 			}
-			spec := runtime.Spec{ID: "sb-1", SessionID: "s", Image: "img", Args: []string{"true"}}
+			spec := sandbox.Spec{ID: "sb-1", SessionID: "s", Image: "img", Args: []string{"true"}}
 			sb, err := Create(ctx, allCaps{}, spec, plan)
 			if !slices.Equal(f.calls, tt.want) {
 				t.Errorf("calls %v, want %v", f.calls, tt.want)
@@ -230,12 +230,12 @@ func TestCreate(t *testing.T) {
 
 func TestCreatePrepares(t *testing.T) {
 	planned := false
-	plan := func(context.Context, runtime.Spec, runtime.Prepared, runtime.Enforcement) (Steps, error) {
+	plan := func(context.Context, sandbox.Spec, sandbox.Prepared, sandbox.Enforcement) (Steps, error) {
 		planned = true
 		return &fakeSteps{}, nil
 	}
-	_, err := Create(context.Background(), allCaps{}, runtime.Spec{ID: "sb-1", SessionID: "s", Image: "img"}, plan)
-	if !errors.Is(err, runtime.ErrInvalidSpec) || planned {
+	_, err := Create(context.Background(), allCaps{}, sandbox.Spec{ID: "sb-1", SessionID: "s", Image: "img"}, plan)
+	if !errors.Is(err, sandbox.ErrInvalidSpec) || planned {
 		t.Errorf("a spec without a command: %v, planned %v; want ErrInvalidSpec before any step", err, planned)
 	}
 }

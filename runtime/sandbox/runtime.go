@@ -1,9 +1,9 @@
-// Package runtime is the one interface every sandbox backend implements
+// Package sandbox is the one interface every sandbox backend implements
 // (containerd, Docker, Podman root and rootless, each under runc or gVisor,
 // and Kubernetes, a Pod per sandbox), the report of what each really
-// enforces, and the policy every one of them applies; its conformance
-// subpackage proves it inside real sandboxes.
-package runtime
+// enforces, and the policy every one of them applies; runtime/conformance
+// proves it inside real sandboxes.
+package sandbox
 
 import (
 	"context"
