@@ -83,7 +83,7 @@ func forwardedEnv(l config.Limits) (env []string, files []sandbox.File, err erro
 
 // Manager runs requests with at most Limits.MaxConcurrentAgents at a time.
 type Manager struct {
-	runner  *agent.Runner
+	runner  *agent.Launcher
 	limits  config.Limits
 	project config.Project
 	creds   gateway.Credentials
@@ -131,7 +131,7 @@ func (m *Manager) fits(job agent.Job) string {
 // NewManager makes a manager. creds are the process's credentials, used
 // when a request brings none; slotDir holds the host-wide slot locks
 // (DefaultSlotDir), shared by every sandstorm process on the host.
-func NewManager(r *agent.Runner, l config.Limits, p config.Project, creds gateway.Credentials, slotDir string) (*Manager, error) {
+func NewManager(r *agent.Launcher, l config.Limits, p config.Project, creds gateway.Credentials, slotDir string) (*Manager, error) {
 	env, files, err := forwardedEnv(l)
 	if err != nil {
 		return nil, err
@@ -227,7 +227,7 @@ func (m *Manager) Admit(ctx context.Context, req api.Request, queued func(positi
 
 // admitted is a job holding a slot, and the warm sandbox it runs in if any.
 type admitted struct {
-	runner  *agent.Runner
+	runner  *agent.Launcher
 	job     agent.Job
 	release func()
 	member  *agent.Member

@@ -74,8 +74,11 @@ type Output struct {
 	Options  outfiles.Options
 }
 
-// Runner runs jobs on one backend.
-type Runner struct {
+// Launcher runs agents on one backend: a job's sandbox, its gateway
+// session and the runner inside it (runner.mjs), cold or warm. (The runner
+// is the program in the agent image; sandbox.Run is the loop that runs any
+// command in a sandbox.)
+type Launcher struct {
 	Runtime sandbox.Runtime
 	Gateway *gateway.Gateway
 	// Image is the agent image; default agentimage.Ref.
@@ -83,7 +86,9 @@ type Runner struct {
 	Policy          oci.Policy
 	AllowUnenforced []sandbox.Item
 	// Egress, if set, is the policy of the run's egress proxy (network
-	// mode proxy); the sandbox's own network is then loopback only.
+	// mode proxy), the sandbox's only way out where its backend gives it
+	// no network of its own (loopback only); a Pod is always on its
+	// cluster's network, which this does not close.
 	Egress *egress.Policy
 	// Secrets (with Egress) are given to the sandbox as placeholders and
 	// put in at the proxy, which intercepts their hosts with CA's
@@ -121,7 +126,7 @@ func placeholders(secrets []egress.Secret) ([]egress.Secret, []string, error) {
 // Run runs job and streams its events to emit. The returned error is
 // non-nil only when the run could not take place or the stream was cut;
 // agent failures are reported as an error event and in Outcome.Code.
-func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (api.Outcome, error) {
+func (r *Launcher) Run(ctx context.Context, job Job, emit api.Emit) (api.Outcome, error) {
 	ctx, run := newStream(ctx, emit)
 	defer run.cancel(nil)
 	m, err := r.begin(ctx, job, run.send)
@@ -139,7 +144,7 @@ func (r *Runner) Run(ctx context.Context, job Job, emit api.Emit) (api.Outcome, 
 // budget: its runner loads the SDK and waits. RunOn hands it a request;
 // Remove removes one never used. Its gateway token reaches nothing until
 // then.
-func (r *Runner) Warm(ctx context.Context, job Job) (*Member, error) {
+func (r *Launcher) Warm(ctx context.Context, job Job) (*Member, error) {
 	job.Config.Prompt, job.Files, job.Credentials, job.Budget = "", nil, gateway.Credentials{}, gateway.Budget{}
 	m, err := r.begin(ctx, job, nil)
 	if err != nil {
@@ -170,7 +175,7 @@ func (m *Member) Ready() bool { return m.sess.Waiting() }
 // its session is activated with the job's credentials, config and files,
 // which the runner writes into the workspace before it sends the prompt.
 // The job's timeout counts from here. m is used once; it is removed after.
-func (r *Runner) RunOn(ctx context.Context, m *Member, job Job, emit api.Emit) (api.Outcome, error) {
+func (r *Launcher) RunOn(ctx context.Context, m *Member, job Job, emit api.Emit) (api.Outcome, error) {
 	ctx, run := newStream(ctx, emit)
 	defer run.cancel(nil)
 	t := time.Now()
@@ -308,7 +313,7 @@ func (m *Member) Remove(ctx context.Context) error {
 // With send, the sandbox is job's (cold): its session is active and its
 // created and started events go to send. Without, it is warm: its session
 // is pending and its runner waits for RunOn.
-func (r *Runner) begin(ctx context.Context, job Job, send func(json.RawMessage)) (_ *Member, err error) {
+func (r *Launcher) begin(ctx context.Context, job Job, send func(json.RawMessage)) (_ *Member, err error) {
 	log := r.Logger
 	if log == nil {
 		log = slog.Default()
@@ -458,7 +463,7 @@ func (r *Runner) begin(ctx context.Context, job Job, send func(json.RawMessage))
 
 // finish waits for m's process (at most the job's timeout), hands back its
 // files, reports how it ended and removes it with its session.
-func (r *Runner) finish(ctx context.Context, m *Member, job Job, run *stream) (out api.Outcome, err error) {
+func (r *Launcher) finish(ctx context.Context, m *Member, job Job, run *stream) (out api.Outcome, err error) {
 	defer func() {
 		if cerr := m.sess.Close(); cerr != nil {
 			m.log.Warn("close gateway session", "session", m.sessionID, "err", cerr)
@@ -510,7 +515,7 @@ func (r *Runner) finish(ctx context.Context, m *Member, job Job, run *stream) (o
 
 // handBack copies the files the agent made out of the exited sandbox and
 // sends a file event for each; what cannot be copied is logged and said.
-func (r *Runner) handBack(ctx context.Context, sb sandbox.Sandbox, job Job, send func(json.RawMessage)) {
+func (r *Launcher) handBack(ctx context.Context, sb sandbox.Sandbox, job Job, send func(json.RawMessage)) {
 	log := r.Logger
 	if log == nil {
 		log = slog.Default()

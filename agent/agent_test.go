@@ -158,7 +158,7 @@ func run(t *testing.T, f *fakeRuntime, job Job) (api.Outcome, []map[string]any, 
 		t.Fatal(err)
 	}
 	var events []map[string]any
-	r := &Runner{Runtime: f, Gateway: g, Image: "img"}
+	r := &Launcher{Runtime: f, Gateway: g, Image: "img"}
 	out, err := r.Run(context.Background(), job, func(ev json.RawMessage) error {
 		var m map[string]any
 		if e := json.Unmarshal(ev, &m); e != nil {
@@ -296,7 +296,7 @@ func TestInOrder(t *testing.T) {
 func TestClientGoneCancelsRun(t *testing.T) {
 	f := &fakeRuntime{hang: true, stdout: `{"type":"system"}` + "\n"}
 	g, _ := gateway.New(gateway.Config{Upstream: "http://127.0.0.1:1", Dir: t.TempDir()})
-	r := &Runner{Runtime: f, Gateway: g, Image: "img"}
+	r := &Launcher{Runtime: f, Gateway: g, Image: "img"}
 	gone := errors.New("client gone")
 	n := 0
 	out, err := r.Run(context.Background(), Job{Config: Config{Prompt: "x"}}, func(json.RawMessage) error {

@@ -23,7 +23,7 @@ func BenchmarkLongLine(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		f := &fakeRuntime{stdout: stdout, chunk: 64 << 10}
-		r := &Runner{Runtime: f, Gateway: g, Image: "img"}
+		r := &Launcher{Runtime: f, Gateway: g, Image: "img"}
 		if _, err := r.Run(context.Background(), Job{Config: Config{Prompt: "x"}}, func(json.RawMessage) error { return nil }); err != nil {
 			b.Fatal(err)
 		}

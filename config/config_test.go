@@ -51,7 +51,7 @@ func TestParseProject(t *testing.T) {
 	}
 }
 
-func TestSeedAgentsBecomeSDKAgents(t *testing.T) {
+func TestSandstormDockerAgentsBecomeSDKAgents(t *testing.T) {
 	p, _, err := ParseProject([]byte(`{"agents":{"tester":{"system_prompt":"You write tests.","model":"haiku"},"doc":{"description":"writes docs","prompt":"Document."}}}`))
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +76,7 @@ func TestParseLimits(t *testing.T) {
 		key   string
 		check func(t *testing.T, l Limits)
 	}{
-		{"seed file", "max_concurrent_agents: 5\ncpu_limit: \"2\"\nmemory_limit: \"4gb\"\nsession_timeout_seconds: 600\ndocker_image: \"sandstorm-agent:latest\"\n", "", func(t *testing.T, l Limits) {
+		{"sandstorm-docker's file", "max_concurrent_agents: 5\ncpu_limit: \"2\"\nmemory_limit: \"4gb\"\nsession_timeout_seconds: 600\ndocker_image: \"sandstorm-agent:latest\"\n", "", func(t *testing.T, l Limits) {
 			if l.CPULimit != 2 || l.MemoryBytes != 4<<30 || l.Image != "sandstorm-agent:latest" {
 				t.Errorf("%+v", l)
 			}

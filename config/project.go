@@ -71,9 +71,9 @@ func ParseProject(data []byte) (Project, []string, error) {
 	return p, warnings, nil
 }
 
-// normalizeAgents turns the seed's subagent form ({"system_prompt", "model"})
-// into the SDK's ({"description", "prompt", "model"}): a missing description
-// names the agent.
+// normalizeAgents turns the Python sandstorm-docker's subagent form
+// ({"system_prompt", "model"}) into the SDK's ({"description", "prompt",
+// "model"}): a missing description names the agent.
 func normalizeAgents(raw json.RawMessage) json.RawMessage {
 	if isNull(raw) {
 		return raw

@@ -63,7 +63,7 @@ func daemonDies(t *testing.T, d *testenv.Daemon, rt sandbox.Runtime) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &agent.Runner{Runtime: rt, Gateway: gw}
+	r := &agent.Launcher{Runtime: rt, Gateway: gw}
 	var mu sync.Mutex
 	var events []map[string]any
 	running := make(chan struct{})

@@ -44,19 +44,19 @@ func run(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map
 }
 
 // runWith is run with the runner set up further by configure (egress).
-func runWith(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job, configure func(*agent.Runner)) ([]map[string]any, api.Outcome, *modelserver.Server, sandbox.Runtime) {
+func runWith(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job, configure func(*agent.Launcher)) ([]map[string]any, api.Outcome, *modelserver.Server, sandbox.Runtime) {
 	t.Helper()
 	return runHow(t, b, sc, job, configure, false)
 }
 
-// runWarm is run in a sandbox started warm (agent.Runner.Warm) before the
+// runWarm is run in a sandbox started warm (agent.Launcher.Warm) before the
 // job is handed to it.
 func runWarm(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job) ([]map[string]any, api.Outcome, *modelserver.Server, sandbox.Runtime) {
 	t.Helper()
 	return runHow(t, b, sc, job, nil, true)
 }
 
-func runHow(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job, configure func(*agent.Runner), warm bool) ([]map[string]any, api.Outcome, *modelserver.Server, sandbox.Runtime) {
+func runHow(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job, configure func(*agent.Launcher), warm bool) ([]map[string]any, api.Outcome, *modelserver.Server, sandbox.Runtime) {
 	t.Helper()
 	conformance.NeedsDaemon(t, b.name)
 	ctx := context.Background()
@@ -76,7 +76,7 @@ func runHow(t *testing.T, b backend, sc modelserver.Scenario, job agent.Job, con
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &agent.Runner{Runtime: rt, Gateway: gw,
+	r := &agent.Launcher{Runtime: rt, Gateway: gw,
 		Policy: oci.Policy{MemoryBytes: 2 << 30}, AllowUnenforced: b.allow}
 	if b.gatewayHost != "" {
 		l, err := net.Listen("tcp", net.JoinHostPort(b.gatewayHost, "0"))
@@ -231,7 +231,7 @@ func toolResults(events []map[string]any) string {
 // timeRun runs the hello-python scenario once and returns the time to the
 // first SDK message and to the end of the run.
 // benchRunner is a runner on rt whose model is sc's scripted server.
-func benchRunner(b *testing.B, rt sandbox.Runtime, sc modelserver.Scenario) (*agent.Runner, *modelserver.Server) {
+func benchRunner(b *testing.B, rt sandbox.Runtime, sc modelserver.Scenario) (*agent.Launcher, *modelserver.Server) {
 	srv := modelserver.NewServer(sc)
 	url, stop, err := srv.Listen(context.Background(), "127.0.0.1:0")
 	if err != nil {
@@ -242,7 +242,7 @@ func benchRunner(b *testing.B, rt sandbox.Runtime, sc modelserver.Scenario) (*ag
 	if err != nil {
 		b.Fatal(err)
 	}
-	return &agent.Runner{Runtime: rt, Gateway: gw}, srv
+	return &agent.Launcher{Runtime: rt, Gateway: gw}, srv
 }
 
 func timeRun(b *testing.B, rt sandbox.Runtime) (first, total time.Duration) {

@@ -60,7 +60,7 @@ echo "proxy: $HTTPS_PROXY"`, h, openPort, closedPort)
 	if err != nil {
 		t.Fatal(err)
 	}
-	events, out, _, _ := runWith(t, b, sc, agent.Job{Config: agent.Config{Prompt: "fetch"}}, func(r *agent.Runner) { r.Egress = &policy })
+	events, out, _, _ := runWith(t, b, sc, agent.Job{Config: agent.Config{Prompt: "fetch"}}, func(r *agent.Launcher) { r.Egress = &policy })
 	if !out.Success() {
 		t.Fatalf("run failed: %s", out.Code)
 	}
@@ -173,7 +173,7 @@ echo "placeholder: ${TEST_TOKEN%%%%-*}"`, h, sp, op)
 	if err != nil {
 		t.Fatal(err)
 	}
-	events, out, _, _ := runWith(t, b, sc, agent.Job{Config: agent.Config{Prompt: "use the token"}}, func(r *agent.Runner) {
+	events, out, _, _ := runWith(t, b, sc, agent.Job{Config: agent.Config{Prompt: "use the token"}}, func(r *agent.Launcher) {
 		r.Egress, r.CA, r.EgressRoots = &policy, proxyCA, upCA.Pool()
 		r.Secrets = []egress.Secret{{Name: "TEST_TOKEN", Value: real, Hosts: []egress.Rule{host}}}
 	})

@@ -133,7 +133,7 @@ func mcpHTTPScenario(t *testing.T, b backend) {
 		t.Fatal(err)
 	}
 	job := agent.Job{Config: agent.Config{Prompt: "look it up", Project: config.Project{MCPServers: servers}}}
-	events, out, _, _ := runWith(t, b, sc, job, func(r *agent.Runner) { r.Egress = &policy })
+	events, out, _, _ := runWith(t, b, sc, job, func(r *agent.Launcher) { r.Egress = &policy })
 	if !out.Success() {
 		t.Fatalf("run failed: %s", out.Code)
 	}

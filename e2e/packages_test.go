@@ -115,7 +115,7 @@ python3 -c 'import sandstorm_hello; print(sandstorm_hello.hello())'`, h, port)
 	if err != nil {
 		t.Fatal(err)
 	}
-	events, out, _, _ := runWith(t, b, sc, agent.Job{Config: agent.Config{Prompt: "install"}}, func(r *agent.Runner) { r.Egress = &policy })
+	events, out, _, _ := runWith(t, b, sc, agent.Job{Config: agent.Config{Prompt: "install"}}, func(r *agent.Launcher) { r.Egress = &policy })
 	if !out.Success() {
 		t.Fatalf("run failed: %s", out.Code)
 	}

@@ -124,7 +124,7 @@ func TestWarmMemberDies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &agent.Runner{Runtime: rt, Gateway: gw}
+	r := &agent.Launcher{Runtime: rt, Gateway: gw}
 	m, err := r.Warm(context.Background(), agent.Job{Config: agent.Config{Prompt: "never"}})
 	if err != nil {
 		t.Fatal(err)

@@ -310,7 +310,7 @@ func (e *Engine) newManager(st settings) (*admission.Manager, error) {
 			return nil, err
 		}
 	}
-	runner := &agent.Runner{Runtime: e.Runtime, Gateway: e.Gateway, Image: st.limits.Image, Policy: st.limits.Policy(), AllowUnenforced: allow,
+	runner := &agent.Launcher{Runtime: e.Runtime, Gateway: e.Gateway, Image: st.limits.Image, Policy: st.limits.Policy(), AllowUnenforced: allow,
 		Egress: egressPolicy, Secrets: secrets, CA: ca, GatewayAddr: e.gatewayAddr, GatewayCA: e.gatewayCA, Logger: e.log}
 	return admission.NewManager(runner, st.limits, st.project, e.opts.Credentials, e.slotDir)
 }

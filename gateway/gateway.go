@@ -2,7 +2,11 @@
 // own Unix socket (mounted into its sandbox) and a token; the gateway checks
 // the token, swaps in the real credentials and forwards to the upstream,
 // streaming. The real key never enters a sandbox. The same socket serves
-// the runner its config, so no file holds the prompt at rest.
+// the runner its config, so no file holds the prompt at rest. For
+// sandboxes on other hosts, which no socket reaches (Pods), one TCP
+// listener (ServeTCP, TLS optional) serves every session: a connection
+// names its session's token and service, and is then served as one to
+// that session's socket.
 package gateway
 
 import (
@@ -43,7 +47,7 @@ const maxBody = 32 << 20
 
 // Credentials authenticate the gateway to the upstream. The OpenRouter key
 // is sent as a bearer token, the Anthropic key as x-api-key; with both set,
-// OpenRouter wins (as the seed did).
+// OpenRouter wins (as in the Python sandstorm-docker this re-implements).
 type Credentials struct {
 	AnthropicKey  string
 	OpenRouterKey string

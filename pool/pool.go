@@ -33,7 +33,7 @@ type Member struct {
 // Pool keeps Size members of one kind (the runner's, with job's options).
 type Pool struct {
 	cfg    Config
-	runner *agent.Runner
+	runner *agent.Launcher
 	job    agent.Job
 	// spare takes a host slot when one is free and nobody waits for one.
 	spare func() (release func())
@@ -65,7 +65,7 @@ const maxBackoff = time.Minute
 const refillQuiet = 300 * time.Millisecond
 
 // New makes a pool; Start fills it.
-func New(cfg Config, runner *agent.Runner, job agent.Job, spare func() func(), log *slog.Logger) *Pool {
+func New(cfg Config, runner *agent.Launcher, job agent.Job, spare func() func(), log *slog.Logger) *Pool {
 	if cfg.MaxRefill < 1 {
 		cfg.MaxRefill = 1
 	}
