@@ -18,24 +18,36 @@ cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 # the policy's (oci.Rlimits), so sandboxes must show the policy's values.
 # MSGQUEUE goes below it on this host's daemons: those sandboxes must show
 # this host's value, as the backends report it (sandbox.Lowered).
-LIMITS=(--sigpending=50000 --memlock=4194304 --stack=4194304:unlimited --nofile=10000:10000 --nproc=60000)
-HOST_ONLY=(--msgqueue=409600)
+LIMITS=(sigpending=50000 memlock=4194304 stack=4194304:unlimited nofile=10000 nproc=60000)
+HOST_ONLY=(msgqueue=409600)
 
 say() { printf '==> other-host: %s\n' "$*"; }
 
-# limit PID USER LIMITS...: prlimit as the process's own user (needed
-# without CAP_SYS_RESOURCE).
+# as UID CMD...: run CMD as user UID (prlimit on another's process needs
+# CAP_SYS_RESOURCE, or the same user).
+as() {
+  local uid=$1; shift
+  if (( uid == 0 )); then "$@"; else runuser -u "$(id -nu "$uid")" -- "$@"; fi
+}
+
+# limit PID UID NAME=VALUE...: set each limit of process PID whose hard
+# limit it can take: without CAP_SYS_RESOURCE a hard limit is only lowered,
+# and a daemon may hold a lower one of its own (Podman sets nproc 32768).
 limit() {
-  local pid=$1 user=$2; shift 2
-  if [[ $user == root ]]; then
-    prlimit --pid "$pid" "$@"
-  else
-    runuser -u "$user" -- prlimit --pid "$pid" "$@"
-  fi
+  local pid=$1 uid=$2 l name value hard; shift 2
+  for l in "$@"; do
+    name=${l%%=*} value=${l#*=}
+    hard=$(as "$uid" prlimit --pid "$pid" --"$name" --noheadings --raw --output HARD)
+    if [[ $hard != unlimited && ( ${value#*:} == unlimited || ${value#*:} -gt $hard ) ]]; then
+      say "  $name of pid $pid kept at its hard limit $hard (below $value)"
+      continue
+    fi
+    as "$uid" prlimit --pid "$pid" --"$name=$value"
+  done
 }
 
 for name in containerd dockerd podman kubelet; do
-  while read -r pid user args; do
+  while read -r pid uid args; do
     [[ -n ${pid:-} ]] || continue
     limits=("${LIMITS[@]}")
     # The Kubernetes node's containerd and its kubelet: the gate in a Pod
@@ -43,12 +55,12 @@ for name in containerd dockerd podman kubelet; do
     if [[ $name != kubelet && $args != *sandstorm/k8s* ]]; then
       limits+=("${HOST_ONLY[@]}")
     fi
-    limit "$pid" "$user" "${limits[@]}"
-    say "limits of $name (pid $pid, $user) changed"
-  done < <(ps -C "$name" -o pid=,user=,args= 2>/dev/null || true)
+    limit "$pid" "$uid" "${limits[@]}"
+    say "limits of $name (pid $pid, uid $uid) changed"
+  done < <(ps -C "$name" -o pid=,uid=,args= 2>/dev/null || true)
 done
 
 [[ $# -gt 0 ]] || set -- ./runtime/...
 say "go test $* as host sandstorm-other-host, limits ${LIMITS[*]} ${HOST_ONLY[*]}"
-export OTHER_HOST_LIMITS="${LIMITS[*]} ${HOST_ONLY[*]}"
+export OTHER_HOST_LIMITS="${LIMITS[*]/#/--} ${HOST_ONLY[*]/#/--}"
 exec unshare -u bash -c 'hostname sandstorm-other-host && exec prlimit $OTHER_HOST_LIMITS go test -count=1 -timeout 25m "$@"' other-host "$@"
