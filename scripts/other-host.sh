@@ -2,7 +2,8 @@
 # scripts/other-host.sh [PACKAGES...] — runs tests as on a host that differs
 # from this one (make test-other-host): the resource limits that the daemons
 # and the test process pass on are changed, and the tests run under another
-# hostname. A golden file that holds a value of this host then fails.
+# hostname, and temporary directories on another filesystem (tmpfs). A
+# golden file that holds a value of this host then fails.
 #
 # The running daemons (containerd, dockerd, both Podman services, the
 # Kubernetes node's containerd and kubelet) get the new limits with
@@ -18,7 +19,7 @@ cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 # the policy's (oci.Rlimits), so sandboxes must show the policy's values.
 # MSGQUEUE goes below it on this host's daemons: those sandboxes must show
 # this host's value, as the backends report it (sandbox.Lowered).
-LIMITS=(sigpending=50000 memlock=4194304 stack=4194304:unlimited nofile=10000 nproc=60000)
+LIMITS=(sigpending=50021 memlock=4194304 stack=4194304:unlimited nofile=10007 nproc=60013)
 HOST_ONLY=(msgqueue=409600)
 
 say() { printf '==> other-host: %s\n' "$*"; }
@@ -61,6 +62,13 @@ for name in containerd dockerd podman kubelet; do
 done
 
 [[ $# -gt 0 ]] || set -- ./runtime/...
-say "go test $* as host sandstorm-other-host, limits ${LIMITS[*]} ${HOST_ONLY[*]}"
+say "go test $* as host sandstorm-other-host, limits ${LIMITS[*]} ${HOST_ONLY[*]}, TMPDIR on tmpfs"
+# The fingerprint's /run/sandstorm is bound from a test's temporary
+# directory: on tmpfs here, ext4 on this VM otherwise.
+TMPDIR=$(mktemp -d /dev/shm/sandstorm-other-host.XXXXXX)
+chmod 755 "$TMPDIR"
+# (go test builds its binaries there too: GOTMPDIR keeps them on /tmp.)
+export TMPDIR GOTMPDIR=/tmp
+trap 'rm -rf "$TMPDIR"' EXIT
 export OTHER_HOST_LIMITS="${LIMITS[*]/#/--} ${HOST_ONLY[*]/#/--}"
-exec unshare -u bash -c 'hostname sandstorm-other-host && exec prlimit $OTHER_HOST_LIMITS go test -count=1 -timeout 25m "$@"' other-host "$@"
+unshare -u bash -c 'hostname sandstorm-other-host && exec prlimit $OTHER_HOST_LIMITS go test -count=1 -timeout 25m "$@"' other-host "$@"

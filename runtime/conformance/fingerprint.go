@@ -6,9 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/moby/sys/mountinfo"
 
 	"github.com/sandstorm-dev/sandstorm/images/testimage"
 	"github.com/sandstorm-dev/sandstorm/oci"
@@ -78,6 +81,9 @@ func fingerprint(t *testing.T, rt sandbox.Runtime, caps sandbox.Enforcement) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	if err := want.hostFilesystems(map[string]string{stateFS: stateDir, nodeFS: nodeDir, tmpFS: dir}); err != nil {
+		t.Fatal(err)
+	}
 	c := check{
 		policy: oci.Policy{Mounts: []oci.Mount{{Source: dir, Target: "/run/sandstorm", ReadOnly: true}}},
 		script: testimage.Probe + " -mounts " + strings.Join(fingerprintMounts, ",") +
@@ -102,6 +108,63 @@ func fingerprint(t *testing.T, rt sandbox.Runtime, caps sandbox.Enforcement) {
 	if t.Failed() {
 		t.Logf("the probe printed:\n%s", r.stdout)
 	}
+}
+
+// The golden files' words for a filesystem type the host chooses: a bind
+// mount shows its source's filesystem (ext4 here; xfs, btrfs or tmpfs
+// elsewhere). stateFS is that of stateDir, where every backend keeps its
+// workspaces by default; nodeFS that of nodeDir, where the project's
+// Kubernetes node keeps its emptyDirs (scripts/k8s-up.sh); tmpFS that of
+// the test's temporary directory, bound at /run/sandstorm.
+const (
+	stateFS  = "state-fs"
+	nodeFS   = "node-fs"
+	tmpFS    = "tmp-fs"
+	stateDir = "/var/lib/sandstorm"
+	nodeDir  = "/var/lib/sandstorm/k8s"
+)
+
+// hostFilesystems puts in each line's first word that names a host's
+// filesystem (a key of paths) the type of the filesystem that holds its
+// path on this host.
+func (g golden) hostFilesystems(paths map[string]string) error {
+	mounts, err := mountinfo.GetMounts(nil)
+	if err != nil {
+		return fmt.Errorf("this host's mounts: %w", err)
+	}
+	for k, v := range g.lines {
+		word, rest, _ := strings.Cut(v, " ")
+		path, ok := paths[word]
+		if !ok {
+			continue
+		}
+		fs, err := filesystemOf(mounts, path)
+		if err != nil {
+			return err
+		}
+		g.lines[k] = strings.TrimSpace(fs + " " + rest)
+	}
+	return nil
+}
+
+// filesystemOf is the type of the filesystem mounted deepest above path.
+func filesystemOf(mounts []*mountinfo.Info, path string) (string, error) {
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return "", fmt.Errorf("the filesystem of %s: %w", path, err)
+	}
+	best := ""
+	fs := ""
+	for _, m := range mounts {
+		inside := real == m.Mountpoint || strings.HasPrefix(real, strings.TrimSuffix(m.Mountpoint, "/")+"/")
+		if inside && len(m.Mountpoint) >= len(best) {
+			best, fs = m.Mountpoint, m.FSType
+		}
+	}
+	if fs == "" {
+		return "", fmt.Errorf("the filesystem of %s: no mount holds it", path)
+	}
+	return fs, nil
 }
 
 // golden is a parsed fingerprint: its lines in order, and per backend the

@@ -61,10 +61,16 @@ func TestGoldenFilesHoldNoHostValue(t *testing.T) {
 }
 
 // hostValues maps each value of this host a sandbox could inherit to what
-// it is. Left out: the values the policy gives itself, and those of one or
-// two characters (the CPU count of a small host), which any other small
-// number matches; the probe prints no CPU count, and the policy sets the
-// CPU quota.
+// it is. Left out, so that the test holds on every host and not only on
+// this one: the values the policy gives itself; round numbers (a power of
+// two or a multiple of 100: what distributions and admins configure, 1024
+// open files, and what tests write, a quota of 50000), which match others
+// by chance, while what the kernel sizes from the machine (SIGPENDING,
+// NPROC, the memory) is not round; values of one or two characters (the
+// CPU count of a small host: the probe prints none, the policy sets the
+// CPU quota); a hostname that is a plain word ("debian", "runner"), which
+// a golden file may hold for its own reasons; the system's users (uids
+// under 1000, nobody).
 func hostValues(t *testing.T) map[string]string {
 	t.Helper()
 	policy := map[string]bool{"unlimited": true}
@@ -81,7 +87,7 @@ func hostValues(t *testing.T) map[string]string {
 	policy[strconv.Itoa(oci.DefaultUID)], policy[strconv.Itoa(oci.DefaultGID)] = true, true
 	out := map[string]string{}
 	add := func(v, what string) {
-		if len(v) > 2 && !policy[v] {
+		if len(v) > 2 && !policy[v] && !round(v) {
 			out[v] = what
 		}
 	}
@@ -103,7 +109,9 @@ func hostValues(t *testing.T) map[string]string {
 	if err := unix.Uname(&u); err != nil {
 		t.Fatal(err)
 	}
-	add(unix.ByteSliceToString(u.Nodename[:]), "hostname")
+	if name := unix.ByteSliceToString(u.Nodename[:]); strings.ContainsAny(name, "0123456789-.") {
+		add(name, "hostname")
+	}
 	add(unix.ByteSliceToString(u.Release[:]), "kernel release")
 	for _, f := range []string{"/proc/sys/kernel/random/boot_id", "/etc/machine-id"} {
 		if id, err := os.ReadFile(f); err == nil {
@@ -113,13 +121,23 @@ func hostValues(t *testing.T) map[string]string {
 	// The ids of this host's users: a golden file's ids must be the policy's.
 	if passwd, err := os.ReadFile("/etc/passwd"); err == nil {
 		for _, l := range strings.Split(string(passwd), "\n") {
-			if f := strings.Split(l, ":"); len(f) > 3 {
+			f := strings.Split(l, ":")
+			if len(f) < 4 {
+				continue
+			}
+			if uid, err := strconv.Atoi(f[2]); err == nil && uid >= 1000 && uid != 65534 {
 				add(f[2], "uid of the local user "+f[0])
 				add(f[3], "gid of the local user "+f[0])
 			}
 		}
 	}
 	return out
+}
+
+// round reports whether v is a power of two or a multiple of 100.
+func round(v string) bool {
+	n, err := strconv.ParseUint(v, 10, 64)
+	return err == nil && (n&(n-1) == 0 || n%100 == 0)
 }
 
 // tempPath is a directory a test made (t.TempDir, os.MkdirTemp): its name

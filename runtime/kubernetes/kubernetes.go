@@ -301,7 +301,7 @@ func differences(cfg Config) []sandbox.Difference {
 	d := []sandbox.Difference{
 		{Line: "mount /dev", Value: "tmpfs rw,nosuid", Reason: "the container runtime's CRI mounts /dev without noexec"},
 		{Line: "mount /tmp", Value: "tmpfs rw", Reason: "an emptyDir in memory: the kubelet mounts it without nosuid and nodev"},
-		{Line: "mount " + oci.Workspace, Value: "ext4 rw", Reason: "an emptyDir on the node's disk: the kubelet mounts it without nosuid and nodev"},
+		{Line: "mount " + oci.Workspace, Value: "node-fs rw", Reason: "an emptyDir on the node's disk (node-fs: the filesystem of the kubelet's directory): the kubelet mounts it without nosuid and nodev"},
 		{Line: "mount /run/sandstorm", Value: "not a mount", Reason: "Pod Security restricted allows no hostPath volume: the gateway is reached over the network"},
 		{Line: "net eth0", Value: "up", Reason: "a Pod is always on the cluster network"},
 	}
