@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -102,6 +103,12 @@ func Open(ctx context.Context, dir string) (*Store, error) {
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	path := filepath.Join(dir, "runs.db")
+	// The store holds prompts and outputs: its file is the owner's alone
+	// before SQLite opens it, which gives the write-ahead log and its
+	// index the database file's mode as it makes them.
+	if err := private(path); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
 	// Immediate transactions and a busy timeout: writers of several
 	// processes wait for each other instead of failing.
 	db, err := sql.Open("sqlite3", "file:"+path+"?_journal_mode=WAL&_synchronous=NORMAL&_busy_timeout=10000&_txlock=immediate&_foreign_keys=on")
@@ -116,11 +123,23 @@ func Open(ctx context.Context, dir string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("%w: %s: %w", ErrUnavailable, path, err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
-	}
 	return &Store{db: db, dir: dir}, nil
+}
+
+// private makes the database file, or gives the existing one and the log
+// files an earlier version left readable, mode 0600.
+func private(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		if err := os.Chmod(p, 0o600); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // added are the columns later versions added to runs, which a store an

@@ -191,3 +191,24 @@ func TestMigrate(t *testing.T) {
 		t.Errorf("after Sandbox: %+v", got)
 	}
 }
+
+// TestFilesPrivate: the store holds prompts and outputs, so none of its
+// files may be readable by another user at any moment, the write-ahead log
+// and its index included (SQLite gives them the database file's mode).
+func TestFilesPrivate(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	r := newRun(t, s, "o")
+	if err := s.Append(context.Background(), r.ID, 1, []byte(`{"type":"x"}`)); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"runs.db", "runs.db-wal", "runs.db-shm"} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+			t.Errorf("%s is mode %v: readable by others", name, perm)
+		}
+	}
+}
