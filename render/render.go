@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/sandstorm-dev/sandstorm/api"
 	"github.com/sandstorm-dev/sandstorm/egress"
@@ -36,13 +38,44 @@ type Human struct {
 	usage *api.UsageEvent
 }
 
-// NewHuman writes to w; with tty set, a spinner shows while waiting.
+// NewHuman writes to w; with tty set, a spinner shows while waiting. What
+// it writes of a run passes through inert: the agent chooses its text,
+// tool input, file names and hosts.
 func NewHuman(w io.Writer, tty bool) *Human {
-	h := &Human{w: w}
+	h := &Human{w: inert{w}}
 	if tty {
 		h.spinner = newSpinner(w)
 	}
 	return h
+}
+
+// inert writes what it is given with every control character but newline
+// and tab spelled out (ESC as \x1b), and every byte that is not UTF-8 so:
+// an escape sequence in an agent's output would otherwise drive the
+// reader's terminal (retitle it, clear it, rewrite earlier lines, and on
+// some terminals answer a query with keystrokes).
+type inert struct{ w io.Writer }
+
+func (t inert) Write(p []byte) (int, error) {
+	var b strings.Builder
+	for i := 0; i < len(p); {
+		r, size := utf8.DecodeRune(p[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, p[i])
+		case r == '\n' || r == '\t':
+			b.WriteRune(r)
+		case unicode.IsControl(r):
+			fmt.Fprintf(&b, `\x%02x`, r)
+		default:
+			b.Write(p[i : i+size])
+		}
+		i += size
+	}
+	if _, err := io.WriteString(t.w, b.String()); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 type message struct {
