@@ -1,7 +1,6 @@
 package egress
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -160,18 +159,7 @@ func TestConfigErrors(t *testing.T) {
 func connectStatus(t *testing.T, proxyURL, hostport string) int {
 	t.Helper()
 	u, _ := url.Parse(proxyURL)
-	c, err := net.Dial("tcp", u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", hostport, hostport)
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
+	return requestStatus(t, u.Host, "CONNECT "+hostport)
 }
 
 // TestProxyToLoopback: a real listener on 127.0.0.1 is reached through the

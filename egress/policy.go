@@ -50,9 +50,38 @@ var denied = []struct {
 	{"reserved", netip.MustParsePrefix("240.0.0.0/4")}, // and broadcast
 	{"unspecified", netip.MustParsePrefix("::/128")},
 	{"loopback", netip.MustParsePrefix("::1/128")},
+	{"IPv4-compatible", netip.MustParsePrefix("::/96")},
+	{"local-use NAT64", netip.MustParsePrefix("64:ff9b:1::/48")},
+	{"Teredo", netip.MustParsePrefix("2001::/32")},
 	{"link-local", netip.MustParsePrefix("fe80::/10")},
 	{"unique local", netip.MustParsePrefix("fc00::/7")},
 	{"multicast", netip.MustParsePrefix("ff00::/8")},
+}
+
+// Prefixes whose addresses embed an IPv4 address a gateway on the path
+// may translate to: an address in them is judged as that IPv4 address too.
+var (
+	nat64     = netip.MustParsePrefix("64:ff9b::/96")
+	sixToFour = netip.MustParsePrefix("2002::/16")
+)
+
+// embedded4 is the IPv4 address a NAT64 or 6to4 address leads to.
+func embedded4(addr netip.Addr) (netip.Addr, bool) {
+	b := addr.As16()
+	switch {
+	case nat64.Contains(addr):
+		return netip.AddrFrom4([4]byte(b[12:16])), true
+	case sixToFour.Contains(addr):
+		return netip.AddrFrom4([4]byte(b[2:6])), true
+	}
+	return netip.Addr{}, false
+}
+
+// canonical is host as the policy judges and the proxy resolves it: lower
+// case, without the trailing dot of a fully qualified name, so that
+// "A.Example.org." meets the rules for a.example.org.
+func canonical(host string) string {
+	return strings.TrimSuffix(strings.ToLower(host), ".")
 }
 
 // Rule is one allow or deny entry: a domain ("example.org", "*.example.org"),
@@ -225,14 +254,25 @@ type Decision struct {
 }
 
 // Decide judges a connection to host (the name asked for) at addr:port.
+// A deny rule, default or configured, holds for the IPv4 address a NAT64 or
+// 6to4 address embeds too; an allow rule only for the address itself.
 func (p Policy) Decide(host string, addr netip.Addr, port int) Decision {
-	addr = addr.Unmap()
+	host, addr = canonical(host), addr.Unmap()
 	deny := func(rule string) Decision { return Decision{Rule: rule} }
-	if slices.Contains(metadata, addr) {
+	// A zone only scopes link-local and multicast addresses, all denied, and
+	// no prefix contains a zoned address: refused, it cannot slip past one.
+	if addr.Zone() != "" {
+		return deny("zoned address (never opened)")
+	}
+	views := []netip.Addr{addr}
+	if v4, ok := embedded4(addr); ok {
+		views = append(views, v4)
+	}
+	if slices.ContainsFunc(views, func(a netip.Addr) bool { return slices.Contains(metadata, a) }) {
 		return deny("metadata address (never opened)")
 	}
 	for _, r := range p.Deny {
-		if r.matches(host, addr, port) {
+		if slices.ContainsFunc(views, func(a netip.Addr) bool { return r.matches(host, a, port) }) {
 			return deny("deny " + r.Text)
 		}
 	}
@@ -254,8 +294,10 @@ func (p Policy) Decide(host string, addr netip.Addr, port int) Decision {
 	if len(p.Allow) > 0 && explicit == nil {
 		return deny("not in allow")
 	}
-	if name := defaultDenied(addr, p.Host); name != "" && (explicit == nil || !explicit.opens()) {
-		return deny("default-deny: " + name)
+	for _, a := range views {
+		if name := defaultDenied(a, p.Host); name != "" && (explicit == nil || !explicit.opens()) {
+			return deny("default-deny: " + name)
+		}
 	}
 	if (explicit == nil || explicit.port == 0) && !slices.Contains(p.Ports, port) {
 		return deny(fmt.Sprintf("port %d not in ports %v", port, p.Ports))

@@ -13,6 +13,7 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -176,6 +177,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // dials exactly that address. The event it returns is filled but for the
 // traffic; conn is nil when denied or failed.
 func (p *Proxy) dial(ctx context.Context, host string, port int) (net.Conn, Event) {
+	host = canonical(host)
 	ev := Event{Type: TypeEvent, Host: host, Port: port, Decision: Deny}
 	if p.policy.MaxBytes > 0 && p.used.Load() >= p.policy.MaxBytes {
 		ev.Rule = fmt.Sprintf("byte budget of %d spent", p.policy.MaxBytes)
@@ -228,6 +230,10 @@ func (p *Proxy) resolve(ctx context.Context, host string) ([]netip.Addr, error) 
 	if err == nil && len(addrs) == 0 {
 		err = fmt.Errorf("%s has no address", host)
 	}
+	// Dialled as judged: an IPv4-mapped answer is the IPv4 address.
+	for i, a := range addrs {
+		addrs[i] = a.Unmap()
+	}
 	return addrs, err
 }
 
@@ -243,6 +249,8 @@ func (p *Proxy) refuse(w http.ResponseWriter, ev Event, start time.Time) {
 	http.Error(w, msg, status)
 }
 
+// splitHostPort reads "host:port" and "[v6]:port", and with a default port
+// "host" and "[v6]" too: a bracketed literal is an address, not a name.
 func splitHostPort(hostport string, defaultPort int) (string, int, error) {
 	host, portText, err := net.SplitHostPort(hostport)
 	if err != nil {
@@ -250,6 +258,11 @@ func splitHostPort(hostport string, defaultPort int) (string, int, error) {
 			return "", 0, err
 		}
 		host, portText = hostport, strconv.Itoa(defaultPort)
+		if inner, ok := strings.CutPrefix(hostport, "["); ok {
+			if host, ok = strings.CutSuffix(inner, "]"); !ok {
+				return "", 0, fmt.Errorf("bad host %q", hostport)
+			}
+		}
 	}
 	port, err := strconv.Atoi(portText)
 	if err != nil || port < 1 || port > 65535 || host == "" {
@@ -291,9 +304,9 @@ func (p *Proxy) connect(w http.ResponseWriter, r *http.Request) {
 	if _, err := client.Write([]byte("HTTP/1.1 200 Connection Established\r\n\r\n")); err != nil {
 		return
 	}
-	if secrets := p.secretsFor(host, port); len(secrets) > 0 && p.ca != nil {
+	if secrets := p.secretsFor(ev.Host, port); len(secrets) > 0 && p.ca != nil {
 		ev.Intercepted = true
-		if err := p.intercept(client, c, host, secrets, &ev); err != nil {
+		if err := p.intercept(client, c, ev.Host, secrets, &ev); err != nil {
 			ev.Error = err.Error()
 		}
 		return

@@ -38,21 +38,29 @@ func socksDial(t *testing.T, addr, host string, port int) (byte, net.Conn) {
 	return reply[1], c
 }
 
-func TestSOCKS(t *testing.T) {
-	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "over socks") }))
-	defer target.Close()
-	port := target.Listener.Addr().(*net.TCPAddr).Port
-	events := make(chan Event, 4)
-	prx := New(policy(t, Config{Allow: []string{fmt.Sprintf("127.0.0.1:%d", port)}}), Options{Emit: func(e Event) { events <- e }})
+// serve serves prx as the gateway does, SOCKS and HTTP on one socket,
+// until the test ends, and returns its address.
+func serve(t *testing.T, prx *Proxy) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: prx}
 	go srv.Serve(prx.Listener(l))
-	defer srv.Close()
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String()
+}
 
-	code, c := socksDial(t, l.Addr().String(), HostName, port)
+func TestSOCKS(t *testing.T) {
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "over socks") }))
+	defer target.Close()
+	port := target.Listener.Addr().(*net.TCPAddr).Port
+	events := make(chan Event, 4)
+	prx := New(policy(t, Config{Allow: []string{fmt.Sprintf("127.0.0.1:%d", port)}}), Options{Emit: func(e Event) { events <- e }})
+	addr := serve(t, prx)
+
+	code, c := socksDial(t, addr, HostName, port)
 	if code != 0 {
 		t.Fatalf("allowed CONNECT answered %d", code)
 	}
@@ -70,7 +78,7 @@ func TestSOCKS(t *testing.T) {
 		t.Errorf("allow event %+v", e)
 	}
 
-	code, c = socksDial(t, l.Addr().String(), "127.0.0.1", port+1)
+	code, c = socksDial(t, addr, "127.0.0.1", port+1)
 	c.Close()
 	if code != 2 {
 		t.Errorf("denied CONNECT answered %d, want 2 (not allowed by ruleset)", code)
@@ -79,7 +87,7 @@ func TestSOCKS(t *testing.T) {
 		t.Errorf("deny event %+v", e)
 	}
 	// HTTP still works on the same listener.
-	if got := connectStatus(t, "http://"+l.Addr().String(), fmt.Sprintf("%s:%d", HostName, port)); got != 200 {
+	if got := connectStatus(t, "http://"+addr, fmt.Sprintf("%s:%d", HostName, port)); got != 200 {
 		t.Errorf("CONNECT over HTTP on the shared listener: %d", got)
 	}
 }
