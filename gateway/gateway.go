@@ -282,7 +282,7 @@ func (g *Gateway) Open(id string, o SessionOptions) (*Session, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("gateway: token: %w", err)
 	}
-	s := &Session{Dir: dir, Token: "sandstorm-session-" + hex.EncodeToString(tok), meter: &meter{},
+	s := &Session{Dir: dir, Token: "sandstorm-session-" + hex.EncodeToString(tok), meter: newMeter(),
 		active: make(chan struct{}), done: make(chan struct{}), asked: make(chan struct{}), log: o.Logger}
 	if s.log == nil {
 		s.log = g.cfg.Logger.With("session_id", id)
@@ -405,12 +405,14 @@ func (g *Gateway) handler(s *Session, warm []byte) http.Handler {
 			}
 		},
 		ModifyResponse: func(resp *http.Response) error {
-			if model, ok := resp.Request.Context().Value(modelKey{}).(string); ok {
+			if res, ok := resp.Request.Context().Value(reservationKey{}).(*reservation); ok {
 				g.cfg.Hooks.call(resp.StatusCode)
+				// A refusal by the upstream is not billed, whole or not.
+				refused := resp.StatusCode >= 300
 				resp.Body = &usageBody{rc: resp.Body, sse: strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream"),
-					done: func(u apiUsage) {
-						call := s.meter.add(model, u)
-						if g.cfg.Hooks.Usage != nil {
+					done: func(model string, u apiUsage, complete bool) {
+						call, settled := res.settle(model, u, complete || refused)
+						if settled && g.cfg.Hooks.Usage != nil {
 							g.cfg.Hooks.Usage(call)
 						}
 					}}
@@ -418,6 +420,16 @@ func (g *Gateway) handler(s *Session, warm []byte) http.Handler {
 			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if res, ok := r.Context().Value(reservationKey{}).(*reservation); ok {
+				// A caller gone before the answer may have left the upstream
+				// working on it: that costs the worst case. An upstream not
+				// reached costs nothing.
+				if r.Context().Err() != nil {
+					res.settle("", apiUsage{}, false)
+				} else {
+					res.release()
+				}
+			}
 			if r.URL.Path == "/v1/messages" {
 				g.cfg.Hooks.call(http.StatusBadGateway)
 				if g.cfg.Hooks.UpstreamError != nil {
@@ -493,24 +505,58 @@ func (g *Gateway) handler(s *Session, warm []byte) http.Handler {
 				apiError(w, http.StatusRequestEntityTooLarge, "request_too_large", "sandstorm gateway: request too large")
 				return
 			}
-			if why, ok := s.meter.admit(); !ok {
+			c, body, err := readCall(body)
+			if err != nil {
+				apiError(w, http.StatusBadRequest, "invalid_request_error", "sandstorm gateway: "+err.Error())
+				return
+			}
+			res, why, err := s.meter.admit(r.Context(), c)
+			if err != nil {
+				return // the caller is gone
+			}
+			if res == nil {
 				g.cfg.Hooks.call(http.StatusBadRequest)
 				apiError(w, http.StatusBadRequest, "invalid_request_error", "sandstorm gateway: budget exceeded: "+why)
 				return
 			}
-			var req struct {
-				Model string `json:"model"`
-			}
-			_ = json.Unmarshal(body, &req)
+			// Whatever the proxy did not settle (a panic on a cut copy)
+			// still frees its hold and slot; a settled one is untouched.
+			defer res.settle("", apiUsage{}, false)
 			r.Body = io.NopCloser(bytes.NewReader(body))
-			r = r.WithContext(context.WithValue(r.Context(), modelKey{}, req.Model))
+			r.ContentLength = int64(len(body))
+			r = r.WithContext(context.WithValue(r.Context(), reservationKey{}, res))
 		}
 		proxy.ServeHTTP(w, r)
 	})
 }
 
-// modelKey carries a Messages call's model to the response's metering.
-type modelKey struct{}
+// reservationKey carries a Messages call's reservation to the response's metering.
+type reservationKey struct{}
+
+// readCall reads what a Messages call asks for, to price its worst case,
+// and returns the body the upstream gets: its fields written once each, so
+// that the upstream reads the very model and max_tokens priced here (Go
+// keeps the last of duplicate keys; another parser may keep the first).
+func readCall(body []byte) (modelCall, []byte, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(body, &fields); err != nil || fields == nil {
+		return modelCall{}, nil, errors.New("the request body is not a JSON object")
+	}
+	c := modelCall{bodyBytes: len(body)}
+	if json.Unmarshal(fields["model"], &c.model) != nil {
+		c.model = ""
+	}
+	if json.Unmarshal(fields["max_tokens"], &c.maxTokens) != nil {
+		c.maxTokens = 0
+	}
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(fields); err != nil {
+		return modelCall{}, nil, fmt.Errorf("the request body: %w", err)
+	}
+	return c, out.Bytes(), nil
+}
 
 func apiError(w http.ResponseWriter, status int, typ, msg string) {
 	w.Header().Set("Content-Type", "application/json")
