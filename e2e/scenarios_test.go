@@ -23,6 +23,7 @@ func builtin(t *testing.T, name string) modelserver.Scenario {
 // scenarios runs every scenario on backend b.
 func scenarios(t *testing.T, b backend) {
 	t.Run("egress through the proxy", func(t *testing.T) { egressScenario(t, b) })
+	t.Run("adversary: the host's loopback through the egress proxy", func(t *testing.T) { adversaryEgressScenario(t, b) })
 	t.Run("a secret put in at the boundary", func(t *testing.T) { secretScenario(t, b) })
 	t.Run("npm and pip install through the proxy", func(t *testing.T) { packagesScenario(t, b) })
 	t.Run("budget enforced at the gateway", func(t *testing.T) { budgetScenario(t, b) })
