@@ -27,6 +27,7 @@ func scenarios(t *testing.T, b backend) {
 	t.Run("a secret put in at the boundary", func(t *testing.T) { secretScenario(t, b) })
 	t.Run("npm and pip install through the proxy", func(t *testing.T) { packagesScenario(t, b) })
 	t.Run("budget enforced at the gateway", func(t *testing.T) { budgetScenario(t, b) })
+	t.Run("adversary: concurrent model calls within the budget", func(t *testing.T) { concurrentBudgetScenario(t, b) })
 	t.Run("a tool of a stdio MCP server", func(t *testing.T) { mcpScenario(t, b) })
 	t.Run("a subagent", func(t *testing.T) { subagentScenario(t, b) })
 	t.Run("a tool of an http MCP server on the host", func(t *testing.T) { mcpHTTPScenario(t, b) })
