@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gofiber/fiber/v2"
 
@@ -86,8 +87,15 @@ func (s *Server) get(c *fiber.Ctx) error {
 	return c.JSON(r)
 }
 
+// Retry is the reconnect delay GET /runs/{id}/events asks of an
+// EventSource (browsers' usual default, stated rather than assumed).
+const Retry = 3 * time.Second
+
+var retryField = "retry: " + strconv.FormatInt(Retry.Milliseconds(), 10) + "\n\n"
+
 // events replays a run's events after Last-Event-ID or ?after (from the
-// start without either), then follows it live until it ends.
+// start without either), then follows it live until it ends; to a position
+// at or past the end of a finished run it answers 204.
 func (s *Server) events(c *fiber.Ctx) error {
 	id, err := runID(c)
 	if err != nil {
@@ -103,8 +111,14 @@ func (s *Server) events(c *fiber.Ctx) error {
 		}
 		break
 	}
-	if _, err := s.svc.Get(c.UserContext(), id); err != nil {
+	r, err := s.svc.Get(c.UserContext(), id)
+	if err != nil {
 		return writeError(c, err)
+	}
+	if r.Status.Done() && after >= r.Events {
+		// Nothing will come: 204 is what stops a browser's EventSource,
+		// which reconnects after any stream that merely ends.
+		return c.SendStatus(fiber.StatusNoContent)
 	}
 	ctx, cancel := context.WithCancelCause(logctx.With(s.life(c), "run_id", id))
 	conn := c.Context().Conn()
@@ -113,6 +127,7 @@ func (s *Server) events(c *fiber.Ctx) error {
 	sseHeaders(c)
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer cancel(nil)
+		_, _ = w.WriteString(retryField)
 		s.stream(ctx, cancel, w, conn, func(emit runs.Emit) {
 			if err := s.svc.Follow(ctx, id, after, emit); err != nil && ctx.Err() == nil {
 				s.log.WarnContext(ctx, "follow run", "err", err)
