@@ -23,6 +23,8 @@ func Help() string {
 ` + routes.String() + `
 POST /query answers with a Server-Sent Events stream, one "id: <seq>" +
 "data: <json>" frame per event (X-Sandstorm-Run-Id names the run).
+GET /runs/{id}/events sends "retry: 3000" first and answers 204 to a position
+at or past the end of a finished run, so a browser's EventSource stops.
 
 Every run is recorded in the run store under --state-dir; runs of a server
 that died are marked interrupted by the next one to start.
@@ -51,7 +53,10 @@ With $SANDSTORM_API_KEY set (one or more comma-separated keys, each at least
 otherwise) but these:
   ` + strings.TrimSuffix(public.String(), ", ") + `
 and /health tells an unauthenticated caller only its status.
-Without keys the server listens only on a loopback address unless --insecure.
+Without keys the server listens only on a loopback address unless --insecure,
+and answers only requests whose Host is localhost, an IP address or --host
+(403 otherwise: a page whose name was rebound to this address gets nothing);
+X-Forwarded-Host and -Proto are never trusted.
 Request bodies must be application/json (415 otherwise). Pages of other
 origins get nothing (403) unless $CORS_ORIGINS lists them ("*" for any).`
 }

@@ -96,7 +96,7 @@ func Run(ctx context.Context, o Options) error {
 	if err := reloadOn(upkeep, eng, log, o.Reload); err != nil {
 		return err
 	}
-	srv := server.New(eng, svc, server.Config{CORSOrigins: o.CORSOrigins, APIKeys: keys, WriteTimeout: o.WriteTimeout, Metrics: eng.Metrics.Handler(), Logger: log})
+	srv := server.New(eng, svc, server.Config{CORSOrigins: o.CORSOrigins, APIKeys: keys, Host: o.Host, WriteTimeout: o.WriteTimeout, Metrics: eng.Metrics.Handler(), Logger: log})
 	l, err := net.Listen("tcp", net.JoinHostPort(o.Host, strconv.Itoa(o.Port)))
 	if err != nil {
 		return err

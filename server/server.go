@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,6 +66,10 @@ type Config struct {
 	// (its run is cancelled and removed, as on a disconnect); default
 	// DefaultWriteTimeout.
 	WriteTimeout time.Duration
+	// Host is the address ds serve listens on (--host): without APIKeys,
+	// only a request whose Host header names it, localhost or an IP
+	// address is let in.
+	Host string
 	// Metrics is served at GET /metrics (behind the API keys); without
 	// it the route answers 404.
 	Metrics http.Handler
@@ -85,6 +90,7 @@ type Server struct {
 	writeTimeout time.Duration
 	keys         [][]byte
 	origins      []string
+	host         string
 	// ui serves the dashboard's files, prometheus Config.Metrics.
 	ui, prometheus fiber.Handler
 }
@@ -95,7 +101,7 @@ func New(eng api.Engine, svc *runs.Service, cfg Config) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{eng: eng, svc: svc, log: log, writeTimeout: cfg.WriteTimeout, ui: adaptor.HTTPHandler(dashboard.Handler())}
+	s := &Server{eng: eng, svc: svc, log: log, writeTimeout: cfg.WriteTimeout, host: cfg.Host, ui: adaptor.HTTPHandler(dashboard.Handler())}
 	if cfg.Metrics == nil {
 		cfg.Metrics = http.NotFoundHandler()
 	}
@@ -112,6 +118,9 @@ func New(eng api.Engine, svc *runs.Service, cfg Config) *Server {
 		IdleTimeout: 2 * time.Minute,
 		// File paths are matched decoded, as their file events escaped them.
 		UnescapePath: true,
+		// No proxy is trusted: X-Forwarded-Host and -Proto would otherwise
+		// let any client name the Host and scheme the checks below compare.
+		EnableTrustedProxyCheck: true,
 	})
 	for _, k := range cfg.APIKeys {
 		s.keys = append(s.keys, []byte(k))
@@ -123,7 +132,7 @@ func New(eng api.Engine, svc *runs.Service, cfg Config) *Server {
 	}
 	// A page of another origin gets nothing, before anything runs: browsers
 	// send "simple" cross-origin POSTs without asking first.
-	s.app.Use(s.checkOrigin)
+	s.app.Use(s.checkHost, s.checkOrigin)
 	if len(s.origins) > 0 {
 		s.app.Use(cors.New(cors.Config{AllowOrigins: strings.Join(s.origins, ","), AllowHeaders: "Content-Type, Authorization"}))
 	}
@@ -182,6 +191,30 @@ func validRequestID(id string) bool {
 // with the request's log attributes.
 func (s *Server) life(c *fiber.Ctx) context.Context {
 	return logctx.With(s.base, logctx.Args(c.UserContext())...)
+}
+
+// checkHost refuses, on a server without keys, a request whose Host names
+// neither localhost nor the address it listens on: a page whose own name
+// was made to resolve to this server (DNS rebinding) is then same-origin
+// and would drive it with the operator's model key. An IP address in Host
+// cannot have been rebound.
+func (s *Server) checkHost(c *fiber.Ctx) error {
+	if len(s.keys) > 0 || s.knownHost(c.Hostname()) {
+		return c.Next()
+	}
+	return c.Status(fiber.StatusForbidden).JSON(apiError{Error: api.CodeForbidden,
+		Message: fmt.Sprintf("Host %q is not this server's (a server without API keys answers only localhost, an IP address or --host)", c.Hostname())})
+}
+
+func (s *Server) knownHost(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host = hostport
+	}
+	if _, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return true
+	}
+	return host != "" && (strings.EqualFold(host, "localhost") || strings.EqualFold(host, s.host))
 }
 
 // checkOrigin refuses a request whose Origin is neither this server nor
