@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -99,6 +100,11 @@ func TestParseLimits(t *testing.T) {
 				t.Errorf("%+v", l)
 			}
 		}},
+		{"internal webhook receivers", "webhook_allow: [127.0.0.1/32, 'fd00::/8']\n", "", func(t *testing.T, l Limits) {
+			if len(l.WebhookAllow) != 2 || l.WebhookAllow[0] != netip.MustParsePrefix("127.0.0.1/32") {
+				t.Errorf("webhook_allow %v", l.WebhookAllow)
+			}
+		}},
 		{"proxy is the default", "", "", func(t *testing.T, l Limits) {
 			p, err := l.EgressPolicy()
 			if l.NetworkMode != NetworkProxy || err != nil || p == nil || !slices.Equal(p.Ports, []int{80, 443}) || l.Policy().Network != "none" {
@@ -135,6 +141,7 @@ func TestParseLimits(t *testing.T) {
 		{"secret hosts", "secrets:\n  T:\n    from_env: X\n    hosts: [10.0.0.1]\n", "names, not addresses", nil},
 		{"secrets need the proxy", "network_mode: none\nsecrets:\n  T:\n    from_env: X\n    hosts: [a.org]\n", "network_mode: proxy", nil},
 		{"bad isolation", "isolation: kata\n", "isolation", nil},
+		{"bad webhook receiver", "webhook_allow: [10.0.0.0]\n", "webhook_allow", nil},
 		{"unknown item", "allow_unenforced: [everything]\n", "allow_unenforced", nil},
 		{"items type", "allow_unenforced: pids_limit\n", "allow_unenforced", nil},
 		{"bad memory", "memory_limit: lots\n", "memory_limit", nil},

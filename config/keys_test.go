@@ -9,7 +9,7 @@ import (
 )
 
 func TestRestartOnly(t *testing.T) {
-	want := []string{"isolation", "state_dir", "run_retention", "run_store_max_size", "webhook_url"}
+	want := []string{"isolation", "state_dir", "run_retention", "run_store_max_size", "webhook_url", "webhook_allow"}
 	if got := RestartOnly(); !slices.Equal(got, want) {
 		t.Errorf("RestartOnly() = %v, want %v", got, want)
 	}

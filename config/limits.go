@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -78,6 +79,8 @@ type Limits struct {
 	// WebhookURL, if set, gets every finished run's summary (a request may
 	// name its own); the run service is opened with it.
 	WebhookURL string `json:"webhook_url" limits:"restart"`
+	// WebhookAllow are the internal addresses webhooks may reach (see webhook.Sender.Allow).
+	WebhookAllow []netip.Prefix `json:"webhook_allow" limits:"restart"`
 	// Pool is ds serve's warm pool.
 	Pool Pool `json:"pool"`
 	// Source is the file these came from, or "" for built-in defaults.

@@ -77,6 +77,31 @@ func embedded4(addr netip.Addr) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
+// Internal names the class of addr when it is one that no connection of
+// sandstorm's own should reach by default (what the proxy denies by
+// default: this host's loopback, private and link-local ranges, cloud
+// metadata, ..., also as the IPv4 address a NAT64 or 6to4 address leads
+// to, and any zoned address), or "" for a public address.
+func Internal(addr netip.Addr) string {
+	addr = addr.Unmap()
+	if addr.Zone() != "" {
+		return "zoned address"
+	}
+	views := []netip.Addr{addr}
+	if v4, ok := embedded4(addr); ok {
+		views = append(views, v4)
+	}
+	for _, a := range views {
+		if slices.Contains(metadata, a) {
+			return "metadata address"
+		}
+		if name := defaultDenied(a, nil); name != "" {
+			return name
+		}
+	}
+	return ""
+}
+
 // canonical is host as the policy judges and the proxy resolves it: lower
 // case, without the trailing dot of a fully qualified name, so that
 // "A.Example.org." meets the rules for a.example.org.

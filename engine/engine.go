@@ -554,7 +554,7 @@ func (e *Engine) OpenRuns(ctx context.Context, dir string) (*runs.Service, error
 		return nil, err
 	}
 	svc, err := runs.New(e, store, runs.Options{WebhookURL: limits.WebhookURL, Logger: e.log, Metrics: e.Metrics,
-		Webhooks: &webhook.Sender{Secret: []byte(os.Getenv(WebhookSecretEnv)), Logger: e.log}})
+		Webhooks: &webhook.Sender{Secret: []byte(os.Getenv(WebhookSecretEnv)), Logger: e.log, Allow: limits.WebhookAllow}})
 	if err != nil {
 		store.Close()
 		return nil, err

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -358,7 +359,8 @@ func TestWebhook(t *testing.T) {
 	defer hook.Close()
 	e := &stepEngine{steps: 1, step: make(chan struct{})}
 	close(e.step)
-	url, _ := serveEngine(t, e, Config{}, runs.Options{Webhooks: &webhook.Sender{Secret: secret, Backoff: 10 * time.Millisecond}})
+	url, _ := serveEngine(t, e, Config{}, runs.Options{Webhooks: &webhook.Sender{Secret: secret, Backoff: 10 * time.Millisecond,
+		Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}})
 	r := detach(t, url, `{"prompt":"x","webhook_url":"http://`+l.Addr().String()+`/hook?token=abc"}`)
 	select {
 	case body := <-got:

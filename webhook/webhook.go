@@ -16,11 +16,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
+
+	"github.com/sandstorm-dev/sandstorm/egress"
 )
 
 // Request headers set on every delivery.
@@ -126,12 +132,20 @@ func ValidURL(u string) error {
 // not be copied after that.
 type Sender struct {
 	Secret   []byte        // empty: unsigned (no signature header), still timestamped
-	Client   *http.Client  // default: 10s timeout, no redirects followed (a redirect is a failure)
+	Client   *http.Client  // default: 10s timeout, no redirects followed (a redirect is a failure), internal addresses refused (Allow)
 	Attempts int           // default 5
 	Backoff  time.Duration // first retry delay, doubled each time, capped at 1 minute; default 1s
 	Logger   *slog.Logger  // default: slog.Default()
+	// Allow are the internal addresses deliveries may reach (receivers on
+	// this host or its network). Every other address that egress.Internal
+	// names is refused where the connection is made, after the name is
+	// resolved: a run's webhook URL must not make sandstorm POST to this
+	// host's services, its network or a cloud metadata address. It applies
+	// to the default client only.
+	Allow []netip.Prefix
 
 	initOnce sync.Once
+	guarded  *http.Client    // the default client, refusing internal addresses
 	ctx      context.Context // cancelled by Close to cut waiting and in-flight retries
 	cancel   context.CancelCauseFunc
 
@@ -143,7 +157,29 @@ type Sender struct {
 func (s *Sender) init() {
 	s.initOnce.Do(func() {
 		s.ctx, s.cancel = context.WithCancelCause(context.Background())
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, Control: s.control}).DialContext
+		s.guarded = &http.Client{Timeout: defaultClient.Timeout, CheckRedirect: defaultClient.CheckRedirect, Transport: t}
 	})
+}
+
+// ErrInternal: a delivery was to connect to an internal address that
+// Allow does not list.
+var ErrInternal = errors.New("webhook: internal address")
+
+// control refuses a connection to an internal address that Allow does not
+// list; it sees the address being connected to, whatever name led there.
+func (s *Sender) control(_, address string, _ syscall.RawConn) error {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrInternal, address, err)
+	}
+	addr := ap.Addr().Unmap()
+	class := egress.Internal(addr)
+	if class == "" || slices.ContainsFunc(s.Allow, func(p netip.Prefix) bool { return p.Contains(addr) }) {
+		return nil
+	}
+	return fmt.Errorf("%w: %s is %s, which webhooks reach only when webhook_allow lists it", ErrInternal, addr, class)
 }
 
 // Deliver POSTs body to url until it succeeds (2xx) or attempts run out.
@@ -181,7 +217,8 @@ func (s *Sender) deliver(ctx context.Context, rawURL string, body []byte) (int, 
 		if err == nil {
 			return attempt, status, nil
 		}
-		if !retryable(status) || attempt == limit {
+		// A refused address stays refused: no retry.
+		if !retryable(status) || attempt == limit || errors.Is(err, ErrInternal) {
 			return attempt, status, err
 		}
 		d := nextDelay(base, attempt, retryAfter)
@@ -209,7 +246,7 @@ func (s *Sender) attempt(ctx context.Context, rawURL, safeURL string, body []byt
 	}
 	client := s.Client
 	if client == nil {
-		client = defaultClient
+		client = s.guarded
 	}
 	resp, err := client.Do(req)
 	if err != nil {

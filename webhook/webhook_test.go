@@ -3,10 +3,13 @@ package webhook
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,6 +46,7 @@ func newSender(t *testing.T, attempts int) (*Sender, *syncBuffer) {
 	t.Helper()
 	logs := &syncBuffer{}
 	s := &Sender{
+		Allow:    loopback,
 		Secret:   testSecret,
 		Attempts: attempts,
 		Backoff:  time.Millisecond,
@@ -406,5 +410,54 @@ func TestSecretNeverLogged(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// loopback lets the tests' receivers on this host's loopback be reached.
+var loopback = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+
+// TestInternalAddressRefused: a webhook URL cannot make sandstorm POST to
+// this host, its network or a metadata address, whatever name it uses
+// (the check is on the address connected to), unless Allow lists it; a
+// refusal is not retried, and the receiver sees nothing.
+func TestInternalAddressRefused(t *testing.T) {
+	var hits atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { hits.Add(1) }))
+	defer srv.Close()
+	port := srv.Listener.Addr().(*net.TCPAddr).Port
+	tests := []struct {
+		name, url string
+		allow     []netip.Prefix
+		want      error
+	}{
+		{"loopback literal", srv.URL, nil, ErrInternal},
+		{"loopback by name", fmt.Sprintf("http://localhost:%d/", port), nil, ErrInternal},
+		{"IPv4-mapped loopback", fmt.Sprintf("http://[::ffff:127.0.0.1]:%d/", port), nil, ErrInternal},
+		{"allowed receiver", srv.URL, loopback, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := hits.Load()
+			s, _ := newSender(t, 3)
+			s.Allow = tt.allow
+			err := s.Deliver(t.Context(), tt.url, testBody)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("Deliver: %v, want %v", err, tt.want)
+			}
+			if got := hits.Load() - before; (tt.want == nil) != (got == 1) {
+				t.Errorf("the receiver saw %d requests", got)
+			}
+		})
+	}
+	// Never dialled: the check refuses before a packet leaves.
+	s, _ := newSender(t, 1)
+	s.Allow = nil
+	for _, addr := range []string{"169.254.169.254:80", "10.1.2.3:443", "[fe80::1%25eth0]:80", "[64:ff9b::a9fe:a9fe]:80", "192.168.1.1:80"} {
+		if err := s.control("tcp", strings.Replace(addr, "%25", "%", 1), nil); !errors.Is(err, ErrInternal) {
+			t.Errorf("%s: %v, want refused", addr, err)
+		}
+	}
+	if err := s.control("tcp", "93.184.215.14:443", nil); err != nil {
+		t.Errorf("a public address refused: %v", err)
 	}
 }

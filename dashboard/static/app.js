@@ -57,6 +57,8 @@ function follow(path, onEvent, onEnd) {
         ctrl.abort = () => abort.abort();
         const resp = await api(path, { headers, signal: abort.signal });
         if (!resp.ok) throw new Error('events: ' + resp.status);
+        // 204: the run is over and nothing is newer than what we have.
+        if (resp.status === 204) { stopped = true; onEnd(); return; }
         const reader = resp.body.getReader();
         const dec = new TextDecoder();
         let buf = '';
