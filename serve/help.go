@@ -39,7 +39,7 @@ re-reads both: valid changes apply to the runs that start afterwards, running
 ones keep theirs, and the warm pool is started afresh; an invalid file is
 logged, naming the key, and the running configuration kept. These keys of
 the limits file need a restart:
-  ` + strings.Join(config.RestartOnly(), ", ") + `.
+` + wrapList(config.RestartOnly(), "  ", 80) + `.
 
 A /query client that disconnects, or accepts no stream data for --write-timeout,
 cancels its run (or leaves the queue); its sandbox is removed at once.
@@ -59,4 +59,27 @@ and answers only requests whose Host is localhost, an IP address or --host
 X-Forwarded-Host and -Proto are never trusted.
 Request bodies must be application/json (415 otherwise). Pages of other
 origins get nothing (403) unless $CORS_ORIGINS lists them ("*" for any).`
+}
+
+// wrapList joins items with commas into lines of at most width columns,
+// each starting with indent: the list grows with the struct it comes from.
+func wrapList(items []string, indent string, width int) string {
+	var b strings.Builder
+	line := indent
+	for i, it := range items {
+		word := it
+		if i < len(items)-1 {
+			word += ","
+		}
+		if line != indent && len(line)+1+len(word) > width-1 {
+			b.WriteString(line + "\n")
+			line = indent
+		}
+		if line != indent {
+			line += " "
+		}
+		line += word
+	}
+	b.WriteString(line)
+	return b.String()
 }
