@@ -51,8 +51,12 @@ func concurrentBudgetScenario(t *testing.T, b backend) {
 			opus++
 		}
 	}
+	// The run may end before the tool's result comes back: a call of the
+	// CLI's own can be refused while the attack's calls hold the budget
+	// (seen under gVisor, whose sandbox is slower). When it does come back,
+	// the attacker saw the refusals.
 	res := toolResults(events)
-	if cost > maxUSD || exceeded == "" || opus == 0 || opus >= 16 || !strings.Contains(res, "400") {
+	if cost > maxUSD || exceeded == "" || opus == 0 || opus >= 16 || (res != "" && !strings.Contains(res, "400")) {
 		t.Errorf("$%.4f spent of $%.2f (exceeded %q), the model answered %d of the 16 calls; tool results %s", cost, maxUSD, exceeded, opus, res)
 	}
 }
