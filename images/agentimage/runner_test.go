@@ -172,15 +172,7 @@ func newRig(t *testing.T, withSDK bool) *rig {
 		files[sdk+"package.json"] = `{"name":"@anthropic-ai/claude-agent-sdk","type":"module","exports":{".":"./sdk.mjs"}}`
 		files[sdk+"sdk.mjs"] = fakeSDK
 	}
-	for name, data := range files {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeTree(t, dir, files)
 	model := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("x-api-key") != realKey {
 			http.Error(w, "bad key", http.StatusUnauthorized)
