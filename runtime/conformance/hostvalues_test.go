@@ -11,9 +11,11 @@ import (
 	"strings"
 	"testing"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
+	"github.com/sandstorm-dev/sandstorm/runtime/sandbox"
 )
 
 // TestGoldenFilesHoldNoHostValue fails here, on the machine that would
@@ -29,7 +31,8 @@ func TestGoldenFilesHoldNoHostValue(t *testing.T) {
 	values := hostValues(t)
 	policyLimits := map[string]string{}
 	for _, l := range oci.Rlimits(oci.Policy{}.WithDefaults()) {
-		policyLimits[strings.TrimPrefix(l.Type, "RLIMIT_")] = limitString(l.Soft) + ":" + limitString(l.Hard)
+		k, v := sandbox.RlimitLine(l)
+		policyLimits[k] = v
 	}
 	for _, path := range goldenFiles(t, root) {
 		data, err := os.ReadFile(path)
@@ -42,7 +45,7 @@ func TestGoldenFilesHoldNoHostValue(t *testing.T) {
 				continue
 			}
 			if k, v, ok := strings.Cut(line, ": "); ok && strings.HasPrefix(k, "rlimit ") {
-				if want := policyLimits[strings.TrimPrefix(k, "rlimit ")]; v != want {
+				if want := policyLimits[k]; v != want {
 					t.Errorf("%s:%d: %s is %s, the policy's is %s: a limit the policy does not set is the host's", rel, n+1, k, v, want)
 				}
 			}
@@ -97,8 +100,10 @@ func hostValues(t *testing.T) map[string]string {
 		if err := unix.Getrlimit(res, &rl); err != nil {
 			t.Fatal(err)
 		}
-		add(limitString(rl.Cur), l.Type+" (soft)")
-		add(limitString(rl.Max), l.Type+" (hard)")
+		_, v := sandbox.RlimitLine(specs.POSIXRlimit{Type: l.Type, Soft: rl.Cur, Hard: rl.Max})
+		soft, hard, _ := strings.Cut(v, ":")
+		add(soft, l.Type+" (soft)")
+		add(hard, l.Type+" (hard)")
 	}
 	add(strconv.Itoa(runtime.NumCPU()), "CPU count")
 	if kb := memTotalKB(t); kb > 0 {
@@ -143,14 +148,6 @@ func round(v string) bool {
 // tempPath is a directory a test made (t.TempDir, os.MkdirTemp): its name
 // holds a random number.
 var tempPath = regexp.MustCompile(`/(tmp|var/tmp)/[^\s"]*[0-9]{6,}`)
-
-// limitString is a limit as the probe prints it.
-func limitString(v uint64) string {
-	if v == oci.Unlimited {
-		return "unlimited"
-	}
-	return strconv.FormatUint(v, 10)
-}
 
 func memTotalKB(t *testing.T) uint64 {
 	f, err := os.Open("/proc/meminfo")

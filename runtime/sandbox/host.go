@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/sandstorm-dev/sandstorm/oci"
@@ -35,18 +36,25 @@ func DetectHost() oci.Host {
 // that fits its limits to the host reports them in its Info.
 func Lowered(h oci.Host) []Difference {
 	_, lowered := h.Lower(oci.Rlimits(oci.Policy{}.WithDefaults()))
-	value := func(v uint64) string {
-		if v == oci.Unlimited {
-			return "unlimited"
-		}
-		return strconv.FormatUint(v, 10)
-	}
 	var diffs []Difference
 	for _, l := range lowered {
+		line, value := RlimitLine(l)
 		diffs = append(diffs, Difference{
-			Line: "rlimit " + strings.TrimPrefix(l.Type, "RLIMIT_"), Value: value(l.Soft) + ":" + value(l.Hard), OfHost: true,
+			Line: line, Value: value, OfHost: true,
 			Reason: fmt.Sprintf("this host's hard %s is below the policy's, and a runtime without CAP_SYS_RESOURCE cannot raise it", l.Type),
 		})
 	}
 	return diffs
+}
+
+// RlimitLine is a limit as the fingerprint's probe prints it: the key
+// ("rlimit NOFILE") and the value ("4096:4096", "unlimited" for none).
+func RlimitLine(l specs.POSIXRlimit) (key, value string) {
+	v := func(n uint64) string {
+		if n == oci.Unlimited {
+			return "unlimited"
+		}
+		return strconv.FormatUint(n, 10)
+	}
+	return "rlimit " + strings.TrimPrefix(l.Type, "RLIMIT_"), v(l.Soft) + ":" + v(l.Hard)
 }
