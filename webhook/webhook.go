@@ -60,15 +60,6 @@ var (
 	ErrClosed = errors.New("webhook: sender closed")
 )
 
-// defaultClient treats a redirect as a failure: following one would re-POST
-// the signed body to a host the user never configured.
-var defaultClient = &http.Client{
-	Timeout: 10 * time.Second,
-	CheckRedirect: func(*http.Request, []*http.Request) error {
-		return http.ErrUseLastResponse
-	},
-}
-
 // Sign returns the HeaderSignature value for body sent at timestamp.
 func Sign(secret []byte, timestamp int64, body []byte) string {
 	mac := hmac.New(sha256.New, secret)
@@ -159,7 +150,13 @@ func (s *Sender) init() {
 		s.ctx, s.cancel = context.WithCancelCause(context.Background())
 		t := http.DefaultTransport.(*http.Transport).Clone()
 		t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, Control: s.control}).DialContext
-		s.guarded = &http.Client{Timeout: defaultClient.Timeout, CheckRedirect: defaultClient.CheckRedirect, Transport: t}
+		s.guarded = &http.Client{
+			Timeout:   10 * time.Second,
+			Transport: t,
+			// A redirect is a failure: following one would re-POST the
+			// signed body to a host the user never configured.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
 	})
 }
 
