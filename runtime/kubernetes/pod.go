@@ -31,7 +31,7 @@ const annotationPrefix = "sandstorm.dev/label."
 // gate is the sandbox container's PID 1. It waits for the line Start sends
 // once the attach is in place (so no output is lost); sets every rlimit the
 // other backends set through the OCI spec (Kubernetes has none), each word
-// of $1 one ulimit call ("-n 4096"; soft and hard both, which the
+// of $1 one ulimit call ("n=4096" is ulimit -n 4096; soft and hard both, which the
 // unprivileged process cannot raise again; a failure ends the sandbox
 // before the command runs); then runs the command as its child: PID 1 of a
 // namespace ignores signals from inside it, and Kill needs a process that
