@@ -75,7 +75,8 @@ test: lint setup testimage agentimage k8s-up
 	@$(CI_ENV); $(PHASE) "go test (every package, every backend)" $(GO) test -count=1 -timeout 25m ./...
 
 ## test-other-host: the conformance suites (or PKGS) as on a host that differs from this one: the limits the
-## daemons and the test process pass on are changed with prlimit, and another hostname (scripts/other-host.sh).
+## daemons and the test process pass on are changed with prlimit, another hostname, temporary directories on
+## tmpfs (scripts/other-host.sh).
 ## It lowers the running daemons' limits until they restart.
 test-other-host: setup testimage k8s-up
 	@$(CI_ENV); ./scripts/other-host.sh $(PKGS)
